@@ -142,6 +142,20 @@ class ProFTPD:
             if not os.path.exists(self._hostkey):
                 subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "",
                                 "-m", "PEM", "-f", self._hostkey], check=True)
+            # A client key for OpenSSH's scp/sftp, which cannot be given a
+            # password non-interactively; mod_sftp wants RFC 4716 keys.
+            self.client_key = os.path.join(self.dir, "client_key")
+            if not os.path.exists(self.client_key):
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "",
+                                "-f", self.client_key], check=True)
+            keys_dir = os.path.join(self.dir, "authorized_keys")
+            os.makedirs(keys_dir, exist_ok=True)
+            rfc4716 = subprocess.run(
+                ["ssh-keygen", "-e", "-f", self.client_key + ".pub"],
+                check=True, capture_output=True, text=True).stdout
+            for user in self.users:
+                with open(os.path.join(keys_dir, user), "w") as f:
+                    f.write(rfc4716)
         with open(self.conf, "w") as f:
             f.write(self.config_text())
 
@@ -214,7 +228,8 @@ Trace mailoauth:{tl} mailoauth.spool:{tl} mailoauth.worker:{tl}
   SFTPEngine on
   SFTPLog {d}/sftp.log
   SFTPHostKey {key}
-  SFTPAuthMethods password
+  SFTPAuthMethods publickey password
+  SFTPAuthorizedUserKeys file:{d}/authorized_keys/%u
   AuthUserFile {d}/ftpd.passwd
   AuthOrder mod_auth_file.c
   RequireValidShell off
@@ -278,6 +293,11 @@ Trace mailoauth:{tl} mailoauth.spool:{tl} mailoauth.worker:{tl}
             if status.get("PPid") == str(self.pid) and alive(pid):
                 pids.append(pid)
         return pids
+
+    def ssh_options(self):
+        return ["-i", self.client_key, "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
 
     def restart(self):
         os.kill(self.pid, signal.SIGHUP)
