@@ -72,7 +72,8 @@ class ProFTPD:
                  users=None, pki=None, sftp=False, tls=False,
                  default_root=False, root_revoke=False, engine=True,
                  extra_conf="", global_conf="", trace_level=20,
-                 daemon_user="nobody", daemon_group="nogroup"):
+                 daemon_user="nobody", daemon_group="nogroup",
+                 load_module=True):
         self.dir = workdir
         self.module = module
         self.proftpd = proftpd
@@ -88,6 +89,7 @@ class ProFTPD:
         self.trace_level = trace_level
         self.daemon_user = daemon_user
         self.daemon_group = daemon_group
+        self.load_module = load_module
         self.host = "127.0.0.1"
         self.port = free_port()
         self.sftp_port = free_port() if sftp else None
@@ -161,7 +163,7 @@ class ProFTPD:
 
     def config_text(self):
         d = self.dir
-        load = ["mod_mailoauth.c"]
+        load = ["mod_mailoauth.c"] if self.load_module else []
         if self.tls:
             load.insert(0, "mod_tls.c")
         if self.sftp:
@@ -201,10 +203,12 @@ Trace mailoauth:{tl} mailoauth.spool:{tl} mailoauth.worker:{tl}
 </Limit>
 """.format(host=self.host, port=self.port, user=self.daemon_user,
            group=self.daemon_group, d=d, tl=self.trace_level))
+        c.append("<IfModule mod_mailoauth.c>\n")
         if self.engine:
             c.append("MailOAuthEngine on\n")
         c.append("MailOAuthLog %s\n" % self.log)
         c.append("MailOAuthStateDir %s\n" % self.state_dir)
+        c.append("</IfModule>\n")
         if self.default_root:
             c.append("DefaultRoot ~\n")
         if self.root_revoke:
@@ -235,7 +239,9 @@ Trace mailoauth:{tl} mailoauth.spool:{tl} mailoauth.worker:{tl}
   RequireValidShell off
   AllowOverwrite on
   AllowStoreRestart on
-  MailOAuthEngine {engine}
+  <IfModule mod_mailoauth.c>
+    MailOAuthEngine {engine}
+  </IfModule>
 {dr}{rr}</VirtualHost>
 """.format(host=self.host, port=self.sftp_port, d=d, key=self._hostkey,
            engine="on" if self.engine else "off",
@@ -262,7 +268,7 @@ Trace mailoauth:{tl} mailoauth.spool:{tl} mailoauth.worker:{tl}
             self._wait_listening(self.port)
             if self.sftp:
                 self._wait_listening(self.sftp_port)
-            if wait_worker and self.engine:
+            if wait_worker and self.engine and self.load_module:
                 self.wait_log("worker started", timeout=10)
         except Exception:
             self.stop()
