@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.join(TOP, "t", "lib"))
 
 from certs import TestPKI  # noqa: E402
 from proftpd import ProFTPD  # noqa: E402
+from tokensvc_fixtures import (  # noqa: E402,F401
+    tokensvc_server, tokensvc, tokensvc_app)
 
 # Work directories live where the daemon's unprivileged User can reach them
 # (pytest's own tmp_path is private to root).
