@@ -14,6 +14,9 @@ from certs import TestPKI  # noqa: E402
 from proftpd import ProFTPD  # noqa: E402
 from tokensvc_fixtures import (  # noqa: E402,F401
     tokensvc_server, tokensvc, tokensvc_app)
+from mailservers_fixtures import (  # noqa: E402,F401
+    mail_pki, mail_introspection_url, mail_users, mail_domains, mail_workdir,
+    dovecot, postfix)
 
 # Work directories live where the daemon's unprivileged User can reach them
 # (pytest's own tmp_path is private to root).
