@@ -90,6 +90,7 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
   sigset_t block, wait_mask;
   int watch_fd, res = MAILOAUTH_WORKER_STOPPED;
   long long next_scan;
+  time_t next_tick;
 
   /* SIGTERM stays blocked except inside ppoll(), so a stop request can
    * never slip in between the flag check and the wait.
@@ -114,6 +115,7 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
   /* Journals written while no worker ran are picked up right away. */
   mailoauth_worker_pass(cfg);
   next_scan = mailoauth_worker_now_ms() + cfg->scan_interval_ms;
+  next_tick = cfg->tick ? cfg->tick(time(NULL), cfg->tick_arg) : 0;
 
   while (!mailoauth_worker_stop) {
     struct pollfd pfds[2];
@@ -131,6 +133,14 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
     }
 
     wait_ms = next_scan - mailoauth_worker_now_ms();
+    if (next_tick != 0) {
+      long long tick_ms = ((long long) next_tick - (long long) time(NULL)) *
+        1000;
+
+      if (tick_ms < wait_ms) {
+        wait_ms = tick_ms;
+      }
+    }
     if (wait_ms < 0) {
       wait_ms = 0;
     }
@@ -166,6 +176,11 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
     if (mailoauth_worker_now_ms() >= next_scan) {
       mailoauth_worker_pass(cfg);
       next_scan = mailoauth_worker_now_ms() + cfg->scan_interval_ms;
+    }
+
+    if (next_tick != 0 &&
+        time(NULL) >= next_tick) {
+      next_tick = cfg->tick(time(NULL), cfg->tick_arg);
     }
   }
 

@@ -13,6 +13,8 @@
 
 #include "spool.h"
 
+#include <time.h>
+
 struct mailoauth_worker_config {
   const char *spool_dir;
   const char *queue_dir;
@@ -28,6 +30,12 @@ struct mailoauth_worker_config {
   /* Called for each queued event; see mailoauth_queue_cb. */
   mailoauth_queue_cb deliver;
   void *deliver_arg;
+
+  /* Scheduled work (token upkeep, pull tasks): called once at start and
+   * whenever due; returns the wall-clock time it is next due, 0 for none.
+   */
+  time_t (*tick)(time_t now, void *arg);
+  void *tick_arg;
 };
 
 /* Why mailoauth_worker_run() returned. */
