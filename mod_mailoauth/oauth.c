@@ -15,7 +15,7 @@
 #include <time.h>
 
 #include <curl/curl.h>
-#include <jansson.h>
+#include "jsonwrap.h"
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>

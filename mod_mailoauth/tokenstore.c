@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <jansson.h>
+#include "jsonwrap.h"
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 

@@ -405,3 +405,23 @@ def test_worker_killed_repeatedly_loses_and_duplicates_nothing(make_proftpd):
     time.sleep(2)
     names = [os.path.basename(field(e, "path")) for e in upload_events(srv)]
     assert sorted(names) == ["burst-%03d.txt" % i for i in range(n)]
+
+
+def test_module_symbols_bind_to_their_own_libraries(make_proftpd):
+    """proftpd exports functions whose names libraries also use (its bundled
+    JSON code has json_delete()): the module must not end up calling
+    ProFTPD's copy where it meant jansson's."""
+    srv = make_proftpd()
+    srv._prepare()
+    res = subprocess.run([srv.proftpd, "-t", "-c", srv.conf],
+                         env=dict(os.environ, LD_DEBUG="bindings", LD_BIND_NOW="1"),
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr[-2000:]
+    bindings = re.findall(r"binding file (\S+) \[\d+\] to (\S+) \[\d+\]: "
+                          r"normal symbol `([^']+)'", res.stderr)
+    ours = [(to, sym) for frm, to, sym in bindings
+            if frm.endswith("mod_mailoauth.so")]
+    assert ours, "no bindings seen for the module"
+    wrong = [sym for to, sym in ours
+             if os.path.basename(to) == "proftpd" and sym.startswith("json_")]
+    assert wrong == []

@@ -24,7 +24,7 @@
 #include <sys/wait.h>
 
 #include <curl/curl.h>
-#include <jansson.h>
+#include "jsonwrap.h"
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>

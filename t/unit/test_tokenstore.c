@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <jansson.h>
+#include "jsonwrap.h"
 
 #define SECRET_REFRESH  "0.ARt0kEn-SeCrEt-refresh-AAAABBBBCCCCDDDDEEEE"
 #define SECRET_ACCESS   "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.access-secret"
