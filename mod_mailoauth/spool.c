@@ -158,7 +158,9 @@ int mailoauth_spool_journal_append(int fd, const void *rec, size_t len) {
      * be unreadable.
      */
     xerrno = errno;
-    (void) ftruncate(fd, st.st_size);
+    if (ftruncate(fd, st.st_size) < 0) {
+      /* Nothing more to try: the worker skips the damaged tail. */
+    }
     errno = xerrno;
     return -1;
   }
