@@ -18,11 +18,14 @@
 #include "privs.h"
 
 #include "mod_mailoauth.h"
+#include "account.h"
 #include "event.h"
+#include "registry.h"
 #include "spool.h"
 #include "trace.h"
 #include "worker.h"
 
+#include <curl/curl.h>
 #include <grp.h>
 #include <sys/socket.h>
 
@@ -192,6 +195,51 @@ MODRET set_mailoauthstatedir(cmd_rec *cmd) {
   return PR_HANDLED(cmd);
 }
 
+/* usage: MailOAuthAccount name key=value ... */
+MODRET set_mailoauthaccount(cmd_rec *cmd) {
+  struct mailoauth_account acct;
+  config_rec *c;
+  char err[512];
+  int i;
+
+  CHECK_CONF(cmd, CONF_ROOT);
+
+  if (cmd->argc < 3) {
+    CONF_ERROR(cmd, "write MailOAuthAccount NAME tenant=... client-id=... "
+      "mailbox=... [client-secret=file:/path] (see doc/mod_mailoauth.html)");
+  }
+
+  for (c = find_config(cmd->server->conf, CONF_PARAM, cmd->argv[0], FALSE);
+       c != NULL;
+       c = find_config_next(c, c->next, CONF_PARAM, cmd->argv[0], FALSE)) {
+    if (strcmp(c->argv[0], cmd->argv[1]) == 0) {
+      CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "account '",
+        (char *) cmd->argv[1], "' is already defined", NULL));
+    }
+  }
+
+  /* Checked now so a mistake names this line; the worker parses again and
+   * is the only process that keeps the secret.
+   */
+  if (mailoauth_account_parse(&acct, cmd->argv[1], cmd->argc - 2,
+        (char *const *) &cmd->argv[2], err, sizeof(err)) < 0 ||
+      mailoauth_account_load_secret(&acct, err, sizeof(err)) < 0) {
+    mailoauth_account_clear(&acct);
+    CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "account '",
+      (char *) cmd->argv[1], "': ", err, NULL));
+  }
+  mailoauth_account_clear(&acct);
+
+  c = add_config_param(cmd->argv[0], 0);
+  c->argc = cmd->argc - 1;
+  c->argv = pcalloc(c->pool, (c->argc + 1) * sizeof(void *));
+  for (i = 1; i < (int) cmd->argc; i++) {
+    c->argv[i-1] = pstrdup(c->pool, cmd->argv[i]);
+  }
+
+  return PR_HANDLED(cmd);
+}
+
 /* State directory
  */
 
@@ -296,8 +344,39 @@ static int mailoauth_drop_privs(void) {
   return res;
 }
 
+static struct mailoauth_registry *mailoauth_worker_registry(pool *p) {
+  struct mailoauth_registry *reg;
+  config_rec *c;
+  char err[512];
+
+  reg = mailoauth_registry_create(mailoauth_subdir(p, "tokens"),
+    mailoauth_uid, "ftpmailoauth signin %s");
+  if (reg == NULL) {
+    return NULL;
+  }
+
+  for (c = find_config(main_server->conf, CONF_PARAM, "MailOAuthAccount",
+         FALSE);
+       c != NULL;
+       c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthAccount",
+         FALSE)) {
+    if (mailoauth_registry_add(reg, c->argv[0], c->argc - 1,
+        (char *const *) &c->argv[1], err, sizeof(err)) < 0) {
+      (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+        "account %s: %s", (const char *) c->argv[0], err);
+    }
+  }
+
+  return reg;
+}
+
+static time_t mailoauth_worker_tick(time_t now, void *arg) {
+  return mailoauth_registry_tick(arg, now);
+}
+
 static void mailoauth_worker_main(int fd) {
   struct mailoauth_worker_config cfg;
+  struct mailoauth_registry *reg;
   pool *p;
   int res;
 
@@ -328,6 +407,17 @@ static void mailoauth_worker_main(int fd) {
 
   mailoauth_close_listeners();
 
+  p = make_sub_pool(mailoauth_pool);
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+
+  /* Secrets are read while root can still read root-only files. */
+  reg = mailoauth_worker_registry(p);
+  if (reg != NULL) {
+    PRIVS_ROOT
+    (void) mailoauth_registry_load_secrets(reg);
+    PRIVS_RELINQUISH
+  }
+
   if (mailoauth_drop_privs() < 0) {
     (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
       "worker: cannot switch to uid %lu, gid %lu: %s; exiting",
@@ -344,8 +434,9 @@ static void mailoauth_worker_main(int fd) {
     _exit(0);
   }
 
-  if (chdir(mailoauth_state_dir) < 0) {
-    (void) chdir("/");
+  if (chdir(mailoauth_state_dir) < 0 &&
+      chdir("/") < 0) {
+    /* Only the working directory is at stake; every path used is absolute. */
   }
 
   pr_proctitle_set("mailoauth worker");
@@ -354,15 +445,21 @@ static void mailoauth_worker_main(int fd) {
     "worker started (pid %lu, uid %lu, gid %lu)", (unsigned long) getpid(),
     (unsigned long) getuid(), (unsigned long) getgid());
 
-  p = make_sub_pool(mailoauth_pool);
+  if (reg != NULL) {
+    (void) mailoauth_registry_start(reg, time(NULL));
+  }
+
   memset(&cfg, 0, sizeof(cfg));
   cfg.spool_dir = mailoauth_subdir(p, "spool");
   cfg.queue_dir = mailoauth_subdir(p, "queue");
   cfg.master_fd = fd;
   cfg.scan_interval_ms = MAILOAUTH_SCAN_INTERVAL_MS;
   cfg.deliver = mailoauth_worker_log_event;
+  cfg.tick = reg ? mailoauth_worker_tick : NULL;
+  cfg.tick_arg = reg;
 
   res = mailoauth_worker_run(&cfg);
+  mailoauth_registry_destroy(reg);
 
   (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
     "worker (pid %lu) exiting: %s", (unsigned long) getpid(),
@@ -662,6 +759,8 @@ static void mailoauth_postparse_ev(const void *event_data, void *user_data) {
       mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "spool"),
         where) < 0 ||
       mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "queue"),
+        where) < 0 ||
+      mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "tokens"),
         where) < 0) {
     return;
   }
@@ -883,6 +982,7 @@ static int mailoauth_sess_init(void) {
  */
 
 static conftable mailoauth_conftab[] = {
+  { "MailOAuthAccount",         set_mailoauthaccount,   NULL },
   { "MailOAuthEngine",          set_mailoauthengine,    NULL },
   { "MailOAuthLog",             set_mailoauthlog,       NULL },
   { "MailOAuthStateDir",        set_mailoauthstatedir,  NULL },

@@ -18,6 +18,15 @@ from netutil import free_port, wait_port
 DEBIAN_MODULE_DIR = "/usr/lib/proftpd"
 DEFAULT_PASSWORD = "secret-Pa55"
 
+# Every trace channel of the module: tests run them at the highest level to
+# prove that no secret reaches a trace line.
+TRACE_CHANNELS = ("mailoauth", "mailoauth.spool", "mailoauth.worker",
+                  "mailoauth.oauth", "mailoauth.tokens", "mailoauth.tokenstore",
+                  "mailoauth.registry", "mailoauth.mailauth",
+                  "mailoauth.message", "mailoauth.smtp", "mailoauth.notify",
+                  "mailoauth.imap", "mailoauth.mime", "mailoauth.names",
+                  "mailoauth.ingest")
+
 
 def _hash_password(password):
     out = subprocess.run(["openssl", "passwd", "-6", password], check=True,
@@ -197,12 +206,14 @@ AllowOverwrite on
 Umask 022
 MaxInstances 200
 TraceLog {d}/trace.log
-Trace mailoauth:{tl} mailoauth.spool:{tl} mailoauth.worker:{tl}
+Trace {trace}
 <Limit LOGIN>
   AllowAll
 </Limit>
 """.format(host=self.host, port=self.port, user=self.daemon_user,
-           group=self.daemon_group, d=d, tl=self.trace_level))
+           group=self.daemon_group, d=d,
+           trace=" ".join("%s:%d" % (ch, self.trace_level)
+                          for ch in TRACE_CHANNELS)))
         c.append("<IfModule mod_mailoauth.c>\n")
         if self.engine:
             c.append("MailOAuthEngine on\n")
