@@ -177,3 +177,39 @@ const struct mailoauth_event_field *mailoauth_event_get(
 
   return NULL;
 }
+
+const struct mailoauth_event_field *mailoauth_event_next(
+    const struct mailoauth_event *ev, unsigned char tag,
+    const struct mailoauth_event_field *prev) {
+  unsigned int i = 0;
+
+  if (prev != NULL) {
+    i = (unsigned int) (prev - ev->fields) + 1;
+  }
+
+  for (; i < ev->nfields; i++) {
+    if (ev->fields[i].tag == tag) {
+      return &ev->fields[i];
+    }
+  }
+
+  return NULL;
+}
+
+const char *mailoauth_event_str(const struct mailoauth_event *ev,
+    unsigned char tag, char *buf, size_t bufsz) {
+  const struct mailoauth_event_field *f = mailoauth_event_get(ev, tag);
+  size_t len = 0;
+
+  if (bufsz == 0) {
+    return "";
+  }
+
+  if (f != NULL) {
+    len = f->len < bufsz - 1 ? f->len : bufsz - 1;
+    memcpy(buf, f->value, len);
+  }
+
+  buf[len] = '\0';
+  return buf;
+}

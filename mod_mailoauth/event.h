@@ -36,6 +36,22 @@
 #define MAILOAUTH_EVENT_F_COMMAND       'c' /* STOR, APPE, STOU */
 #define MAILOAUTH_EVENT_F_SERVER        'n' /* ServerName of the vhost */
 
+/* A notification rule that matched the upload (MailOAuthNotify), with its
+ * templates already rendered by the session.  Address fields repeat.
+ */
+#define MAILOAUTH_EVENT_F_ACCOUNT       'A'
+#define MAILOAUTH_EVENT_F_FROM          'F'
+#define MAILOAUTH_EVENT_F_FROM_NAME     'G'
+#define MAILOAUTH_EVENT_F_TO            'T'
+#define MAILOAUTH_EVENT_F_CC            'C'
+#define MAILOAUTH_EVENT_F_BCC           'B'
+#define MAILOAUTH_EVENT_F_SUBJECT       'S'
+#define MAILOAUTH_EVENT_F_BODY          'Y'
+#define MAILOAUTH_EVENT_F_DIGEST_LINE   'I' /* this upload's line in a digest */
+#define MAILOAUTH_EVENT_F_ATTACH_MAX    'L' /* attach the file up to N bytes */
+#define MAILOAUTH_EVENT_F_DIGEST_SECS   'D' /* collect for N seconds */
+#define MAILOAUTH_EVENT_F_RULE          'K' /* which rule: groups digests */
+
 struct mailoauth_event_field {
   unsigned char tag;
   const char *value;    /* not NUL-safe: use len */
@@ -78,5 +94,16 @@ ssize_t mailoauth_event_parse(const unsigned char *data, size_t len,
 /* First field with this tag, or NULL. */
 const struct mailoauth_event_field *mailoauth_event_get(
   const struct mailoauth_event *ev, unsigned char tag);
+
+/* The next field with this tag after prev (NULL: the first), or NULL. */
+const struct mailoauth_event_field *mailoauth_event_next(
+  const struct mailoauth_event *ev, unsigned char tag,
+  const struct mailoauth_event_field *prev);
+
+/* A field's value as a NUL-terminated copy in buf (cut to fit); "" when the
+ * field is absent.
+ */
+const char *mailoauth_event_str(const struct mailoauth_event *ev,
+  unsigned char tag, char *buf, size_t bufsz);
 
 #endif /* MOD_MAILOAUTH_EVENT_H */

@@ -20,6 +20,7 @@
 #include "mod_mailoauth.h"
 #include "account.h"
 #include "event.h"
+#include "notify.h"
 #include "registry.h"
 #include "spool.h"
 #include "trace.h"
@@ -74,6 +75,10 @@ static int mailoauth_journal_fd = -1;
  * checks made after parsing can still name the file and line.
  */
 static char mailoauth_parse_src[PR_TUNABLE_PATH_MAX + 32];
+
+const char *mailoauth_config_location(void) {
+  return mailoauth_parse_src;
+}
 
 static void mailoauth_log_sink(const char *fmt, va_list ap) {
   if (mailoauth_logfd >= 0) {
@@ -370,12 +375,40 @@ static struct mailoauth_registry *mailoauth_worker_registry(pool *p) {
   return reg;
 }
 
+struct mailoauth_worker_state {
+  struct mailoauth_registry *reg;
+  struct mailoauth_notify *notify;
+};
+
 static time_t mailoauth_worker_tick(time_t now, void *arg) {
-  return mailoauth_registry_tick(arg, now);
+  struct mailoauth_worker_state *st = arg;
+  time_t next, due;
+
+  next = st->reg ? mailoauth_registry_tick(st->reg, now) : 0;
+
+  if (st->notify != NULL) {
+    due = mailoauth_notify_next_due(st->notify);
+    if (due != 0 && due <= now) {
+      (void) mailoauth_notify_process(st->notify, now);
+      due = mailoauth_notify_next_due(st->notify);
+    }
+    if (due != 0 && (next == 0 || due < next)) {
+      next = due;
+    }
+  }
+
+  return next;
+}
+
+static int mailoauth_worker_process(void *arg) {
+  struct mailoauth_worker_state *st = arg;
+
+  return mailoauth_notify_process(st->notify, time(NULL));
 }
 
 static void mailoauth_worker_main(int fd) {
   struct mailoauth_worker_config cfg;
+  struct mailoauth_worker_state state;
   struct mailoauth_registry *reg;
   pool *p;
   int res;
@@ -455,10 +488,19 @@ static void mailoauth_worker_main(int fd) {
   cfg.master_fd = fd;
   cfg.scan_interval_ms = MAILOAUTH_SCAN_INTERVAL_MS;
   cfg.deliver = mailoauth_worker_log_event;
-  cfg.tick = reg ? mailoauth_worker_tick : NULL;
-  cfg.tick_arg = reg;
+
+  state.reg = reg;
+  state.notify = reg ? mailoauth_notify_create(reg, cfg.queue_dir,
+    mailoauth_subdir(p, "deadletter"), MAILOAUTH_NOTIFY_DEFAULT_RATE) : NULL;
+  if (state.notify != NULL) {
+    cfg.process = mailoauth_worker_process;
+    cfg.process_arg = &state;
+  }
+  cfg.tick = mailoauth_worker_tick;
+  cfg.tick_arg = &state;
 
   res = mailoauth_worker_run(&cfg);
+  mailoauth_notify_destroy(state.notify);
   mailoauth_registry_destroy(reg);
 
   (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
@@ -761,8 +803,21 @@ static void mailoauth_postparse_ev(const void *event_data, void *user_data) {
       mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "queue"),
         where) < 0 ||
       mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "tokens"),
+        where) < 0 ||
+      mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "deadletter"),
         where) < 0) {
     return;
+  }
+
+  for (s = (server_rec *) server_list->xas_list; s; s = s->next) {
+    const char *bad = NULL, *rule_where = NULL;
+
+    if (mailoauth_notify_check_accounts(s, &bad, &rule_where) < 0) {
+      mailoauth_config_fatal(rule_where, "MailOAuthNotify: no "
+        "MailOAuthAccount named '%s' (declare it in the server config, or "
+        "fix the name)", bad);
+      return;
+    }
   }
 
   /* A restart re-parses the configuration inside the running daemon, where
@@ -837,6 +892,10 @@ static void mailoauth_exit_ev(const void *event_data, void *user_data) {
 /* Command handlers
  */
 
+static int mailoauth_append_record(const unsigned char *rec, size_t len) {
+  return mailoauth_spool_journal_append(mailoauth_journal_fd, rec, len);
+}
+
 MODRET mailoauth_log_upload(cmd_rec *cmd) {
   unsigned char storage[16 * 1024];
   struct mailoauth_event_buf b;
@@ -844,7 +903,6 @@ MODRET mailoauth_log_upload(cmd_rec *cmd) {
   const off_t *file_size;
   struct timeval tv;
   char num[64];
-  ssize_t len;
   int *engine;
 
   if (mailoauth_journal_fd < 0) {
@@ -893,17 +951,16 @@ MODRET mailoauth_log_upload(cmd_rec *cmd) {
   pr_snprintf(num, sizeof(num), "%lld.%06ld", (long long) tv.tv_sec,
     (long) tv.tv_usec);
   if (mailoauth_event_add_str(&b, MAILOAUTH_EVENT_F_TIME, num) < 0 ||
-      (len = mailoauth_event_finish(&b)) < 0 ||
-      mailoauth_spool_journal_append(mailoauth_journal_fd, storage,
-        (size_t) len) < 0) {
+      mailoauth_notify_records(cmd, abs_path ? abs_path : path, storage,
+        b.len, mailoauth_append_record) < 0) {
     (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
       "cannot record the upload of '%s' by %s: %s", path, session.user,
       strerror(errno));
     return PR_DECLINED(cmd);
   }
 
-  pr_trace_msg(trace_channel, 9, "recorded %s of '%s' (%lu bytes)",
-    (const char *) cmd->argv[0], path, (unsigned long) len);
+  pr_trace_msg(trace_channel, 9, "recorded %s of '%s'",
+    (const char *) cmd->argv[0], path);
   return PR_DECLINED(cmd);
 }
 
@@ -985,6 +1042,7 @@ static conftable mailoauth_conftab[] = {
   { "MailOAuthAccount",         set_mailoauthaccount,   NULL },
   { "MailOAuthEngine",          set_mailoauthengine,    NULL },
   { "MailOAuthLog",             set_mailoauthlog,       NULL },
+  { "MailOAuthNotify",          set_mailoauthnotify,    NULL },
   { "MailOAuthStateDir",        set_mailoauthstatedir,  NULL },
   { NULL, NULL, NULL }
 };

@@ -17,4 +17,19 @@
 # error "ProFTPD 1.3.8 or later required"
 #endif
 
+/* Shared by the glue files. */
+const char *mailoauth_config_location(void);
+
+modret_t *set_mailoauthnotify(cmd_rec *cmd);
+int mailoauth_notify_check_accounts(server_rec *s, const char **bad_account,
+  const char **where);
+
+/* Appends, for each MailOAuthNotify rule matching the upload, a record made
+ * of the base fields (built with mailoauth_event_buf_init/add, unfinished)
+ * and the rule's fields; a plain record when no rule matches.
+ */
+int mailoauth_notify_records(cmd_rec *cmd, const char *abs_path,
+  const unsigned char *base, size_t base_len,
+  int (*emit)(const unsigned char *rec, size_t len));
+
 #endif /* MOD_MAILOAUTH_H */

@@ -79,7 +79,8 @@ static void mailoauth_worker_pass(const struct mailoauth_worker_config *cfg) {
       stats.journals, stats.queued, stats.removed);
   }
 
-  n = mailoauth_queue_process(cfg->queue_dir, cfg->deliver, cfg->deliver_arg);
+  n = cfg->process ? cfg->process(cfg->process_arg) :
+    mailoauth_queue_process(cfg->queue_dir, cfg->deliver, cfg->deliver_arg);
   if (n > 0) {
     mailoauth_trace(trace_channel, 8, "delivered %d queued events", n);
   }

@@ -31,6 +31,10 @@ struct mailoauth_worker_config {
   mailoauth_queue_cb deliver;
   void *deliver_arg;
 
+  /* Or: handles the whole queue in one go (grouping, batching). */
+  int (*process)(void *arg);
+  void *process_arg;
+
   /* Scheduled work (token upkeep, pull tasks): called once at start and
    * whenever due; returns the wall-clock time it is next due, 0 for none.
    */
