@@ -42,7 +42,7 @@ static const struct mailoauth_account_defaults mailoauth_account_servers[] = {
 static const char *mailoauth_account_keys[] = {
   "provider", "tenant", "client-id", "client-secret", "mailbox", "grant",
   "scopes", "authority", "authorize-url", "token-url", "device-url",
-  "redirect-uri", "proxy", "ca-file", "smtp", "imap", NULL
+  "redirect-uri", "proxy", "ca-file", "smtp", "imap", "send-rate", NULL
 };
 
 static void mailoauth_account_err(char *errbuf, size_t errlen,
@@ -298,6 +298,19 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
       if (mailoauth_account_set(&acct->redirect_uri, value) < 0) {
         return -1;
       }
+
+    } else if (strcasecmp(key, "send-rate") == 0) {
+      char *end = NULL;
+      long rate = strtol(value, &end, 10);
+
+      if (end == value || *end != '\0' || rate < 1 || rate > 1000) {
+        mailoauth_account_err(errbuf, errlen, "send-rate '%s' must be the "
+          "number of mails a minute, 1 to 1000 (Exchange Online allows "
+          "about 30)", value);
+        errno = EINVAL;
+        return -1;
+      }
+      acct->send_rate = (unsigned int) rate;
 
     } else if (strcasecmp(key, "ca-file") == 0 &&
                value[0] != '/') {

@@ -27,6 +27,7 @@ struct mailoauth_account {
   char *imap_url;           /* imaps://host:993 */
   char *redirect_uri;       /* browser sign-in */
   char *secret_source;      /* "file:/path" or "env:NAME"; NULL: public client */
+  unsigned int send_rate;   /* mails a minute at most; 0: the default */
 
   /* Strings in here point into this struct's own allocations. */
   struct mailoauth_oauth_config oauth;

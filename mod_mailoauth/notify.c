@@ -36,6 +36,7 @@ struct mailoauth_notify_account {
   time_t retry_at;              /* backoff after failures */
   time_t blocked_until;         /* rate limit or no token, this pass on */
   unsigned int failures;
+  unsigned int rate;            /* mails a minute */
   time_t sends[MAILOAUTH_NOTIFY_RATE_MAX];  /* ring of recent send times */
   unsigned int send_head, send_count;
 };
@@ -151,6 +152,10 @@ static struct mailoauth_notify_account *mailoauth_notify_account(
   a = &n->accounts[n->naccounts];
   memset(a, 0, sizeof(*a));
   snprintf(a->name, sizeof(a->name), "%s", name);
+  a->rate = acct->send_rate ? acct->send_rate : n->rate;
+  if (a->rate > MAILOAUTH_NOTIFY_RATE_MAX) {
+    a->rate = MAILOAUTH_NOTIFY_RATE_MAX;
+  }
   a->smtp = mailoauth_smtp_create(acct->smtp_url, acct->mailbox,
     acct->oauth.ca_file);
   if (a->smtp == NULL) {
@@ -166,7 +171,7 @@ static int mailoauth_notify_rate_ok(struct mailoauth_notify *n,
     struct mailoauth_notify_account *a, time_t now) {
   unsigned int oldest;
 
-  if (a->send_count < n->rate) {
+  if (a->send_count < a->rate) {
     return 1;
   }
 

@@ -332,3 +332,19 @@ def test_rejected_recipient_goes_to_dead_letter(notifier, dovecot):
     # The queue moves on.
     curl_upload(a.srv, "ftp", "ok/fine.txt", b"y")
     dovecot.wait_for_messages(good, 1, timeout=30)
+
+
+def test_rate_limit_makes_mail_wait_not_drop(notifier, dovecot):
+    to = rcpt("rate")
+    a = notifier("MailOAuthNotify notify to=%s" % to)
+    a.srv.extra_conf = a.srv.extra_conf.replace("smtp=", "send-rate=3 smtp=")
+    a.srv.start()
+    for i in range(5):
+        curl_upload(a.srv, "ftp", "r-%d.txt" % i, b"x")
+    dovecot.wait_for_messages(to, 3, timeout=30)
+    time.sleep(5)
+    assert len(dovecot.messages(to)) == 3
+    queue = os.path.join(a.srv.state_dir, "queue")
+    assert len([f for f in os.listdir(queue) if f.endswith(".ev")]) == 2
+    # The window moves on after a minute; nothing was dropped.
+    dovecot.wait_for_messages(to, 5, timeout=90)
