@@ -14,7 +14,8 @@ import time
 import pytest
 
 from proftpd import alive
-from test_tokensvc import ALICE, REDIRECT, sign_in_tokens
+from signin import sign_in, write_token_file
+from test_tokensvc import ALICE, REDIRECT
 
 ACCOUNT = "notify"
 NOBODY = 65534
@@ -54,31 +55,23 @@ class AccountServer:
         self.token_file = os.path.join(self.srv.state_dir, "tokens",
                                        ACCOUNT + ".json")
 
-    def seed(self, expired=False, **kw):
+    def seed(self, expired=False, due_in=None, user=ALICE):
         """A person's sign-in, stored as the sign-in tool stores it."""
-        toks = sign_in_tokens(self.svc, self.app, **kw)
-        now = int(time.time())
-        record = {
-            "version": 1, "account": ACCOUNT, "grant": "delegated",
-            "refresh_token": toks["refresh_token"],
-            "access_token": toks["access_token"],
-            "access_expires": now - 1 if expired else now + toks["expires_in"],
-            "scope": toks.get("scope", ""),
-            "identity": {"username": ALICE},
-            "obtained_at": now, "refreshed_at": now,
-        }
-        tokens_dir = os.path.dirname(self.token_file)
-        for d in (self.srv.state_dir, tokens_dir):
-            os.makedirs(d, exist_ok=True)
-            os.chown(d, NOBODY, NOBODY)
-            os.chmod(d, 0o700)
-        tmp = self.token_file + ".seed"
+        toks = sign_in(self.svc, self.app, user, REDIRECT)
+        write_token_file(self.token_file, ACCOUNT, user, toks, NOBODY,
+                         expired=expired, due_in=due_in)
+        return toks
+
+    def expire_on_disk(self):
+        """Time passes: the stored access token is now stale."""
+        rec = self.tokens()
+        rec["access_expires"] = int(time.time()) - 1
+        tmp = self.token_file + ".edit"
         with open(tmp, "w") as f:
-            json.dump(record, f)
+            json.dump(rec, f)
         os.chown(tmp, NOBODY, NOBODY)
         os.chmod(tmp, 0o600)
         os.rename(tmp, self.token_file)
-        return toks
 
     def tokens(self):
         with open(self.token_file) as f:
@@ -167,11 +160,9 @@ def test_account_without_signin_says_what_to_run(account):
 
 def test_refresh_before_expiry_rotates_and_works_with_dovecot(
         account, tokensvc, dovecot, pki):
-    # Access tokens that expire just past the refresh margin: the worker
-    # must refresh within seconds.
-    tokensvc.set_config(expires_in=605)
+    # An access token a few seconds from the refresh margin.
     a = account()
-    seeded = a.seed()
+    seeded = a.seed(due_in=3)
     a.srv.start()
     a.srv.wait_log("signed in as %s" % ALICE)
     wait_for(lambda: a.refreshes("ok"), what="a refresh")
@@ -198,9 +189,9 @@ def test_valid_token_is_reused(account, tokensvc):
 def test_rotation_persists_across_worker_restarts(account, tokensvc):
     # Strict rotation: only the newest refresh token works, so every
     # refresh after a restart proves the rotated one was stored first.
-    tokensvc.set_config(expires_in=603, rotation="strict")
+    tokensvc.set_config(rotation="strict")
     a = account()
-    current = a.seed()["refresh_token"]
+    current = a.seed(expired=True)["refresh_token"]
     a.srv.start()
     for i in range(3):
         # Kill the worker once the rotated token is on disk.
@@ -209,8 +200,11 @@ def test_rotation_persists_across_worker_restarts(account, tokensvc):
                                     else None),
                            timeout=20, what="rotation %d stored" % (i + 1))
         os.kill(a.srv.worker_pids()[0], signal.SIGKILL)
+        a.expire_on_disk()
         wait_for(lambda: a.srv.worker_pids(), what="a new worker")
-    assert len(a.refreshes("ok")) >= 3
+    wait_for(lambda: a.tokens()["refresh_token"] != current, timeout=20,
+             what="a refresh by the last worker")
+    assert len(a.refreshes("ok")) >= 4
     assert a.refreshes("invalid_grant") == []
 
 
@@ -230,14 +224,13 @@ def test_reauth_needed_logged_once_without_retry_storm(account, tokensvc):
 
 
 def test_new_signin_picked_up_without_restart(account, tokensvc):
-    tokensvc.set_config(expires_in=603)
     a = account()
     a.seed(expired=True)
     tokensvc.revoke_refresh_tokens(code=70008)
     a.srv.start()
     a.srv.wait_log("a person must sign in again")
     worker = a.srv.worker_pids()[0]
-    a.seed()   # the operator signs in again
+    a.seed(due_in=1)   # the operator signs in again
     wait_for(lambda: a.refreshes("ok"), timeout=45,
              what="a refresh with the new sign-in")
     assert a.srv.worker_pids() == [worker]
@@ -308,9 +301,8 @@ def test_app_only_account(account, tokensvc, tokensvc_app, dovecot, pki):
 
 
 def test_no_secret_or_token_in_any_log(account, tokensvc, tokensvc_app):
-    tokensvc.set_config(expires_in=603)
     a = account()
-    seeded = a.seed()
+    seeded = a.seed(due_in=2)
     a.srv.start()
     wait_for(lambda: a.refreshes("ok"), what="a refresh")
     a.srv.stop()
