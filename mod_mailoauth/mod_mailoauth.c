@@ -75,6 +75,7 @@ static int mailoauth_journal_fd = -1;
  * checks made after parsing can still name the file and line.
  */
 static char mailoauth_parse_src[PR_TUNABLE_PATH_MAX + 32];
+static char mailoauth_main_conf[PR_TUNABLE_PATH_MAX + 1];
 
 const char *mailoauth_config_location(void) {
   return mailoauth_parse_src;
@@ -97,6 +98,14 @@ static void mailoauth_parsed_line_ev(const void *event_data, void *user_data) {
   (void) user_data;
   if (pl != NULL &&
       pl->source_file != NULL) {
+    /* The first line parsed belongs to the main configuration file, which
+     * the sign-in command quoted in log lines must read too.
+     */
+    if (mailoauth_main_conf[0] == '\0') {
+      sstrncpy(mailoauth_main_conf, pl->source_file,
+        sizeof(mailoauth_main_conf));
+    }
+
     pr_snprintf(mailoauth_parse_src, sizeof(mailoauth_parse_src),
       "line %u of '%s'", pl->source_lineno, pl->source_file);
   }
@@ -351,11 +360,21 @@ static int mailoauth_drop_privs(void) {
 
 static struct mailoauth_registry *mailoauth_worker_registry(pool *p) {
   struct mailoauth_registry *reg;
+  const char *signin_fmt;
   config_rec *c;
   char err[512];
 
+  /* The command an operator runs to sign an account in again. */
+  signin_fmt = "ftpmailoauth signin %s";
+  if (mailoauth_main_conf[0] != '\0' &&
+      strcmp(mailoauth_main_conf, PR_CONFIG_FILE_PATH) != 0 &&
+      strchr(mailoauth_main_conf, '%') == NULL) {
+    signin_fmt = pstrcat(p, "ftpmailoauth -c ", mailoauth_main_conf,
+      " signin %s", NULL);
+  }
+
   reg = mailoauth_registry_create(mailoauth_subdir(p, "tokens"),
-    mailoauth_uid, "ftpmailoauth signin %s");
+    mailoauth_uid, signin_fmt);
   if (reg == NULL) {
     return NULL;
   }

@@ -132,6 +132,21 @@ static int tokens_is_rejected(const struct mailoauth_tokens *t,
   return CRYPTO_memcmp(digest, t->rejected, sizeof(digest)) == 0;
 }
 
+/* How long before expiry to refresh.  A token living less than twice the
+ * margin (not one of Microsoft's, which live an hour or more) would be
+ * refreshed on every use: refresh it at half its life instead.
+ */
+static time_t tokens_margin(const struct mailoauth_tokens *t) {
+  time_t lifetime = t->rec.access_expires - t->rec.refreshed_at;
+
+  if (t->rec.refreshed_at != 0 &&
+      lifetime > 0 &&
+      lifetime < 2 * MAILOAUTH_TOKENS_REFRESH_MARGIN) {
+    return lifetime / 2;
+  }
+  return MAILOAUTH_TOKENS_REFRESH_MARGIN;
+}
+
 /* The cached access token is good for at least `margin` more seconds. */
 static int tokens_usable(const struct mailoauth_tokens *t, time_t now,
     time_t margin) {
@@ -172,7 +187,7 @@ static int tokens_keepalive_due(const struct mailoauth_tokens *t, time_t now) {
 }
 
 static int tokens_fresh(const struct mailoauth_tokens *t, time_t now) {
-  return tokens_usable(t, now, MAILOAUTH_TOKENS_REFRESH_MARGIN) &&
+  return tokens_usable(t, now, tokens_margin(t)) &&
     !tokens_keepalive_due(t, now);
 }
 
@@ -868,7 +883,7 @@ time_t mailoauth_tokens_next_due(const struct mailoauth_tokens *t,
 
   if (t->rec.access_token != NULL &&
       !tokens_is_rejected(t, t->rec.access_token)) {
-    due = t->rec.access_expires - MAILOAUTH_TOKENS_REFRESH_MARGIN;
+    due = t->rec.access_expires - tokens_margin(t);
 
   } else if (!tokens_delegated(t) ||
              tokens_signed_in(t)) {

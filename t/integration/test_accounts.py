@@ -155,7 +155,8 @@ def test_account_without_signin_says_what_to_run(account):
     a = account()
     a.srv.start()
     a.srv.wait_log("account notify (%s): nobody has signed in yet; sign in "
-                   "with: ftpmailoauth signin notify" % ALICE)
+                   "with: ftpmailoauth -c %s signin notify"
+                   % (ALICE, a.srv.conf))
 
 
 def test_refresh_before_expiry_rotates_and_works_with_dovecot(
@@ -219,7 +220,7 @@ def test_reauth_needed_logged_once_without_retry_storm(account, tokensvc):
     text = a.srv.log_text()
     assert text.count("a person must sign in again") == 1
     assert "70008" in text
-    assert "ftpmailoauth signin notify" in text
+    assert "ftpmailoauth -c %s signin notify" % a.srv.conf in text
     assert len(a.refreshes()) == 1
 
 

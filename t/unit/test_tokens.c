@@ -612,6 +612,27 @@ START_TEST(test_keepalive) {
 }
 END_TEST
 
+/* A provider issuing tokens shorter than twice the margin: refreshed at
+ * half their life, not on every use.
+ */
+START_TEST(test_short_lived_token) {
+  struct mailoauth_tokens *t;
+
+  write_tokens("delegated", SECRET_REFRESH, SECRET_ACCESS, now + 300, now);
+  t = make_tokens();
+  ck_assert_str_eq(mailoauth_tokens_get(t, now + 100, NULL), SECRET_ACCESS);
+  ck_assert_uint_eq(requests(), 0);
+  ck_assert_int_eq(mailoauth_tokens_next_due(t, now + 100), now + 150);
+
+  /* Past half its life: refreshed (and still handed out when that
+   * fails).
+   */
+  ck_assert_str_eq(mailoauth_tokens_get(t, now + 150, NULL), SECRET_ACCESS);
+  ck_assert_uint_eq(requests(), 1);
+  mailoauth_tokens_destroy(t);
+}
+END_TEST
+
 START_TEST(test_app_only) {
   struct mailoauth_tokens *t;
   mailoauth_oauth_class_t c = MAILOAUTH_OAUTH_OK;
@@ -746,6 +767,7 @@ static Suite *tokens_suite(void) {
   tcase_add_test(tc, test_store_signin);
   tcase_add_test(tc, test_store_signin_clears_error);
   tcase_add_test(tc, test_keepalive);
+  tcase_add_test(tc, test_short_lived_token);
   tcase_add_test(tc, test_app_only);
   tcase_add_test(tc, test_refused_file_until_fixed);
   tcase_add_test(tc, test_reread_inside_lock);
