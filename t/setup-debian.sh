@@ -16,7 +16,7 @@ PACKAGES="
   proftpd-dev proftpd-core proftpd-mod-crypto
   libcurl4-openssl-dev libjansson-dev libssl-dev check
   curl openssl openssh-client python3 python3-pytest
-  dovecot-core dovecot-imapd dovecot-lmtpd postfix
+  dovecot-core dovecot-imapd dovecot-lmtpd postfix msmtp
   dpkg-dev
 "
 
