@@ -133,10 +133,10 @@ static void mailoauth_registry_report(struct mailoauth_registry_entry *e,
         e->acct.oauth.grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY) {
       mailoauth_log("account %s (%s, app-only): getting a token with the "
         "client credentials", e->acct.name, e->acct.mailbox);
-    } else if (errno == ENOENT) {
-      mailoauth_log("account %s (%s): nobody has signed in yet; sign in "
-        "with: %s", e->acct.name, e->acct.mailbox, e->signin_cmd);
     } else if (errno != ENOENT) {
+      /* No token file of a delegated account: the first token request
+       * says so, with the command to run.
+       */
       mailoauth_log("account %s: %s", e->acct.name, err);
     }
     return;

@@ -1,15 +1,22 @@
 #!/usr/bin/python3
-"""A self-contained local sandbox: proftpd with mod_mailoauth on loopback.
+"""A self-contained local sandbox: mod_mailoauth doing its job on 127.0.0.1.
 
-  sandbox.py start   build nothing, start the sandbox, show an upload
-                     reaching the worker, leave it running
-  sandbox.py stop    stop it and remove its files
-  sandbox.py status  what runs and where
+It starts, all on loopback and with no Azure account or network:
+  * a stand-in for Microsoft's token service (HTTPS, test CA),
+  * Dovecot (IMAPS, XOAUTH2) and Postfix (submission with STARTTLS and
+    XOAUTH2) playing Exchange Online,
+  * proftpd with mod_mailoauth: an OAuth account, a notification rule, an
+    FTP user;
+then signs the account in with ftpmailoauth (device code flow), uploads a
+file with curl, and shows the notification that arrives in the mailbox.
+It keeps running for you to try more, until Ctrl-C.
 
-No Azure account or network is needed: everything listens on 127.0.0.1.
+  sandbox.py [--no-wait]   start (and with --no-wait, stop after the demo)
+  sandbox.py stop          remove what a previous run left behind
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,95 +27,168 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "lib"))
 
 from certs import TestPKI  # noqa: E402
-from proftpd import ProFTPD, alive  # noqa: E402
+from mailservers import Dovecot, Postfix  # noqa: E402
+from proftpd import ProFTPD  # noqa: E402
+from tokensvc import TokenService  # noqa: E402
 
 BASE = os.environ.get("MAILOAUTH_SANDBOX", "/tmp/mailoauth-sandbox")
-USER = "demo"
+FTP_USER = "demo"
+MAILBOX = "ftp-notify@contoso.test"
+TEAM = "partner-team@contoso.test"
 
 
 def say(text=""):
     print(text, flush=True)
 
 
-def pid_from(path):
-    try:
-        with open(path) as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def stop():
-    pid = pid_from(os.path.join(BASE, "ftp", "proftpd.pid"))
-    if pid and alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not alive(pid):
-                break
-            time.sleep(0.1)
-        say("stopped proftpd (pid %d)" % pid)
+def stop_leftovers():
+    """A previous sandbox killed hard may have left servers running."""
+    for pidfile in ("ftp/proftpd.pid",):
+        try:
+            with open(os.path.join(BASE, pidfile)) as f:
+                os.kill(int(f.read().split()[0]), signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            pass
+    subprocess.run(["pkill", "-f", BASE], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
     subprocess.run(["rm", "-rf", BASE])
 
 
-def start():
+def sign_in(tool, conf, svc):
+    """ftpmailoauth signin --device, with the sandbox approving the code as
+    the person would on their phone."""
+    proc = subprocess.Popen([tool, "-c", conf, "signin", "--device", "notify"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    out = []
+    code = None
+    for line in proc.stdout:
+        out.append(line)
+        say("    | " + line.rstrip())
+        m = re.match(r"^User code: (\S+)$", line.strip())
+        if m and code is None:
+            code = m.group(1)
+            say("    (the sandbox enters the code and approves, as %s)"
+                % MAILBOX)
+            svc.approve_device(code, MAILBOX)
+    if proc.wait() != 0:
+        sys.exit("sign-in failed:\n" + "".join(out))
+
+
+def main():
     if os.geteuid() != 0:
-        sys.exit("the sandbox starts proftpd as root (it switches to 'nobody'):"
-                 " run it with sudo")
+        sys.exit("the sandbox starts proftpd, Dovecot and Postfix: run it as "
+                 "root")
     module = os.environ.get("MAILOAUTH_MODULE",
                             os.path.join(TOP, "build", "mod_mailoauth.so"))
-    if not os.path.exists(module):
-        sys.exit("%s is missing: run ./configure && make first" % module)
-    stop()
+    tool = os.environ.get("MAILOAUTH_TOOL",
+                          os.path.join(TOP, "build", "ftpmailoauth"))
+    for path in (module, tool):
+        if not os.path.exists(path):
+            sys.exit("%s is missing: run ./configure && make first" % path)
+    if len(sys.argv) > 1 and sys.argv[1] == "stop":
+        stop_leftovers()
+        return
+    wait = "--no-wait" not in sys.argv
+
+    stop_leftovers()
     os.makedirs(BASE)
     os.chmod(BASE, 0o755)
-    pki = TestPKI(os.path.join(BASE, "pki")).create()
-    srv = ProFTPD(os.path.join(BASE, "ftp"), module,
-                  proftpd=os.environ.get("PROFTPD", "/usr/sbin/proftpd"),
-                  users={USER: 2001}, pki=pki, tls=True, sftp=True,
-                  trace_level=10)
-    srv.password = USER
-    srv.start()
-    # From here on the sandbox outlives this script.
-    srv.proc = None
+    started = []
+    try:
+        say("Starting the sandbox in %s ..." % BASE)
+        pki = TestPKI(os.path.join(BASE, "pki")).create()
+        svc = TokenService(os.path.join(BASE, "login"), pki).start()
+        started.append(svc)
+        svc.set_config(device_interval=1)
+        app = svc.add_app(redirect_uris=["http://localhost:9090/"
+                                         "register_microsoft_graph_api/"])
+        svc.add_user(MAILBOX, display_name="FTP notifications")
+        mail = os.path.join(BASE, "mail")
+        os.makedirs(mail)
+        os.chmod(mail, 0o755)
+        dovecot = Dovecot(mail, pki, svc.introspect_url, users=[]).start()
+        started.append(dovecot)
+        postfix = Postfix(mail, pki, dovecot).start()
+        started.append(postfix)
 
-    say("proftpd with mod_mailoauth is running on 127.0.0.1")
-    say("  FTP/FTPS port %d, SFTP/SCP port %d, user '%s', password '%s'"
-        % (srv.port, srv.sftp_port, USER, srv.password))
-    say("  worker log: %s" % srv.log)
-    say()
-    sample = os.path.join(BASE, "hello.txt")
-    with open(sample, "w") as f:
-        f.write("Hello from the mod_mailoauth sandbox\n")
-    cmd = ["curl", "-sS", "-T", sample, "-u", "%s:%s" % (USER, srv.password),
-           "ftp://127.0.0.1:%d/hello.txt" % srv.port]
-    say("Uploading a file:  " + " ".join(cmd))
-    subprocess.run(cmd, check=True)
-    srv.wait_log("upload event", timeout=15)
-    say()
-    say("The worker received it (%s):" % srv.log)
-    for line in srv.log_text().splitlines():
-        say("  " + line)
-    say()
-    say("Try more uploads, then watch the log:")
-    say("  curl -T FILE ftp://%s:%s@127.0.0.1:%d/"
-        % (USER, srv.password, srv.port))
-    say("  curl --ssl-reqd --cacert %s -T FILE ftp://%s:%s@127.0.0.1:%d/"
-        % (pki.ca_cert, USER, srv.password, srv.port))
-    say("  curl -k -T FILE sftp://%s:%s@127.0.0.1:%d/~/"
-        % (USER, srv.password, srv.sftp_port))
-    say("  tail -f %s" % srv.log)
-    say("Stop it with: make sandbox-stop")
+        ftp = os.path.join(BASE, "ftp")
+        os.makedirs(ftp)
+        secret = os.path.join(ftp, "notify.secret")
+        with open(secret, "w") as f:
+            f.write(app["secret"] + "\n")
+        os.chmod(secret, 0o600)
+        conf = ("MailOAuthAccount notify authority=%s tenant=contoso.test "
+                "client-id=%s client-secret=file:%s mailbox=%s ca-file=%s "
+                "proxy=none smtp=smtp://127.0.0.1:%d imap=imaps://127.0.0.1:%d"
+                % (svc.url, app["client_id"], secret, MAILBOX, pki.ca_cert,
+                   postfix.smtp_port, dovecot.imaps_port))
+        rule = ('MailOAuthNotify notify to=%s "subject=%%u sent %%{basename}" '
+                'attach=1M' % TEAM)
+        srv = ProFTPD(ftp, module, users={FTP_USER: 2001}, pki=pki, tls=True,
+                      sftp=True, trace_level=10, extra_conf=conf,
+                      global_conf="<Global>\n%s\n</Global>" % rule)
+        srv.password = FTP_USER
+        srv.start()
+        started.append(srv)
 
+        say()
+        say("1. An operator signs the account in once (device code flow):")
+        say("   ftpmailoauth -c %s signin --device notify" % srv.conf)
+        sign_in(tool, srv.conf, svc)
 
-def status():
-    pid = pid_from(os.path.join(BASE, "ftp", "proftpd.pid"))
-    if pid and alive(pid):
-        say("sandbox proftpd running (pid %d) in %s" % (pid, BASE))
-    else:
-        say("no sandbox running")
+        say()
+        say("2. A partner uploads a file:")
+        sample = os.path.join(BASE, "invoice-2026-11.txt")
+        with open(sample, "w") as f:
+            f.write("Invoice 2026-11: 42 widgets\n")
+        cmd = ["curl", "-sS", "-T", sample, "-u",
+               "%s:%s" % (FTP_USER, srv.password),
+               "ftp://127.0.0.1:%d/invoice-2026-11.txt" % srv.port]
+        say("   " + " ".join(cmd))
+        subprocess.run(cmd, check=True)
+
+        say()
+        say("3. The notification arrives in %s's mailbox:" % TEAM)
+        raw = dovecot.wait_for_messages(TEAM, 1, timeout=30)[0]
+        head, _, body = raw.decode(errors="replace").partition("\n\n")
+        for line in head.splitlines():
+            if re.match(r"^(From|To|Subject|Date|Message-ID):", line):
+                say("   " + line)
+        for line in body.splitlines()[:14]:
+            say("   " + line)
+
+        say()
+        say("The worker's log (%s):" % srv.log)
+        for line in srv.log_text().splitlines():
+            say("   " + line)
+
+        say()
+        say("Try it yourself:")
+        say("  curl -T FILE ftp://%s:%s@127.0.0.1:%d/"
+            % (FTP_USER, srv.password, srv.port))
+        say("  curl -k -T FILE sftp://%s:%s@127.0.0.1:%d/~/"
+            % (FTP_USER, srv.password, srv.sftp_port))
+        say("  doveadm -c %s fetch -u %s text mailbox INBOX all"
+            % (dovecot.config, TEAM))
+        say("  %s -c %s status" % (tool, srv.conf))
+        say("  %s -c %s test notify" % (tool, srv.conf))
+        say("  tail -f %s" % srv.log)
+        if wait:
+            say("Press Ctrl-C to stop the sandbox.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                say()
+    finally:
+        for s in reversed(started):
+            try:
+                s.stop()
+            except Exception:
+                pass
+        say("Sandbox stopped.")
 
 
 if __name__ == "__main__":
-    action = sys.argv[1] if len(sys.argv) > 1 else "start"
-    {"start": start, "stop": stop, "status": status}.get(
-        action, lambda: sys.exit(__doc__))()
+    main()

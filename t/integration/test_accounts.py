@@ -154,9 +154,9 @@ def test_duplicate_account_refused(account, tokensvc, tokensvc_app, pki):
 def test_account_without_signin_says_what_to_run(account):
     a = account()
     a.srv.start()
-    a.srv.wait_log("account notify (%s): nobody has signed in yet; sign in "
-                   "with: ftpmailoauth -c %s signin notify"
-                   % (ALICE, a.srv.conf))
+    text = a.srv.wait_log("nobody has signed in yet")
+    assert "run ftpmailoauth -c %s signin notify" % a.srv.conf in text
+    assert text.count("nobody has signed in yet") == 1
 
 
 def test_refresh_before_expiry_rotates_and_works_with_dovecot(
