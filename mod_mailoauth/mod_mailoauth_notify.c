@@ -19,6 +19,7 @@
 #include "mod_mailoauth.h"
 #include "event.h"
 #include "message.h"
+#include "trace.h"
 
 #include <fnmatch.h>
 
@@ -449,6 +450,31 @@ int mailoauth_notify_check_accounts(server_rec *s, const char **bad_account,
         *bad_account = rule->account;
         *where = rule->key;
         return -1;
+      }
+
+      if (rule->from != NULL) {
+        unsigned int i;
+
+        for (i = 1; i < acct->argc; i++) {
+          const char *arg = acct->argv[i];
+
+          /* Exchange refuses (554 5.2.252 SendAsDenied) a From other than
+           * the signed-in mailbox unless Send As was granted: say so now,
+           * not at the first upload.
+           */
+          if (strncasecmp(arg, "mailbox=", 8) == 0 &&
+              strcasecmp(arg + 8, rule->from) != 0) {
+            pr_log_pri(PR_LOG_NOTICE, "mod_mailoauth: MailOAuthNotify on %s "
+              "sends as %s, but account '%s' is mailbox %s: Exchange refuses "
+              "this (554 5.2.252 SendAsDenied) unless %s has Send As rights "
+              "on %s", rule->key, rule->from, rule->account, arg + 8,
+              arg + 8, rule->from);
+            mailoauth_log("MailOAuthNotify on %s sends as %s, but account "
+              "'%s' is mailbox %s: Exchange refuses this (554 5.2.252 "
+              "SendAsDenied) unless it has Send As rights", rule->key,
+              rule->from, rule->account, arg + 8);
+          }
+        }
       }
     }
 

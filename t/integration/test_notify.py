@@ -348,3 +348,13 @@ def test_rate_limit_makes_mail_wait_not_drop(notifier, dovecot):
     assert len([f for f in os.listdir(queue) if f.endswith(".ev")]) == 2
     # The window moves on after a minute; nothing was dropped.
     dovecot.wait_for_messages(to, 5, timeout=90)
+
+
+def test_from_other_than_mailbox_reported_at_startup(notifier):
+    a = notifier("MailOAuthNotify notify to=%s from=other@contoso.test"
+                 % rcpt("x"))
+    a.srv.start()
+    text = a.srv.log_text()
+    assert "sends as other@contoso.test, but account 'notify' is mailbox " \
+        "%s" % ALICE in text
+    assert "SendAsDenied" in text
