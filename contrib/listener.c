@@ -2,6 +2,7 @@
  * ftpmailoauth - the local web server that receives the browser sign-in
  */
 
+#include "trace.h"
 #include "listener.h"
 
 #include <errno.h>
@@ -47,24 +48,6 @@ struct ftpmailoauth_listener {
   struct listener_client clients[LISTENER_MAX_CLIENTS];
   int pending_fd;
 };
-
-static void listener_err(char *errbuf, size_t errlen, const char *fmt, ...)
-#ifdef __GNUC__
-  __attribute__((format(printf, 3, 4)))
-#endif
-  ;
-
-static void listener_err(char *errbuf, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-
-  if (errbuf == NULL || errlen == 0) {
-    return;
-  }
-
-  va_start(ap, fmt);
-  vsnprintf(errbuf, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* ------------------------------------------------------------------------
  * Binding.
@@ -141,7 +124,7 @@ static int listener_bind(struct ftpmailoauth_listener *l, const char *host,
     res = getaddrinfo(hosts[i], port, &hints, &ai);
     if (res != 0) {
       if (first_errno == 0) {
-        listener_err(errbuf, errlen, "cannot resolve redirect host '%s': %s",
+        mailoauth_errf(errbuf, errlen, "cannot resolve redirect host '%s': %s",
           hosts[i], gai_strerror(res));
         first_errno = ENOENT;
       }
@@ -167,7 +150,7 @@ static int listener_bind(struct ftpmailoauth_listener *l, const char *host,
       }
 
       freeaddrinfo(ai);
-      listener_err(errbuf, errlen, "cannot listen on %s port %s: %s%s",
+      mailoauth_errf(errbuf, errlen, "cannot listen on %s port %s: %s%s",
         hosts[i], port, strerror(xerrno), xerrno == EADDRINUSE ?
         " (another program, or another sign-in, is using it)" : "");
       errno = xerrno;
@@ -178,7 +161,7 @@ static int listener_bind(struct ftpmailoauth_listener *l, const char *host,
 
   if (l->nsocks == 0) {
     if (first_errno == EADDRNOTAVAIL) {
-      listener_err(errbuf, errlen, "cannot listen on %s port %s: the "
+      mailoauth_errf(errbuf, errlen, "cannot listen on %s port %s: the "
         "redirect URI names a host that is not this machine", host, port);
     }
     errno = first_errno != 0 ? first_errno : EADDRNOTAVAIL;
@@ -200,12 +183,12 @@ static int listener_parse_uri(const char *uri, char **host, char **port,
       curl_url_get(u, CURLUPART_HOST, host, 0) != CURLUE_OK ||
       curl_url_get(u, CURLUPART_PORT, port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
       curl_url_get(u, CURLUPART_PATH, path, 0) != CURLUE_OK) {
-    listener_err(errbuf, errlen, "cannot parse redirect URI '%s'", uri);
+    mailoauth_errf(errbuf, errlen, "cannot parse redirect URI '%s'", uri);
     goto out;
   }
 
   if (strcasecmp(scheme, "http") != 0) {
-    listener_err(errbuf, errlen, "redirect URI '%s' is not http://: a local "
+    mailoauth_errf(errbuf, errlen, "redirect URI '%s' is not http://: a local "
       "listener cannot serve it (use --no-listen and paste the address the "
       "browser ends up at)", uri);
     goto out;
@@ -497,7 +480,7 @@ int ftpmailoauth_listener_wait(struct ftpmailoauth_listener *l,
     int res;
 
     if (now >= deadline) {
-      listener_err(errbuf, errlen, "nobody came back from the sign-in page "
+      mailoauth_errf(errbuf, errlen, "nobody came back from the sign-in page "
         "in time");
       errno = ETIMEDOUT;
       return -1;
@@ -528,7 +511,7 @@ int ftpmailoauth_listener_wait(struct ftpmailoauth_listener *l,
       if (errno == EINTR) {
         continue;
       }
-      listener_err(errbuf, errlen, "waiting for the browser: %s",
+      mailoauth_errf(errbuf, errlen, "waiting for the browser: %s",
         strerror(errno));
       return -1;
     }

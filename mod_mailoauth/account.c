@@ -2,6 +2,7 @@
  * mod_mailoauth - OAuth mail accounts (the MailOAuthAccount directive)
  */
 
+#include "trace.h"
 #include "account.h"
 #include "tokenstore.h"
 
@@ -44,26 +45,6 @@ static const char *mailoauth_account_keys[] = {
   "scopes", "authority", "authorize-url", "token-url", "device-url",
   "redirect-uri", "proxy", "ca-file", "smtp", "imap", "send-rate", NULL
 };
-
-static void mailoauth_account_err(char *errbuf, size_t errlen,
-    const char *fmt, ...)
-#ifdef __GNUC__
-  __attribute__((format(printf, 3, 4)))
-#endif
-  ;
-
-static void mailoauth_account_err(char *errbuf, size_t errlen,
-    const char *fmt, ...) {
-  va_list ap;
-
-  if (errbuf == NULL || errlen == 0) {
-    return;
-  }
-
-  va_start(ap, fmt);
-  vsnprintf(errbuf, errlen, fmt, ap);
-  va_end(ap);
-}
 
 static const char *mailoauth_account_keep(struct mailoauth_account *acct,
     const char *value) {
@@ -133,7 +114,7 @@ static void mailoauth_account_unknown(const char *key, char *errbuf,
 
   for (i = 0; mailoauth_account_keys[i] != NULL; i++) {
     if (mailoauth_account_near(key, mailoauth_account_keys[i])) {
-      mailoauth_account_err(errbuf, errlen, "unknown setting '%s': did you "
+      mailoauth_errf(errbuf, errlen, "unknown setting '%s': did you "
         "mean '%s='?", key, mailoauth_account_keys[i]);
       return;
     }
@@ -144,7 +125,7 @@ static void mailoauth_account_unknown(const char *key, char *errbuf,
     strncat(list, mailoauth_account_keys[i], sizeof(list) - strlen(list) - 1);
   }
 
-  mailoauth_account_err(errbuf, errlen, "unknown setting '%s' (known: %s)",
+  mailoauth_errf(errbuf, errlen, "unknown setting '%s' (known: %s)",
     key, list);
 }
 
@@ -167,7 +148,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
 
   if (name == NULL ||
       !mailoauth_tokenstore_valid_account(name)) {
-    mailoauth_account_err(errbuf, errlen, "account name '%s' is not usable: "
+    mailoauth_errf(errbuf, errlen, "account name '%s' is not usable: "
       "use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'",
       name ? name : "");
     errno = EINVAL;
@@ -186,7 +167,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
     eq = strchr(arg, '=');
     if (eq == NULL ||
         eq == arg) {
-      mailoauth_account_err(errbuf, errlen, "expected key=value, got '%s' "
+      mailoauth_errf(errbuf, errlen, "expected key=value, got '%s' "
         "(e.g. tenant=contoso.onmicrosoft.com)", arg);
       errno = EINVAL;
       return -1;
@@ -213,14 +194,14 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
     }
 
     if (*value == '\0') {
-      mailoauth_account_err(errbuf, errlen, "%s= needs a value", key);
+      mailoauth_errf(errbuf, errlen, "%s= needs a value", key);
       errno = EINVAL;
       return -1;
     }
 
     if (strcasecmp(key, "provider") == 0) {
       if (mailoauth_oauth_provider_parse(value, &oc->provider) < 0) {
-        mailoauth_account_err(errbuf, errlen, "unknown provider '%s': write "
+        mailoauth_errf(errbuf, errlen, "unknown provider '%s': write "
           "provider=microsoft, microsoft-usgov, microsoft-china, google or "
           "generic", value);
         errno = EINVAL;
@@ -230,7 +211,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
 
     } else if (strcasecmp(key, "grant") == 0) {
       if (mailoauth_oauth_grant_parse(value, &oc->grant) < 0) {
-        mailoauth_account_err(errbuf, errlen, "unknown grant '%s': write "
+        mailoauth_errf(errbuf, errlen, "unknown grant '%s': write "
           "grant=delegated (a person signs in once) or grant=app-only "
           "(client credentials)", value);
         errno = EINVAL;
@@ -241,7 +222,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
       if (strncmp(value, "file:/", 6) != 0 &&
           strncmp(value, "env:", 4) != 0) {
         /* Never echo it: it may be the secret itself. */
-        mailoauth_account_err(errbuf, errlen, "client-secret must name where "
+        mailoauth_errf(errbuf, errlen, "client-secret must name where "
           "the secret is, not be the secret: write client-secret=file:/etc/"
           "proftpd/%s.secret (a file only root can read) or "
           "client-secret=env:VARIABLE", name);
@@ -255,7 +236,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
     } else if (strcasecmp(key, "mailbox") == 0) {
       if (strchr(value, '@') == NULL ||
           strpbrk(value, " \t\r\n<>\",;") != NULL) {
-        mailoauth_account_err(errbuf, errlen, "mailbox '%s' is not an email "
+        mailoauth_errf(errbuf, errlen, "mailbox '%s' is not an email "
           "address: write e.g. mailbox=ftp-notify@contoso.com", value);
         errno = EINVAL;
         return -1;
@@ -266,7 +247,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
 
     } else if (strcasecmp(key, "smtp") == 0) {
       if (!mailoauth_account_url_scheme(value, "smtp://", "smtps://")) {
-        mailoauth_account_err(errbuf, errlen, "smtp '%s' must be "
+        mailoauth_errf(errbuf, errlen, "smtp '%s' must be "
           "smtp://host:587 (STARTTLS) or smtps://host:465", value);
         errno = EINVAL;
         return -1;
@@ -277,7 +258,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
 
     } else if (strcasecmp(key, "imap") == 0) {
       if (!mailoauth_account_url_scheme(value, "imaps://", "imap://")) {
-        mailoauth_account_err(errbuf, errlen, "imap '%s' must be "
+        mailoauth_errf(errbuf, errlen, "imap '%s' must be "
           "imaps://host:993 (or imap://host:143, with STARTTLS required)",
           value);
         errno = EINVAL;
@@ -289,7 +270,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
 
     } else if (strcasecmp(key, "redirect-uri") == 0) {
       if (!mailoauth_account_url_scheme(value, "http://", "https://")) {
-        mailoauth_account_err(errbuf, errlen, "redirect-uri '%s' must be an "
+        mailoauth_errf(errbuf, errlen, "redirect-uri '%s' must be an "
           "http:// or https:// URL, e.g. " MAILOAUTH_ACCOUNT_DEFAULT_REDIRECT,
           value);
         errno = EINVAL;
@@ -304,7 +285,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
       long rate = strtol(value, &end, 10);
 
       if (end == value || *end != '\0' || rate < 1 || rate > 1000) {
-        mailoauth_account_err(errbuf, errlen, "send-rate '%s' must be the "
+        mailoauth_errf(errbuf, errlen, "send-rate '%s' must be the "
           "number of mails a minute, 1 to 1000 (Exchange Online allows "
           "about 30)", value);
         errno = EINVAL;
@@ -314,7 +295,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
 
     } else if (strcasecmp(key, "ca-file") == 0 &&
                value[0] != '/') {
-      mailoauth_account_err(errbuf, errlen, "ca-file '%s' is not an absolute "
+      mailoauth_errf(errbuf, errlen, "ca-file '%s' is not an absolute "
         "path", value);
       errno = EINVAL;
       return -1;
@@ -358,14 +339,14 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
   (void) have_provider;
 
   if (oc->client_id == NULL) {
-    mailoauth_account_err(errbuf, errlen, "client-id= is required: the "
+    mailoauth_errf(errbuf, errlen, "client-id= is required: the "
       "Application (client) ID from the app registration's Overview page");
     errno = EINVAL;
     return -1;
   }
 
   if (acct->mailbox == NULL) {
-    mailoauth_account_err(errbuf, errlen, "mailbox= is required: the address "
+    mailoauth_errf(errbuf, errlen, "mailbox= is required: the address "
       "the account sends and reads mail as");
     errno = EINVAL;
     return -1;
@@ -373,7 +354,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
 
   if (oc->grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY) {
     if (acct->secret_source == NULL) {
-      mailoauth_account_err(errbuf, errlen, "grant=app-only needs "
+      mailoauth_errf(errbuf, errlen, "grant=app-only needs "
         "client-secret=file:/path or client-secret=env:NAME");
       errno = EINVAL;
       return -1;
@@ -385,7 +366,7 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
          strcasecmp(oc->tenant, "common") == 0 ||
          strcasecmp(oc->tenant, "organizations") == 0 ||
          strcasecmp(oc->tenant, "consumers") == 0)) {
-      mailoauth_account_err(errbuf, errlen, "grant=app-only needs the real "
+      mailoauth_errf(errbuf, errlen, "grant=app-only needs the real "
         "tenant: write tenant=<Directory (tenant) ID> or "
         "tenant=contoso.onmicrosoft.com");
       errno = EINVAL;
@@ -441,7 +422,7 @@ static int mailoauth_account_read_secret_file(const char *path, char *buf,
   fd = open(path, O_RDONLY|O_NOFOLLOW|O_CLOEXEC);
   if (fd < 0) {
     xerrno = errno;
-    mailoauth_account_err(errbuf, errlen, "cannot read client secret file "
+    mailoauth_errf(errbuf, errlen, "cannot read client secret file "
       "'%s': %s", path, strerror(xerrno));
     errno = xerrno;
     return -1;
@@ -450,7 +431,7 @@ static int mailoauth_account_read_secret_file(const char *path, char *buf,
   if (fstat(fd, &st) < 0 ||
       !S_ISREG(st.st_mode)) {
     (void) close(fd);
-    mailoauth_account_err(errbuf, errlen, "client secret file '%s' is not a "
+    mailoauth_errf(errbuf, errlen, "client secret file '%s' is not a "
       "regular file", path);
     errno = EINVAL;
     return -1;
@@ -458,7 +439,7 @@ static int mailoauth_account_read_secret_file(const char *path, char *buf,
 
   if ((st.st_mode & 077) != 0) {
     (void) close(fd);
-    mailoauth_account_err(errbuf, errlen, "client secret file '%s' is "
+    mailoauth_errf(errbuf, errlen, "client secret file '%s' is "
       "readable by others (mode %04o): chmod 0600 '%s'", path,
       (unsigned int) (st.st_mode & 07777), path);
     errno = EPERM;
@@ -497,7 +478,7 @@ int mailoauth_account_load_secret(struct mailoauth_account *acct,
 
     if (value == NULL ||
         *value == '\0') {
-      mailoauth_account_err(errbuf, errlen, "client secret variable '%s' is "
+      mailoauth_errf(errbuf, errlen, "client secret variable '%s' is "
         "not set in proftpd's environment", src + 4);
       errno = ENOENT;
       return -1;
@@ -520,7 +501,7 @@ int mailoauth_account_load_secret(struct mailoauth_account *acct,
 
   if (len == 0) {
     OPENSSL_cleanse(buf, sizeof(buf));
-    mailoauth_account_err(errbuf, errlen, "the client secret from '%s' is "
+    mailoauth_errf(errbuf, errlen, "the client secret from '%s' is "
       "empty", src);
     errno = EINVAL;
     return -1;

@@ -23,24 +23,6 @@ static const char *trace_channel = "mailoauth.mailauth";
 /* Longest line kept in a transcript (Exchange's are far shorter). */
 #define MAILAUTH_LINE_MAX     400
 
-static void mailauth_err(char *errbuf, size_t errlen, const char *fmt, ...)
-#ifdef __GNUC__
-  __attribute__((format(printf, 3, 4)))
-#endif
-  ;
-
-static void mailauth_err(char *errbuf, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-
-  if (errbuf == NULL || errlen == 0) {
-    return;
-  }
-
-  va_start(ap, fmt);
-  vsnprintf(errbuf, errlen, fmt, ap);
-  va_end(ap);
-}
-
 static int mailauth_blank(const char *s) {
   return s == NULL || *s == '\0';
 }
@@ -622,14 +604,14 @@ int mailoauth_mailauth_setup(CURL *curl,
   }
 
   if (mailoauth_mailauth_proto(cfg->url, &proto, NULL) < 0) {
-    mailauth_err(errbuf, errlen, "mail server URL '%s' must start with "
+    mailoauth_errf(errbuf, errlen, "mail server URL '%s' must start with "
       "smtp://, smtps://, imap:// or imaps://", cfg->url ? cfg->url : "");
     errno = EINVAL;
     return -1;
   }
 
   if (mailauth_blank(cfg->username) || mailauth_blank(cfg->bearer)) {
-    mailauth_err(errbuf, errlen, "a mailbox and an access token are needed "
+    mailoauth_errf(errbuf, errlen, "a mailbox and an access token are needed "
       "to log in to %s", cfg->url);
     errno = EINVAL;
     return -1;
@@ -675,7 +657,7 @@ int mailoauth_mailauth_setup(CURL *curl,
 #undef SETOPT
 
   if (rc != CURLE_OK) {
-    mailauth_err(errbuf, errlen, "cannot set up libcurl for %s: %s", cfg->url,
+    mailoauth_errf(errbuf, errlen, "cannot set up libcurl for %s: %s", cfg->url,
       curl_easy_strerror(rc));
     errno = EINVAL;
     return -1;
@@ -768,29 +750,29 @@ static void mailauth_explain(const struct mailoauth_mailauth_config *cfg,
   const char *what = tr->proto == MAILOAUTH_MAILAUTH_SMTP ? "SMTP" : "IMAP";
 
   if (rc == CURLE_OK && !tr->authenticated) {
-    mailauth_err(errbuf, errlen, "%s server %s did not authenticate us: it "
+    mailoauth_errf(errbuf, errlen, "%s server %s did not authenticate us: it "
       "offers no login after TLS", what, cfg->url);
 
   } else if (rc == CURLE_LOGIN_DENIED && !tr->auth_sent) {
-    mailauth_err(errbuf, errlen, "%s server %s does not offer XOAUTH2 (last "
+    mailoauth_errf(errbuf, errlen, "%s server %s does not offer XOAUTH2 (last "
       "answer: %s)", what, cfg->url, tr->last_reply);
 
   } else if (rc == CURLE_LOGIN_DENIED) {
-    mailauth_err(errbuf, errlen, "%s server %s refused the login as %s%s%s%s",
+    mailoauth_errf(errbuf, errlen, "%s server %s refused the login as %s%s%s%s",
       what, cfg->url, cfg->username,
       tr->challenge[0] != '\0' ? " (XOAUTH2 error: " : "", tr->challenge,
       tr->challenge[0] != '\0' ? ")" : "");
 
   } else if (rc == CURLE_QUOTE_ERROR) {
-    mailauth_err(errbuf, errlen, "logged in to %s as %s, but the mailbox "
+    mailoauth_errf(errbuf, errlen, "logged in to %s as %s, but the mailbox "
       "cannot be opened: %s", cfg->url, cfg->username, tr->last_reply);
 
   } else if (rc == CURLE_USE_SSL_FAILED) {
-    mailauth_err(errbuf, errlen, "%s server %s does not offer STARTTLS: not "
+    mailoauth_errf(errbuf, errlen, "%s server %s does not offer STARTTLS: not "
       "logging in without TLS", what, cfg->url);
 
   } else {
-    mailauth_err(errbuf, errlen, "%s: %s", cfg->url, curl_err[0] != '\0' ?
+    mailoauth_errf(errbuf, errlen, "%s: %s", cfg->url, curl_err[0] != '\0' ?
       curl_err : curl_easy_strerror(rc));
   }
 }
@@ -814,7 +796,7 @@ int mailoauth_mailauth_test(const struct mailoauth_mailauth_config *cfg,
 
   curl = curl_easy_init();
   if (curl == NULL) {
-    mailauth_err(errbuf, errlen, "cannot set up libcurl");
+    mailoauth_errf(errbuf, errlen, "cannot set up libcurl");
     errno = ENOMEM;
     return -1;
   }
@@ -826,7 +808,7 @@ int mailoauth_mailauth_test(const struct mailoauth_mailauth_config *cfg,
   if (tr->proto == MAILOAUTH_MAILAUTH_IMAP) {
     imap_url = mailauth_imap_base(conf.url);
     if (imap_url == NULL) {
-      mailauth_err(errbuf, errlen, "cannot parse IMAP URL '%s'", conf.url);
+      mailoauth_errf(errbuf, errlen, "cannot parse IMAP URL '%s'", conf.url);
       goto out;
     }
 
@@ -851,7 +833,7 @@ int mailoauth_mailauth_test(const struct mailoauth_mailauth_config *cfg,
   }
 
   if (rc != CURLE_OK) {
-    mailauth_err(errbuf, errlen, "cannot set up libcurl for %s: %s", conf.url,
+    mailoauth_errf(errbuf, errlen, "cannot set up libcurl for %s: %s", conf.url,
       curl_easy_strerror(rc));
     goto out;
   }

@@ -211,50 +211,6 @@ static int mailoauth_notify_can_send(struct mailoauth_notify *n,
   return mailoauth_notify_rate_ok(n, a, now);
 }
 
-static unsigned char *mailoauth_notify_read(const char *dir, const char *name,
-    size_t *len) {
-  char path[4096];
-  unsigned char *data;
-  struct stat st;
-  size_t have = 0;
-  int fd;
-
-  snprintf(path, sizeof(path), "%s/%s", dir, name);
-  fd = open(path, O_RDONLY|O_NOFOLLOW|O_CLOEXEC);
-  if (fd < 0) {
-    return NULL;
-  }
-
-  if (fstat(fd, &st) < 0 ||
-      !S_ISREG(st.st_mode) ||
-      st.st_size > MAILOAUTH_EVENT_MAX_PAYLOAD + 64) {
-    (void) close(fd);
-    return NULL;
-  }
-
-  data = malloc((size_t) st.st_size + 1);
-  if (data == NULL) {
-    (void) close(fd);
-    return NULL;
-  }
-
-  while (have < (size_t) st.st_size) {
-    ssize_t r = read(fd, data + have, (size_t) st.st_size - have);
-
-    if (r < 0 && errno == EINTR) {
-      continue;
-    }
-    if (r <= 0) {
-      break;
-    }
-    have += (size_t) r;
-  }
-
-  (void) close(fd);
-  *len = have;
-  return data;
-}
-
 static void mailoauth_notify_remove(struct mailoauth_notify *n,
     const char *name) {
   char path[4096];
@@ -662,7 +618,7 @@ static void mailoauth_notify_digest(struct mailoauth_notify *n,
   }
 
   for (i = 0; i < g->n; i++) {
-    unsigned char *data = mailoauth_notify_read(n->queue_dir, g->names[i],
+    unsigned char *data = mailoauth_queue_read(n->queue_dir, g->names[i],
       &len);
 
     if (data == NULL ||
@@ -772,7 +728,7 @@ int mailoauth_notify_process(struct mailoauth_notify *n, time_t now) {
     size_t len = 0;
     char buf[32];
 
-    data = mailoauth_notify_read(n->queue_dir, names[k]->d_name, &len);
+    data = mailoauth_queue_read(n->queue_dir, names[k]->d_name, &len);
     if (data == NULL) {
       continue;
     }

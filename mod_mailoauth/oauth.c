@@ -191,24 +191,6 @@ static int is_https(const char *url) {
   return strncasecmp(url, "https://", 8) == 0 && url[8] != '\0';
 }
 
-static void set_err(char *errbuf, size_t errlen, const char *fmt, ...)
-#ifdef __GNUC__
-  __attribute__((format(printf, 3, 4)))
-#endif
-  ;
-
-static void set_err(char *errbuf, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-
-  if (errbuf == NULL || errlen == 0) {
-    return;
-  }
-
-  va_start(ap, fmt);
-  vsnprintf(errbuf, errlen, fmt, ap);
-  va_end(ap);
-}
-
 /* Replace every occurrence of secret in text (in place) so that a server
  * echoing a parameter back cannot get it into a log.
  */
@@ -440,7 +422,7 @@ static int check_url(const char *what, const char *url, char *errbuf,
   }
 
   if (!is_https(url) || has_ctrl(url) || strchr(url, ' ') != NULL) {
-    set_err(errbuf, errlen, "%s must be an https:// URL", what);
+    mailoauth_errf(errbuf, errlen, "%s must be an https:// URL", what);
     errno = EINVAL;
     return -1;
   }
@@ -452,14 +434,14 @@ static int check_microsoft(const struct mailoauth_oauth_config *cfg,
   const char *tenant = cfg_tenant(cfg);
 
   if (!valid_tenant(tenant)) {
-    set_err(errbuf, errlen, "tenant must be a directory (tenant) ID, a domain, "
+    mailoauth_errf(errbuf, errlen, "tenant must be a directory (tenant) ID, a domain, "
       "'organizations' or 'common'");
     errno = EINVAL;
     return -1;
   }
 
   if (cfg->grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY && is_tenant_alias(tenant)) {
-    set_err(errbuf, errlen, "app-only access needs the directory (tenant) ID "
+    mailoauth_errf(errbuf, errlen, "app-only access needs the directory (tenant) ID "
       "or domain, not '%s'", tenant);
     errno = EINVAL;
     return -1;
@@ -475,27 +457,27 @@ int mailoauth_oauth_config_check(const struct mailoauth_oauth_config *cfg,
   }
 
   if ((unsigned int) cfg->provider >= PROVIDER_COUNT) {
-    set_err(errbuf, errlen, "unknown OAuth provider");
+    mailoauth_errf(errbuf, errlen, "unknown OAuth provider");
     errno = EINVAL;
     return -1;
   }
 
   if (is_blank(cfg->client_id) || has_ctrl(cfg->client_id)) {
-    set_err(errbuf, errlen, "a client ID is required");
+    mailoauth_errf(errbuf, errlen, "a client ID is required");
     errno = EINVAL;
     return -1;
   }
 
   if (cfg->client_secret != NULL && has_ctrl(cfg->client_secret)) {
     /* Never quote it: it is a secret. */
-    set_err(errbuf, errlen, "the client secret contains control characters "
+    mailoauth_errf(errbuf, errlen, "the client secret contains control characters "
       "(a stray line break when it was pasted?)");
     errno = EINVAL;
     return -1;
   }
 
   if (cfg->scopes != NULL && (is_blank(cfg->scopes) || has_ctrl(cfg->scopes))) {
-    set_err(errbuf, errlen, "scopes must be a space-separated list");
+    mailoauth_errf(errbuf, errlen, "scopes must be a space-separated list");
     errno = EINVAL;
     return -1;
   }
@@ -509,7 +491,7 @@ int mailoauth_oauth_config_check(const struct mailoauth_oauth_config *cfg,
   }
 
   if (cfg->connect_timeout_ms < 0 || cfg->timeout_ms < 0) {
-    set_err(errbuf, errlen, "timeouts cannot be negative");
+    mailoauth_errf(errbuf, errlen, "timeouts cannot be negative");
     errno = EINVAL;
     return -1;
   }
@@ -524,14 +506,14 @@ int mailoauth_oauth_config_check(const struct mailoauth_oauth_config *cfg,
       /* Google's app-only access uses service-account JWTs, not client
        * credentials.
        */
-      set_err(errbuf, errlen, "Google does not offer app-only access with "
+      mailoauth_errf(errbuf, errlen, "Google does not offer app-only access with "
         "client credentials; use delegated sign-in");
       errno = EINVAL;
       return -1;
     }
 
     if (is_blank(cfg->client_secret)) {
-      set_err(errbuf, errlen, "app-only access needs a client secret");
+      mailoauth_errf(errbuf, errlen, "app-only access needs a client secret");
       errno = EINVAL;
       return -1;
     }
@@ -539,13 +521,13 @@ int mailoauth_oauth_config_check(const struct mailoauth_oauth_config *cfg,
 
   if (cfg->provider == MAILOAUTH_OAUTH_PROVIDER_GENERIC) {
     if (cfg->token_url == NULL) {
-      set_err(errbuf, errlen, "the generic provider needs a token URL");
+      mailoauth_errf(errbuf, errlen, "the generic provider needs a token URL");
       errno = EINVAL;
       return -1;
     }
 
     if (cfg->scopes == NULL) {
-      set_err(errbuf, errlen, "the generic provider needs explicit scopes");
+      mailoauth_errf(errbuf, errlen, "the generic provider needs explicit scopes");
       errno = EINVAL;
       return -1;
     }
@@ -2249,7 +2231,7 @@ struct mailoauth_oauth_ctx *mailoauth_oauth_ctx_create(
 
   ctx = calloc(1, sizeof(*ctx));
   if (ctx == NULL) {
-    set_err(errbuf, errlen, "out of memory");
+    mailoauth_errf(errbuf, errlen, "out of memory");
     errno = ENOMEM;
     return NULL;
   }
@@ -2257,7 +2239,7 @@ struct mailoauth_oauth_ctx *mailoauth_oauth_ctx_create(
   if (ctx_copy_config(ctx, cfg) < 0) {
     int xerrno = errno;
 
-    set_err(errbuf, errlen, "cannot set up the token client: %s",
+    mailoauth_errf(errbuf, errlen, "cannot set up the token client: %s",
       strerror(xerrno));
     mailoauth_oauth_ctx_destroy(ctx);
     errno = xerrno;
@@ -2266,7 +2248,7 @@ struct mailoauth_oauth_ctx *mailoauth_oauth_ctx_create(
 
   ctx->curl = curl_easy_init();
   if (ctx->curl == NULL || ctx_setup_curl(ctx) < 0) {
-    set_err(errbuf, errlen, "cannot set up libcurl (was curl_global_init() "
+    mailoauth_errf(errbuf, errlen, "cannot set up libcurl (was curl_global_init() "
       "called, and does libcurl support HTTPS?)");
     mailoauth_oauth_ctx_destroy(ctx);
     errno = EINVAL;

@@ -398,12 +398,15 @@ int mailoauth_spool_drain(const char *spool_dir, const char *queue_dir,
   return res;
 }
 
-static unsigned char *mailoauth_queue_read(const char *path, size_t *len) {
+unsigned char *mailoauth_queue_read(const char *dir, const char *name,
+    size_t *len) {
+  char path[4096];
   unsigned char *data;
   struct stat st;
   size_t have = 0;
   int fd;
 
+  snprintf(path, sizeof(path), "%s/%s", dir, name);
   fd = open(path, O_RDONLY|O_NOFOLLOW|O_CLOEXEC);
   if (fd < 0) {
     return NULL;
@@ -468,9 +471,9 @@ int mailoauth_queue_process(const char *queue_dir, mailoauth_queue_cb cb,
     }
     memcpy(id, names[i]->d_name, id_len);
     id[id_len] = '\0';
-    free(names[i]);
 
-    data = mailoauth_queue_read(path, &len);
+    data = mailoauth_queue_read(queue_dir, names[i]->d_name, &len);
+    free(names[i]);
     if (data == NULL) {
       continue;
     }

@@ -56,6 +56,10 @@ typedef int (*mailoauth_queue_cb)(const char *id, const unsigned char *rec,
 int mailoauth_queue_process(const char *queue_dir, mailoauth_queue_cb cb,
   void *arg);
 
+/* The contents of one queued event file (malloc'd; *len set), or NULL. */
+unsigned char *mailoauth_queue_read(const char *dir, const char *name,
+  size_t *len);
+
 /* Number of events waiting in the queue, or -1. */
 int mailoauth_queue_count(const char *queue_dir);
 

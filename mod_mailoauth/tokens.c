@@ -80,24 +80,6 @@ struct mailoauth_tokens {
   int have_rejected;
 };
 
-static void tokens_err(char *errbuf, size_t errlen, const char *fmt, ...)
-#ifdef __GNUC__
-  __attribute__((format(printf, 3, 4)))
-#endif
-  ;
-
-static void tokens_err(char *errbuf, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-
-  if (errbuf == NULL || errlen == 0) {
-    return;
-  }
-
-  va_start(ap, fmt);
-  vsnprintf(errbuf, errlen, fmt, ap);
-  va_end(ap);
-}
-
 static const char *tokens_name(const struct mailoauth_tokens *t) {
   return t->acct->name;
 }
@@ -217,14 +199,14 @@ struct mailoauth_tokens *mailoauth_tokens_create(
   size_t len;
 
   if (acct == NULL || acct->name == NULL || dir == NULL) {
-    tokens_err(errbuf, errlen, "no account or token directory given");
+    mailoauth_errf(errbuf, errlen, "no account or token directory given");
     errno = EINVAL;
     return NULL;
   }
 
   t = calloc(1, sizeof(*t));
   if (t == NULL) {
-    tokens_err(errbuf, errlen, "out of memory");
+    mailoauth_errf(errbuf, errlen, "out of memory");
     errno = ENOMEM;
     return NULL;
   }
@@ -251,7 +233,7 @@ struct mailoauth_tokens *mailoauth_tokens_create(
   t->lock_path = malloc(len);
   if (t->dir == NULL || t->signin_cmd == NULL || t->lock_path == NULL) {
     mailoauth_tokens_destroy(t);
-    tokens_err(errbuf, errlen, "out of memory");
+    mailoauth_errf(errbuf, errlen, "out of memory");
     errno = ENOMEM;
     return NULL;
   }
@@ -427,7 +409,7 @@ static int tokens_lock_open(struct mailoauth_tokens *t, char *errbuf,
     O_NOCTTY, 0600);
   if (fd < 0) {
     xerrno = errno;
-    tokens_err(errbuf, errlen, "cannot open lock file %s: %s", t->lock_path,
+    mailoauth_errf(errbuf, errlen, "cannot open lock file %s: %s", t->lock_path,
       strerror(xerrno));
     errno = xerrno;
     return -1;
@@ -436,7 +418,7 @@ static int tokens_lock_open(struct mailoauth_tokens *t, char *errbuf,
   if (fstat(fd, &st) < 0 ||
       !S_ISREG(st.st_mode)) {
     close(fd);
-    tokens_err(errbuf, errlen, "lock file %s is not a regular file",
+    mailoauth_errf(errbuf, errlen, "lock file %s is not a regular file",
       t->lock_path);
     errno = EINVAL;
     return -1;
@@ -451,7 +433,7 @@ static int tokens_lock_open(struct mailoauth_tokens *t, char *errbuf,
       fchown(fd, t->owner, (gid_t) -1) < 0) {
     xerrno = errno;
     close(fd);
-    tokens_err(errbuf, errlen, "cannot give lock file %s to uid %lu: %s",
+    mailoauth_errf(errbuf, errlen, "cannot give lock file %s to uid %lu: %s",
       t->lock_path, (unsigned long) t->owner, strerror(xerrno));
     errno = xerrno;
     return -1;
@@ -484,7 +466,7 @@ static int tokens_lock(struct mailoauth_tokens *t, char *errbuf,
     if (xerrno != EWOULDBLOCK ||
         waited >= TOKENS_LOCK_WAIT_MS) {
       close(fd);
-      tokens_err(errbuf, errlen, "cannot lock %s: %s", t->lock_path,
+      mailoauth_errf(errbuf, errlen, "cannot lock %s: %s", t->lock_path,
         xerrno == EWOULDBLOCK ? "another process holds it too long" :
         strerror(xerrno));
       errno = xerrno == EWOULDBLOCK ? ETIMEDOUT : xerrno;
@@ -936,7 +918,7 @@ int mailoauth_tokens_store_signin(struct mailoauth_tokens *t,
   if (t == NULL || resp == NULL ||
       resp->oauth_class != MAILOAUTH_OAUTH_OK ||
       resp->access_token == NULL) {
-    tokens_err(errbuf, errlen, "no successful sign-in to store");
+    mailoauth_errf(errbuf, errlen, "no successful sign-in to store");
     errno = EINVAL;
     return -1;
   }
@@ -951,7 +933,7 @@ int mailoauth_tokens_store_signin(struct mailoauth_tokens *t,
 
   if (tokens_signin_record(t, resp, now) < 0) {
     tokens_unlock(fd);
-    tokens_err(errbuf, errlen, "out of memory");
+    mailoauth_errf(errbuf, errlen, "out of memory");
     errno = ENOMEM;
     return -1;
   }

@@ -44,24 +44,6 @@ struct mailoauth_tokenstore {
   struct tokenstore_stamp stamp;
 };
 
-static void set_err(char *errbuf, size_t errlen, const char *fmt, ...)
-#ifdef __GNUC__
-  __attribute__((format(printf, 3, 4)))
-#endif
-  ;
-
-static void set_err(char *errbuf, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-
-  if (errbuf == NULL || errlen == 0) {
-    return;
-  }
-
-  va_start(ap, fmt);
-  vsnprintf(errbuf, errlen, fmt, ap);
-  va_end(ap);
-}
-
 static void secret_free(char **s) {
   if (*s != NULL) {
     OPENSSL_cleanse(*s, strlen(*s));
@@ -183,13 +165,13 @@ struct mailoauth_tokenstore *mailoauth_tokenstore_create(const char *dir,
   struct mailoauth_tokenstore *ts;
 
   if (dir == NULL || *dir == '\0') {
-    set_err(errbuf, errlen, "no token directory configured");
+    mailoauth_errf(errbuf, errlen, "no token directory configured");
     errno = EINVAL;
     return NULL;
   }
 
   if (!mailoauth_tokenstore_valid_account(account)) {
-    set_err(errbuf, errlen, "invalid account name '%.64s': use up to %d "
+    mailoauth_errf(errbuf, errlen, "invalid account name '%.64s': use up to %d "
       "letters, digits, '-', '_' or '.', not starting with '.'",
       account != NULL ? account : "", MAILOAUTH_TOKENSTORE_ACCOUNT_MAX);
     errno = EINVAL;
@@ -198,7 +180,7 @@ struct mailoauth_tokenstore *mailoauth_tokenstore_create(const char *dir,
 
   ts = calloc(1, sizeof(*ts));
   if (ts == NULL) {
-    set_err(errbuf, errlen, "out of memory");
+    mailoauth_errf(errbuf, errlen, "out of memory");
     errno = ENOMEM;
     return NULL;
   }
@@ -212,7 +194,7 @@ struct mailoauth_tokenstore *mailoauth_tokenstore_create(const char *dir,
     int xerrno = ts->path == NULL && errno == ENAMETOOLONG ? ENAMETOOLONG :
       ENOMEM;
 
-    set_err(errbuf, errlen, "cannot set up the token file for account '%s': "
+    mailoauth_errf(errbuf, errlen, "cannot set up the token file for account '%s': "
       "%s", account, strerror(xerrno));
     mailoauth_tokenstore_destroy(ts);
     errno = xerrno;
@@ -297,13 +279,13 @@ int mailoauth_tokenstore_changed(const struct mailoauth_tokenstore *ts) {
 static int check_file(struct mailoauth_tokenstore *ts, const struct stat *st,
     char *errbuf, size_t errlen) {
   if (!S_ISREG(st->st_mode)) {
-    set_err(errbuf, errlen, "token file %s is not a regular file", ts->path);
+    mailoauth_errf(errbuf, errlen, "token file %s is not a regular file", ts->path);
     errno = EINVAL;
     return -1;
   }
 
   if ((st->st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-    set_err(errbuf, errlen, "token file %s has mode %04o: it holds secrets "
+    mailoauth_errf(errbuf, errlen, "token file %s has mode %04o: it holds secrets "
       "and must not be open to group or others (chmod 600 it)", ts->path,
       (unsigned int) (st->st_mode & 07777));
     errno = EACCES;
@@ -311,7 +293,7 @@ static int check_file(struct mailoauth_tokenstore *ts, const struct stat *st,
   }
 
   if (ts->uid != (uid_t) -1 && st->st_uid != ts->uid) {
-    set_err(errbuf, errlen, "token file %s is owned by uid %lu, expected "
+    mailoauth_errf(errbuf, errlen, "token file %s is owned by uid %lu, expected "
       "uid %lu", ts->path, (unsigned long) st->st_uid,
       (unsigned long) ts->uid);
     errno = EACCES;
@@ -319,7 +301,7 @@ static int check_file(struct mailoauth_tokenstore *ts, const struct stat *st,
   }
 
   if (st->st_size > MAILOAUTH_TOKENSTORE_MAX_SIZE) {
-    set_err(errbuf, errlen, "token file %s is too large (%lld bytes)",
+    mailoauth_errf(errbuf, errlen, "token file %s is too large (%lld bytes)",
       ts->path, (long long) st->st_size);
     errno = EFBIG;
     return -1;
@@ -341,15 +323,15 @@ static int open_checked(struct mailoauth_tokenstore *ts, struct stat *st,
     xerrno = errno;
 
     if (xerrno == ELOOP) {
-      set_err(errbuf, errlen, "token file %s is a symbolic link: refusing to "
+      mailoauth_errf(errbuf, errlen, "token file %s is a symbolic link: refusing to "
         "follow it", ts->path);
 
     } else if (xerrno == ENOENT) {
-      set_err(errbuf, errlen, "token file %s does not exist (not signed in "
+      mailoauth_errf(errbuf, errlen, "token file %s does not exist (not signed in "
         "yet?)", ts->path);
 
     } else {
-      set_err(errbuf, errlen, "cannot open token file %s: %s", ts->path,
+      mailoauth_errf(errbuf, errlen, "cannot open token file %s: %s", ts->path,
         strerror(xerrno));
     }
 
@@ -359,7 +341,7 @@ static int open_checked(struct mailoauth_tokenstore *ts, struct stat *st,
 
   if (fstat(fd, st) < 0) {
     xerrno = errno;
-    set_err(errbuf, errlen, "cannot stat token file %s: %s", ts->path,
+    mailoauth_errf(errbuf, errlen, "cannot stat token file %s: %s", ts->path,
       strerror(xerrno));
     close(fd);
     errno = xerrno;
@@ -582,14 +564,14 @@ static int check_version(struct mailoauth_tokenstore *ts, json_t *root,
   json_t *v = json_object_get(root, "version");
 
   if (!json_is_integer(v)) {
-    set_err(errbuf, errlen, "token file %s has no format version: not a "
+    mailoauth_errf(errbuf, errlen, "token file %s has no format version: not a "
       "token file?", ts->path);
     errno = EINVAL;
     return -1;
   }
 
   if (json_integer_value(v) != MAILOAUTH_TOKENSTORE_VERSION) {
-    set_err(errbuf, errlen, "token file %s has format version %lld; this "
+    mailoauth_errf(errbuf, errlen, "token file %s has format version %lld; this "
       "version reads only version %d", ts->path,
       (long long) json_integer_value(v), MAILOAUTH_TOKENSTORE_VERSION);
     errno = EINVAL;
@@ -613,11 +595,11 @@ static int parse_record(struct mailoauth_tokenstore *ts, const char *text,
      * which may be a token.
      */
     if (root == NULL) {
-      set_err(errbuf, errlen, "token file %s is not valid JSON (line %d, "
+      mailoauth_errf(errbuf, errlen, "token file %s is not valid JSON (line %d, "
         "column %d)", ts->path, jerr.line, jerr.column);
 
     } else {
-      set_err(errbuf, errlen, "token file %s does not hold a JSON object",
+      mailoauth_errf(errbuf, errlen, "token file %s does not hold a JSON object",
         ts->path);
     }
 
@@ -639,11 +621,11 @@ static int parse_record(struct mailoauth_tokenstore *ts, const char *text,
     int xerrno = errno;
 
     if (fe.name != NULL) {
-      set_err(errbuf, errlen, "token file %s: field '%s' has the wrong type",
+      mailoauth_errf(errbuf, errlen, "token file %s: field '%s' has the wrong type",
         ts->path, fe.name);
 
     } else {
-      set_err(errbuf, errlen, "cannot read token file %s: %s", ts->path,
+      mailoauth_errf(errbuf, errlen, "cannot read token file %s: %s", ts->path,
         strerror(xerrno));
     }
     errno = xerrno;
@@ -687,7 +669,7 @@ int mailoauth_tokenstore_read(struct mailoauth_tokenstore *ts,
   close(fd);
 
   if (text == NULL) {
-    set_err(errbuf, errlen, "cannot read token file %s: %s", ts->path,
+    mailoauth_errf(errbuf, errlen, "cannot read token file %s: %s", ts->path,
       strerror(xerrno));
     errno = xerrno;
     return -1;
@@ -969,7 +951,7 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
   if (serialize(ts, rec, &data) < 0) {
     xerrno = errno;
     dump_free(&data);
-    set_err(errbuf, errlen, "cannot encode token file %s: %s", ts->path,
+    mailoauth_errf(errbuf, errlen, "cannot encode token file %s: %s", ts->path,
       strerror(xerrno));
     errno = xerrno;
     return -1;
@@ -979,7 +961,7 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
   if (fd < 0) {
     xerrno = errno;
     dump_free(&data);
-    set_err(errbuf, errlen, "cannot create a temporary file in %s for token "
+    mailoauth_errf(errbuf, errlen, "cannot create a temporary file in %s for token "
       "file %s: %s", ts->dir, ts->path, strerror(xerrno));
     errno = xerrno;
     return -1;
@@ -990,7 +972,7 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
     close(fd);
     unlink(tmp);
     dump_free(&data);
-    set_err(errbuf, errlen, "cannot write token file %s: %s", ts->path,
+    mailoauth_errf(errbuf, errlen, "cannot write token file %s: %s", ts->path,
       strerror(xerrno));
     errno = xerrno;
     return -1;
@@ -1002,7 +984,7 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
 
   if (sync_dir(ts->dir) < 0) {
     xerrno = errno;
-    set_err(errbuf, errlen, "token file %s was replaced but directory %s "
+    mailoauth_errf(errbuf, errlen, "token file %s was replaced but directory %s "
       "could not be synced: %s", ts->path, ts->dir, strerror(xerrno));
     errno = xerrno;
     return -1;
@@ -1024,7 +1006,7 @@ int mailoauth_tokenstore_remove(struct mailoauth_tokenstore *ts, char *errbuf,
 
   if (unlink(ts->path) < 0 && errno != ENOENT) {
     xerrno = errno;
-    set_err(errbuf, errlen, "cannot remove token file %s: %s", ts->path,
+    mailoauth_errf(errbuf, errlen, "cannot remove token file %s: %s", ts->path,
       strerror(xerrno));
     errno = xerrno;
     return -1;
@@ -1034,7 +1016,7 @@ int mailoauth_tokenstore_remove(struct mailoauth_tokenstore *ts, char *errbuf,
 
   if (sync_dir(ts->dir) < 0) {
     xerrno = errno;
-    set_err(errbuf, errlen, "token file %s was removed but directory %s "
+    mailoauth_errf(errbuf, errlen, "token file %s was removed but directory %s "
       "could not be synced: %s", ts->path, ts->dir, strerror(xerrno));
     errno = xerrno;
     return -1;

@@ -5,6 +5,7 @@
 #include "trace.h"
 
 #include <stddef.h>
+#include <stdio.h>
 
 static mailoauth_trace_fn mailoauth_trace_sink = NULL;
 static mailoauth_log_fn mailoauth_log_sink = NULL;
@@ -38,5 +39,18 @@ void mailoauth_trace(const char *channel, int level, const char *fmt, ...) {
 
   va_start(ap, fmt);
   mailoauth_trace_sink(channel, level, fmt, ap);
+  va_end(ap);
+}
+
+void mailoauth_errf(char *errbuf, size_t errlen, const char *fmt, ...) {
+  va_list ap;
+
+  if (errbuf == NULL ||
+      errlen == 0) {
+    return;
+  }
+
+  va_start(ap, fmt);
+  vsnprintf(errbuf, errlen, fmt, ap);
   va_end(ap);
 }

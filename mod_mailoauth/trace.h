@@ -12,6 +12,7 @@
 #define MOD_MAILOAUTH_TRACE_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 typedef void (*mailoauth_trace_fn)(const char *channel, int level,
   const char *fmt, va_list ap);
@@ -31,6 +32,15 @@ void mailoauth_log(const char *fmt, ...)
 void mailoauth_trace_set_sink(mailoauth_trace_fn fn);
 
 void mailoauth_trace(const char *channel, int level, const char *fmt, ...)
+#ifdef __GNUC__
+  __attribute__((format(printf, 3, 4)))
+#endif
+  ;
+
+/* Formats an error message into a caller's buffer (which may be NULL or
+ * empty: then nothing is written).  Every unit reports errors this way.
+ */
+void mailoauth_errf(char *errbuf, size_t errlen, const char *fmt, ...)
 #ifdef __GNUC__
   __attribute__((format(printf, 3, 4)))
 #endif
