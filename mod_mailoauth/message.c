@@ -326,10 +326,10 @@ static int mailoauth_message_is_control(uint32_t cp) {
   return cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp < 0xa0);
 }
 
-/* Characters that end a line for some readers (NEL is a C1 control). */
+/* Characters that end a line for some reader or other. */
 static int mailoauth_message_is_linebreak(uint32_t cp) {
   return cp == '\r' || cp == '\n' || cp == '\v' || cp == '\f' ||
-    cp == 0x2028 || cp == 0x2029;
+    cp == 0x85 || cp == 0x2028 || cp == 0x2029;
 }
 
 /* Embedding, override and isolate controls: in a file name they can make
@@ -379,8 +379,7 @@ static char *mailoauth_message_clean(const char *s, size_t len, int mode,
       }
 
     } else {
-      if (cp == '\t' || cp == ' ' || mailoauth_message_is_linebreak(cp) ||
-          cp == 0x85) {
+      if (cp == '\t' || cp == ' ' || mailoauth_message_is_linebreak(cp)) {
         if (mode == MAILOAUTH_MESSAGE_CLEAN_LINE) {
           /* Runs of white space become one space, and none is kept at
            * either end: folding must never produce a blank line.
@@ -677,8 +676,8 @@ static int mailoauth_message_atext(unsigned char c) {
 }
 
 int mailoauth_message_check_address(const char *addr) {
-  const char *at, *p;
-  size_t local_len, label_len = 0, labels = 1;
+  const char *at, *p, *label;
+  size_t local_len, labels = 1;
 
   if (addr == NULL ||
       strlen(addr) > MAILOAUTH_MESSAGE_MAX_ADDR) {
@@ -715,10 +714,11 @@ int mailoauth_message_check_address(const char *addr) {
   }
 
   /* Domain: LDH labels of 1 to 63 characters, at least two of them. */
-  for (p = at + 1; ; p++) {
+  label = at + 1;
+  for (p = label; ; p++) {
     if (*p == '.' || *p == '\0') {
-      if (label_len == 0 || label_len > 63 ||
-          p[-1] == '-' || p[-label_len] == '-') {
+      if (p == label || p - label > 63 ||
+          *label == '-' || p[-1] == '-') {
         errno = EINVAL;
         return -1;
       }
@@ -728,7 +728,7 @@ int mailoauth_message_check_address(const char *addr) {
       }
 
       labels++;
-      label_len = 0;
+      label = p + 1;
       continue;
     }
 
@@ -737,7 +737,6 @@ int mailoauth_message_check_address(const char *addr) {
       errno = EINVAL;
       return -1;
     }
-    label_len++;
   }
 
   if (labels < 2) {
@@ -1474,7 +1473,6 @@ static void mailoauth_message_fallback_name(const char *name, size_t len,
     }
   }
 
-  n = 0;
   for (i = 0; i < b.len && b.data != NULL; i++) {
     unsigned char c = (unsigned char) b.data[i];
 
