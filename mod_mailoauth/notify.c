@@ -304,9 +304,36 @@ static struct mailoauth_message *mailoauth_notify_message(
   return msg;
 }
 
+/* A retried notification keeps its Message-ID (built from the queue file's
+ * name, unique and stable), so a receiving system can recognise a copy sent
+ * twice after a crash between the server's 250 and the queue removal.
+ */
+static void mailoauth_notify_message_id(struct mailoauth_message *msg,
+    const char *queue_name, const char *suffix) {
+  const char *from = mailoauth_message_get_from(msg), *at;
+  char id[512];
+  size_t len = strlen(queue_name), slen = strlen(MAILOAUTH_SPOOL_QUEUE_SUFFIX);
+
+  at = from ? strrchr(from, '@') : NULL;
+  if (at == NULL) {
+    return;
+  }
+
+  if (len > slen) {
+    len -= slen;
+  }
+
+  snprintf(id, sizeof(id), "%.*s%s.mailoauth%s", (int) len, queue_name,
+    suffix, at);
+  if (mailoauth_message_set_message_id(msg, id) < 0) {
+    mailoauth_trace(trace_channel, 5, "Message-ID '%s' refused; a random "
+      "one is used", id);
+  }
+}
+
 static struct mailoauth_message *mailoauth_notify_single(
     const struct mailoauth_account *acct, const struct mailoauth_event *ev,
-    char *why, size_t whylen) {
+    const char *queue_name, char *why, size_t whylen) {
   struct mailoauth_message *msg;
   const struct mailoauth_event_field *f;
   char buf[4096];
@@ -316,6 +343,7 @@ static struct mailoauth_message *mailoauth_notify_single(
     return NULL;
   }
 
+  mailoauth_notify_message_id(msg, queue_name, "");
   f = mailoauth_event_get(ev, MAILOAUTH_EVENT_F_SUBJECT);
   (void) mailoauth_message_set_subject(msg, f ? f->value : "File received",
     f ? f->len : MAILOAUTH_MESSAGE_STRLEN);
@@ -523,7 +551,7 @@ static void mailoauth_notify_one(struct mailoauth_notify *n,
     return;
   }
 
-  msg = mailoauth_notify_single(acct, ev, reply, sizeof(reply));
+  msg = mailoauth_notify_single(acct, ev, name, reply, sizeof(reply));
   if (msg == NULL) {
     mailoauth_log("notification for %s cannot be built: %s; moved to %s",
       what, reply, n->dead_dir);
@@ -660,6 +688,7 @@ static void mailoauth_notify_digest(struct mailoauth_notify *n,
     (void) mailoauth_message_set_digest_body(msg, intro,
       (const char *const *) lines, nlines, NULL);
     (void) mailoauth_message_set_date(msg, now, 0);
+    mailoauth_notify_message_id(msg, g->names[0], ".digest");
     if (mailoauth_message_prepare(msg) < 0) {
       mailoauth_message_free(msg);
       msg = NULL;

@@ -6,6 +6,7 @@ test reads it back and checks headers, body and attachment."""
 import email
 import email.policy
 import os
+import re
 import signal
 import subprocess
 import time
@@ -358,3 +359,17 @@ def test_from_other_than_mailbox_reported_at_startup(notifier):
     assert "sends as other@contoso.test, but account 'notify' is mailbox " \
         "%s" % ALICE in text
     assert "SendAsDenied" in text
+
+
+def test_message_id_is_stable_and_unique(notifier, dovecot):
+    to = rcpt("mid")
+    a = notifier("MailOAuthNotify notify to=%s" % to)
+    a.srv.start()
+    curl_upload(a.srv, "ftp", "one.txt", b"1")
+    curl_upload(a.srv, "ftp", "two.txt", b"2")
+    msgs = [parse(m) for m in dovecot.wait_for_messages(to, 2, timeout=30)]
+    ids = [m["Message-ID"] for m in msgs]
+    # Derived from the queued event: a resend after a crash keeps it.
+    assert all(re.match(r"^<\d+\.\d+-\d+-\d{12}\.mailoauth@contoso\.test>$",
+                        i) for i in ids), ids
+    assert len(set(ids)) == 2
