@@ -373,3 +373,23 @@ def test_message_id_is_stable_and_unique(notifier, dovecot):
     assert all(re.match(r"^<\d+\.\d+-\d+-\d{12}\.mailoauth@contoso\.test>$",
                         i) for i in ids), ids
     assert len(set(ids)) == 2
+
+
+def test_rules_per_user_with_mod_ifsession(notifier, dovecot):
+    everyone, alices = rcpt("all"), rcpt("alice")
+    a = notifier("MailOAuthNotify notify to=%s\n"
+                 "<IfUser alice>\n  MailOAuthNotify notify to=%s\n</IfUser>"
+                 % (everyone, alices), modules=["mod_ifsession.c"],
+                 users={"alice": 2001, "bob": 2002})
+    a.srv.start()
+    curl_upload(a.srv, "ftp", "from-bob.txt", b"b", user="bob")
+    curl_upload(a.srv, "ftp", "from-alice.txt", b"a", user="alice")
+    # As with other directives, <IfUser> settings replace the server's for
+    # that user: the most specific rules win.
+    assert b"from-alice.txt" in dovecot.wait_for_messages(alices, 1,
+                                                          timeout=30)[0]
+    assert b"from-bob.txt" in dovecot.wait_for_messages(everyone, 1,
+                                                        timeout=30)[0]
+    time.sleep(2)
+    assert len(dovecot.messages(alices)) == 1
+    assert len(dovecot.messages(everyone)) == 1

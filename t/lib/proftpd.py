@@ -82,7 +82,7 @@ class ProFTPD:
                  default_root=False, root_revoke=False, engine=True,
                  extra_conf="", global_conf="", trace_level=20,
                  daemon_user="nobody", daemon_group="nogroup",
-                 load_module=True):
+                 load_module=True, modules=()):
         self.dir = workdir
         self.module = module
         self.proftpd = proftpd
@@ -99,6 +99,7 @@ class ProFTPD:
         self.daemon_user = daemon_user
         self.daemon_group = daemon_group
         self.load_module = load_module
+        self.modules = list(modules)
         self.host = "127.0.0.1"
         self.port = free_port()
         self.sftp_port = free_port() if sftp else None
@@ -172,7 +173,9 @@ class ProFTPD:
 
     def config_text(self):
         d = self.dir
-        load = ["mod_mailoauth.c"] if self.load_module else []
+        load = list(self.modules)
+        if self.load_module:
+            load.append("mod_mailoauth.c")
         if self.tls:
             load.insert(0, "mod_tls.c")
         if self.sftp:
