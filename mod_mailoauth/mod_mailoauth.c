@@ -19,7 +19,9 @@
 
 #include "mod_mailoauth.h"
 #include "account.h"
+#include "deposit.h"
 #include "event.h"
+#include "ingest.h"
 #include "notify.h"
 #include "registry.h"
 #include "spool.h"
@@ -397,13 +399,102 @@ static struct mailoauth_registry *mailoauth_worker_registry(pool *p) {
 struct mailoauth_worker_state {
   struct mailoauth_registry *reg;
   struct mailoauth_notify *notify;
+  struct mailoauth_ingest *ingest;
 };
+
+/* Forks the deposit helper: the one process that keeps root, to write
+ * attachments into users' directories as those users.  It serves only the
+ * directories and owners of the MailOAuthIngest tasks, so a worker
+ * subverted by hostile mail gains nothing beyond them.  Returns the
+ * worker's end of the socket, or -1.
+ */
+static int mailoauth_deposit_helper_start(pool *p, array_header *tasks,
+    int master_fd) {
+  struct mailoauth_deposit_rule *rules;
+  int sv[2];
+  pid_t pid;
+  unsigned int i;
+
+  rules = pcalloc(p, tasks->nelts * sizeof(*rules));
+  for (i = 0; i < tasks->nelts; i++) {
+    const struct mailoauth_ingest_config *cfg =
+      ((const struct mailoauth_ingest_config **) tasks->elts)[i];
+
+    rules[i].dir = cfg->dir;
+    rules[i].uid = cfg->uid;
+    rules[i].gid = cfg->gid;
+  }
+
+  if (mailoauth_deposit_socketpair(sv) < 0) {
+    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+      "worker: cannot create the deposit helper's socket: %s; mail "
+      "ingestion is off", strerror(errno));
+    return -1;
+  }
+
+  pid = fork();
+  if (pid < 0) {
+    int xerrno = errno;
+
+    (void) close(sv[0]);
+    (void) close(sv[1]);
+    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+      "worker: cannot fork the deposit helper: %s; mail ingestion is off",
+      strerror(xerrno));
+    return -1;
+  }
+
+  if (pid == 0) {
+    int fd, max_fd, res;
+
+    /* Nothing of the daemon's (listeners, logs, the master's socket) is
+     * the helper's business: it keeps only its socket.
+     */
+    (void) master_fd;
+    max_fd = (int) sysconf(_SC_OPEN_MAX);
+    if (max_fd < 0 || max_fd > 65536) {
+      max_fd = 65536;
+    }
+    for (fd = 3; fd < max_fd; fd++) {
+      if (fd != sv[1]) {
+        (void) close(fd);
+      }
+    }
+
+#if defined(HAVE_SYS_PRCTL_H) && defined(PR_SET_PDEATHSIG)
+    /* A helper outliving its worker would be a root process serving no
+     * one; EOF on the socket ends it too, this covers a stopped worker.
+     */
+    (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+    if (getppid() == 1) {
+      _exit(0);
+    }
+
+    pr_proctitle_set("mailoauth deposit helper");
+    PRIVS_ROOT
+    res = mailoauth_deposit_server_run(sv[1], rules, tasks->nelts);
+    _exit(res == 0 ? 0 : 1);
+  }
+
+  (void) close(sv[1]);
+  pr_trace_msg("mailoauth.ingest", 3, "forked deposit helper pid %lu",
+    (unsigned long) pid);
+  return sv[0];
+}
 
 static time_t mailoauth_worker_tick(time_t now, void *arg) {
   struct mailoauth_worker_state *st = arg;
   time_t next, due;
 
   next = st->reg ? mailoauth_registry_tick(st->reg, now) : 0;
+
+  if (st->ingest != NULL) {
+    due = mailoauth_ingest_tick(st->ingest, now);
+    if (due != 0 && (next == 0 || due < next)) {
+      next = due;
+    }
+  }
 
   if (st->notify != NULL) {
     due = mailoauth_notify_next_due(st->notify);
@@ -429,8 +520,9 @@ static void mailoauth_worker_main(int fd) {
   struct mailoauth_worker_config cfg;
   struct mailoauth_worker_state state;
   struct mailoauth_registry *reg;
+  array_header *tasks;
   pool *p;
-  int res;
+  int res, deposit_fd = -1;
 
   session.pid = getpid();
 
@@ -462,8 +554,18 @@ static void mailoauth_worker_main(int fd) {
   p = make_sub_pool(mailoauth_pool);
   curl_global_init(CURL_GLOBAL_DEFAULT);
 
-  /* Secrets are read while root can still read root-only files. */
   reg = mailoauth_worker_registry(p);
+
+  /* The deposit helper must be forked while root is still ours, and
+   * before the client secrets are in memory: it never needs them.
+   */
+  tasks = mailoauth_ingest_configs(p);
+  if (tasks->nelts > 0 &&
+      reg != NULL) {
+    deposit_fd = mailoauth_deposit_helper_start(p, tasks, fd);
+  }
+
+  /* Secrets are read while root can still read root-only files. */
   if (reg != NULL) {
     PRIVS_ROOT
     (void) mailoauth_registry_load_secrets(reg);
@@ -515,10 +617,30 @@ static void mailoauth_worker_main(int fd) {
     cfg.process = mailoauth_worker_process;
     cfg.process_arg = &state;
   }
+  state.ingest = NULL;
+  if (deposit_fd >= 0) {
+    unsigned int i;
+
+    state.ingest = mailoauth_ingest_create(mailoauth_state_dir, reg,
+      deposit_fd);
+    for (i = 0; state.ingest != NULL && i < tasks->nelts; i++) {
+      const struct mailoauth_ingest_config *icfg =
+        ((const struct mailoauth_ingest_config **) tasks->elts)[i];
+
+      if (mailoauth_ingest_add(state.ingest, icfg) < 0) {
+        (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+          "ingest %s: cannot start: %s", icfg->name, strerror(errno));
+      }
+    }
+  }
   cfg.tick = mailoauth_worker_tick;
   cfg.tick_arg = &state;
 
   res = mailoauth_worker_run(&cfg);
+  mailoauth_ingest_destroy(state.ingest);
+  if (deposit_fd >= 0) {
+    (void) close(deposit_fd);
+  }
   mailoauth_notify_destroy(state.notify);
   mailoauth_registry_destroy(reg);
 
@@ -824,6 +946,10 @@ static void mailoauth_postparse_ev(const void *event_data, void *user_data) {
       mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "tokens"),
         where) < 0 ||
       mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "deadletter"),
+        where) < 0 ||
+      mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "tasks"),
+        where) < 0 ||
+      mailoauth_prepare_dir(mailoauth_subdir(mailoauth_pool, "tmp"),
         where) < 0) {
     return;
   }
@@ -835,6 +961,17 @@ static void mailoauth_postparse_ev(const void *event_data, void *user_data) {
       mailoauth_config_fatal(rule_where, "MailOAuthNotify: no "
         "MailOAuthAccount named '%s' (declare it in the server config, or "
         "fix the name)", bad);
+      return;
+    }
+  }
+
+  {
+    const char *bad = NULL, *task_where = NULL;
+
+    if (mailoauth_ingest_check_accounts(&bad, &task_where) < 0) {
+      mailoauth_config_fatal(task_where, "MailOAuthIngest: no "
+        "MailOAuthAccount named '%s' (declare it in the server config, or "
+        "fix account=)", bad);
       return;
     }
   }
@@ -1060,6 +1197,7 @@ static int mailoauth_sess_init(void) {
 static conftable mailoauth_conftab[] = {
   { "MailOAuthAccount",         set_mailoauthaccount,   NULL },
   { "MailOAuthEngine",          set_mailoauthengine,    NULL },
+  { "MailOAuthIngest",          set_mailoauthingest,    NULL },
   { "MailOAuthLog",             set_mailoauthlog,       NULL },
   { "MailOAuthNotify",          set_mailoauthnotify,    NULL },
   { "MailOAuthStateDir",        set_mailoauthstatedir,  NULL },

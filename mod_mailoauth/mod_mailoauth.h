@@ -21,6 +21,11 @@
 const char *mailoauth_config_location(void);
 
 modret_t *set_mailoauthnotify(cmd_rec *cmd);
+modret_t *set_mailoauthingest(cmd_rec *cmd);
+int mailoauth_ingest_check_accounts(const char **bad_account,
+  const char **where);
+/* The MailOAuthIngest tasks (const struct mailoauth_ingest_config *). */
+array_header *mailoauth_ingest_configs(pool *p);
 int mailoauth_notify_check_accounts(server_rec *s, const char **bad_account,
   const char **where);
 

@@ -1,0 +1,237 @@
+/*
+ * ProFTPD - mod_mailoauth: mail-to-folder ingestion (ProFTPD glue)
+ *
+ * This program is free software; you can redistribute it and/or modify
+ * it under the terms of the GNU General Public License as published by
+ * the Free Software Foundation; either version 2 of the License, or
+ * (at your option) any later version.
+ *
+ * The MailOAuthIngest directive.  Everything that needs the system is
+ * settled here, in the master, at configuration time: the owner's uid and
+ * gid (users known only to an AuthUserFile or SQL cannot be resolved by the
+ * daemon-forked worker) and the destination directory's form.  The work is
+ * in ingest.c, run by the worker.
+ */
+
+#include "conf.h"
+
+#include "mod_mailoauth.h"
+#include "ingest.h"
+
+static const char *trace_channel = "mailoauth.ingest";
+
+#define MAILOAUTH_INGEST_USAGE \
+  "write MailOAuthIngest NAME account=ACCOUNT every=DURATION dir=/abs/path " \
+  "owner=USER|UID:GID [folder=INBOX] [from=glob] [subject=glob] " \
+  "[files=glob,glob] [max-size=SIZE] [after=seen|delete|move:Folder] " \
+  "[failed=leave|move:Folder] [name=TEMPLATE] [inline=off|on]"
+
+/* owner=USER or owner=UID:GID; never root: files written as root in a
+ * user's directory are exactly what the deposit design avoids.
+ */
+static int mailoauth_ingest_owner(cmd_rec *cmd, const char *value, uid_t *uid,
+    gid_t *gid, const char **err) {
+  const char *colon = strchr(value, ':');
+
+  if (colon != NULL) {
+    char *end = NULL;
+    unsigned long u, g;
+
+    u = strtoul(value, &end, 10);
+    if (end != colon || value == colon || *value == '-') {
+      *err = "owner=UID:GID takes numbers, e.g. owner=2001:2001";
+      return -1;
+    }
+    g = strtoul(colon + 1, &end, 10);
+    if (*end != '\0' || colon[1] == '\0' || colon[1] == '-') {
+      *err = "owner=UID:GID takes numbers, e.g. owner=2001:2001";
+      return -1;
+    }
+    *uid = (uid_t) u;
+    *gid = (gid_t) g;
+
+  } else {
+    struct passwd *pw = getpwnam(value);
+
+    if (pw == NULL) {
+      *err = pstrcat(cmd->tmp_pool, "owner '", value, "' is not a system "
+        "user (users of an AuthUserFile or SQL are not known here): write "
+        "owner=UID:GID, e.g. owner=2001:2001", NULL);
+      return -1;
+    }
+    *uid = pw->pw_uid;
+    *gid = pw->pw_gid;
+  }
+
+  if (*uid == 0 || *gid == 0) {
+    *err = "owner must not be root (uid or gid 0): name the user who owns "
+      "the directory";
+    return -1;
+  }
+
+  return 0;
+}
+
+/* usage: MailOAuthIngest NAME key=value ... */
+modret_t *set_mailoauthingest(cmd_rec *cmd) {
+  struct mailoauth_ingest_config *cfg;
+  config_rec *c;
+  char err[512];
+  int have_every = FALSE, have_owner = FALSE;
+  unsigned int i;
+
+  CHECK_CONF(cmd, CONF_ROOT);
+
+  if (cmd->argc < 3) {
+    CONF_ERROR(cmd, MAILOAUTH_INGEST_USAGE);
+  }
+
+  if (!mailoauth_ingest_valid_name(cmd->argv[1])) {
+    CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "task name '",
+      (char *) cmd->argv[1], "' must be 1-64 letters, digits, '-', '_' or "
+      "'.' (it names the task's state files)", NULL));
+  }
+
+  for (c = find_config(cmd->server->conf, CONF_PARAM, cmd->argv[0], FALSE);
+       c != NULL;
+       c = find_config_next(c, c->next, CONF_PARAM, cmd->argv[0], FALSE)) {
+    const struct mailoauth_ingest_config *other = c->argv[0];
+
+    if (strcmp(other->name, cmd->argv[1]) == 0) {
+      CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "task '",
+        (char *) cmd->argv[1], "' is already defined: give each "
+        "MailOAuthIngest its own name", NULL));
+    }
+  }
+
+  c = add_config_param(cmd->argv[0], 2, NULL, NULL);
+  cfg = pcalloc(c->pool, sizeof(*cfg));
+  mailoauth_ingest_config_init(cfg);
+  cfg->name = pstrdup(c->pool, cmd->argv[1]);
+
+  for (i = 2; i < cmd->argc; i++) {
+    char *arg = pstrdup(c->pool, cmd->argv[i]), *eq, *key, *value;
+
+    eq = strchr(arg, '=');
+    if (eq == NULL) {
+      CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "expected key=value, got '",
+        (char *) cmd->argv[i], "' (e.g. every=5m; quote a setting with "
+        "spaces as one word: \"subject=Scan *\")", NULL));
+    }
+
+    *eq = '\0';
+    key = arg;
+    value = eq + 1;
+
+    if (strcasecmp(key, "every") == 0) {
+      int secs = 0;
+
+      if (pr_str_get_duration(value, &secs) < 0 ||
+          secs <= 0) {
+        CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "every '", value, "' is not "
+          "a duration: write e.g. every=60, every=5m or every=1h", NULL));
+      }
+      cfg->every = (unsigned int) secs;
+      have_every = TRUE;
+
+    } else if (strcasecmp(key, "dir") == 0) {
+      size_t len = strlen(value);
+
+      if (pr_fs_valid_path(value) < 0 ||
+          strstr(value, "/../") != NULL ||
+          strstr(value, "/./") != NULL ||
+          (len >= 3 && strcmp(value + len - 3, "/..") == 0) ||
+          (len >= 2 && strcmp(value + len - 2, "/.") == 0)) {
+        CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "dir '", value, "' must be "
+          "an absolute path without '.' or '..' components, e.g. "
+          "dir=/srv/ftp/alice/inbox", NULL));
+      }
+      while (len > 1 && value[len-1] == '/') {
+        value[--len] = '\0';
+      }
+      cfg->dir = value;
+
+    } else if (strcasecmp(key, "owner") == 0) {
+      const char *why = NULL;
+
+      if (mailoauth_ingest_owner(cmd, value, &cfg->uid, &cfg->gid,
+          &why) < 0) {
+        CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, why));
+      }
+      have_owner = TRUE;
+
+    } else if (mailoauth_ingest_parse_setting(cfg, key, value, err,
+        sizeof(err)) < 0) {
+      CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, err));
+    }
+  }
+
+  if (cfg->account == NULL ||
+      !have_every ||
+      cfg->dir == NULL ||
+      !have_owner) {
+    CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "missing ",
+      cfg->account == NULL ? "account=ACCOUNT" : !have_every ?
+      "every=DURATION" : cfg->dir == NULL ? "dir=/abs/path" :
+      "owner=USER|UID:GID", ": " MAILOAUTH_INGEST_USAGE, NULL));
+  }
+
+  c->argv[0] = cfg;
+  c->argv[1] = pstrdup(c->pool, mailoauth_config_location());
+
+  pr_trace_msg(trace_channel, 9, "task %s: account %s, folder %s, every %u "
+    "s, into %s as %lu:%lu", cfg->name, cfg->account, cfg->folder,
+    cfg->every, cfg->dir, (unsigned long) cfg->uid, (unsigned long) cfg->gid);
+  return PR_HANDLED(cmd);
+}
+
+int mailoauth_ingest_check_accounts(const char **bad_account,
+    const char **where) {
+  config_rec *c;
+
+  for (c = find_config(main_server->conf, CONF_PARAM, "MailOAuthIngest",
+         FALSE);
+       c != NULL;
+       c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthIngest",
+         FALSE)) {
+    const struct mailoauth_ingest_config *cfg = c->argv[0];
+    config_rec *acct;
+    int found = FALSE;
+
+    for (acct = find_config(main_server->conf, CONF_PARAM,
+           "MailOAuthAccount", FALSE);
+         acct != NULL;
+         acct = find_config_next(acct, acct->next, CONF_PARAM,
+           "MailOAuthAccount", FALSE)) {
+      if (strcmp(acct->argv[0], cfg->account) == 0) {
+        found = TRUE;
+        break;
+      }
+    }
+
+    if (!found) {
+      *bad_account = cfg->account;
+      *where = c->argv[1];
+      return -1;
+    }
+  }
+
+  return 0;
+}
+
+array_header *mailoauth_ingest_configs(pool *p) {
+  array_header *list = make_array(p, 2,
+    sizeof(const struct mailoauth_ingest_config *));
+  config_rec *c;
+
+  for (c = find_config(main_server->conf, CONF_PARAM, "MailOAuthIngest",
+         FALSE);
+       c != NULL;
+       c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthIngest",
+         FALSE)) {
+    *((const struct mailoauth_ingest_config **) push_array(list)) =
+      c->argv[0];
+  }
+
+  return list;
+}

@@ -1,0 +1,399 @@
+"""Mail-to-folder ingestion end to end: mail with attachments delivered into
+a real Dovecot is fetched by proftpd's worker over IMAPS (XOAUTH2 checked by
+the token stand-in), and its attachments are deposited, as the FTP user,
+into that user's directory, where an FTP client can download them."""
+
+import email.message
+import email.policy
+import hashlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from test_accounts import ALICE, AccountServer, wait_for
+
+UID = 2001
+
+
+def make_mail(attachments, subject=None, sender="scanner@contoso.test",
+              text="See attached."):
+    """attachments: [(filename, bytes, maintype/subtype, disposition)]."""
+    msg = email.message.EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = sender
+    msg["To"] = ALICE
+    msg["Subject"] = subject or "mail %s" % uuid.uuid4().hex[:8]
+    msg["Message-ID"] = "<%s@contoso.test>" % uuid.uuid4().hex
+    msg.set_content(text)
+    for att in attachments:
+        name, data, ctype = att[:3]
+        disp = att[3] if len(att) > 3 else "attachment"
+        maintype, subtype = ctype.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype,
+                           filename=name, disposition=disp)
+    return msg.as_bytes()
+
+
+def clear_mailbox(dovecot):
+    for box in ("INBOX", "Done", "Failed"):
+        dovecot.doveadm("expunge", "-u", ALICE, "mailbox", box, "all",
+                        check=False)
+
+
+def flags(dovecot, uid, mailbox="INBOX"):
+    r = dovecot.doveadm("-f", "flow", "fetch", "-u", ALICE, "flags",
+                        "mailbox", mailbox, "uid", str(uid))
+    return r.stdout.decode().strip()
+
+
+def uids(dovecot, mailbox="INBOX"):
+    r = dovecot.doveadm("search", "-u", ALICE, "mailbox", mailbox, "all",
+                        check=False)
+    return [int(line.split()[1]) for line in r.stdout.decode().splitlines()]
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def listing(d):
+    return sorted(os.listdir(d))
+
+
+@pytest.fixture
+def ingester(make_proftpd, tokensvc, tokensvc_app, pki, dovecot):
+    """factory(settings, every=1) -> (AccountServer, inbox dir), started."""
+
+    def factory(settings="", every=1, start=True, task="t1"):
+        clear_mailbox(dovecot)
+        a = AccountServer(make_proftpd, tokensvc, tokensvc_app, pki,
+                          extra="imap=imaps://%s:%d"
+                          % (dovecot.host, dovecot.imaps_port))
+        inbox = os.path.join(a.srv.home("alice"), "inbox")
+        a.srv.extra_conf += (
+            "\nMailOAuthIngest %s account=notify every=%d dir=%s "
+            "owner=%d:%d %s\n" % (task, every, inbox, UID, UID, settings))
+        a.seed()
+        a.inbox = inbox
+
+        def go():
+            a.srv._prepare()
+            os.makedirs(inbox, exist_ok=True)
+            os.chown(inbox, UID, UID)
+            os.chmod(inbox, 0o755)
+            a.srv.start()
+            return a
+        a.go = go
+        if start:
+            go()
+        return a
+
+    return factory
+
+
+def wait_files(d, n, timeout=20):
+    return wait_for(lambda: len(visible(d)) >= n and visible(d),
+                    timeout=timeout, what="%d files in %s" % (n, d))
+
+
+def visible(d):
+    if not os.path.isdir(d):
+        return []
+    return [f for f in os.listdir(d) if not f.startswith(".")]
+
+
+def test_attachment_is_deposited_and_mail_flagged(ingester, dovecot):
+    data = os.urandom(200000)
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, make_mail([("report.pdf", data,
+                                       "application/pdf")]))
+    a.go()
+    wait_files(a.inbox, 1)
+    a.srv.wait_log("deposited", timeout=10)
+    path = os.path.join(a.inbox, "report.pdf")
+    with open(path, "rb") as f:
+        assert sha(f.read()) == sha(data)
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid) == (UID, UID)
+    assert listing(a.inbox) == ["report.pdf"]        # no hidden temp file
+    uid = uids(dovecot)[0]
+    wait_for(lambda: "\\Seen" in flags(dovecot, uid), timeout=10,
+             what="\\Seen")
+    # Later runs (every second) take nothing again.
+    time.sleep(3)
+    assert listing(a.inbox) == ["report.pdf"]
+    # New mail after the first run is taken by a later run.
+    dovecot.deliver(ALICE, make_mail([("second.txt", b"two\n",
+                                       "text/plain")]))
+    wait_files(a.inbox, 2)
+    with open(os.path.join(a.inbox, "second.txt"), "rb") as f:
+        assert f.read() == b"two\n"
+    time.sleep(2)
+    assert listing(a.inbox) == ["report.pdf", "second.txt"]
+    tasks = os.path.join(a.srv.state_dir, "tasks")
+    assert os.path.exists(os.path.join(tasks, "t1.json"))
+    assert listing(os.path.join(a.srv.state_dir, "tmp")) == []
+
+
+def test_files_filter_and_inline_parts(ingester, dovecot):
+    a = ingester('files=*.pdf,*.PDF', start=False)
+    dovecot.deliver(ALICE, make_mail([
+        ("a.pdf", b"%PDF-1.4 a", "application/pdf"),
+        ("b.docx", b"PK docx", "application/octet-stream"),
+        ("logo.png", b"\x89PNG logo", "image/png", "inline"),
+        ("C.PDF", b"%PDF-1.4 c", "application/pdf")]))
+    a.go()
+    wait_files(a.inbox, 2)
+    time.sleep(2)
+    assert sorted(visible(a.inbox)) == ["C.PDF", "a.pdf"]
+
+
+def test_inline_on_takes_named_inline_parts(ingester, dovecot):
+    a = ingester('inline=on', start=False)
+    dovecot.deliver(ALICE, make_mail([
+        ("logo.png", b"\x89PNG logo", "image/png", "inline"),
+        ("x.bin", b"x", "application/octet-stream")]))
+    a.go()
+    wait_files(a.inbox, 2)
+    assert sorted(visible(a.inbox)) == ["logo.png", "x.bin"]
+
+
+def test_traversal_name_lands_sanitized_inside_dir(ingester, dovecot):
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, make_mail([("../../etc/x", b"evil",
+                                       "application/octet-stream")]))
+    a.go()
+    files = wait_files(a.inbox, 1)
+    assert files == ["x"]
+    home = a.srv.home("alice")
+    assert not os.path.exists(os.path.join(home, "etc"))
+    assert not os.path.exists(os.path.join(os.path.dirname(home), "etc", "x"))
+    with open(os.path.join(a.inbox, "x"), "rb") as f:
+        assert f.read() == b"evil"
+
+
+def test_subject_filter_and_after_delete(ingester, dovecot):
+    a = ingester('"subject=Scan *" after=delete', start=False)
+    dovecot.deliver(ALICE, make_mail([("other.txt", b"o", "text/plain")],
+                                     subject="Invoice 7"))
+    dovecot.deliver(ALICE, make_mail([("scan.txt", b"s", "text/plain")],
+                                     subject="Scan 42"))
+    a.go()
+    wait_files(a.inbox, 1)
+    time.sleep(2)
+    assert visible(a.inbox) == ["scan.txt"]
+    # The matching message is deleted, the other left unread.
+    left = uids(dovecot)
+    assert len(left) == 1
+    assert "\\Seen" not in flags(dovecot, left[0])
+
+
+def test_after_move_and_failed_move(ingester, dovecot):
+    dovecot.doveadm("mailbox", "create", "-u", ALICE, "Done", check=False)
+    a = ingester("after=move:Done failed=move:Failed", start=False)
+    dovecot.deliver(ALICE, make_mail([("m.txt", b"m", "text/plain")]))
+    dovecot.deliver(ALICE, make_mail([], text="no attachment here"))
+    a.go()
+    wait_files(a.inbox, 1)
+    wait_for(lambda: len(uids(dovecot, "Done")) == 1 and
+             len(uids(dovecot, "Failed")) == 1, timeout=15,
+             what="messages moved")
+    assert uids(dovecot) == []
+
+
+def test_ftp_download_matches(ingester, dovecot):
+    data = os.urandom(123457)
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, make_mail([("dl.bin", data,
+                                       "application/octet-stream")]))
+    a.go()
+    wait_files(a.inbox, 1)
+    out = os.path.join(a.srv.dir, "downloaded")
+    r = subprocess.run(["curl", "-sS", "--max-time", "30", "-u",
+                        "alice:%s" % a.srv.password, "-o", out,
+                        "ftp://%s:%d/inbox/dl.bin" % (a.srv.host,
+                                                      a.srv.port)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    with open(out, "rb") as f:
+        assert sha(f.read()) == sha(data)
+
+
+def test_name_collision_gets_a_number(ingester, dovecot):
+    a = ingester(start=False)
+    for i in range(2):
+        dovecot.deliver(ALICE, make_mail([("same.txt", b"v%d" % i,
+                                           "text/plain")]))
+    a.go()
+    files = wait_files(a.inbox, 2)
+    assert sorted(files) == ["same (1).txt", "same.txt"]
+
+
+def test_kill_worker_mid_run_neither_loses_nor_duplicates(ingester, dovecot):
+    a = ingester(start=False)
+    n = 10
+    payloads = {}
+    for i in range(n):
+        name = "f%02d.bin" % i
+        payloads[name] = os.urandom(300000)
+        dovecot.deliver(ALICE, make_mail([(name, payloads[name],
+                                           "application/octet-stream")]))
+    a.go()
+    # Kill the worker (and so its helper) right after deposits, when the
+    # file may be in place but not yet recorded, several times: each
+    # replacement carries on where the last one stopped.
+    for k in (1, 3, 5, 7):
+        wait_for(lambda: len(visible(a.inbox)) >= k, timeout=30,
+                 what="%d deposits" % k)
+        for pid in a.srv.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: len(visible(a.inbox)) >= n, timeout=60,
+             what="all deposits")
+    time.sleep(3)
+    files = sorted(visible(a.inbox))
+    assert files == sorted(payloads), files
+    for name, data in payloads.items():
+        with open(os.path.join(a.inbox, name), "rb") as f:
+            assert sha(f.read()) == sha(data), name
+    # No temporary file left behind, every message flagged.
+    assert sorted(os.listdir(a.inbox)) == files
+    for uid in uids(dovecot):
+        assert "\\Seen" in flags(dovecot, uid)
+
+
+@pytest.mark.parametrize("setting, hint", [
+    ("owner=0:0", "must not be root"),
+    ("dir=relative/path", "absolute path"),
+    ("after=sometimes", "write after=seen"),
+    ("max-size=lots", "is not a size"),
+    ("colour=blue", "unknown setting 'colour'"),
+])
+def test_bad_ingest_settings_fail_syntax_check(make_proftpd, tokensvc,
+                                               tokensvc_app, pki, setting,
+                                               hint):
+    a = AccountServer(make_proftpd, tokensvc, tokensvc_app, pki)
+    a.srv.extra_conf += ("\nMailOAuthIngest t1 account=notify every=60 "
+                         "dir=/srv/in owner=2001:2001 %s\n" % setting)
+    r = a.srv.syntax_check()
+    assert r.returncode != 0
+    assert hint in r.stderr + r.stdout, r.stderr
+
+
+def test_unknown_account_fails(make_proftpd, tokensvc, tokensvc_app, pki):
+    a = AccountServer(make_proftpd, tokensvc, tokensvc_app, pki)
+    a.srv.extra_conf += ("\nMailOAuthIngest t1 account=nosuch every=60 "
+                         "dir=/srv/in owner=2001:2001\n")
+    r = a.srv.syntax_check()
+    assert r.returncode != 0
+    assert "no MailOAuthAccount named 'nosuch'" in r.stderr + r.stdout
+
+
+def test_name_template_makes_subdirectories(ingester, dovecot):
+    a = ingester("name=%Y/%{uid}-%{filename}", start=False)
+    dovecot.deliver(ALICE, make_mail([("t.txt", b"t", "text/plain")]))
+    a.go()
+    year = time.strftime("%Y")
+    sub = os.path.join(a.inbox, year)
+    files = wait_for(lambda: visible(sub), timeout=20, what="subdirectory")
+    assert len(files) == 1 and files[0].endswith("-t.txt"), files
+    st = os.stat(sub)
+    assert (st.st_uid, st.st_gid) == (UID, UID)
+
+
+def test_max_size_leaves_big_mail_unread(ingester, dovecot):
+    a = ingester("max-size=10K", start=False)
+    dovecot.deliver(ALICE, make_mail([("big.bin", os.urandom(50000),
+                                       "application/octet-stream")]))
+    dovecot.deliver(ALICE, make_mail([("small.txt", b"s", "text/plain")]))
+    a.go()
+    wait_files(a.inbox, 1)
+    a.srv.wait_log("larger than max-size", timeout=10)
+    assert visible(a.inbox) == ["small.txt"]
+    big = uids(dovecot)[0]
+    assert "\\Seen" not in flags(dovecot, big)
+
+
+def test_unwritable_dir_leaves_mail_and_logs_once(ingester, dovecot):
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, make_mail([("p.txt", b"p", "text/plain")]))
+    a.srv._prepare()
+    os.makedirs(a.inbox, exist_ok=True)
+    os.chown(a.inbox, 0, 0)
+    os.chmod(a.inbox, 0o755)
+    a.srv.start()
+    a.srv.wait_log("cannot deposit", timeout=15)
+    time.sleep(3)
+    assert a.srv.log_text().count("cannot deposit") == 1
+    uid = uids(dovecot)[0]
+    assert "\\Seen" not in flags(dovecot, uid)
+    # Fixed: the next run takes it.
+    os.chown(a.inbox, UID, UID)
+    wait_files(a.inbox, 1)
+    a.srv.wait_log("working again", timeout=10)
+
+
+def test_recreated_folder_takes_only_new_mail(ingester, dovecot):
+    dovecot.doveadm("mailbox", "delete", "-u", ALICE, "Scans", check=False)
+    dovecot.doveadm("mailbox", "create", "-u", ALICE, "Scans")
+    a = ingester("folder=Scans", start=False)
+    dovecot.deliver(ALICE, make_mail([("one.txt", b"1", "text/plain")]),
+                    mailbox="Scans")
+    a.go()
+    wait_files(a.inbox, 1)
+    # The folder is replaced by one holding old mail and then new mail.
+    dovecot.doveadm("mailbox", "delete", "-u", ALICE, "Scans")
+    dovecot.doveadm("mailbox", "create", "-u", ALICE, "Scans")
+    dovecot.deliver(ALICE, make_mail([("old.txt", b"o", "text/plain")]),
+                    mailbox="Scans")
+    a.srv.wait_log("was recreated", timeout=15)
+    dovecot.deliver(ALICE, make_mail([("new.txt", b"n", "text/plain")]),
+                    mailbox="Scans")
+    wait_files(a.inbox, 2)
+    time.sleep(2)
+    assert sorted(visible(a.inbox)) == ["new.txt", "one.txt"]
+    assert a.srv.log_text().count("was recreated") == 1
+
+
+def test_deposit_unrecorded_before_a_crash_is_not_repeated(ingester, dovecot):
+    """The worker died after the helper put the file in place but before
+    the ledger said so: the next worker finds the file, not a duplicate."""
+    data = os.urandom(4321)
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, make_mail([("r.bin", data,
+                                       "application/octet-stream")]))
+    uid = uids(dovecot)[0]
+    status = dovecot.doveadm("mailbox", "status", "-u", ALICE,
+                             "uidvalidity", "INBOX").stdout.decode()
+    uidvalidity = int(status.split("=")[1])
+    a.srv._prepare()
+    # What the dead worker left: its state, the request in the ledger
+    # (part 2: the attachment after the multipart and the text), the file.
+    tasks = os.path.join(a.srv.state_dir, "tasks")
+    os.makedirs(tasks, exist_ok=True)
+    for path, text in (
+            (os.path.join(tasks, "t1.json"),
+             '{"uidvalidity": %d, "next": %d}\n' % (uidvalidity, uid)),
+            (os.path.join(tasks, "t1.ledger"),
+             "? %d %d 2 %d %d r.bin\n" % (uidvalidity, uid,
+                                          int(time.time()) - 5, len(data)))):
+        with open(path, "w") as f:
+            f.write(text)
+    os.makedirs(a.inbox, exist_ok=True)
+    os.chown(a.inbox, UID, UID)
+    with open(os.path.join(a.inbox, "r.bin"), "wb") as f:
+        f.write(data)
+    os.chown(os.path.join(a.inbox, "r.bin"), UID, UID)
+    for d in (a.srv.state_dir, tasks):
+        os.chown(d, 65534, 65534)
+        os.chmod(d, 0o700)
+    for f in os.listdir(tasks):
+        os.chown(os.path.join(tasks, f), 65534, 65534)
+    a.go()
+    a.srv.wait_log("was deposited before a restart", timeout=15)
+    wait_for(lambda: "\\Seen" in flags(dovecot, uid), timeout=10,
+             what="\\Seen")
+    time.sleep(2)
+    assert visible(a.inbox) == ["r.bin"]
