@@ -8,7 +8,9 @@ It starts, all on loopback and with no Azure account or network:
   * proftpd with mod_mailoauth: an OAuth account, a notification rule, an
     FTP user;
 then signs the account in with ftpmailoauth (device code flow), uploads a
-file with curl, and shows the notification that arrives in the mailbox.
+file with curl and shows the notification that arrives in the mailbox, then
+mails a file to the account's mailbox and shows it arriving in the FTP
+user's folder, where curl fetches it back.
 It keeps running for you to try more, until Ctrl-C.
 
   sandbox.py [--no-wait]   start (and with --no-wait, stop after the demo)
@@ -125,10 +127,16 @@ def main():
                    postfix.smtp_port, dovecot.imaps_port))
         rule = ('MailOAuthNotify notify to=%s "subject=%%u sent %%{basename}" '
                 'attach=1M' % TEAM)
+        inbox = os.path.join(ftp, "home", FTP_USER, "from-mail")
+        conf += ("\nMailOAuthIngest partner-mail account=notify every=2 "
+                 "dir=%s owner=2001:2001 after=seen" % inbox)
         srv = ProFTPD(ftp, module, users={FTP_USER: 2001}, pki=pki, tls=True,
                       sftp=True, trace_level=10, extra_conf=conf,
                       global_conf="<Global>\n%s\n</Global>" % rule)
         srv.password = FTP_USER
+        srv._prepare()
+        os.makedirs(inbox)
+        os.chown(inbox, 2001, 2001)
         srv.start()
         started.append(srv)
 
@@ -157,6 +165,34 @@ def main():
                 say("   " + line)
         for line in body.splitlines()[:14]:
             say("   " + line)
+
+        say()
+        say("4. A partner mails a file to %s:" % MAILBOX)
+        import email.message
+        mail = email.message.EmailMessage()
+        mail["From"] = "partner@example.test"
+        mail["To"] = MAILBOX
+        mail["Subject"] = "Delivery note"
+        mail.set_content("Please find the delivery note attached.\n")
+        note = b"Delivery note 77: 42 widgets shipped\n"
+        mail.add_attachment(note, maintype="text", subtype="plain",
+                            filename="delivery-note-77.txt")
+        dovecot.deliver(MAILBOX, mail.as_bytes())
+        deposited = os.path.join(inbox, "delivery-note-77.txt")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(deposited) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not os.path.exists(deposited):
+            sys.exit("the attachment did not arrive in %s" % inbox)
+        st = os.stat(deposited)
+        say("   the pull task put its attachment into the FTP user's folder:")
+        say("   %s (%d bytes, owner uid %d)" % (deposited, st.st_size,
+                                               st.st_uid))
+        cmd = ["curl", "-sS", "-u", "%s:%s" % (FTP_USER, srv.password),
+               "ftp://127.0.0.1:%d/from-mail/delivery-note-77.txt" % srv.port]
+        say("   " + " ".join(cmd))
+        got = subprocess.run(cmd, check=True, capture_output=True).stdout
+        say("   | " + got.decode(errors="replace").rstrip())
 
         say()
         say("The worker's log (%s):" % srv.log)
