@@ -1662,27 +1662,33 @@ static int mime_deliver(void *arg, const unsigned char *d, size_t n) {
   struct mime_frame *f = arg;
   struct mailoauth_mime *p = f->p;
   struct mime_shared *sh = p->sh;
+  size_t m = n;
+  int code = 0, rc = 0;
 
   if (p->error != 0) {
     return -1;
   }
 
   if (f->want && n > 0) {
-    size_t m = n;
-    int code = 0, rc = 0;
-
     if (sh->lim.max_part_bytes - f->delivered < m) {
       m = (size_t) (sh->lim.max_part_bytes - f->delivered);
       code = MAILOAUTH_MIME_E_PART_TOO_BIG;
     }
-    if (sh->lim.max_total_bytes - sh->total < m) {
+
+    /* A message also descended into counts through its parts: counted at
+     * every level, the same bytes would reach the limit at a point that
+     * depends on how the input happened to be chunked.
+     */
+    if (f->child == NULL && sh->lim.max_total_bytes - sh->total < m) {
       m = (size_t) (sh->lim.max_total_bytes - sh->total);
       code = MAILOAUTH_MIME_E_TOTAL_TOO_BIG;
     }
 
     if (m > 0) {
       f->delivered += m;
-      sh->total += m;
+      if (f->child == NULL) {
+        sh->total += m;
+      }
       if (sh->cb.part_data != NULL) {
         rc = sh->cb.part_data(&f->info, d, m, sh->cb.arg);
       }
@@ -1693,20 +1699,27 @@ static int mime_deliver(void *arg, const unsigned char *d, size_t n) {
       return -1;
     }
     if (rc > 0) {
+      /* The caller wants no more: its limits no longer apply. */
       f->want = 0;
-    } else if (code != 0) {
-      mime_fail(p, code);
-      return -1;
+      m = n;
+      code = 0;
     }
   }
 
-  if (f->child != NULL && n > 0) {
-    if (mailoauth_mime_feed(f->child, d, n) < 0) {
+  /* The attached message sees exactly the bytes within its part's limit,
+   * so what it finds in them does not depend on the chunking either.
+   */
+  if (f->child != NULL && m > 0) {
+    if (mailoauth_mime_feed(f->child, d, m) < 0) {
       p->error = f->child->error;
       return -1;
     }
   }
 
+  if (code != 0) {
+    mime_fail(p, code);
+    return -1;
+  }
   return 0;
 }
 

@@ -51,8 +51,11 @@ struct mailoauth_mime_limits {
 };
 
 /* The byte limits count what reaches part_data: skipped parts cost nothing
- * (they are not even decoded), and an attached message received as .eml and
- * descended into counts twice, once as the .eml, once as its parts.
+ * (they are not even decoded).  An attached message received as .eml and
+ * descended into counts toward max_total_bytes through its parts only, and
+ * if parsing stops inside it, how much of its .eml was delivered before the
+ * stop may vary with the chunking (its part_end status says it is cut).
+ * Everything else reported is the same however the input is chunked.
  */
 
 /* Fills in the defaults. */

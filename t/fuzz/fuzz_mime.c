@@ -137,7 +137,13 @@ static int fuzz_end(const struct mailoauth_mime_part *p, unsigned int status,
   r->depth--;
   r->log = fuzz_fnv(r->log, "E", 1);
   r->log = fuzz_fnv(r->log, &status, sizeof(status));
-  r->log = fuzz_fnv(r->log, &r->open_hash[r->depth], sizeof(uint64_t));
+  /* How much .eml a message cut by a fatal error inside it received is
+   * left open by the API; everything else must match.
+   */
+  if (!(p->is_message && (status & (MAILOAUTH_MIME_ST_TRUNCATED |
+      MAILOAUTH_MIME_ST_ABORTED)))) {
+    r->log = fuzz_fnv(r->log, &r->open_hash[r->depth], sizeof(uint64_t));
+  }
   return fuzz_fail_now(r) ? -1 : 0;
 }
 

@@ -233,8 +233,14 @@ static int cb_end(const struct mailoauth_mime_part *p, unsigned int status,
 
   rp->ended = 1;
   rp->status = status;
-  tbuf_printf(&r->log, "E %u st=%u n=%llu h=%016llx\n", p->index, status,
-    (unsigned long long) rp->nbytes, (unsigned long long) rp->hash);
+  if (p->is_message && (status & (MAILOAUTH_MIME_ST_TRUNCATED |
+      MAILOAUTH_MIME_ST_ABORTED))) {
+    /* How much .eml a message cut inside received is left open. */
+    tbuf_printf(&r->log, "E %u st=%u\n", p->index, status);
+  } else {
+    tbuf_printf(&r->log, "E %u st=%u n=%llu h=%016llx\n", p->index, status,
+      (unsigned long long) rp->nbytes, (unsigned long long) rp->hash);
+  }
   return 0;
 }
 
@@ -1896,6 +1902,41 @@ START_TEST(test_size_limits) {
 }
 END_TEST
 
+/* Limits inside an attached message received as .eml and descended into
+ * (found by fuzzing: counted at both levels, the total was reached at a
+ * point that depended on the chunking).
+ */
+START_TEST(test_limits_in_attached_message) {
+  struct mailoauth_mime_limits lim;
+  struct runopt o = { &lim, MODE_EML_BOTH, 0, 0 };
+  size_t len;
+  char *msg = load_corpus("forwarded.eml", &len);
+  struct rec *r;
+  int rc, err;
+
+  /* The .eml does not count toward the total: its parts do. */
+  memset(&lim, 0, sizeof(lim));
+  lim.max_total_bytes = 1000;
+  r = run_all(msg, len, &o, &rc, &err);
+  ck_assert_int_eq(err, MAILOAUTH_MIME_E_TOTAL_TOO_BIG);
+  ck_assert_uint_eq(r->nparts, 6);
+  ck_assert_uint_eq(r->parts[5].nbytes, 1000 - 13 - 33);
+  ck_assert_uint_eq(r->parts[5].status, MAILOAUTH_MIME_ST_TRUNCATED);
+  ck_assert_uint_eq(r->parts[2].status, MAILOAUTH_MIME_ST_TRUNCATED);
+  rec_free(r);
+
+  /* Its own limit still applies, before the parts inside see the bytes. */
+  memset(&lim, 0, sizeof(lim));
+  lim.max_part_bytes = 400;
+  r = run_all(msg, len, &o, &rc, &err);
+  ck_assert_int_eq(err, MAILOAUTH_MIME_E_PART_TOO_BIG);
+  ck_assert_uint_eq(r->parts[2].nbytes, 400);
+  ck_assert_uint_eq(r->parts[2].status, MAILOAUTH_MIME_ST_TRUNCATED);
+  rec_free(r);
+  free(msg);
+}
+END_TEST
+
 START_TEST(test_caller_stops) {
   struct runopt o = { NULL, MODE_ALL, 0, 0 };
   size_t len;
@@ -2122,6 +2163,7 @@ int main(void) {
   tcase_add_test(tc, test_deep_nesting);
   tcase_add_test(tc, test_huge_header_line);
   tcase_add_test(tc, test_size_limits);
+  tcase_add_test(tc, test_limits_in_attached_message);
   tcase_add_test(tc, test_caller_stops);
   tcase_add_test(tc, test_api_misuse);
   tcase_add_test(tc, test_large_attachment_constant_memory);
