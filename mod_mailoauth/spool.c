@@ -43,7 +43,7 @@ static int mailoauth_spool_fsync_dir(const char *dir) {
   return res;
 }
 
-static int mailoauth_spool_write_all(int fd, const void *data, size_t len) {
+int mailoauth_spool_write_all(int fd, const void *data, size_t len) {
   const unsigned char *p = data;
 
   while (len > 0) {

@@ -205,7 +205,7 @@ nm -g --defined-only "$archive" 2>/dev/null | awk 'NF == 3 { print $3 }' | sort 
 nm -g --defined-only proftpd | awk 'NF == 3 { print $3 }' | sort -u |
   comm -23 - "$work/mod.def" > "$work/proftpd.def"
 : > "$work/libs.def"
-for lib in curl jansson ssl crypto; do
+for lib in curl jansson ssl crypto ytnef; do
   so=$(${CC:-cc} -print-file-name="lib$lib.so")
   [ -f "$so" ] || continue
   nm -D --defined-only "$so" | awk 'NF == 3 { print $3 }' | sed 's/@.*//' >> "$work/libs.def"

@@ -1,0 +1,154 @@
+/*
+ * mod_mailoauth - unpacking Outlook's winmail.dat (application/ms-tnef)
+ *
+ * Outlook and Exchange sometimes wrap a message's attachments into one
+ * TNEF stream, winmail.dat.  This unit takes out the files it carries, with
+ * libytnef doing the MAPI property decoding.
+ *
+ * libytnef has a long history of memory-safety bugs, and the process that
+ * ingests mail (the worker) holds OAuth tokens.  So the decoding runs in a
+ * short-lived child process: forked per call, stripped of every descriptor
+ * but its input and a pipe, with resource limits, no new privileges and
+ * (on Linux) a seccomp filter that leaves it little more than write() to
+ * the pipe.  The parent reads the files back over the pipe, trusting
+ * nothing the child says: lengths are checked against the limits before
+ * anything is read, a child that crashes, hangs or sends garbage is killed,
+ * reaped and reported as an error.
+ *
+ * Only files come out: message attachments inside the TNEF (embedded
+ * messages), attachments by reference and the message body are skipped.
+ * No ProFTPD headers.
+ */
+
+#ifndef MOD_MAILOAUTH_TNEF_H
+#define MOD_MAILOAUTH_TNEF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Defaults for the limits; a zero field means the default. */
+#define MAILOAUTH_TNEF_DEFAULT_MAX_INPUT        ((uint64_t) 100 << 20)
+#define MAILOAUTH_TNEF_DEFAULT_MAX_FILES        1000
+#define MAILOAUTH_TNEF_DEFAULT_MAX_FILE_BYTES   ((uint64_t) 100 << 20)
+#define MAILOAUTH_TNEF_DEFAULT_MAX_TOTAL_BYTES  ((uint64_t) 100 << 20)
+#define MAILOAUTH_TNEF_DEFAULT_TIMEOUT_MS       10000
+
+/* Longest file name passed on, in bytes; a longer one is passed over for
+ * the next the TNEF offers (the 8.3 title), or for none (NULL: the caller
+ * names the file).
+ */
+#define MAILOAUTH_TNEF_MAX_NAME                 1024
+
+struct mailoauth_tnef_limits {
+  uint64_t max_input;           /* bytes of winmail.dat */
+  unsigned int max_files;       /* files taken out */
+  uint64_t max_file_bytes;      /* bytes of one file */
+  uint64_t max_total_bytes;     /* bytes of all files */
+  unsigned int timeout_ms;      /* time spent waiting for the decoder; the
+                                 * callbacks and the writing of temporary
+                                 * files do not count */
+};
+
+/* Fills in the defaults. */
+void mailoauth_tnef_limits_init(struct mailoauth_tnef_limits *lim);
+
+/* One file: name is valid UTF-8 (converted from the TNEF's code page; what
+ * cannot be converted is U+FFFD), NUL-terminated, or NULL when the TNEF
+ * gives none (the caller names the file).  It is the name as sent, not
+ * sanitized: it may hold '/', '\\' or control characters.  fd is an
+ * anonymous temporary file holding the size bytes, at an unspecified
+ * offset (use pread() or fstat()); it is closed when the callback returns
+ * (dup() it to keep it).  Return 0 to go on, -1 (errno set) to stop.
+ */
+typedef int (*mailoauth_tnef_file_fn)(const char *name, int fd,
+  uint64_t size, void *arg);
+
+/* Unpacks the winmail.dat held by the regular file in_fd (read from offset
+ * 0 to its size, with pread(): its file offset is not used or moved) and
+ * calls cb for every file it carries, in order.  The temporary files are
+ * created in tmp_dir (O_TMPFILE, mode 0600; a named file unlinked at once
+ * where the file system lacks O_TMPFILE).  lim may be NULL for the
+ * defaults.  *nfiles (may be NULL) counts the callbacks made.
+ *
+ * Returns 0, or -1 with errno:
+ *   EBADMSG    not TNEF, or broken (truncated, bad checksum, malformed);
+ *   EFBIG      a limit was exceeded (before any callback, except when the
+ *              decoder lied about what it found);
+ *   ETIMEDOUT  the decoder ran out of time (timeout_ms, or its CPU limit);
+ *   ECHILD     the decoder died (killed by a signal: a crash) or ended
+ *              without finishing;
+ *   EIO        the decoder sent something malformed, or could not read
+ *              in_fd;
+ *   ENOMEM     the decoder ran out of memory (its limit or the system's);
+ *   the callback's errno when it returned -1; anything else from creating
+ *   or writing the temporary files (ENOSPC...) or from fork()/pipe().
+ * Files already passed to cb stay passed: on an error after some callbacks,
+ * the caller decides what to do with them (a decoder that crashes half-way
+ * is the usual case).  No descriptor and no child process is left behind.
+ */
+int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
+  const struct mailoauth_tnef_limits *lim, mailoauth_tnef_file_fn cb,
+  void *arg, unsigned int *nfiles);
+
+/* The parts below are what mailoauth_tnef_unpack() is made of; they are
+ * exposed for tests and fuzzing.
+ */
+
+/* A file as the decoder finds it.  name: the bytes of the name, with a NUL
+ * after them, or NULL; codepage: the Windows code page the name is in
+ * (65001 for UTF-8), 0 when the stream does not say.  data/size: the
+ * content, valid during the callback only.
+ */
+struct mailoauth_tnef_file {
+  const char *name;
+  size_t name_len;
+  unsigned int codepage;
+  const unsigned char *data;
+  uint64_t size;
+};
+
+typedef int (*mailoauth_tnef_found_fn)(const struct mailoauth_tnef_file *f,
+  void *arg);
+
+/* The decoder itself, in this process (the child runs this): decodes the
+ * TNEF stream buf (len bytes) and calls fn for every file, in order, but
+ * only once the whole stream was decoded and found within the limits, so
+ * a broken stream or one over a limit makes no call at all.  Returns 0, or
+ * -1 with errno EBADMSG, EFBIG, ENOMEM, or fn's errno.  libytnef prints
+ * diagnostics on stdout, whatever it is told.
+ */
+int mailoauth_tnef_decode_mem(const unsigned char *buf, size_t len,
+  const struct mailoauth_tnef_limits *lim, mailoauth_tnef_found_fn fn,
+  void *arg, unsigned int *nfiles);
+
+/* The parent's side of the pipe: a reader fed with the child's bytes in
+ * chunks of any size, which writes each file into a temporary file in
+ * tmp_dir and calls cb (as for mailoauth_tnef_unpack()).  Every length is
+ * checked against lim before anything is read or written.
+ */
+struct mailoauth_tnef_reader;
+
+struct mailoauth_tnef_reader *mailoauth_tnef_reader_new(const char *tmp_dir,
+  const struct mailoauth_tnef_limits *lim, mailoauth_tnef_file_fn cb,
+  void *arg);
+
+/* Returns 0 to go on, or -1 with errno (EFBIG, EIO for malformed input,
+ * the callback's or a temporary file's errno); the reader then refuses
+ * further input with the same errno.
+ */
+int mailoauth_tnef_reader_feed(struct mailoauth_tnef_reader *r,
+  const void *buf, size_t len);
+
+/* After the last byte: 0 when the stream ended with the decoder's
+ * successful end record, -1 with errno otherwise (the decoder's own error,
+ * ECHILD for a stream cut short, or the reader's error).  *nfiles (may be
+ * NULL) counts the callbacks made; *sandboxed (may be NULL) is 1 when the
+ * decoder said it ran under its seccomp filter.
+ */
+int mailoauth_tnef_reader_finish(struct mailoauth_tnef_reader *r,
+  unsigned int *nfiles, int *sandboxed);
+
+/* Closes whatever the reader holds open. */
+void mailoauth_tnef_reader_free(struct mailoauth_tnef_reader *r);
+
+#endif /* MOD_MAILOAUTH_TNEF_H */
