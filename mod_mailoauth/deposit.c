@@ -1525,11 +1525,25 @@ static void deposit_server_setup(void) {
 #endif
 }
 
+/* The helper keeps root: it must never outlive the worker it serves.  EOF
+ * on the socket says so when the worker exits; the parent-death signal
+ * covers a worker that is killed, but the kernel clears it whenever the
+ * effective uid changes, which every request does, so it is set again
+ * after each one.
+ */
+static int deposit_parent_alive(pid_t parent) {
+#ifdef __linux__
+  (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+  return getppid() == parent;
+}
+
 int mailoauth_deposit_server_run(int sock,
     const struct mailoauth_deposit_rule *rules, size_t nrules) {
   unsigned char *buf;
   int type;
   socklen_t tlen = sizeof(type);
+  pid_t parent = getppid();
 
   /* A stream socket would need framing; SEQPACKET keeps records whole. */
   if (getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0) {
@@ -1591,6 +1605,12 @@ int mailoauth_deposit_server_run(int sock,
     deposit_serve(buf, (size_t) n, bad, fds, nfds, rules, nrules, &id, &op,
       &res);
     deposit_close_fds(fds, nfds);
+
+    if (!deposit_parent_alive(parent)) {
+      mailoauth_trace(trace_channel, 7, "worker gone, deposit helper ends");
+      free(buf);
+      return 0;
+    }
 
     if (deposit_send_reply(sock, id, op, &res) < 0) {
       int xerrno = errno;

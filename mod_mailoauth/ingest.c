@@ -19,8 +19,11 @@
 #include "imap.h"
 #include "jsonwrap.h"
 #include "mime.h"
+#include "meta.h"
 #include "names.h"
+#include "route.h"
 #include "spool.h"
+#include "tnef.h"
 #include "trace.h"
 
 #include <curl/curl.h>
@@ -29,6 +32,7 @@
 #include <fnmatch.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +49,9 @@ static const char *trace_channel = "mailoauth.ingest";
 /* The helper may have to write a large file to a slow disk. */
 #define INGEST_DEPOSIT_TIMEOUT_MS  (10 * 60 * 1000)
 
+/* Seconds a run may take before it lets the worker do other work. */
+#define INGEST_RUN_SLICE        2
+
 /* Mode of deposited files. */
 #define INGEST_FILE_MODE        0640
 
@@ -55,6 +62,15 @@ struct ingest_ledger_entry {
   int intent;                   /* "?" line: a deposit was asked for */
   time_t started;               /* intent: when */
   uint64_t size;                /* intent: the part's size */
+  char *name;                   /* done: the name it was deposited as */
+};
+
+/* Where a task's files go: its own dir= and owner, or a route's. */
+struct ingest_dest {
+  const char *dir;
+  uid_t uid;
+  gid_t gid;
+  int cleaned;                  /* stale temporary files removed */
 };
 
 struct ingest_task {
@@ -64,7 +80,10 @@ struct ingest_task {
   uint32_t uidvalidity;         /* from the state file; 0: never ran */
   uint32_t next_uid;
   char last_error[512];         /* logged once until it changes */
-  int cleaned;                  /* stale temporary files removed */
+  int more;                     /* the run stopped at its time slice */
+
+  struct ingest_dest *dests;    /* [0]: dir=/owner=, then one per route */
+  size_t ndests;
 
   struct ingest_ledger_entry *ledger;
   size_t nledger, ledger_size;
@@ -90,6 +109,8 @@ void mailoauth_ingest_config_init(struct mailoauth_ingest_config *cfg) {
   cfg->gid = (gid_t) -1;
   cfg->after = MAILOAUTH_INGEST_AFTER_SEEN;
   cfg->failed = MAILOAUTH_INGEST_AFTER_LEAVE;
+  cfg->tnef = 1;
+  cfg->min_free = MAILOAUTH_INGEST_DEFAULT_MIN_FREE;
 }
 
 int mailoauth_ingest_valid_name(const char *name) {
@@ -169,8 +190,49 @@ static int ingest_parse_action(const char *value, int allow_leave,
   return 0;
 }
 
+int mailoauth_ingest_check_dir(char *value, char *errbuf, size_t errlen) {
+  size_t len = strlen(value);
+
+  while (len > 1 && value[len-1] == '/') {
+    value[--len] = '\0';
+  }
+
+  if (value[0] != '/' ||
+      strstr(value, "//") != NULL ||
+      strstr(value, "/../") != NULL ||
+      strstr(value, "/./") != NULL ||
+      (len >= 3 && strcmp(value + len - 3, "/..") == 0) ||
+      (len >= 2 && strcmp(value + len - 2, "/.") == 0)) {
+    mailoauth_errf(errbuf, errlen, "dir '%s' must be an absolute path "
+      "without '.' or '..' components, e.g. dir=/srv/ftp/alice/inbox", value);
+    return -1;
+  }
+
+  return 0;
+}
+
+static int ingest_parse_onoff(const char *key, const char *value, int *out,
+    char *errbuf, size_t errlen) {
+  if (strcasecmp(value, "on") == 0) {
+    *out = 1;
+  } else if (strcasecmp(value, "off") == 0) {
+    *out = 0;
+  } else {
+    mailoauth_errf(errbuf, errlen, "write %s=on or %s=off", key, key);
+    return -1;
+  }
+  return 0;
+}
+
 int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
-    const char *key, const char *value, char *errbuf, size_t errlen) {
+    const char *key, char *value, char *errbuf, size_t errlen) {
+  int res;
+
+  res = mailoauth_route_parse_setting(&cfg->filter, key, value, errbuf,
+    errlen);
+  if (res <= 0) {
+    return res;
+  }
 
   if (strcasecmp(key, "account") == 0) {
     if (*value == '\0') {
@@ -190,15 +252,15 @@ int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
     }
     cfg->folder = value;
 
-  } else if (strcasecmp(key, "from") == 0) {
-    cfg->from_glob = value;
-
-  } else if (strcasecmp(key, "subject") == 0) {
-    cfg->subject_glob = value;
+  } else if (strcasecmp(key, "dir") == 0) {
+    if (mailoauth_ingest_check_dir(value, errbuf, errlen) < 0) {
+      return -1;
+    }
+    cfg->dir = value;
 
   } else if (strcasecmp(key, "files") == 0) {
     /* The caller's copy is split in place: globs hold no commas. */
-    char *p = (char *) value, *comma;
+    char *p = value, *comma;
     size_t n = 0;
 
     while (p != NULL && *p != '\0') {
@@ -230,6 +292,13 @@ int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
       return -1;
     }
 
+  } else if (strcasecmp(key, "min-free") == 0) {
+    if (ingest_parse_size(value, &cfg->min_free) < 0) {
+      mailoauth_errf(errbuf, errlen, "min-free '%s' is not a size: write "
+        "e.g. min-free=1G (units B, K, M, G; 0 turns the check off)", value);
+      return -1;
+    }
+
   } else if (strcasecmp(key, "after") == 0) {
     if (ingest_parse_action(value, 0, &cfg->after, &cfg->after_folder) < 0) {
       mailoauth_errf(errbuf, errlen, "after '%s': write after=seen, "
@@ -256,19 +325,23 @@ int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
     cfg->name_tmpl = value;
 
   } else if (strcasecmp(key, "inline") == 0) {
-    if (strcasecmp(value, "on") == 0) {
-      cfg->inline_parts = 1;
-    } else if (strcasecmp(value, "off") == 0) {
-      cfg->inline_parts = 0;
-    } else {
-      mailoauth_errf(errbuf, errlen, "write inline=on or inline=off");
-      return -1;
-    }
+    return ingest_parse_onoff(key, value, &cfg->inline_parts, errbuf,
+      errlen);
+
+  } else if (strcasecmp(key, "eml") == 0) {
+    return ingest_parse_onoff(key, value, &cfg->save_message, errbuf,
+      errlen);
+
+  } else if (strcasecmp(key, "metadata") == 0) {
+    return ingest_parse_onoff(key, value, &cfg->metadata, errbuf, errlen);
+
+  } else if (strcasecmp(key, "tnef") == 0) {
+    return ingest_parse_onoff(key, value, &cfg->tnef, errbuf, errlen);
 
   } else {
     mailoauth_errf(errbuf, errlen, "unknown setting '%s' (known: account, "
-      "folder, every, dir, owner, from, subject, files, max-size, after, "
-      "failed, name, inline)", key);
+      "folder, every, dir, owner, from, to, subject, files, max-size, "
+      "min-free, after, failed, name, inline, eml, metadata, tnef)", key);
     return -1;
   }
 
@@ -339,18 +412,37 @@ static int ingest_state_save(struct mailoauth_ingest *ing,
     (size_t) len, 0600);
 }
 
+static void ingest_ledger_forget(struct ingest_task *t) {
+  size_t i;
+
+  for (i = 0; i < t->nledger; i++) {
+    free(t->ledger[i].name);
+  }
+  t->nledger = 0;
+}
+
 static int ingest_ledger_add_mem(struct ingest_task *t, uint32_t uv,
     uint32_t uid, unsigned int part, int intent, time_t started,
-    uint64_t size) {
+    uint64_t size, const char *name) {
+  char *copy = NULL;
+
+  if (!intent && name != NULL) {
+    copy = strdup(name);
+    if (copy == NULL) {
+      return -1;
+    }
+  }
+
   if (t->nledger == t->ledger_size) {
-    size_t size = t->ledger_size ? t->ledger_size * 2 : 16;
-    struct ingest_ledger_entry *e = realloc(t->ledger, size * sizeof(*e));
+    size_t cap = t->ledger_size ? t->ledger_size * 2 : 16;
+    struct ingest_ledger_entry *e = realloc(t->ledger, cap * sizeof(*e));
 
     if (e == NULL) {
+      free(copy);
       return -1;
     }
     t->ledger = e;
-    t->ledger_size = size;
+    t->ledger_size = cap;
   }
 
   t->ledger[t->nledger].uidvalidity = uv;
@@ -359,12 +451,14 @@ static int ingest_ledger_add_mem(struct ingest_task *t, uint32_t uv,
   t->ledger[t->nledger].intent = intent;
   t->ledger[t->nledger].started = started;
   t->ledger[t->nledger].size = size;
+  t->ledger[t->nledger].name = copy;
   t->nledger++;
   return 0;
 }
 
-static int ingest_ledger_has(const struct ingest_task *t, uint32_t uv,
-    uint32_t uid, unsigned int part) {
+/* The name a part was deposited as, or NULL when it was not. */
+static const char *ingest_ledger_has(const struct ingest_task *t,
+    uint32_t uv, uint32_t uid, unsigned int part) {
   size_t i;
 
   for (i = 0; i < t->nledger; i++) {
@@ -372,10 +466,10 @@ static int ingest_ledger_has(const struct ingest_task *t, uint32_t uv,
         t->ledger[i].uidvalidity == uv &&
         t->ledger[i].uid == uid &&
         t->ledger[i].part == part) {
-      return 1;
+      return t->ledger[i].name ? t->ledger[i].name : "-";
     }
   }
-  return 0;
+  return NULL;
 }
 
 static int ingest_ledger_load(struct mailoauth_ingest *ing,
@@ -383,7 +477,7 @@ static int ingest_ledger_load(struct mailoauth_ingest *ing,
   char *path, line[2048];
   FILE *fp;
 
-  t->nledger = 0;
+  ingest_ledger_forget(t);
   path = ingest_path(ing->tasks_dir, t->cfg.name, ".ledger");
   if (path == NULL) {
     return -1;
@@ -399,6 +493,7 @@ static int ingest_ledger_load(struct mailoauth_ingest *ing,
     unsigned long uv, uid, part;
     long long started;
     unsigned long long size;
+    int name_at = 0;
 
     /* A line cut short by a crash has no name and no newline; its deposit
      * was not confirmed, but the line is written after the deposit, so
@@ -411,16 +506,19 @@ static int ingest_ledger_load(struct mailoauth_ingest *ing,
       if (sscanf(line, "? %lu %lu %lu %lld %llu ", &uv, &uid, &part,
             &started, &size) == 5 &&
           ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
-            (unsigned int) part, 1, (time_t) started, size) < 0) {
+            (unsigned int) part, 1, (time_t) started, size, NULL) < 0) {
         fclose(fp);
         return -1;
       }
 
-    } else if (sscanf(line, "%lu %lu %lu ", &uv, &uid, &part) == 3 &&
-        ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
-          (unsigned int) part, 0, 0, 0) < 0) {
-      fclose(fp);
-      return -1;
+    } else if (sscanf(line, "%lu %lu %lu %n", &uv, &uid, &part,
+          &name_at) == 3 && name_at > 0) {
+      *strchr(line, '\n') = '\0';
+      if (ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
+          (unsigned int) part, 0, 0, 0, line + name_at) < 0) {
+        fclose(fp);
+        return -1;
+      }
     }
   }
 
@@ -479,7 +577,7 @@ static int ingest_ledger_append(struct mailoauth_ingest *ing,
   }
 
   return ingest_ledger_add_mem(t, t->uidvalidity, uid, part, intent,
-    started, size);
+    started, size, final_name);
 }
 
 static const struct ingest_ledger_entry *ingest_ledger_intent(
@@ -534,19 +632,19 @@ static int ingest_probe_exists(const char *name, void *arg) {
   return 1;
 }
 
-static int ingest_already_deposited(const struct ingest_task *t,
+static int ingest_already_deposited(const struct ingest_dest *dest,
     const struct ingest_ledger_entry *intent, const char *name,
     char *found, size_t foundsz) {
   struct ingest_probe pr;
   char out[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
 
   memset(&pr, 0, sizeof(pr));
-  pr.dirfd = open(t->cfg.dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  pr.dirfd = open(dest->dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
   if (pr.dirfd < 0) {
     return 0;
   }
   pr.intent = intent;
-  pr.uid = t->cfg.uid;
+  pr.uid = dest->uid;
 
   (void) mailoauth_names_unique(name, ingest_probe_exists, &pr, out,
     sizeof(out));
@@ -572,7 +670,7 @@ static void ingest_ledger_reset(struct mailoauth_ingest *ing,
     }
     free(path);
   }
-  t->nledger = 0;
+  ingest_ledger_forget(t);
 }
 
 /* Anonymous temporary files in <statedir>/tmp: nothing to clean up after a
@@ -646,22 +744,43 @@ static void ingest_ok(struct ingest_task *t) {
 /* One message
  */
 
+/* Ledger keys of what is not a MIME part of its own. */
+#define INGEST_KEY_EML          0xfffffffeU
+#define INGEST_KEY_META         0xffffffffU
+#define INGEST_KEY_TNEF(part, k) \
+  (0x40000000U | ((unsigned int) (part) << 12) | ((unsigned int) (k) & 0xfffU))
+
 struct ingest_msg {
   struct mailoauth_ingest *ing;
   struct ingest_task *t;
   uint32_t uid;
-  int filtered_out;             /* from=/subject= did not match */
+  const struct ingest_dest *dest;
+  int filtered_out;             /* from=/to=/subject= did not match */
   unsigned int wanted;          /* parts selected */
   unsigned int deposited;       /* parts deposited (or found in the ledger) */
   int failed;                   /* a deposit or a local error: stop */
   int stop_run;                 /* also stop the task's run */
+  int mime_error;               /* the parser stopped at this limit */
 
-  /* The part being written. */
+  /* The message's headers, kept for eml= and metadata= once parsing ends. */
+  char *from, *from_addr, *recipients, *subject, *date, *message_id;
+
+  /* metadata=on: what went into the directory. */
+  struct mailoauth_meta_file *files;
+  size_t nfiles;
+
+  /* The part being written (part_fd), or only hashed (hash_only: it was
+   * deposited before a restart, and metadata wants its digest).
+   */
   int part_fd;
+  int hash_only;
   unsigned int part_index;
   int part_write_error;
+  uint64_t part_bytes;
+  EVP_MD_CTX *sha;
   char part_name[MAILOAUTH_NAMES_MAX + 1];
   char *orig_name;
+  char *done_name;              /* hash_only: the name it has */
 };
 
 static int ingest_glob(const char *pattern, const char *s) {
@@ -673,6 +792,13 @@ static int ingest_is_signature(const char *type) {
     strcmp(type, "application/x-pkcs7-signature") == 0 ||
     strcmp(type, "application/pgp-signature") == 0 ||
     strcmp(type, "application/pgp-keys") == 0;
+}
+
+static int ingest_is_tnef(const struct mailoauth_mime_part *part) {
+  return strcmp(part->content_type, "application/ms-tnef") == 0 ||
+    strcmp(part->content_type, "application/vnd.ms-tnef") == 0 ||
+    (part->filename != NULL &&
+     strcasecmp(part->filename, "winmail.dat") == 0);
 }
 
 /* Whether a leaf part is an attachment the task wants. */
@@ -708,6 +834,11 @@ static int ingest_part_wanted(const struct ingest_task *t,
     }
   }
 
+  /* files= applies to what the winmail.dat carries, not to its name. */
+  if (t->cfg.tnef && ingest_is_tnef(part)) {
+    return 1;
+  }
+
   if (t->cfg.files[0] != NULL) {
     for (i = 0; t->cfg.files[i] != NULL; i++) {
       if (ingest_glob(t->cfg.files[i], safe_name) ||
@@ -722,26 +853,352 @@ static int ingest_part_wanted(const struct ingest_task *t,
   return 1;
 }
 
+static int ingest_files_match(const struct ingest_task *t, const char *name) {
+  size_t i;
+
+  if (t->cfg.files[0] == NULL) {
+    return 1;
+  }
+  for (i = 0; t->cfg.files[i] != NULL; i++) {
+    if (ingest_glob(t->cfg.files[i], name)) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static char *ingest_strdup(const char *s) {
+  return strdup(s ? s : "");
+}
+
+/* At the top-level header: whether the task takes the message, and where
+ * its files go.
+ */
+static int ingest_route(struct ingest_msg *m,
+    const struct mailoauth_mime_message *msg) {
+  struct ingest_task *t = m->t;
+  unsigned int i;
+
+  m->from = ingest_strdup(msg ? msg->from : NULL);
+  m->from_addr = ingest_strdup(msg ? msg->from_addr : NULL);
+  m->recipients = ingest_strdup(msg ? msg->recipients : NULL);
+  m->subject = ingest_strdup(msg ? msg->subject : NULL);
+  m->date = ingest_strdup(msg ? msg->date : NULL);
+  m->message_id = ingest_strdup(msg ? msg->message_id : NULL);
+  if (m->from == NULL || m->from_addr == NULL || m->recipients == NULL ||
+      m->subject == NULL || m->date == NULL || m->message_id == NULL) {
+    ingest_error(t, "out of memory reading UID %" PRIu32, m->uid);
+    m->failed = m->stop_run = 1;
+    return -1;
+  }
+
+  if (!mailoauth_route_match(&t->cfg.filter, m->from_addr, m->recipients,
+      m->subject)) {
+    m->filtered_out = 1;
+    return -1;
+  }
+
+  m->dest = &t->dests[0];
+  for (i = 0; i < t->cfg.nroutes; i++) {
+    if (mailoauth_route_match(t->cfg.routes[i], m->from_addr, m->recipients,
+        m->subject)) {
+      m->dest = &t->dests[i + 1];
+      mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " takes "
+        "route %u (%s)", t->cfg.name, m->uid, i + 1, m->dest->dir);
+      break;
+    }
+  }
+
+  return 0;
+}
+
+/* metadata=on: the file goes into the list with its digest. */
+static int ingest_note_file(struct ingest_msg *m, const char *name,
+    const char *orig, const char *content_type, uint64_t size,
+    const unsigned char *digest, int is_message) {
+  struct mailoauth_meta_file f;
+
+  if (!m->t->cfg.metadata) {
+    return 0;
+  }
+
+  memset(&f, 0, sizeof(f));
+  f.name = (char *) name;
+  f.original = (char *) orig;
+  f.content_type = (char *) content_type;
+  f.size = size;
+  f.is_message = is_message;
+  memcpy(f.sha256, digest, sizeof(f.sha256));
+  if (mailoauth_meta_add_file(&m->files, &m->nfiles, &f) < 0) {
+    ingest_error(m->t, "out of memory listing the files of UID %" PRIu32,
+      m->uid);
+    m->failed = m->stop_run = 1;
+    return -1;
+  }
+  return 0;
+}
+
+/* SHA-256 of a whole file, for the metadata of what was not hashed as it
+ * streamed by.
+ */
+static int ingest_hash_fd(int fd, unsigned char *digest, uint64_t *size) {
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  unsigned char buf[65536];
+  off_t off = 0;
+  int res = -1;
+
+  if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+    EVP_MD_CTX_free(ctx);
+    errno = ENOMEM;
+    return -1;
+  }
+
+  for (;;) {
+    ssize_t n = pread(fd, buf, sizeof(buf), off);
+
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      break;
+    }
+    if (n == 0) {
+      res = EVP_DigestFinal_ex(ctx, digest, NULL) == 1 ? 0 : -1;
+      break;
+    }
+    (void) EVP_DigestUpdate(ctx, buf, (size_t) n);
+    off += n;
+  }
+
+  *size = (uint64_t) off;
+  EVP_MD_CTX_free(ctx);
+  return res;
+}
+
+static void ingest_tmpl_name(struct ingest_msg *m, const char *safe_name,
+    const char *orig, const char *content_type, unsigned long counter,
+    char *out, size_t outsz) {
+  struct ingest_task *t = m->t;
+  struct mailoauth_names_fields f;
+  char uidbuf[16];
+  struct tm tm;
+  time_t now = time(NULL);
+
+  snprintf(out, outsz, "%s", safe_name);
+  if (t->cfg.name_tmpl == NULL) {
+    return;
+  }
+
+  memset(&f, 0, sizeof(f));
+  snprintf(uidbuf, sizeof(uidbuf), "%" PRIu32, m->uid);
+  localtime_r(&now, &tm);
+  f.sender = m->from_addr;
+  f.subject = m->subject;
+  f.uid = uidbuf;
+  f.filename = orig ? orig : safe_name;
+  f.content_type = content_type;
+  f.tm = &tm;
+  f.counter = counter;
+  if (mailoauth_names_expand(t->cfg.name_tmpl, &f, out, outsz) < 0) {
+    ingest_error(t, "name template gives no usable name for UID %" PRIu32
+      ": %s; using the attachment's name", m->uid, strerror(errno));
+    snprintf(out, outsz, "%s", safe_name);
+  }
+}
+
+/* Deposits the content of fd as name under key in the ledger, unless a
+ * previous worker did so already; final gets the name it has.
+ */
+static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
+    const char *name, char *final, size_t finalsz) {
+  struct ingest_task *t = m->t;
+  const struct ingest_dest *dest = m->dest;
+  const struct ingest_ledger_entry *intent;
+  struct mailoauth_deposit_request req;
+  struct mailoauth_deposit_result res;
+  char desc[512], found[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  struct stat st;
+
+  if (fstat(fd, &st) < 0) {
+    ingest_error(t, "cannot stat a temporary file: %s", strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  intent = ingest_ledger_intent(t, m->uid, key);
+  if (intent != NULL &&
+      intent->size == (uint64_t) st.st_size &&
+      ingest_already_deposited(dest, intent, name, found, sizeof(found))) {
+    /* The previous worker died after the file was in place but before it
+     * could record it.
+     */
+    mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s was deposited before "
+      "a restart; not deposited again", t->cfg.name, m->uid, dest->dir,
+      found);
+    if (ingest_ledger_append(m->ing, t, m->uid, key, found, 0, 0, 0) < 0) {
+      ingest_error(t, "cannot record the deposit of '%s' in the ledger: "
+        "%s", found, strerror(errno));
+      m->stop_run = 1;
+      return -1;
+    }
+    snprintf(final, finalsz, "%s", found);
+    m->deposited++;
+    return 0;
+  }
+
+  /* Written first, so that a crash while the helper works leaves a trace
+   * to find its file by.
+   */
+  if (ingest_ledger_append(m->ing, t, m->uid, key, name, 1, time(NULL),
+      (uint64_t) st.st_size) < 0) {
+    ingest_error(t, "cannot write the ledger: %s", strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  memset(&req, 0, sizeof(req));
+  req.dir = dest->dir;
+  req.name = name;
+  req.uid = dest->uid;
+  req.gid = dest->gid;
+  req.mode = INGEST_FILE_MODE;
+  req.min_free = t->cfg.min_free;
+
+  memset(&res, 0, sizeof(res));
+  if (mailoauth_deposit_client_file(m->ing->deposit_sock, &req, fd,
+      INGEST_DEPOSIT_TIMEOUT_MS, &res) < 0) {
+    ingest_error(t, "cannot deposit '%s' (UID %" PRIu32 ") into %s: %s; "
+      "the message stays in %s and is tried again next run", name, m->uid,
+      dest->dir, mailoauth_deposit_describe(&res, desc, sizeof(desc)),
+      t->cfg.folder);
+    /* Disk full, quota, permissions, a missing directory or a gone helper
+     * hit every message alike: stop the run.
+     */
+    m->stop_run = 1;
+    return -1;
+  }
+
+  if (ingest_ledger_append(m->ing, t, m->uid, key, res.name, 0, 0, 0) < 0) {
+    /* The file is there but not recorded: stop before the after-action,
+     * so that at worst it is deposited once more, never lost.
+     */
+    ingest_error(t, "cannot record the deposit of '%s' in the ledger: %s",
+      res.name, strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  mailoauth_log("ingest %s: UID %" PRIu32 ": deposited %s/%s (%" PRIu64
+    " bytes)", t->cfg.name, m->uid, dest->dir, res.name, res.size);
+  snprintf(final, finalsz, "%s", res.name);
+  m->deposited++;
+  return 0;
+}
+
+/* tnef=on: each file a winmail.dat carries, deposited like an attachment
+ * of its own.
+ */
+struct ingest_tnef_ctx {
+  struct ingest_msg *m;
+  unsigned int part;
+  unsigned int k;
+};
+
+static int ingest_tnef_file(const char *name, int fd, uint64_t size,
+    void *arg) {
+  struct ingest_tnef_ctx *c = arg;
+  struct ingest_msg *m = c->m;
+  char safe[MAILOAUTH_NAMES_MAX + 1], want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  unsigned char digest[MAILOAUTH_META_SHA256_LEN];
+  unsigned int key = INGEST_KEY_TNEF(c->part, c->k);
+  const char *done;
+  uint64_t hashed = 0;
+
+  c->k++;
+  if (mailoauth_names_sanitize(name ? name : "", name ? strlen(name) : 0,
+      NULL, safe, sizeof(safe)) < 0 ||
+      !ingest_files_match(m->t, safe)) {
+    return 0;
+  }
+
+  m->wanted++;
+  done = ingest_ledger_has(m->t, m->t->uidvalidity, m->uid, key);
+  if (done != NULL) {
+    m->deposited++;
+    snprintf(final, sizeof(final), "%s", done);
+
+  } else {
+    ingest_tmpl_name(m, safe, name, "application/octet-stream", key & 0xfff,
+      want, sizeof(want));
+    if (ingest_deposit_fd(m, key, fd, want, final, sizeof(final)) < 0) {
+      m->failed = 1;
+      errno = EIO;
+      return -1;
+    }
+  }
+
+  if (m->t->cfg.metadata) {
+    if (ingest_hash_fd(fd, digest, &hashed) < 0) {
+      m->failed = m->stop_run = 1;
+      return -1;
+    }
+    (void) size;
+    if (ingest_note_file(m, final, name, "application/octet-stream", hashed,
+        digest, 0) < 0) {
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int ingest_unpack_tnef(struct ingest_msg *m,
+    const struct mailoauth_mime_part *part) {
+  struct mailoauth_tnef_limits lim;
+  struct ingest_tnef_ctx c;
+  unsigned int before = m->wanted, nfiles = 0;
+
+  mailoauth_tnef_limits_init(&lim);
+  memset(&c, 0, sizeof(c));
+  c.m = m;
+  c.part = part->index;
+
+  if (mailoauth_tnef_unpack(m->part_fd, m->ing->tmp_dir, &lim,
+      ingest_tnef_file, &c, &nfiles) < 0) {
+    if (m->failed) {
+      return -1;
+    }
+    /* Not a TNEF we can read: the sender's file is still worth having as
+     * it came.
+     */
+    mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' cannot be unpacked "
+      "(%s); deposited as it is", m->t->cfg.name, m->uid, m->part_name,
+      strerror(errno));
+    m->wanted = before;
+    return 1;
+  }
+
+  mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 ": %s carried "
+    "%u file%s", m->t->cfg.name, m->uid, m->part_name, nfiles,
+    nfiles == 1 ? "" : "s");
+  /* The winmail.dat itself counted as wanted; what it carried replaces it. */
+  m->wanted--;
+  return 0;
+}
+
 static int ingest_part_begin(const struct mailoauth_mime_part *part,
     void *arg) {
   struct ingest_msg *m = arg;
   struct ingest_task *t = m->t;
-  const char *name;
+  const char *name, *done;
 
   if (m->failed) {
     return -1;
   }
 
-  if (part->index == 0) {
-    const struct mailoauth_mime_message *msg = part->message;
-
-    if ((t->cfg.from_glob != NULL &&
-         !ingest_glob(t->cfg.from_glob, msg ? msg->from_addr : "")) ||
-        (t->cfg.subject_glob != NULL &&
-         !ingest_glob(t->cfg.subject_glob, msg ? msg->subject : ""))) {
-      m->filtered_out = 1;
-      return -1;
-    }
+  if (part->index == 0 &&
+      ingest_route(m, part->message) < 0) {
+    return -1;
   }
 
   if (part->is_multipart) {
@@ -763,26 +1220,47 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
 
   m->wanted++;
   m->part_index = part->index;
+  m->part_write_error = 0;
+  m->part_bytes = 0;
+  m->hash_only = 0;
+  free(m->orig_name);
+  m->orig_name = name ? strdup(name) : NULL;
 
-  if (ingest_ledger_has(t, t->uidvalidity, m->uid, part->index)) {
+  done = ingest_ledger_has(t, t->uidvalidity, m->uid, part->index);
+  if (done != NULL) {
     mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " part %u "
       "was deposited before a restart; skipped", t->cfg.name, m->uid,
       part->index);
     m->deposited++;
-    return MAILOAUTH_MIME_SKIP;
+    if (!t->cfg.metadata) {
+      return MAILOAUTH_MIME_SKIP;
+    }
+    free(m->done_name);
+    m->done_name = strdup(done);
+    m->hash_only = 1;
+
+  } else {
+    m->part_fd = ingest_tmpfile(m->ing);
+    if (m->part_fd < 0) {
+      ingest_error(t, "cannot create a temporary file in %s: %s",
+        m->ing->tmp_dir, strerror(errno));
+      m->failed = m->stop_run = 1;
+      return -1;
+    }
   }
 
-  m->part_fd = ingest_tmpfile(m->ing);
-  if (m->part_fd < 0) {
-    ingest_error(t, "cannot create a temporary file in %s: %s",
-      m->ing->tmp_dir, strerror(errno));
-    m->failed = m->stop_run = 1;
-    return -1;
+  if (t->cfg.metadata) {
+    if (m->sha == NULL) {
+      m->sha = EVP_MD_CTX_new();
+    }
+    if (m->sha == NULL ||
+        EVP_DigestInit_ex(m->sha, EVP_sha256(), NULL) != 1) {
+      ingest_error(t, "cannot compute digests: out of memory");
+      m->failed = m->stop_run = 1;
+      return -1;
+    }
   }
 
-  m->part_write_error = 0;
-  free(m->orig_name);
-  m->orig_name = name ? strdup(name) : NULL;
   return MAILOAUTH_MIME_BODY;
 }
 
@@ -790,169 +1268,94 @@ static int ingest_part_data(const struct mailoauth_mime_part *part,
     const unsigned char *data, size_t len, void *arg) {
   struct ingest_msg *m = arg;
 
-  (void) part;
-  if (m->part_fd < 0) {
+  if (part->index != m->part_index ||
+      (m->part_fd < 0 && !m->hash_only)) {
     return 1;
   }
 
-  while (len > 0) {
-    ssize_t n = write(m->part_fd, data, len);
-
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      m->part_write_error = errno;
-      return -1;
-    }
-    data += n;
-    len -= (size_t) n;
+  if (m->t->cfg.metadata) {
+    (void) EVP_DigestUpdate(m->sha, data, len);
   }
+  m->part_bytes += len;
 
-  return 0;
-}
-
-static int ingest_deposit_part(struct ingest_msg *m,
-    const struct mailoauth_mime_part *part) {
-  struct ingest_task *t = m->t;
-  struct mailoauth_deposit_request req;
-  struct mailoauth_deposit_result res;
-  char rel[MAILOAUTH_DEPOSIT_NAME_MAX + 1], desc[512];
-  const char *name = m->part_name;
-
-  if (t->cfg.name_tmpl != NULL) {
-    struct mailoauth_names_fields f;
-    char uidbuf[16];
-    struct tm tm;
-    time_t now = time(NULL);
-
-    memset(&f, 0, sizeof(f));
-    snprintf(uidbuf, sizeof(uidbuf), "%" PRIu32, m->uid);
-    localtime_r(&now, &tm);
-    f.sender = part->message ? part->message->from_addr : NULL;
-    f.subject = part->message ? part->message->subject : NULL;
-    f.uid = uidbuf;
-    f.filename = m->orig_name ? m->orig_name : m->part_name;
-    f.content_type = part->content_type;
-    f.tm = &tm;
-    f.counter = part->index;
-    if (mailoauth_names_expand(t->cfg.name_tmpl, &f, rel, sizeof(rel)) < 0) {
-      ingest_error(t, "name template gives no usable name for UID %" PRIu32
-        ": %s; using the attachment's name", m->uid, strerror(errno));
-    } else {
-      name = rel;
-    }
-  }
-
-  {
-    const struct ingest_ledger_entry *intent;
-    struct stat st;
-    char found[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
-
-    if (fstat(m->part_fd, &st) < 0) {
-      ingest_error(t, "cannot stat a temporary file: %s", strerror(errno));
-      m->stop_run = 1;
-      return -1;
-    }
-
-    intent = ingest_ledger_intent(t, m->uid, part->index);
-    if (intent != NULL &&
-        intent->size == (uint64_t) st.st_size &&
-        ingest_already_deposited(t, intent, name, found, sizeof(found))) {
-      /* The previous worker died after the file was in place but before
-       * it could record it.
-       */
-      mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s was deposited before "
-        "a restart; not deposited again", t->cfg.name, m->uid, t->cfg.dir,
-        found);
-      if (ingest_ledger_append(m->ing, t, m->uid, part->index, found, 0, 0,
-          0) < 0) {
-        ingest_error(t, "cannot record the deposit of '%s' in the ledger: "
-          "%s", found, strerror(errno));
-        m->stop_run = 1;
-        return -1;
-      }
-      m->deposited++;
-      return 0;
-    }
-
-    /* Written first, so that a crash while the helper works leaves a
-     * trace to find its file by.
-     */
-    if (ingest_ledger_append(m->ing, t, m->uid, part->index, name, 1,
-        time(NULL), (uint64_t) st.st_size) < 0) {
-      ingest_error(t, "cannot write the ledger: %s", strerror(errno));
-      m->stop_run = 1;
-      return -1;
-    }
-  }
-
-  memset(&req, 0, sizeof(req));
-  req.dir = t->cfg.dir;
-  req.name = name;
-  req.uid = t->cfg.uid;
-  req.gid = t->cfg.gid;
-  req.mode = INGEST_FILE_MODE;
-
-  memset(&res, 0, sizeof(res));
-  if (mailoauth_deposit_client_file(m->ing->deposit_sock, &req, m->part_fd,
-      INGEST_DEPOSIT_TIMEOUT_MS, &res) < 0) {
-    int kind = mailoauth_deposit_kind(&res);
-
-    ingest_error(t, "cannot deposit '%s' (UID %" PRIu32 ") into %s: %s; "
-      "the message stays in %s and is tried again next run", name, m->uid,
-      t->cfg.dir, mailoauth_deposit_describe(&res, desc, sizeof(desc)),
-      t->cfg.folder);
-    (void) kind;
-    /* Disk full, quota, permissions, a missing directory or a gone
-     * helper hit every message alike: stop the run.
-     */
-    m->stop_run = 1;
+  if (m->part_fd >= 0 &&
+      mailoauth_spool_write_all(m->part_fd, data, len) < 0) {
+    m->part_write_error = errno;
     return -1;
   }
 
-  if (ingest_ledger_append(m->ing, t, m->uid, part->index, res.name, 0, 0,
-      0) < 0) {
-    /* The file is there but not recorded: stop before the after-action,
-     * so that at worst it is deposited once more, never lost.
-     */
-    ingest_error(t, "cannot record the deposit of '%s' in the ledger: %s",
-      res.name, strerror(errno));
-    m->stop_run = 1;
-    return -1;
-  }
-
-  mailoauth_log("ingest %s: UID %" PRIu32 ": deposited %s/%s (%" PRIu64
-    " bytes)", t->cfg.name, m->uid, t->cfg.dir, res.name, res.size);
-  m->deposited++;
   return 0;
 }
 
 static int ingest_part_end(const struct mailoauth_mime_part *part,
     unsigned int status, void *arg) {
   struct ingest_msg *m = arg;
+  struct ingest_task *t = m->t;
+  unsigned char digest[MAILOAUTH_META_SHA256_LEN];
+  char want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
   int res = 0;
 
-  if (m->part_fd < 0 || part->index != m->part_index) {
+  if (part->index != m->part_index ||
+      (m->part_fd < 0 && !m->hash_only)) {
     return 0;
   }
 
+  if (t->cfg.metadata) {
+    (void) EVP_DigestFinal_ex(m->sha, digest, NULL);
+  }
+
+  if (m->hash_only) {
+    m->hash_only = 0;
+    return ingest_note_file(m, m->done_name, m->orig_name,
+      part->content_type, m->part_bytes, digest, 0);
+  }
+
   if (m->part_write_error != 0) {
-    ingest_error(m->t, "cannot write a temporary file in %s: %s",
+    ingest_error(t, "cannot write a temporary file in %s: %s",
       m->ing->tmp_dir, strerror(m->part_write_error));
     m->failed = m->stop_run = 1;
     res = -1;
 
   } else if (status & (MAILOAUTH_MIME_ST_TRUNCATED|MAILOAUTH_MIME_ST_ABORTED)) {
     /* A part cut at a limit is not the file that was sent. */
-    ingest_error(m->t, "UID %" PRIu32 ": attachment '%s' exceeds the "
-      "parser's limits; not deposited", m->uid, m->part_name);
+    ingest_error(t, "UID %" PRIu32 ": attachment '%s' exceeds the parser's "
+      "limits; not deposited", m->uid, m->part_name);
     m->failed = 1;
     res = -1;
 
-  } else if (ingest_deposit_part(m, part) < 0) {
-    m->failed = 1;
-    res = -1;
+  } else {
+    int unpacked = 1;
+
+    if (t->cfg.tnef && ingest_is_tnef(part)) {
+      unpacked = ingest_unpack_tnef(m, part);
+      if (unpacked < 0) {
+        res = -1;
+      }
+    }
+
+    if (unpacked == 1) {
+      ingest_tmpl_name(m, m->part_name, m->orig_name, part->content_type,
+        part->index, want, sizeof(want));
+      if (ingest_deposit_fd(m, part->index, m->part_fd, want, final,
+          sizeof(final)) < 0 ||
+          ingest_note_file(m, final, m->orig_name, part->content_type,
+            m->part_bytes, digest, 0) < 0) {
+        m->failed = 1;
+        res = -1;
+
+      } else if (status & (MAILOAUTH_MIME_ST_BAD_ENCODING|
+          MAILOAUTH_MIME_ST_UNTERMINATED)) {
+        /* What could be decoded is kept (it is often all of it), but the
+         * recipient should know to check it.
+         */
+        mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s may be incomplete: "
+          "%s; deposited as received", t->cfg.name, m->uid, m->dest->dir,
+          final, (status & MAILOAUTH_MIME_ST_BAD_ENCODING) ?
+          "its base64 encoding is broken" :
+          "the message ends before its MIME parts are closed");
+      }
+    }
   }
 
   (void) close(m->part_fd);
@@ -967,6 +1370,152 @@ static void ingest_mime_error(int code, const struct mailoauth_mime_part *part,
   (void) part;
   mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 ": %s",
     m->t->cfg.name, m->uid, mailoauth_mime_strerror(code));
+
+  /* Warnings (>= 100) leave the message readable; our own stop (ABORTED)
+   * has been logged by whoever stopped.
+   */
+  if (code < 100 && code != MAILOAUTH_MIME_E_ABORTED && m->mime_error == 0) {
+    m->mime_error = code;
+  }
+}
+
+/* The message's own name: its subject, else its UID. */
+static void ingest_message_name(struct ingest_msg *m, const char *ext,
+    const char *content_type, unsigned int key, char *out, size_t outsz) {
+  char base[MAILOAUTH_NAMES_MAX + 64], safe[MAILOAUTH_NAMES_MAX + 1];
+
+  if (m->subject != NULL && m->subject[0] != '\0') {
+    char *p;
+
+    snprintf(base, sizeof(base), "%.*s%s", MAILOAUTH_NAMES_MAX,
+      m->subject, ext);
+    /* A subject is text, not a path: "Order 12/2024" keeps its "Order". */
+    for (p = base; *p != '\0'; p++) {
+      if (*p == '/' || *p == '\\') {
+        *p = '_';
+      }
+    }
+  } else {
+    snprintf(base, sizeof(base), "message-%" PRIu32 "%s", m->uid, ext);
+  }
+  if (mailoauth_names_sanitize(base, strlen(base), content_type, safe,
+      sizeof(safe)) < 0) {
+    snprintf(safe, sizeof(safe), "message-%" PRIu32 "%s", m->uid, ext);
+  }
+  ingest_tmpl_name(m, safe, base, content_type, key & 0xff, out, outsz);
+}
+
+/* eml=on: the message as fetched, beside its attachments. */
+static int ingest_save_message(struct ingest_msg *m, int fd) {
+  unsigned char digest[MAILOAUTH_META_SHA256_LEN];
+  char want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  const char *done;
+  uint64_t size = 0;
+
+  m->wanted++;
+  done = ingest_ledger_has(m->t, m->t->uidvalidity, m->uid, INGEST_KEY_EML);
+  if (done != NULL) {
+    m->deposited++;
+    snprintf(final, sizeof(final), "%s", done);
+  } else {
+    ingest_message_name(m, ".eml", "message/rfc822", INGEST_KEY_EML, want,
+      sizeof(want));
+    if (ingest_deposit_fd(m, INGEST_KEY_EML, fd, want, final,
+        sizeof(final)) < 0) {
+      return -1;
+    }
+  }
+
+  if (m->t->cfg.metadata) {
+    if (ingest_hash_fd(fd, digest, &size) < 0) {
+      ingest_error(m->t, "cannot read back UID %" PRIu32 ": %s", m->uid,
+        strerror(errno));
+      m->stop_run = 1;
+      return -1;
+    }
+    return ingest_note_file(m, final, NULL, "message/rfc822", size, digest,
+      1);
+  }
+  return 0;
+}
+
+/* metadata=on: written last, so that it lists every file. */
+static int ingest_save_metadata(struct ingest_msg *m) {
+  struct ingest_task *t = m->t;
+  struct mailoauth_meta meta;
+  char want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char *doc;
+  size_t len = 0;
+  int fd, res;
+
+  if (m->nfiles == 0 ||
+      ingest_ledger_has(t, t->uidvalidity, m->uid, INGEST_KEY_META) != NULL) {
+    return 0;
+  }
+
+  memset(&meta, 0, sizeof(meta));
+  meta.task = t->cfg.name;
+  meta.account = t->cfg.account;
+  meta.folder = t->cfg.folder;
+  meta.uidvalidity = t->uidvalidity;
+  meta.uid = m->uid;
+  meta.message_id = m->message_id;
+  meta.from = m->from;
+  meta.from_addr = m->from_addr;
+  meta.recipients = m->recipients;
+  meta.subject = m->subject;
+  meta.date = m->date;
+  meta.taken = time(NULL);
+  meta.files = m->files;
+  meta.nfiles = m->nfiles;
+
+  doc = mailoauth_meta_json(&meta, &len);
+  if (doc == NULL) {
+    ingest_error(t, "cannot build the metadata of UID %" PRIu32 ": %s",
+      m->uid, strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  fd = ingest_tmpfile(m->ing);
+  if (fd >= 0 && mailoauth_spool_write_all(fd, doc, len) < 0) {
+    (void) close(fd);
+    fd = -1;
+  }
+  free(doc);
+  if (fd < 0) {
+    ingest_error(t, "cannot write a temporary file in %s: %s",
+      m->ing->tmp_dir, strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  ingest_message_name(m, ".json", "application/json", INGEST_KEY_META, want,
+    sizeof(want));
+  res = ingest_deposit_fd(m, INGEST_KEY_META, fd, want, final,
+    sizeof(final));
+  (void) close(fd);
+  return res;
+}
+
+static void ingest_msg_clear(struct ingest_msg *m) {
+  free(m->from);
+  free(m->from_addr);
+  free(m->recipients);
+  free(m->subject);
+  free(m->date);
+  free(m->message_id);
+  free(m->orig_name);
+  free(m->done_name);
+  EVP_MD_CTX_free(m->sha);
+  mailoauth_meta_free_files(m->files, m->nfiles);
+  if (m->part_fd >= 0) {
+    (void) close(m->part_fd);
+  }
+  memset(m, 0, sizeof(*m));
+  m->part_fd = -1;
 }
 
 /* Parses the fetched message from fd and deposits its wanted parts. */
@@ -1087,7 +1636,8 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
   struct mailoauth_imap_fetched fetched;
   struct ingest_msg m;
   mailoauth_imap_status_t st;
-  int fd, res, action;
+  int fd, res, action, stop_run, failed;
+  unsigned int wanted, deposited;
   const char *folder;
 
   fd = ingest_tmpfile(ing);
@@ -1124,37 +1674,67 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
   }
 
   memset(&m, 0, sizeof(m));
+  m.part_fd = -1;
   m.ing = ing;
   m.t = t;
   m.uid = uid;
-  m.part_fd = -1;
+  m.dest = &t->dests[0];
 
   res = ingest_parse(&m, fd);
-  (void) close(fd);
 
   if (m.filtered_out) {
     /* Not addressed to this task: leave it exactly as it was. */
+    (void) close(fd);
+    ingest_msg_clear(&m);
     mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " does not "
-      "match from=/subject=", t->cfg.name, uid);
+      "match from=/to=/subject=", t->cfg.name, uid);
     if (!fetched.was_seen) {
       (void) mailoauth_imap_set_seen(t->imap, uid, 0);
     }
     return 1;
   }
 
-  if (m.failed || (res < 0 && m.wanted > m.deposited)) {
+  /* The message itself and the metadata come after the attachments, and
+   * only when they all made it: a failed message is tried again whole.
+   */
+  if (!m.failed && res == 0 && t->cfg.save_message &&
+      ingest_save_message(&m, fd) < 0) {
+    m.failed = 1;
+  }
+  if (!m.failed && res == 0 && t->cfg.metadata &&
+      ingest_save_metadata(&m) < 0) {
+    m.failed = 1;
+  }
+  (void) close(fd);
+
+  if (!m.failed && res < 0 && m.mime_error != 0) {
+    /* The rest of the message was not read: it must not pass for done. */
+    mailoauth_log("ingest %s: UID %" PRIu32 ": %s; %u file%s taken before "
+      "that, the rest is not; the message is handled as failed=",
+      t->cfg.name, uid, mailoauth_mime_strerror(m.mime_error), m.deposited,
+      m.deposited == 1 ? "" : "s");
+    m.failed = 1;
+  }
+
+  stop_run = m.stop_run;
+  failed = m.failed;
+  wanted = m.wanted;
+  deposited = m.deposited;
+  ingest_msg_clear(&m);
+
+  if (failed || (res < 0 && wanted > deposited)) {
     /* Put it back as it was found, to be tried again. */
     if (!fetched.was_seen) {
       (void) mailoauth_imap_set_seen(t->imap, uid, 0);
     }
-    if (m.stop_run) {
+    if (stop_run) {
       return 0;
     }
     /* A message whose part cannot be taken (limits): failed= applies. */
     action = t->cfg.failed;
     folder = t->cfg.failed_folder;
 
-  } else if (m.wanted == 0) {
+  } else if (wanted == 0) {
     mailoauth_log("ingest %s: UID %" PRIu32 " has no wanted attachment",
       t->cfg.name, uid);
     action = t->cfg.failed;
@@ -1234,6 +1814,55 @@ static int ingest_open(struct mailoauth_ingest *ing, struct ingest_task *t) {
   return t->imap ? 0 : -1;
 }
 
+/* A worker killed while its helper was writing leaves a hidden temporary
+ * file; no deposit of this task is under way now, so any of ours found in
+ * its directories is such a leftover.
+ */
+static void ingest_cleanup(struct mailoauth_ingest *ing,
+    struct ingest_task *t) {
+  unsigned int depth = 0;
+  const char *p;
+  size_t i;
+
+  for (p = t->cfg.name_tmpl; p != NULL && *p != '\0'; p++) {
+    if (*p == '/' && depth < MAILOAUTH_DEPOSIT_MAX_DEPTH) {
+      depth++;
+    }
+  }
+
+  for (i = 0; i < t->ndests; i++) {
+    struct ingest_dest *d = &t->dests[i];
+    struct mailoauth_deposit_request req;
+    struct mailoauth_deposit_result res;
+    char desc[256];
+
+    if (d->cleaned) {
+      continue;
+    }
+
+    memset(&req, 0, sizeof(req));
+    req.dir = d->dir;
+    req.uid = d->uid;
+    req.gid = d->gid;
+    req.max_age = 0;
+    req.depth = depth;
+    memset(&res, 0, sizeof(res));
+    if (mailoauth_deposit_client_cleanup(ing->deposit_sock, &req,
+        INGEST_DEPOSIT_TIMEOUT_MS, &res) == 0) {
+      d->cleaned = 1;
+      if (res.removed > 0) {
+        mailoauth_log("ingest %s: removed %u unfinished temporary file%s "
+          "from %s", t->cfg.name, res.removed, res.removed == 1 ? "" : "s",
+          d->dir);
+      }
+    } else {
+      mailoauth_trace(trace_channel, 3, "task %s: cleanup of %s failed: %s",
+        t->cfg.name, d->dir,
+        mailoauth_deposit_describe(&res, desc, sizeof(desc)));
+    }
+  }
+}
+
 static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
     time_t now) {
   struct mailoauth_imap_mailbox mb;
@@ -1274,42 +1903,7 @@ static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
     return;
   }
 
-  if (!t->cleaned) {
-    struct mailoauth_deposit_request req;
-    struct mailoauth_deposit_result res;
-    const char *p;
-
-    /* A worker killed while its helper was writing leaves a hidden
-     * temporary file; no deposit of this task is under way now, so any of
-     * ours found there is such a leftover.
-     */
-    memset(&req, 0, sizeof(req));
-    req.dir = t->cfg.dir;
-    req.uid = t->cfg.uid;
-    req.gid = t->cfg.gid;
-    req.max_age = 0;
-    for (p = t->cfg.name_tmpl; p != NULL && *p != '\0'; p++) {
-      if (*p == '/' && req.depth < MAILOAUTH_DEPOSIT_MAX_DEPTH) {
-        req.depth++;
-      }
-    }
-    memset(&res, 0, sizeof(res));
-    if (mailoauth_deposit_client_cleanup(ing->deposit_sock, &req,
-        INGEST_DEPOSIT_TIMEOUT_MS, &res) == 0) {
-      t->cleaned = 1;
-      if (res.removed > 0) {
-        mailoauth_log("ingest %s: removed %u unfinished temporary file%s "
-          "from %s", t->cfg.name, res.removed, res.removed == 1 ? "" : "s",
-          t->cfg.dir);
-      }
-    } else {
-      char desc[256];
-
-      mailoauth_trace(trace_channel, 3, "task %s: cleanup of %s failed: %s",
-        t->cfg.name, t->cfg.dir,
-        mailoauth_deposit_describe(&res, desc, sizeof(desc)));
-    }
-  }
+  ingest_cleanup(ing, t);
 
   if (ingest_ledger_load(ing, t) < 0) {
     ingest_error(t, "cannot read the ledger: %s", strerror(errno));
@@ -1362,6 +1956,16 @@ static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
         return;
       }
       ingest_ledger_reset(ing, t);
+
+      /* A long backlog must not hold up notifications and the other
+       * tasks: the run goes on at the next tick, where it stopped.
+       */
+      if (time(NULL) - now >= INGEST_RUN_SLICE) {
+        mailoauth_trace(trace_channel, 8, "task %s: run paused after UID %"
+          PRIu32, t->cfg.name, uids[i]);
+        t->more = 1;
+        return;
+      }
     }
 
     if (count < INGEST_SEARCH_BATCH) {
@@ -1402,12 +2006,22 @@ struct mailoauth_ingest *mailoauth_ingest_create(const char *state_dir,
 int mailoauth_ingest_add(struct mailoauth_ingest *ing,
     const struct mailoauth_ingest_config *cfg) {
   struct ingest_task *tasks, *t;
+  unsigned int i;
 
   if (cfg->name == NULL || !mailoauth_ingest_valid_name(cfg->name) ||
       cfg->account == NULL || cfg->dir == NULL || cfg->dir[0] != '/' ||
-      cfg->uid == 0 || cfg->every == 0) {
+      cfg->uid == 0 || cfg->every == 0 ||
+      cfg->nroutes > MAILOAUTH_INGEST_MAX_ROUTES) {
     errno = EINVAL;
     return -1;
+  }
+
+  for (i = 0; i < cfg->nroutes; i++) {
+    if (cfg->routes[i] == NULL || cfg->routes[i]->dir == NULL ||
+        cfg->routes[i]->dir[0] != '/' || cfg->routes[i]->uid == 0) {
+      errno = EINVAL;
+      return -1;
+    }
   }
 
   tasks = realloc(ing->tasks, (ing->ntasks + 1) * sizeof(*tasks));
@@ -1419,7 +2033,23 @@ int mailoauth_ingest_add(struct mailoauth_ingest *ing,
   t = &ing->tasks[ing->ntasks];
   memset(t, 0, sizeof(*t));
   t->cfg = *cfg;
+
+  t->dests = calloc(cfg->nroutes + 1, sizeof(*t->dests));
+  if (t->dests == NULL) {
+    return -1;
+  }
+  t->ndests = cfg->nroutes + 1;
+  t->dests[0].dir = cfg->dir;
+  t->dests[0].uid = cfg->uid;
+  t->dests[0].gid = cfg->gid;
+  for (i = 0; i < cfg->nroutes; i++) {
+    t->dests[i + 1].dir = cfg->routes[i]->dir;
+    t->dests[i + 1].uid = cfg->routes[i]->uid;
+    t->dests[i + 1].gid = cfg->routes[i]->gid;
+  }
+
   if (ingest_state_load(ing, t) < 0) {
+    free(t->dests);
     return -1;
   }
   ing->ntasks++;
@@ -1439,12 +2069,14 @@ time_t mailoauth_ingest_tick(struct mailoauth_ingest *ing, time_t now) {
 
     if (t->next_due <= now) {
       mailoauth_trace(trace_channel, 9, "task %s: run", t->cfg.name);
+      t->more = 0;
       ingest_run(ing, t, now);
 
       /* Counted from the end of the run: a run longer than the interval
-       * does not make the next one start at once, nor overlap.
+       * does not make the next one start at once, nor overlap.  A run
+       * paused at its slice goes on as soon as the worker is free.
        */
-      t->next_due = time(NULL) + t->cfg.every;
+      t->next_due = t->more ? time(NULL) : time(NULL) + t->cfg.every;
     }
 
     if (next == 0 || t->next_due < next) {
@@ -1464,7 +2096,9 @@ void mailoauth_ingest_destroy(struct mailoauth_ingest *ing) {
 
   for (i = 0; i < ing->ntasks; i++) {
     mailoauth_imap_destroy(ing->tasks[i].imap);
+    ingest_ledger_forget(&ing->tasks[i]);
     free(ing->tasks[i].ledger);
+    free(ing->tasks[i].dests);
   }
 
   free(ing->tasks);

@@ -31,6 +31,7 @@
 #define MOD_MAILOAUTH_INGEST_H
 
 #include "registry.h"
+#include "route.h"
 
 #include <stdint.h>
 #include <sys/types.h>
@@ -44,8 +45,16 @@
 /* Longest task name (it names files under <statedir>/tasks). */
 #define MAILOAUTH_INGEST_NAME_MAX       64
 
+/* Free space a deposit leaves on the destination's file system unless
+ * min-free= says otherwise.
+ */
+#define MAILOAUTH_INGEST_DEFAULT_MIN_FREE  ((uint64_t) 100 * 1024 * 1024)
+
 /* At most this many files= globs. */
 #define MAILOAUTH_INGEST_MAX_GLOBS      32
+
+/* At most this many MailOAuthIngestRoute rules per task. */
+#define MAILOAUTH_INGEST_MAX_ROUTES     32
 
 /* One task as configured.  Strings must outlive the task. */
 struct mailoauth_ingest_config {
@@ -56,24 +65,36 @@ struct mailoauth_ingest_config {
   const char *dir;              /* absolute destination directory */
   uid_t uid;                    /* owner of the deposited files, never 0 */
   gid_t gid;
-  const char *from_glob;        /* NULL: any sender */
-  const char *subject_glob;     /* NULL: any subject */
+  struct mailoauth_route filter; /* from=, to=, subject=: which messages
+                                 * the task takes at all (dir unused) */
+  const struct mailoauth_route *routes[MAILOAUTH_INGEST_MAX_ROUTES];
+  unsigned int nroutes;         /* tried in order; none matching: dir */
   const char *files[MAILOAUTH_INGEST_MAX_GLOBS];  /* NULL-terminated */
   uint64_t max_size;            /* 0: no cap */
+  uint64_t min_free;            /* bytes a deposit must leave free */
   int after;                    /* MAILOAUTH_INGEST_AFTER_SEEN/DELETE/MOVE */
   const char *after_folder;
   int failed;                   /* MAILOAUTH_INGEST_AFTER_LEAVE/MOVE */
   const char *failed_folder;
   const char *name_tmpl;        /* NULL: the sanitized attachment name */
   int inline_parts;             /* also take inline parts with a name */
+  int save_message;             /* eml=on: the message itself as NAME.eml */
+  int metadata;                 /* metadata=on: NAME.json beside the files */
+  int tnef;                     /* tnef=on: winmail.dat unpacked */
 };
 
 /* Parses one key=value setting into cfg (strings point into value, which
- * must outlive cfg).  Returns 0, or -1 with a message saying what to write
- * in errbuf.  "owner" and "dir" are the caller's (they need the system).
+ * must outlive cfg; list settings split it in place).  Returns 0, or -1
+ * with a message saying what to write in errbuf.  "owner" is the caller's
+ * (it needs the system).
  */
 int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
-  const char *key, const char *value, char *errbuf, size_t errlen);
+  const char *key, char *value, char *errbuf, size_t errlen);
+
+/* Checks and normalizes (trailing slashes) a destination directory for
+ * dir=: absolute, no "." or ".." components.  0, or -1 with errbuf.
+ */
+int mailoauth_ingest_check_dir(char *value, char *errbuf, size_t errlen);
 
 /* Fills in the defaults. */
 void mailoauth_ingest_config_init(struct mailoauth_ingest_config *cfg);

@@ -1955,9 +1955,11 @@ static void mime_body_final(struct mailoauth_mime *p, struct mime_frame *f) {
 
 /* ---- header block → part info ---- */
 
+#define MIME_NHDRS      11
+
 struct mime_hdrs {
-  const char *v[8];
-  size_t len[8];
+  const char *v[MIME_NHDRS];
+  size_t len[MIME_NHDRS];
 };
 
 #define MIME_H_CTYPE    0
@@ -1968,10 +1970,14 @@ struct mime_hdrs {
 #define MIME_H_FROM     5
 #define MIME_H_DATE     6
 #define MIME_H_MSGID    7
+#define MIME_H_TO       8
+#define MIME_H_CC       9
+#define MIME_H_DELIVTO  10
 
-static const char *mime_hdr_names[8] = {
+static const char *mime_hdr_names[MIME_NHDRS] = {
   "content-type", "content-disposition", "content-transfer-encoding",
-  "content-id", "subject", "from", "date", "message-id"
+  "content-id", "subject", "from", "date", "message-id", "to", "cc",
+  "delivered-to"
 };
 
 /* Unfolds the block in place (a line break before whitespace goes, the
@@ -2009,7 +2015,7 @@ static void mime_scan_headers(char *blk, size_t n, struct mime_hdrs *h,
       nlen--;
     }
 
-    for (k = 0; k < 8; k++) {
+    for (k = 0; k < MIME_NHDRS; k++) {
       if (k >= MIME_H_SUBJECT && !want_message) {
         break;
       }
@@ -2112,6 +2118,57 @@ static char *mime_from_addr(const char *v, size_t n) {
     NULL, NULL);
 }
 
+/* Every addr-spec of an address-list header, appended to *out as
+ * "addr,addr" (lowercased, so that rules compare them as mail systems do).
+ * Commas inside quoted strings, comments and <...> do not split.
+ */
+static void mime_addr_list(const char *v, size_t n, char **out) {
+  size_t i = 0, start = 0;
+
+  while (start < n) {
+    char *addr;
+
+    for (i = start; i < n && v[i] != ','; i++) {
+      if (v[i] == '"') {
+        for (i++; i < n && v[i] != '"'; i++) {
+          if (v[i] == '\\' && i + 1 < n) {
+            i++;
+          }
+        }
+      } else if (v[i] == '(') {
+        i = mime_skip_cfws(v, n, i) - 1;
+      } else if (v[i] == '<') {
+        while (i < n && v[i] != '>') {
+          i++;
+        }
+      }
+      if (i >= n) {
+        break;
+      }
+    }
+
+    addr = mime_from_addr(v + start, (i < n ? i : n) - start);
+    if (addr != NULL && strchr(addr, '@') != NULL &&
+        strchr(addr, ',') == NULL) {
+      size_t have = *out ? strlen(*out) : 0, add = strlen(addr), k;
+      char *grown = realloc(*out, have + add + 2);
+
+      if (grown != NULL) {
+        if (have > 0) {
+          grown[have++] = ',';
+        }
+        for (k = 0; k < add; k++) {
+          grown[have + k] = (char) tolower((unsigned char) addr[k]);
+        }
+        grown[have + add] = '\0';
+        *out = grown;
+      }
+    }
+    free(addr);
+    start = i + 1;
+  }
+}
+
 static const char *mime_msg_field(struct mailoauth_mime *p,
     struct mime_frame *f, char *s) {
   const char *r = mime_own(p, f, mime_no_controls(s));
@@ -2133,6 +2190,16 @@ static void mime_parse_message_headers(struct mailoauth_mime *p,
       charset, bad) : NULL);
   m->from_addr = mime_msg_field(p, f, h->v[MIME_H_FROM] ?
     mime_from_addr(h->v[MIME_H_FROM], h->len[MIME_H_FROM]) : NULL);
+  {
+    char *rcpts = NULL;
+
+    for (k = MIME_H_TO; k <= MIME_H_DELIVTO; k++) {
+      if (h->v[k] != NULL) {
+        mime_addr_list(h->v[k], h->len[k], &rcpts);
+      }
+    }
+    m->recipients = mime_msg_field(p, f, rcpts);
+  }
   m->date = mime_msg_field(p, f, h->v[MIME_H_DATE] ?
     mailoauth_mime_decode_header(h->v[MIME_H_DATE], h->len[MIME_H_DATE],
       NULL, NULL) : NULL);

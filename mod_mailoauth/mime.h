@@ -83,6 +83,8 @@ struct mailoauth_mime_message {
   const char *subject;          /* RFC 2047 decoded */
   const char *from;             /* RFC 2047 decoded, display form */
   const char *from_addr;        /* the first address alone (addr-spec) */
+  const char *recipients;       /* addr-specs of To, Cc and Delivered-To,
+                                 * lowercased, comma-separated */
   const char *date;             /* as sent */
   const char *message_id;       /* without the angle brackets */
 };

@@ -11,7 +11,7 @@
  * which build and test without ProFTPD.
  *
  * $Archive: mod_mailoauth.a$
- * $Libraries: -lcurl -ljansson -lssl -lcrypto$
+ * $Libraries: -lcurl -ljansson -lssl -lcrypto -lytnef$
  */
 
 #include "conf.h"
@@ -414,15 +414,30 @@ static int mailoauth_deposit_helper_start(pool *p, array_header *tasks,
   int sv[2];
   pid_t pid;
   unsigned int i;
+  size_t nrules = 0;
 
-  rules = pcalloc(p, tasks->nelts * sizeof(*rules));
+  for (i = 0; i < tasks->nelts; i++) {
+    nrules += 1 + ((const struct mailoauth_ingest_config **)
+      tasks->elts)[i]->nroutes;
+  }
+
+  rules = pcalloc(p, nrules * sizeof(*rules));
+  nrules = 0;
   for (i = 0; i < tasks->nelts; i++) {
     const struct mailoauth_ingest_config *cfg =
       ((const struct mailoauth_ingest_config **) tasks->elts)[i];
+    unsigned int j;
 
-    rules[i].dir = cfg->dir;
-    rules[i].uid = cfg->uid;
-    rules[i].gid = cfg->gid;
+    rules[nrules].dir = cfg->dir;
+    rules[nrules].uid = cfg->uid;
+    rules[nrules].gid = cfg->gid;
+    nrules++;
+    for (j = 0; j < cfg->nroutes; j++) {
+      rules[nrules].dir = cfg->routes[j]->dir;
+      rules[nrules].uid = cfg->routes[j]->uid;
+      rules[nrules].gid = cfg->routes[j]->gid;
+      nrules++;
+    }
   }
 
   if (mailoauth_deposit_socketpair(sv) < 0) {
@@ -431,6 +446,22 @@ static int mailoauth_deposit_helper_start(pool *p, array_header *tasks,
       "ingestion is off", strerror(errno));
     return -1;
   }
+
+  /* With -n (and after daemonizing) descriptors 0-2 are free: the socket
+   * must not sit there, where the helper's clean-up below would keep the
+   * worker's end open in the helper, which then never sees the worker go.
+   */
+  if (pr_fs_get_usable_fd2(&sv[0]) < 0 ||
+      pr_fs_get_usable_fd2(&sv[1]) < 0) {
+    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+      "worker: cannot set up the deposit helper's socket: %s; mail "
+      "ingestion is off", strerror(errno));
+    (void) close(sv[0]);
+    (void) close(sv[1]);
+    return -1;
+  }
+  (void) fcntl(sv[0], F_SETFD, FD_CLOEXEC);
+  (void) fcntl(sv[1], F_SETFD, FD_CLOEXEC);
 
   pid = fork();
   if (pid < 0) {
@@ -455,10 +486,14 @@ static int mailoauth_deposit_helper_start(pool *p, array_header *tasks,
     if (max_fd < 0 || max_fd > 65536) {
       max_fd = 65536;
     }
-    for (fd = 3; fd < max_fd; fd++) {
+    for (fd = 0; fd < max_fd; fd++) {
       if (fd != sv[1]) {
         (void) close(fd);
       }
+    }
+    fd = open("/dev/null", O_RDWR);
+    while (fd >= 0 && fd < 2) {
+      fd = dup(fd);
     }
 
 #if defined(HAVE_SYS_PRCTL_H) && defined(PR_SET_PDEATHSIG)
@@ -473,7 +508,7 @@ static int mailoauth_deposit_helper_start(pool *p, array_header *tasks,
 
     pr_proctitle_set("mailoauth deposit helper");
     PRIVS_ROOT
-    res = mailoauth_deposit_server_run(sv[1], rules, tasks->nelts);
+    res = mailoauth_deposit_server_run(sv[1], rules, nrules);
     _exit(res == 0 ? 0 : 1);
   }
 
@@ -1198,6 +1233,7 @@ static conftable mailoauth_conftab[] = {
   { "MailOAuthAccount",         set_mailoauthaccount,   NULL },
   { "MailOAuthEngine",          set_mailoauthengine,    NULL },
   { "MailOAuthIngest",          set_mailoauthingest,    NULL },
+  { "MailOAuthIngestRoute",     set_mailoauthingestroute, NULL },
   { "MailOAuthLog",             set_mailoauthlog,       NULL },
   { "MailOAuthNotify",          set_mailoauthnotify,    NULL },
   { "MailOAuthStateDir",        set_mailoauthstatedir,  NULL },

@@ -22,6 +22,7 @@ const char *mailoauth_config_location(void);
 
 modret_t *set_mailoauthnotify(cmd_rec *cmd);
 modret_t *set_mailoauthingest(cmd_rec *cmd);
+modret_t *set_mailoauthingestroute(cmd_rec *cmd);
 int mailoauth_ingest_check_accounts(const char **bad_account,
   const char **where);
 /* The MailOAuthIngest tasks (const struct mailoauth_ingest_config *). */

@@ -22,9 +22,17 @@ static const char *trace_channel = "mailoauth.ingest";
 
 #define MAILOAUTH_INGEST_USAGE \
   "write MailOAuthIngest NAME account=ACCOUNT every=DURATION dir=/abs/path " \
-  "owner=USER|UID:GID [folder=INBOX] [from=glob] [subject=glob] " \
-  "[files=glob,glob] [max-size=SIZE] [after=seen|delete|move:Folder] " \
-  "[failed=leave|move:Folder] [name=TEMPLATE] [inline=off|on]"
+  "owner=USER|UID:GID [folder=INBOX] [from=PATTERN] [to=PATTERN] " \
+  "[subject=glob] [files=glob,glob] [max-size=SIZE] " \
+  "[after=seen|delete|move:Folder] [failed=leave|move:Folder] " \
+  "[name=TEMPLATE] [inline=off|on] [eml=off|on] [metadata=off|on] " \
+  "[tnef=on|off]"
+
+#define MAILOAUTH_ROUTE_USAGE \
+  "write MailOAuthIngestRoute TASK [from=PATTERN] [to=PATTERN] " \
+  "[subject=glob] dir=/abs/path [owner=USER|UID:GID], e.g. " \
+  "MailOAuthIngestRoute scans from=contoso.com dir=/srv/ftp/contoso " \
+  "owner=contoso"
 
 /* owner=USER or owner=UID:GID; never root: files written as root in a
  * user's directory are exactly what the deposit design avoids.
@@ -134,23 +142,6 @@ modret_t *set_mailoauthingest(cmd_rec *cmd) {
       cfg->every = (unsigned int) secs;
       have_every = TRUE;
 
-    } else if (strcasecmp(key, "dir") == 0) {
-      size_t len = strlen(value);
-
-      if (pr_fs_valid_path(value) < 0 ||
-          strstr(value, "/../") != NULL ||
-          strstr(value, "/./") != NULL ||
-          (len >= 3 && strcmp(value + len - 3, "/..") == 0) ||
-          (len >= 2 && strcmp(value + len - 2, "/.") == 0)) {
-        CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "dir '", value, "' must be "
-          "an absolute path without '.' or '..' components, e.g. "
-          "dir=/srv/ftp/alice/inbox", NULL));
-      }
-      while (len > 1 && value[len-1] == '/') {
-        value[--len] = '\0';
-      }
-      cfg->dir = value;
-
     } else if (strcasecmp(key, "owner") == 0) {
       const char *why = NULL;
 
@@ -234,4 +225,117 @@ array_header *mailoauth_ingest_configs(pool *p) {
   }
 
   return list;
+}
+
+static config_rec *mailoauth_ingest_find(server_rec *s, const char *name) {
+  config_rec *c;
+
+  for (c = find_config(s->conf, CONF_PARAM, "MailOAuthIngest", FALSE);
+       c != NULL;
+       c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthIngest",
+         FALSE)) {
+    struct mailoauth_ingest_config *cfg = c->argv[0];
+
+    if (cfg != NULL && strcmp(cfg->name, name) == 0) {
+      return c;
+    }
+  }
+
+  return NULL;
+}
+
+/* usage: MailOAuthIngestRoute TASK [from=...] [to=...] [subject=...]
+ *          dir=/abs/path [owner=USER|UID:GID]
+ */
+modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
+  struct mailoauth_ingest_config *task;
+  struct mailoauth_route *route;
+  config_rec *c;
+  char err[512];
+  int have_dir = FALSE, have_owner = FALSE;
+  unsigned int i;
+
+  CHECK_CONF(cmd, CONF_ROOT);
+
+  if (cmd->argc < 3) {
+    CONF_ERROR(cmd, MAILOAUTH_ROUTE_USAGE);
+  }
+
+  c = mailoauth_ingest_find(cmd->server, cmd->argv[1]);
+  if (c == NULL) {
+    CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "no MailOAuthIngest task named '",
+      (char *) cmd->argv[1], "' above this line: define the task first, "
+      "then its routes", NULL));
+  }
+
+  task = c->argv[0];
+  if (task->nroutes >= MAILOAUTH_INGEST_MAX_ROUTES) {
+    CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "task '", task->name, "' has "
+      "too many routes (at most 32): split the mailbox into folders and "
+      "use one task per folder", NULL));
+  }
+
+  /* The task's pool: the route lives as long as the task. */
+  route = pcalloc(c->pool, sizeof(*route));
+  route->uid = task->uid;
+  route->gid = task->gid;
+
+  for (i = 2; i < cmd->argc; i++) {
+    char *arg = pstrdup(c->pool, cmd->argv[i]), *eq, *key, *value;
+    int res;
+
+    eq = strchr(arg, '=');
+    if (eq == NULL) {
+      CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "expected key=value, got '",
+        (char *) cmd->argv[i], "': " MAILOAUTH_ROUTE_USAGE, NULL));
+    }
+
+    *eq = '\0';
+    key = arg;
+    value = eq + 1;
+
+    if (strcasecmp(key, "dir") == 0) {
+      if (mailoauth_ingest_check_dir(value, err, sizeof(err)) < 0) {
+        CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, err));
+      }
+      route->dir = value;
+      have_dir = TRUE;
+
+    } else if (strcasecmp(key, "owner") == 0) {
+      const char *why = NULL;
+
+      if (mailoauth_ingest_owner(cmd, value, &route->uid, &route->gid,
+          &why) < 0) {
+        CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, why));
+      }
+      have_owner = TRUE;
+
+    } else {
+      res = mailoauth_route_parse_setting(route, key, value, err,
+        sizeof(err));
+      if (res < 0) {
+        CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, err));
+      }
+      if (res > 0) {
+        CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "unknown setting '", key,
+          "' (known: from, to, subject, dir, owner)", NULL));
+      }
+    }
+  }
+
+  if (!have_dir) {
+    CONF_ERROR(cmd, "missing dir=/abs/path: " MAILOAUTH_ROUTE_USAGE);
+  }
+
+  if (route->from[0] == NULL && route->to[0] == NULL &&
+      route->subject == NULL) {
+    CONF_ERROR(cmd, "a route needs from=, to= or subject= (the task's own "
+      "dir= takes what no route matches): " MAILOAUTH_ROUTE_USAGE);
+  }
+
+  task->routes[task->nroutes++] = route;
+  pr_trace_msg(trace_channel, 9, "task %s: route %u into %s as %lu:%lu%s",
+    task->name, task->nroutes, route->dir, (unsigned long) route->uid,
+    (unsigned long) route->gid, have_owner ? "" : " (the task's owner)");
+  return PR_HANDLED(cmd);
 }

@@ -14,9 +14,10 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES="
   gcc make pkg-config clang
   proftpd-dev proftpd-core proftpd-mod-crypto
-  libcurl4-openssl-dev libjansson-dev libssl-dev check
+  libcurl4-openssl-dev libjansson-dev libssl-dev libytnef0-dev check
   curl openssl openssh-client python3 python3-pytest
   dovecot-core dovecot-imapd dovecot-lmtpd postfix msmtp
+  getmail6 mpack time
   dpkg-dev
 "
 

@@ -397,3 +397,273 @@ def test_deposit_unrecorded_before_a_crash_is_not_repeated(ingester, dovecot):
              what="\\Seen")
     time.sleep(2)
     assert visible(a.inbox) == ["r.bin"]
+
+
+ROUTED_UID = 2002
+
+
+def routed_dir(a, name, uid=ROUTED_UID):
+    d = os.path.join(os.path.dirname(a.srv.home("alice")), name)
+    os.makedirs(d, exist_ok=True)
+    os.chown(d, uid, uid)
+    os.chmod(d, 0o755)
+    return d
+
+
+def test_routes_send_messages_to_their_directories(ingester, dovecot):
+    """Routes by sender domain, plus-address tag and subject; the first
+    matching route wins; unmatched mail goes to the task's dir=."""
+    a = ingester(start=False)
+    contoso = routed_dir(a, "contoso")
+    scans = routed_dir(a, "scans", uid=2003)
+    invoices = routed_dir(a, "invoices")
+    a.srv.extra_conf += (
+        "MailOAuthIngestRoute t1 from=contoso.test dir=%s owner=%d:%d\n"
+        "MailOAuthIngestRoute t1 to=+scans dir=%s owner=2003:2003\n"
+        "MailOAuthIngestRoute t1 \"subject=Invoice *\" dir=%s owner=%d:%d\n"
+        % (contoso, ROUTED_UID, ROUTED_UID, scans, invoices, ROUTED_UID,
+           ROUTED_UID))
+
+    def mail(name, sender, to=ALICE, subject=None):
+        m = make_mail([(name, name.encode() * 10, "application/pdf")],
+                      sender=sender, subject=subject)
+        return m.replace(b"To: %s" % ALICE.encode(), b"To: %s" % to.encode(),
+                         1)
+
+    plus = ALICE.replace("@", "+Scans@")
+    dovecot.deliver(ALICE, mail("c.pdf", "Partner <bob@CONTOSO.test>"))
+    dovecot.deliver(ALICE, mail("s.pdf", "copier@example.org",
+                                to="Someone <x@y.test>, %s" % plus))
+    # Both contoso.test and +scans: the first route in the file wins.
+    dovecot.deliver(ALICE, mail("both.pdf", "bob@contoso.test", to=plus))
+    dovecot.deliver(ALICE, mail("i.pdf", "ap@fabrikam.test",
+                                subject="invoice 2024-17"))
+    # A subdomain is not the domain; nothing matches: the default dir.
+    dovecot.deliver(ALICE, mail("d.pdf", "bob@mail.contoso.test"))
+    a.go()
+    wait_files(a.inbox, 1)
+    wait_files(invoices, 1)
+    time.sleep(2)
+    assert sorted(visible(contoso)) == ["both.pdf", "c.pdf"]
+    assert visible(scans) == ["s.pdf"]
+    assert visible(invoices) == ["i.pdf"]
+    assert visible(a.inbox) == ["d.pdf"]
+    for d, owner in ((contoso, ROUTED_UID), (scans, 2003),
+                     (invoices, ROUTED_UID), (a.inbox, UID)):
+        for f in visible(d):
+            st = os.stat(os.path.join(d, f))
+            assert (st.st_uid, st.st_gid) == (owner, owner), (d, f)
+            with open(os.path.join(d, f), "rb") as fh:
+                assert fh.read() == f.encode() * 10
+    assert all("\\Seen" in flags(dovecot, u) for u in uids(dovecot))
+
+
+def test_task_to_filter_takes_only_its_tag(ingester, dovecot):
+    a = ingester("to=+in,inbox@partner.test", start=False)
+    plus = ALICE.replace("@", "+in@")
+    m1 = make_mail([("tagged.txt", b"t", "text/plain")])
+    m1 = m1.replace(b"To: %s" % ALICE.encode(), b"To: %s" % plus.encode())
+    m2 = make_mail([("other.txt", b"o", "text/plain")])
+    m3 = make_mail([("cc.txt", b"c", "text/plain")])
+    m3 = m3.replace(b"To: %s" % ALICE.encode(),
+                    b"To: %s\r\nCc: INBOX@Partner.test" % ALICE.encode())
+    for m in (m1, m2, m3):
+        dovecot.deliver(ALICE, m)
+    a.go()
+    wait_files(a.inbox, 2)
+    time.sleep(2)
+    assert sorted(visible(a.inbox)) == ["cc.txt", "tagged.txt"]
+    seen = ["\\Seen" in flags(dovecot, u) for u in uids(dovecot)]
+    assert seen == [True, False, True]
+
+
+@pytest.mark.parametrize("line,hint", [
+    ("MailOAuthIngestRoute nosuch from=a.test dir=/srv/x",
+     "no MailOAuthIngest task named 'nosuch'"),
+    ("MailOAuthIngestRoute t1 dir=/srv/x",
+     "a route needs from=, to= or subject="),
+    ("MailOAuthIngestRoute t1 from=a.test",
+     "missing dir=/abs/path"),
+    ("MailOAuthIngestRoute t1 from=a.test dir=srv/x",
+     "must be an absolute path"),
+    ("MailOAuthIngestRoute t1 from=a.test dir=/srv/x owner=root",
+     "must not be root"),
+    ("MailOAuthIngestRoute t1 form=a.test dir=/srv/x",
+     "unknown setting 'form'"),
+    ("MailOAuthIngestRoute t1 to=+ dir=/srv/x", "to=+invoices"),
+])
+def test_bad_routes_fail_syntax_check(make_proftpd, tokensvc, tokensvc_app,
+                                      pki, line, hint):
+    a = AccountServer(make_proftpd, tokensvc, tokensvc_app, pki)
+    a.srv.extra_conf += ("\nMailOAuthIngest t1 account=notify every=60 "
+                         "dir=/srv/in owner=2001:2001\n%s\n" % line)
+    r = a.srv.syntax_check()
+    out = r.stderr + r.stdout
+    assert r.returncode != 0
+    assert hint in out, out
+    # The file and line of the mistake are named.
+    assert "line" in out and ".conf" in out, out
+
+
+def test_eml_and_metadata_beside_attachments(ingester, dovecot):
+    import json
+    a = ingester("eml=on metadata=on", start=False)
+    pdf, txt = os.urandom(30000), "grüße\n".encode()
+    msg = make_mail([("a.pdf", pdf, "application/pdf"),
+                     ("b.txt", txt, "text/plain")],
+                    subject="Lieferschein März/42",
+                    sender="Jürgen <j@contoso.test>")
+    dovecot.deliver(ALICE, msg)
+    a.go()
+    wait_files(a.inbox, 4)
+    time.sleep(1)
+    names = sorted(visible(a.inbox))
+    assert names == ["Lieferschein März_42.eml", "Lieferschein März_42.json",
+                     "a.pdf", "b.txt"], names
+    with open(os.path.join(a.inbox, "Lieferschein März_42.eml"), "rb") as f:
+        eml = f.read()
+    assert eml.replace(b"\r\n", b"\n") == msg.replace(b"\r\n", b"\n")
+    with open(os.path.join(a.inbox, "Lieferschein März_42.json")) as f:
+        meta = json.load(f)
+    assert meta["task"] == "t1"
+    assert meta["subject"] == "Lieferschein März/42"
+    assert meta["from_address"] == "j@contoso.test"
+    assert meta["recipients"] == [ALICE.lower()]
+    assert meta["uid"] == uids(dovecot)[0]
+    assert meta["uidvalidity"] > 0
+    files = {f["name"]: f for f in meta["files"]}
+    assert sorted(files) == ["Lieferschein März_42.eml", "a.pdf", "b.txt"]
+    for name, f in files.items():
+        with open(os.path.join(a.inbox, name), "rb") as fh:
+            data = fh.read()
+        assert f["size"] == len(data)
+        assert f["sha256"] == sha(data)
+    assert files["a.pdf"]["content_type"] == "application/pdf"
+    assert files["Lieferschein März_42.eml"]["message"] is True
+    st = os.stat(os.path.join(a.inbox, "Lieferschein März_42.json"))
+    assert st.st_uid == UID
+
+
+def test_eml_takes_a_message_without_attachments(ingester, dovecot):
+    dovecot.doveadm("mailbox", "create", "-u", ALICE, "Done", check=False)
+    a = ingester("eml=on after=move:Done", start=False)
+    msg = make_mail([], text="just text")
+    msg = b"".join(l for l in msg.splitlines(True)
+                   if not l.startswith(b"Subject:"))
+    dovecot.deliver(ALICE, msg)
+    a.go()
+    files = wait_files(a.inbox, 1)
+    assert len(files) == 1 and files[0].startswith("message-") and \
+        files[0].endswith(".eml"), files
+    with open(os.path.join(a.inbox, files[0]), "rb") as f:
+        assert b"just text" in f.read()
+    wait_for(lambda: uids(dovecot, "Done"), timeout=10, what="moved")
+    assert uids(dovecot) == []
+
+
+def test_min_free_keeps_the_disk_from_filling(ingester, dovecot):
+    """A deposit that would leave less than min-free is not written: the
+    message stays unread, the shortage is logged once."""
+    st = os.statvfs("/")
+    free = st.f_bavail * st.f_frsize
+    a = ingester("min-free=%dM" % (free // (1 << 20) + 1024), start=False)
+    dovecot.deliver(ALICE, make_mail([("p.txt", b"p" * 1000,
+                                       "text/plain")]))
+    a.go()
+    a.srv.wait_log("cannot deposit", timeout=15)
+    time.sleep(3)
+    log = a.srv.log_text()
+    assert log.count("cannot deposit") == 1
+    line = [l for l in log.splitlines() if "cannot deposit" in l][0]
+    assert "free space" in line and "No space left" in line, line
+    assert visible(a.inbox) == []
+    assert "\\Seen" not in flags(dovecot, uids(dovecot)[0])
+
+
+def test_long_run_pauses_for_other_work_and_takes_everything(ingester,
+                                                            dovecot):
+    """A backlog is taken in slices (the worker gets to its other work in
+    between) and still exactly once, in UID order."""
+    n = 30
+    blobs = [os.urandom(3 << 20) for _ in range(n)]   # > 2 s of work
+    a = ingester(start=False)
+    for i, b in enumerate(blobs):
+        dovecot.deliver(ALICE, make_mail([("f%02d.bin" % i, b,
+                                           "application/octet-stream")]))
+    a.go()
+    wait_files(a.inbox, n, timeout=120)
+    time.sleep(2)
+    assert sorted(visible(a.inbox)) == ["f%02d.bin" % i for i in range(n)]
+    for i, b in enumerate(blobs):
+        with open(os.path.join(a.inbox, "f%02d.bin" % i), "rb") as f:
+            assert sha(f.read()) == sha(b)
+    with open(a.srv.tracelog, errors="replace") as f:
+        trace = f.read()
+    assert "run paused after UID" in trace
+    assert a.srv.log_text().count("deposited") == n
+
+
+TNEF_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "unit",
+                            "tnef-samples")
+
+
+def tnef_sample(name):
+    with open(os.path.join(TNEF_SAMPLES, name), "rb") as f:
+        return f.read()
+
+
+def test_winmail_dat_is_unpacked(ingester, dovecot):
+    """Outlook's winmail.dat: the files it carries arrive (checksums from
+    an independent extraction, see t/unit/tnef-samples/README); files=
+    applies to them; metadata lists them."""
+    import json
+    a = ingester("files=*.jpg,*.htm metadata=on", start=False)
+    dovecot.deliver(ALICE, make_mail([
+        ("winmail.dat", tnef_sample("winmail.dat"), "application/ms-tnef"),
+        ("skipped.txt", b"not wanted", "text/plain")], subject="tnef"))
+    a.go()
+    wait_files(a.inbox, 3)
+    time.sleep(2)
+    assert sorted(visible(a.inbox)) == ["bookmark.htm", "tnef.json",
+                                        "zappa_av1.jpg"]
+    with open(os.path.join(a.inbox, "zappa_av1.jpg"), "rb") as f:
+        assert sha(f.read()) == ("bea844f30e0fcc20fad419a0d11032a6465da93c"
+                                 "1da185a1196949955994409a")
+    with open(os.path.join(a.inbox, "bookmark.htm"), "rb") as f:
+        assert sha(f.read()) == ("1e08d6e23c75ff80ac992eebc24c2943c7843b7d"
+                                 "fee235966b37de5eb4362599")
+    with open(os.path.join(a.inbox, "tnef.json")) as f:
+        meta = json.load(f)
+    assert sorted(x["name"] for x in meta["files"]) == ["bookmark.htm",
+                                                        "zappa_av1.jpg"]
+    assert "\\Seen" in flags(dovecot, uids(dovecot)[0])
+
+
+def test_winmail_dat_kept_as_is_when_off_or_broken(ingester, dovecot):
+    a = ingester("tnef=off", start=False)
+    dat = tnef_sample("one-file.tnef")
+    dovecot.deliver(ALICE, make_mail([("winmail.dat", dat,
+                                       "application/ms-tnef")]))
+    a.go()
+    wait_files(a.inbox, 1)
+    with open(os.path.join(a.inbox, "winmail.dat"), "rb") as f:
+        assert f.read() == dat
+
+
+def test_broken_winmail_dat_is_deposited_unchanged(ingester, dovecot):
+    a = ingester(start=False)
+    broken = tnef_sample("winmail.dat")[:5000]
+    dovecot.deliver(ALICE, make_mail([("winmail.dat", broken,
+                                       "application/ms-tnef")]))
+    a.go()
+    a.srv.wait_log("cannot be unpacked", timeout=15)
+    files = wait_files(a.inbox, 1)
+    time.sleep(1)
+    # Whatever could be read from it may arrive too; the file as sent
+    # always does, and the worker carries on.
+    assert "winmail.dat" in visible(a.inbox), files
+    with open(os.path.join(a.inbox, "winmail.dat"), "rb") as f:
+        assert f.read() == broken
+    dovecot.deliver(ALICE, make_mail([("after.txt", b"ok", "text/plain")]))
+    wait_for(lambda: "after.txt" in visible(a.inbox), timeout=15,
+             what="next message")

@@ -25,7 +25,7 @@ TRACE_CHANNELS = ("mailoauth", "mailoauth.spool", "mailoauth.worker",
                   "mailoauth.registry", "mailoauth.mailauth",
                   "mailoauth.message", "mailoauth.smtp", "mailoauth.notify",
                   "mailoauth.imap", "mailoauth.mime", "mailoauth.names",
-                  "mailoauth.ingest")
+                  "mailoauth.ingest", "mailoauth.deposit", "mailoauth.tnef")
 
 
 def _hash_password(password):

@@ -35,6 +35,12 @@ START_TEST(test_defaults) {
   ck_assert_int_eq(cfg.failed, MAILOAUTH_INGEST_AFTER_LEAVE);
   ck_assert_ptr_null(cfg.files[0]);
   ck_assert_int_eq(cfg.inline_parts, 0);
+  ck_assert_int_eq(cfg.save_message, 0);
+  ck_assert_int_eq(cfg.metadata, 0);
+  ck_assert_int_eq(cfg.tnef, 1);
+  ck_assert_uint_eq(cfg.min_free, 100 * 1024 * 1024);
+  ck_assert_uint_eq(cfg.nroutes, 0);
+  ck_assert_ptr_null(cfg.filter.from[0]);
 }
 END_TEST
 
@@ -68,7 +74,25 @@ START_TEST(test_settings) {
   ck_assert_int_eq(parse(&cfg, "name", "%Y/%{filename}", err, sizeof(err)),
     0);
   ck_assert_int_eq(parse(&cfg, "subject", "Scan *", err, sizeof(err)), 0);
-  ck_assert_str_eq(cfg.subject_glob, "Scan *");
+  ck_assert_str_eq(cfg.filter.subject, "Scan *");
+  ck_assert_int_eq(parse(&cfg, "from", "contoso.com,*@fabrikam.com", err,
+    sizeof(err)), 0);
+  ck_assert_str_eq(cfg.filter.from[0], "contoso.com");
+  ck_assert_str_eq(cfg.filter.from[1], "*@fabrikam.com");
+  ck_assert_ptr_null(cfg.filter.from[2]);
+  ck_assert_int_eq(parse(&cfg, "to", "+scans", err, sizeof(err)), 0);
+  ck_assert_str_eq(cfg.filter.to[0], "+scans");
+  ck_assert_int_eq(parse(&cfg, "dir", "/srv//a", err, sizeof(err)), -1);
+  ck_assert_int_eq(parse(&cfg, "dir", "/srv/ftp/a//", err, sizeof(err)), 0);
+  ck_assert_str_eq(cfg.dir, "/srv/ftp/a");
+  ck_assert_int_eq(parse(&cfg, "eml", "on", err, sizeof(err)), 0);
+  ck_assert_int_eq(cfg.save_message, 1);
+  ck_assert_int_eq(parse(&cfg, "metadata", "on", err, sizeof(err)), 0);
+  ck_assert_int_eq(cfg.metadata, 1);
+  ck_assert_int_eq(parse(&cfg, "min-free", "0", err, sizeof(err)), 0);
+  ck_assert_uint_eq(cfg.min_free, 0);
+  ck_assert_int_eq(parse(&cfg, "tnef", "off", err, sizeof(err)), 0);
+  ck_assert_int_eq(cfg.tnef, 0);
 }
 END_TEST
 
@@ -87,6 +111,13 @@ START_TEST(test_mistakes_say_what_to_write) {
     { "name", "/etc/%{filename}", "not a valid template" },
     { "name", "../%{filename}", "not a valid template" },
     { "account", "", "write account=NAME" },
+    { "eml", "yes", "write eml=on" },
+    { "min-free", "lots", "write e.g. min-free=1G" },
+    { "metadata", "1", "write metadata=on" },
+    { "from", "a.test,", "from= has an empty pattern" },
+    { "to", "+", "to=+invoices" },
+    { "dir", "relative/x", "must be an absolute path" },
+    { "dir", "/srv/../etc", "must be an absolute path" },
     { "colour", "blue", "unknown setting 'colour'" },
   };
   unsigned int i;

@@ -80,7 +80,7 @@ struct rpart {
   const struct mailoauth_mime_part *ptr;
   unsigned int index, depth, in_message;
   char *section, *type, *charset, *filename, *cid, *subject, *from;
-  char *from_addr, *msgid, *date, *encname;
+  char *from_addr, *msgid, *date, *encname, *rcpts;
   int disposition, encoding, is_multipart, is_message;
   uint64_t size_hint, hash, nbytes;
   struct tbuf data;
@@ -151,6 +151,7 @@ static int cb_begin(const struct mailoauth_mime_part *p, void *arg) {
   rp->subject = xdup(p->message->subject);
   rp->from = xdup(p->message->from);
   rp->from_addr = xdup(p->message->from_addr);
+  rp->rcpts = xdup(p->message->recipients);
   rp->msgid = xdup(p->message->message_id);
   rp->date = xdup(p->message->date);
   rp->disposition = p->disposition;
@@ -273,6 +274,7 @@ static void rec_free(struct rec *r) {
     free(p->subject);
     free(p->from);
     free(p->from_addr);
+    free(p->rcpts);
     free(p->msgid);
     free(p->date);
     free(p->encname);
@@ -519,6 +521,28 @@ static void assert_part(const struct rec *r, size_t i, const char *section,
 /* ------------------------------------------------------------------------
  * Real-world shapes
  */
+
+/* Routing rules match recipients: every address of To, Cc and
+ * Delivered-To, whatever the display names and comments around them.
+ */
+START_TEST(test_recipients) {
+  static const char msg[] =
+    "From: Scanner <scanner@example.com>\r\n"
+    "To: \"Doe, Jane\" <Jane.Doe@Example.com>, (team, list) Ops+Invoices@EXAMPLE.com,\r\n"
+    " undisclosed-recipients:;\r\n"
+    "Cc: <cc@example.org> (a comment, with a comma)\r\n"
+    "Delivered-To: inbox+scans@example.net\r\n"
+    "Subject: x\r\n"
+    "\r\n"
+    "body\r\n";
+  struct rec *r = run_simple(msg, MODE_NONE);
+
+  ck_assert_uint_ge(r->nparts, 1);
+  ck_assert_str_eq(r->parts[0].rcpts, "jane.doe@example.com,"
+    "ops+invoices@example.com,cc@example.org,inbox+scans@example.net");
+  rec_free(r);
+}
+END_TEST
 
 START_TEST(test_outlook) {
   size_t len;
@@ -2133,6 +2157,7 @@ int main(void) {
 
   tcase_set_timeout(tc, 600);
   tcase_add_test(tc, test_outlook);
+  tcase_add_test(tc, test_recipients);
   tcase_add_test(tc, test_gmail);
   tcase_add_test(tc, test_applemail);
   tcase_add_test(tc, test_thunderbird);
