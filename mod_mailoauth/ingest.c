@@ -49,6 +49,11 @@ static const char *trace_channel = "mailoauth.ingest";
 /* The helper may have to write a large file to a slow disk. */
 #define INGEST_DEPOSIT_TIMEOUT_MS  (10 * 60 * 1000)
 
+/* The decoder hands over a few hundred bytes at a time: written as they
+ * come, a 1 GiB attachment would cost over a million write() calls.
+ */
+#define INGEST_WRITE_BUF        (256 * 1024)
+
 /* Seconds a run may take before it lets the worker do other work. */
 #define INGEST_RUN_SLICE        2
 
@@ -773,6 +778,8 @@ struct ingest_msg {
    * deposited before a restart, and metadata wants its digest).
    */
   int part_fd;
+  unsigned char *wbuf;          /* decoded bytes not yet written */
+  size_t wlen;
   int hash_only;
   unsigned int part_index;
   int part_write_error;
@@ -1240,6 +1247,15 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
     m->hash_only = 1;
 
   } else {
+    if (m->wbuf == NULL) {
+      m->wbuf = malloc(INGEST_WRITE_BUF);
+      if (m->wbuf == NULL) {
+        ingest_error(t, "out of memory reading UID %" PRIu32, m->uid);
+        m->failed = m->stop_run = 1;
+        return -1;
+      }
+    }
+    m->wlen = 0;
     m->part_fd = ingest_tmpfile(m->ing);
     if (m->part_fd < 0) {
       ingest_error(t, "cannot create a temporary file in %s: %s",
@@ -1264,6 +1280,17 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
   return MAILOAUTH_MIME_BODY;
 }
 
+static int ingest_part_flush(struct ingest_msg *m) {
+  if (m->wlen > 0 &&
+      mailoauth_spool_write_all(m->part_fd, m->wbuf, m->wlen) < 0) {
+    m->part_write_error = errno;
+    m->wlen = 0;
+    return -1;
+  }
+  m->wlen = 0;
+  return 0;
+}
+
 static int ingest_part_data(const struct mailoauth_mime_part *part,
     const unsigned char *data, size_t len, void *arg) {
   struct ingest_msg *m = arg;
@@ -1278,12 +1305,25 @@ static int ingest_part_data(const struct mailoauth_mime_part *part,
   }
   m->part_bytes += len;
 
-  if (m->part_fd >= 0 &&
-      mailoauth_spool_write_all(m->part_fd, data, len) < 0) {
-    m->part_write_error = errno;
+  if (m->part_fd < 0) {
+    return 0;
+  }
+
+  if (m->wlen + len > INGEST_WRITE_BUF &&
+      ingest_part_flush(m) < 0) {
     return -1;
   }
 
+  if (len >= INGEST_WRITE_BUF) {
+    if (mailoauth_spool_write_all(m->part_fd, data, len) < 0) {
+      m->part_write_error = errno;
+      return -1;
+    }
+    return 0;
+  }
+
+  memcpy(m->wbuf + m->wlen, data, len);
+  m->wlen += len;
   return 0;
 }
 
@@ -1311,6 +1351,7 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
       part->content_type, m->part_bytes, digest, 0);
   }
 
+  (void) ingest_part_flush(m);
   if (m->part_write_error != 0) {
     ingest_error(t, "cannot write a temporary file in %s: %s",
       m->ing->tmp_dir, strerror(m->part_write_error));
@@ -1509,6 +1550,7 @@ static void ingest_msg_clear(struct ingest_msg *m) {
   free(m->message_id);
   free(m->orig_name);
   free(m->done_name);
+  free(m->wbuf);
   EVP_MD_CTX_free(m->sha);
   mailoauth_meta_free_files(m->files, m->nfiles);
   if (m->part_fd >= 0) {
