@@ -25,6 +25,7 @@
 #include "notify.h"
 #include "registry.h"
 #include "spool.h"
+#include "tnef.h"
 #include "trace.h"
 #include "worker.h"
 
@@ -518,6 +519,46 @@ static int mailoauth_deposit_helper_start(pool *p, array_header *tasks,
   return sv[0];
 }
 
+/* Runs in the TNEF helper just after the fork, with the worker's
+ * descriptors still open: it becomes the worker's User and Group the way
+ * the worker does, so that neither it nor the decoders it forks are root.
+ */
+static int mailoauth_tnef_helper_init(void *arg) {
+  (void) arg;
+
+  pr_proctitle_set("mailoauth TNEF helper");
+  return mailoauth_drop_privs();
+}
+
+/* Forks the TNEF helper, which forks the winmail.dat decoders: each is a
+ * copy of it, so it must be forked before the worker holds any secret or
+ * token (a decoder subverted by hostile mail could otherwise copy them
+ * into a file it "extracts").  Only tasks with tnef=on need it.
+ */
+static void mailoauth_tnef_helper_begin(array_header *tasks) {
+  unsigned int i;
+  int wanted = FALSE;
+
+  for (i = 0; i < tasks->nelts; i++) {
+    if (((const struct mailoauth_ingest_config **) tasks->elts)[i]->tnef) {
+      wanted = TRUE;
+    }
+  }
+  if (wanted == FALSE) {
+    return;
+  }
+
+  if (mailoauth_tnef_helper_start(mailoauth_tnef_helper_init, NULL) < 0) {
+    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+      "worker: cannot start the TNEF helper: %s; unpacking is off: "
+      "winmail.dat files are deposited as they are", strerror(errno));
+    return;
+  }
+
+  pr_trace_msg("mailoauth.ingest", 3, "forked TNEF helper pid %lu",
+    (unsigned long) mailoauth_tnef_helper_pid());
+}
+
 static time_t mailoauth_worker_tick(time_t now, void *arg) {
   struct mailoauth_worker_state *st = arg;
   time_t next, due;
@@ -592,12 +633,20 @@ static void mailoauth_worker_main(int fd) {
   reg = mailoauth_worker_registry(p);
 
   /* The deposit helper must be forked while root is still ours, and
-   * before the client secrets are in memory: it never needs them.
+   * before the client secrets are in memory: it never needs them.  So far
+   * the registry holds only what the configuration says.
    */
   tasks = mailoauth_ingest_configs(p);
   if (tasks->nelts > 0 &&
       reg != NULL) {
     deposit_fd = mailoauth_deposit_helper_start(p, tasks, fd);
+  }
+
+  /* The TNEF helper likewise, while nothing secret is in memory: every
+   * decoder is a copy of it.  Only ingestion uses it.
+   */
+  if (deposit_fd >= 0) {
+    mailoauth_tnef_helper_begin(tasks);
   }
 
   /* Secrets are read while root can still read root-only files. */
@@ -673,6 +722,7 @@ static void mailoauth_worker_main(int fd) {
 
   res = mailoauth_worker_run(&cfg);
   mailoauth_ingest_destroy(state.ingest);
+  (void) mailoauth_tnef_helper_stop();
   if (deposit_fd >= 0) {
     (void) close(deposit_fd);
   }

@@ -16,6 +16,18 @@
  *   'E' status:u32 flags:u32                                the end
  * (little-endian).  The child sends files only once the whole stream was
  * decoded and found within the limits, then one end record, then exits.
+ *
+ * The child is forked by the TNEF helper, not by the parent, and the
+ * parent talks to the helper over a SOCK_SEQPACKET socket, one message
+ * each (little-endian):
+ *   'U' seq:u32 in_size:u64 max_input:u64 max_files:u32 max_file_bytes:u64
+ *       max_total_bytes:u64 timeout_ms:u32, with the input and the pipe's
+ *       write end (SCM_RIGHTS)                     fork a decoder
+ *   'K' seq:u32                                    kill it
+ * and the helper answers kind:u8 seq:u32 value:u32, kind being 'R' (ready,
+ * seq 0), 'P' (the decoder's pid), 'S' (its wait status, once reaped: one
+ * for every 'P') or 'X' (an errno: no decoder).  Only the helper kills and
+ * reaps decoders, so a pid it kills is never one the kernel reused.
  */
 
 #ifndef _GNU_SOURCE
@@ -38,6 +50,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -125,6 +138,32 @@ static const unsigned char tnef_iid_imessage[TNEF_IID_LEN] = {
 #define TNEF_CHILD_EXIT_WRITE   2
 
 #define TNEF_READ_CHUNK         (64 * 1024)
+
+/* Messages between the parent and the helper. */
+#define TNEF_MSG_UNPACK         'U'
+#define TNEF_MSG_KILL           'K'
+#define TNEF_MSG_READY          'R'
+#define TNEF_MSG_PID            'P'
+#define TNEF_MSG_STATUS         'S'
+#define TNEF_MSG_ERROR          'X'
+
+#define TNEF_UNPACK_LEN         45
+#define TNEF_KILL_LEN           5
+#define TNEF_ANSWER_LEN         9
+
+/* Descriptors that come with an unpack request: the input and the pipe. */
+#define TNEF_HELPER_FDS         2
+
+/* The helper's socket, in the helper. */
+#define TNEF_HELPER_SOCK_FD     3
+
+/* How long the helper may take to answer what needs no decoding (ready,
+ * a fork, a kill) before the parent gives up on it.
+ */
+#define TNEF_HELPER_ANSWER_MS   5000
+
+/* How long a helper whose socket was closed may take to end by itself. */
+#define TNEF_HELPER_STOP_MS     1000
 
 /* ------------------------------------------------------------------------
  * Little-endian fields.
@@ -777,19 +816,12 @@ static void tnef_child_close_from(int lowfd) {
   }
 }
 
-/* Only the input and the pipe stay, as 3 and 4; 0, 1 and 2 become
- * /dev/null, where libytnef's printf()s go.
+/* 0, 1 and 2 become /dev/null (closed if it cannot be opened), so that
+ * nothing written there reaches a descriptor of the parent's.
  */
-static int tnef_child_fds(int in_fd, int out_fd) {
-  int in2, out2, null_fd;
+static void tnef_stdio_null(void) {
+  int null_fd = open("/dev/null", O_RDWR);
 
-  in2 = fcntl(in_fd, F_DUPFD, 10);
-  out2 = fcntl(out_fd, F_DUPFD, 10);
-  if (in2 < 0 || out2 < 0) {
-    return -1;
-  }
-
-  null_fd = open("/dev/null", O_RDWR);
   if (null_fd >= 0) {
     (void) dup2(null_fd, 0);
     (void) dup2(null_fd, 1);
@@ -799,7 +831,21 @@ static int tnef_child_fds(int in_fd, int out_fd) {
     (void) close(1);
     (void) close(2);
   }
+}
 
+/* Only the input and the pipe stay, as 3 and 4; 0, 1 and 2 become
+ * /dev/null, where libytnef's printf()s go.
+ */
+static int tnef_child_fds(int in_fd, int out_fd) {
+  int in2, out2;
+
+  in2 = fcntl(in_fd, F_DUPFD, 10);
+  out2 = fcntl(out_fd, F_DUPFD, 10);
+  if (in2 < 0 || out2 < 0) {
+    return -1;
+  }
+
+  tnef_stdio_null();
   if (dup2(in2, TNEF_CHILD_IN_FD) < 0 || dup2(out2, TNEF_CHILD_OUT_FD) < 0) {
     return -1;
   }
@@ -938,10 +984,11 @@ static void tnef_child_limits(uint64_t in_size, unsigned int timeout_ms) {
   BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ALLOW), \
   BPF_STMT(BPF_RET|BPF_K, TNEF_RET_KILL)
 
-/* The child inherits the worker's memory, tokens included: whatever
- * libytnef's bugs allow, it gets to allocate memory, write to the
- * descriptors it has (the pipe and /dev/null) and exit.  No open(), no
- * socket(), no kill(), no execve().
+/* The child is a copy of the helper, which never held the worker's
+ * secrets, but it still reads hostile input: whatever libytnef's bugs
+ * allow, it gets to allocate memory, write to the descriptors it has (the
+ * pipe and /dev/null) and exit.  No open(), no socket(), no kill(), no
+ * execve().
  */
 static int tnef_child_seccomp(void) {
   struct sock_filter filter[] = {
@@ -1029,13 +1076,17 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
   tnef_child_signals();
 
 #ifdef PR_SET_PDEATHSIG
-  /* A worker killed mid-way should not leave a decoder behind. */
+  /* A helper killed mid-way should not leave a decoder behind. */
   (void) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (getppid() != parent) {
     _exit(1);
   }
 #else
   (void) parent;
+#endif
+#ifdef PR_SET_NAME
+  /* Told apart from its helper in ps. */
+  (void) prctl(PR_SET_NAME, "tnef decoder", 0, 0, 0);
 #endif
 
   if (tnef_child_fds(in_fd, out_fd) < 0) {
@@ -1064,11 +1115,13 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
   tnef_child_limits(in_size, lim->timeout_ms);
 
 #ifdef __linux__
-  /* No ptrace by others of the same user: the tokens are in here. */
+  /* No ptrace by others of the same user (FTP sessions may run as it):
+   * what it decodes is someone's mail.
+   */
   (void) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 #endif
 
-  /* A worker that kept a saved root identity must not hand it on. */
+  /* A helper that kept a saved root identity must not hand it on. */
   if (setresgid(getegid(), getegid(), getegid()) < 0 ||
       setresuid(geteuid(), geteuid(), geteuid()) < 0) {
     _exit(1);
@@ -1098,6 +1151,442 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
     _exit(TNEF_CHILD_EXIT_WRITE);
   }
   _exit(0);
+}
+
+/* ------------------------------------------------------------------------
+ * Messages on the helper's socket, for both sides.
+ */
+
+/* Sends one message, with nfds descriptors (SCM_RIGHTS; nfds may be 0). */
+static int tnef_sock_send(int sock, const void *buf, size_t len,
+    const int *fds, int nfds) {
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * TNEF_HELPER_FDS)];
+  } control;
+  struct msghdr msg;
+  struct iovec iov;
+  ssize_t n;
+
+  if (nfds < 0 || nfds > TNEF_HELPER_FDS) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  memset(&msg, 0, sizeof(msg));
+  iov.iov_base = (void *) buf;
+  iov.iov_len = len;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+
+  if (nfds > 0) {
+    struct cmsghdr *cmsg;
+
+    memset(&control, 0, sizeof(control));
+    msg.msg_control = control.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t) nfds);
+    cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t) nfds);
+    memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t) nfds);
+  }
+
+  do {
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+
+  if (n < 0) {
+    return -1;
+  }
+  if ((size_t) n != len) {
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+static void tnef_close_fds(const int *fds, int nfds) {
+  int i;
+
+  for (i = 0; i < nfds; i++) {
+    (void) close(fds[i]);
+  }
+}
+
+/* Receives one message; up to maxfds descriptors that came with it go to
+ * fds (any others are closed).  Returns its length, 0 at end of file, or
+ * -1 with errno (EMSGSIZE for a message that did not fit, whose
+ * descriptors are closed).
+ */
+static ssize_t tnef_sock_recv(int sock, void *buf, size_t bufsz, int *fds,
+    int maxfds, int *nfds) {
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * TNEF_HELPER_FDS)];
+  } control;
+  struct msghdr msg;
+  struct cmsghdr *cmsg;
+  struct iovec iov;
+  ssize_t n;
+
+  *nfds = 0;
+  memset(&msg, 0, sizeof(msg));
+  iov.iov_base = buf;
+  iov.iov_len = bufsz;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buf;
+  msg.msg_controllen = sizeof(control.buf);
+
+  n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0) {
+    return -1;
+  }
+
+  for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL;
+       cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+    size_t i, count;
+
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
+      continue;
+    }
+    count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (i = 0; i < count; i++) {
+      int fd;
+
+      memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+      if (*nfds < maxfds) {
+        fds[(*nfds)++] = fd;
+      } else {
+        (void) close(fd);
+      }
+    }
+  }
+
+  if (msg.msg_flags & (MSG_TRUNC|MSG_CTRUNC)) {
+    tnef_close_fds(fds, *nfds);
+    *nfds = 0;
+    errno = EMSGSIZE;
+    return -1;
+  }
+  return n;
+}
+
+/* ------------------------------------------------------------------------
+ * The helper.  It is forked before its parent holds anything a decoder
+ * should not see, and then only forks decoders: a decoder is a copy of it.
+ * Like the child, it must never trace or log once its descriptors are
+ * gone (their numbers get reused); its sinks are cleared at once.
+ */
+
+static void tnef_helper_noop(int sig) {
+  (void) sig;
+}
+
+/* Everything at its default but SIGHUP (the daemon's restart signal: the
+ * helper goes with its parent instead) and SIGPIPE.  SIGCHLD is caught but
+ * blocked, let through only while the helper waits for a decoder (ppoll()
+ * with *waitmask): a decoder's end interrupts that wait, never anything
+ * else, and cannot slip in between a waitpid() and the wait.
+ */
+static void tnef_helper_signals(sigset_t *waitmask) {
+  struct sigaction sa;
+  sigset_t chld;
+
+  tnef_child_signals();
+
+  memset(&sa, 0, sizeof(sa));
+  sigemptyset(&sa.sa_mask);
+  sa.sa_handler = SIG_IGN;
+  (void) sigaction(SIGHUP, &sa, NULL);
+  (void) sigaction(SIGPIPE, &sa, NULL);
+  sa.sa_handler = tnef_helper_noop;
+  sa.sa_flags = SA_NOCLDSTOP;
+  (void) sigaction(SIGCHLD, &sa, NULL);
+
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  (void) sigprocmask(SIG_BLOCK, &chld, waitmask);
+}
+
+/* A client secret may sit in the environment (client-secret=env:NAME),
+ * and the helper needs none: the strings are wiped, not just dropped.
+ */
+static void tnef_helper_wipe_env(void) {
+  char **e;
+
+  for (e = environ; e != NULL && *e != NULL; e++) {
+    explicit_bzero(*e, strlen(*e));
+  }
+  (void) clearenv();
+}
+
+/* Only the socket stays, as TNEF_HELPER_SOCK_FD; 0, 1 and 2 become
+ * /dev/null.  The socket is above 2 already (see
+ * mailoauth_tnef_helper_start()), so neither move can close it.
+ */
+static int tnef_helper_fds(int sock) {
+  if (sock != TNEF_HELPER_SOCK_FD && dup2(sock, TNEF_HELPER_SOCK_FD) < 0) {
+    return -1;
+  }
+
+  tnef_stdio_null();
+  tnef_child_close_from(TNEF_HELPER_SOCK_FD + 1);
+  return 0;
+}
+
+/* After the init function (which drops privileges where there are any to
+ * drop): no saved identity that could take them back, no ptrace by the
+ * processes of its user (FTP sessions may run as it), no gaining any.
+ */
+static int tnef_helper_lockdown(pid_t parent) {
+  if (setresgid(getegid(), getegid(), getegid()) < 0 ||
+      setresuid(geteuid(), geteuid(), geteuid()) < 0) {
+    return -1;
+  }
+
+#ifdef __linux__
+  (void) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  (void) prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+  (void) prctl(PR_SET_NAME, "tnef helper", 0, 0, 0);
+#endif
+
+#ifdef PR_SET_PDEATHSIG
+  /* Set after the identity changes, which clear it.  EOF on the socket
+   * ends the helper too; this covers a parent that is stopped.
+   */
+  (void) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+#endif
+  if (getppid() != parent) {
+    errno = ECHILD;
+    return -1;
+  }
+  return 0;
+}
+
+static int tnef_helper_answer_send(int sock, unsigned char kind,
+    uint32_t seq, uint32_t value) {
+  unsigned char msg[TNEF_ANSWER_LEN];
+
+  msg[0] = kind;
+  tnef_put32(msg + 1, seq);
+  tnef_put32(msg + 5, value);
+  return tnef_sock_send(sock, msg, sizeof(msg), NULL, 0);
+}
+
+/* Kills and reaps the decoder, and ends: the parent is gone. */
+static void tnef_helper_orphaned(pid_t pid)
+#ifdef __GNUC__
+  __attribute__((noreturn))
+#endif
+  ;
+
+static void tnef_helper_orphaned(pid_t pid) {
+  int status;
+
+  (void) kill(pid, SIGKILL);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  _exit(0);
+}
+
+/* A message while a decoder runs: its kill request, or the parent gone.
+ * Another unpack request is answered EBUSY (the parent sends one at a
+ * time); anything else is passed over.
+ */
+static void tnef_helper_control(pid_t pid, uint32_t seq) {
+  unsigned char msg[TNEF_UNPACK_LEN + 1];
+  int fds[TNEF_HELPER_FDS], nfds = 0;
+  ssize_t n;
+
+  n = tnef_sock_recv(TNEF_HELPER_SOCK_FD, msg, sizeof(msg), fds,
+    TNEF_HELPER_FDS, &nfds);
+  tnef_close_fds(fds, nfds);
+  if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN &&
+      errno != EMSGSIZE)) {
+    tnef_helper_orphaned(pid);
+  }
+
+  if (n == TNEF_KILL_LEN && msg[0] == TNEF_MSG_KILL &&
+      tnef_get32(msg + 1) == seq) {
+    (void) kill(pid, SIGKILL);
+  } else if (n >= TNEF_KILL_LEN && msg[0] == TNEF_MSG_UNPACK) {
+    (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_ERROR,
+      tnef_get32(msg + 1), EBUSY);
+  }
+}
+
+/* Until the decoder is reaped; then its status goes to the parent.  Only
+ * this process reaps it, so a kill() here never hits a reused pid.
+ */
+static void tnef_helper_watch(pid_t pid, uint32_t seq,
+    const sigset_t *waitmask) {
+  for (;;) {
+    struct pollfd pfd;
+    int status = 0;
+    pid_t res = waitpid(pid, &status, WNOHANG);
+
+    if (res == pid) {
+      if (tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_STATUS, seq,
+          (uint32_t) status) < 0) {
+        _exit(0);
+      }
+      return;
+    }
+    if (res < 0 && errno != EINTR) {
+      (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_ERROR,
+        seq, ECHILD);
+      return;
+    }
+
+    pfd.fd = TNEF_HELPER_SOCK_FD;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    if (ppoll(&pfd, 1, NULL, waitmask) > 0 && pfd.revents != 0) {
+      tnef_helper_control(pid, seq);
+    }
+  }
+}
+
+/* The limits and size of an unpack request; -1 for one that is not. */
+static int tnef_helper_request(const unsigned char *msg, size_t len,
+    int nfds, uint64_t *in_size, struct mailoauth_tnef_limits *lim) {
+  struct mailoauth_tnef_limits in;
+
+  if (len != TNEF_UNPACK_LEN || msg[0] != TNEF_MSG_UNPACK ||
+      nfds != TNEF_HELPER_FDS) {
+    return -1;
+  }
+
+  *in_size = tnef_get64(msg + 5);
+  in.max_input = tnef_get64(msg + 13);
+  in.max_files = tnef_get32(msg + 21);
+  in.max_file_bytes = tnef_get64(msg + 25);
+  in.max_total_bytes = tnef_get64(msg + 33);
+  in.timeout_ms = tnef_get32(msg + 41);
+  tnef_limits_resolve(&in, lim);
+
+  /* The parent checked it; the child's allocation relies on it. */
+  if (*in_size > lim->max_input || *in_size > (uint64_t) SIZE_MAX / 2) {
+    return -1;
+  }
+  return 0;
+}
+
+/* One message received between decoders. */
+static void tnef_helper_serve(const unsigned char *msg, size_t len,
+    int *fds, int nfds, const sigset_t *waitmask) {
+  struct mailoauth_tnef_limits lim;
+  uint64_t in_size = 0;
+  uint32_t seq = len >= TNEF_KILL_LEN ? tnef_get32(msg + 1) : 0;
+  pid_t pid, self = getpid();
+  int xerrno;
+
+  if (len == TNEF_KILL_LEN && msg[0] == TNEF_MSG_KILL) {
+    /* Late: that decoder was reaped already. */
+    tnef_close_fds(fds, nfds);
+    return;
+  }
+
+  if (tnef_helper_request(msg, len, nfds, &in_size, &lim) < 0) {
+    tnef_close_fds(fds, nfds);
+    (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_ERROR, seq,
+      EBADMSG);
+    return;
+  }
+
+  pid = fork();
+  if (pid == 0) {
+    tnef_child(fds[0], fds[1], in_size, &lim, self);
+  }
+  xerrno = errno;
+  tnef_close_fds(fds, nfds);
+
+  if (pid < 0) {
+    (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_ERROR, seq,
+      (uint32_t) xerrno);
+    return;
+  }
+
+  if (tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_PID, seq,
+      (uint32_t) pid) < 0) {
+    tnef_helper_orphaned(pid);
+  }
+  tnef_helper_watch(pid, seq, waitmask);
+}
+
+/* Tells the parent why the helper cannot serve, and ends. */
+static void tnef_helper_give_up(int sock, int xerrno)
+#ifdef __GNUC__
+  __attribute__((noreturn))
+#endif
+  ;
+
+static void tnef_helper_give_up(int sock, int xerrno) {
+  (void) tnef_helper_answer_send(sock, TNEF_MSG_ERROR, 0,
+    (uint32_t) (xerrno > 0 ? xerrno : EPERM));
+  _exit(1);
+}
+
+static void tnef_helper_main(int sock, pid_t parent,
+    mailoauth_tnef_helper_init_fn init, void *arg)
+#ifdef __GNUC__
+  __attribute__((noreturn))
+#endif
+  ;
+
+static void tnef_helper_main(int sock, pid_t parent,
+    mailoauth_tnef_helper_init_fn init, void *arg) {
+  sigset_t waitmask;
+
+  mailoauth_trace_set_sink(NULL);
+  mailoauth_log_set_sink(NULL);
+  tnef_helper_signals(&waitmask);
+  tnef_helper_wipe_env();
+
+  /* The init function runs while the parent's descriptors are still
+   * open: whatever it logs goes where the parent's would.
+   */
+  errno = 0;
+  if (init != NULL && init(arg) < 0) {
+    tnef_helper_give_up(sock, errno);
+  }
+  if (tnef_helper_fds(sock) < 0) {
+    tnef_helper_give_up(sock, errno);
+  }
+  if (tnef_helper_lockdown(parent) < 0) {
+    tnef_helper_give_up(TNEF_HELPER_SOCK_FD, errno);
+  }
+
+  if (tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_READY, 0,
+      0) < 0) {
+    _exit(0);
+  }
+
+  for (;;) {
+    unsigned char msg[TNEF_UNPACK_LEN + 1];
+    int fds[TNEF_HELPER_FDS], nfds = 0;
+    ssize_t n;
+
+    n = tnef_sock_recv(TNEF_HELPER_SOCK_FD, msg, sizeof(msg), fds,
+      TNEF_HELPER_FDS, &nfds);
+    if (n == 0) {
+      _exit(0);
+    }
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) {
+        continue;
+      }
+      if (errno != EMSGSIZE) {
+        _exit(1);
+      }
+      (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_ERROR, 0,
+        EBADMSG);
+      continue;
+    }
+    tnef_helper_serve(msg, (size_t) n, fds, nfds, &waitmask);
+  }
 }
 
 /* ------------------------------------------------------------------------
@@ -1477,8 +1966,13 @@ int mailoauth_tnef_reader_finish(struct mailoauth_tnef_reader *r,
 }
 
 /* ------------------------------------------------------------------------
- * Running the child.
+ * The parent's side: the helper, and running a decoder through it.
  */
+
+static int tnef_helper_sock = -1;
+static pid_t tnef_helper_child = -1;    /* the helper's pid */
+static pid_t tnef_helper_owner = -1;    /* the process that started it */
+static uint32_t tnef_helper_seq = 0;
 
 static long long tnef_now_ms(void) {
   struct timespec ts;
@@ -1487,10 +1981,9 @@ static long long tnef_now_ms(void) {
   return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Reaps pid, giving it up to grace_ms to exit by itself first (after it
- * closed its end of the pipe, it is on its way out) and killing it after
- * that.  Returns 1 with *status set, or 0 when the status is unknown (the
- * process was reaped elsewhere).
+/* Reaps pid, giving it up to grace_ms to exit by itself first and killing
+ * it after that.  Returns 1 with *status set, or 0 when the status is
+ * unknown (the process was reaped elsewhere).
  */
 static int tnef_reap(pid_t pid, long long grace_ms, int *status) {
   long long deadline = tnef_now_ms() + grace_ms;
@@ -1532,12 +2025,289 @@ static int tnef_reap(pid_t pid, long long grace_ms, int *status) {
   }
 }
 
+/* A helper inherited through fork() is its parent's, not this process's. */
+static int tnef_helper_usable(void) {
+  return tnef_helper_sock >= 0 && tnef_helper_owner == getpid();
+}
+
+static void tnef_helper_forget(void) {
+  if (tnef_helper_sock >= 0) {
+    (void) close(tnef_helper_sock);
+  }
+  tnef_helper_sock = -1;
+  tnef_helper_child = -1;
+  tnef_helper_owner = -1;
+}
+
+/* The helper is gone, or of no use any more: it is killed and reaped (no
+ * zombie is left), and, unless why is NULL, the operator is told once:
+ * nothing is unpacked from now on.
+ */
+static void tnef_helper_lost(const char *why) {
+  pid_t pid = tnef_helper_child;
+  int status;
+
+  if (!tnef_helper_usable()) {
+    return;
+  }
+  tnef_helper_forget();
+  (void) tnef_reap(pid, 0, &status);
+
+  if (why != NULL) {
+    mailoauth_log("TNEF helper (pid %ld) %s; winmail.dat files are no longer "
+      "unpacked, but deposited as they are", (long) pid, why);
+  }
+}
+
+/* With proftpd -n, descriptors 0-2 may be free; a socket there would be
+ * taken for standard I/O (the helper's become /dev/null).
+ */
+static int tnef_fd_above_stdio(int *fd) {
+  int moved;
+
+  if (*fd > STDERR_FILENO) {
+    return 0;
+  }
+  moved = fcntl(*fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+  if (moved < 0) {
+    return -1;
+  }
+  (void) close(*fd);
+  *fd = moved;
+  return 0;
+}
+
+/* Waits up to timeout_ms for the helper's answer about request seq;
+ * answers about other requests are stale and passed over.  Returns 1 with
+ * *kind and *value set, 0 on timeout, -1 when the helper is gone or sent
+ * something malformed (*why says which).
+ */
+static int tnef_helper_wait(uint32_t seq, long long timeout_ms,
+    unsigned char *kind, uint32_t *value, const char **why) {
+  long long deadline = tnef_now_ms() + timeout_ms;
+
+  for (;;) {
+    unsigned char msg[TNEF_ANSWER_LEN + 1];
+    long long left = deadline - tnef_now_ms();
+    struct pollfd pfd;
+    ssize_t n;
+    int nfds, rc;
+
+    pfd.fd = tnef_helper_sock;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    rc = poll(&pfd, 1, left <= 0 ? 0 : left > INT_MAX ? INT_MAX : (int) left);
+    if (rc < 0 && errno == EINTR) {
+      continue;
+    }
+    if (rc == 0) {
+      return 0;
+    }
+
+    n = rc < 0 ? -1 : tnef_sock_recv(tnef_helper_sock, msg, sizeof(msg), NULL,
+      0, &nfds);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+      continue;
+    }
+    if (n != TNEF_ANSWER_LEN) {
+      *why = n == 0 ? "ended" : n > 0 || errno == EMSGSIZE ?
+        "sent a malformed message" : "cannot be reached";
+      return -1;
+    }
+
+    if (tnef_get32(msg + 1) != seq) {
+      mailoauth_trace(trace_channel, 5, "passing over a stale answer from "
+        "the TNEF helper");
+      continue;
+    }
+    *kind = msg[0];
+    *value = tnef_get32(msg + 5);
+    return 1;
+  }
+}
+
+static int tnef_helper_send_kill(uint32_t seq) {
+  unsigned char msg[TNEF_KILL_LEN];
+
+  msg[0] = TNEF_MSG_KILL;
+  tnef_put32(msg + 1, seq);
+  if (tnef_sock_send(tnef_helper_sock, msg, sizeof(msg), NULL, 0) < 0) {
+    tnef_helper_lost("is gone");
+    return -1;
+  }
+  return 0;
+}
+
+/* Has the helper fork a decoder reading in_fd and writing to out_fd.
+ * Returns its pid, or -1 with errno (ESRCH: the helper is gone).
+ */
+static pid_t tnef_helper_spawn(int in_fd, int out_fd, uint64_t in_size,
+    const struct mailoauth_tnef_limits *l, uint32_t *seq) {
+  unsigned char msg[TNEF_UNPACK_LEN], kind = 0;
+  int fds[TNEF_HELPER_FDS];
+  const char *why = "did not answer";
+  uint32_t value = 0;
+  int rc;
+
+  /* 0 is the ready message's. */
+  if (++tnef_helper_seq == 0) {
+    tnef_helper_seq = 1;
+  }
+  *seq = tnef_helper_seq;
+
+  msg[0] = TNEF_MSG_UNPACK;
+  tnef_put32(msg + 1, *seq);
+  tnef_put64(msg + 5, in_size);
+  tnef_put64(msg + 13, l->max_input);
+  tnef_put32(msg + 21, l->max_files);
+  tnef_put64(msg + 25, l->max_file_bytes);
+  tnef_put64(msg + 33, l->max_total_bytes);
+  tnef_put32(msg + 41, l->timeout_ms);
+  fds[0] = in_fd;
+  fds[1] = out_fd;
+
+  if (tnef_sock_send(tnef_helper_sock, msg, sizeof(msg), fds,
+      TNEF_HELPER_FDS) < 0) {
+    tnef_helper_lost("is gone");
+    errno = ESRCH;
+    return -1;
+  }
+
+  rc = tnef_helper_wait(*seq, TNEF_HELPER_ANSWER_MS, &kind, &value, &why);
+  if (rc > 0 && kind == TNEF_MSG_PID && value > 0 && value <= INT_MAX) {
+    return (pid_t) value;
+  }
+  if (rc > 0 && kind == TNEF_MSG_ERROR && value > 0 && value < 4096) {
+    mailoauth_trace(trace_channel, 3, "the TNEF helper cannot fork a "
+      "decoder: %s", strerror((int) value));
+    errno = (int) value;
+    return -1;
+  }
+
+  tnef_helper_lost(rc > 0 ? "sent a malformed message" : why);
+  errno = ESRCH;
+  return -1;
+}
+
+/* The decoder's wait status, from the helper once it reaped it: waited for
+ * up to grace_ms (the decoder is on its way out), then the helper is told
+ * to kill it (at once for a grace_ms of 0).  Returns 1 with *status set,
+ * 0 when it is unknown (the helper is gone).
+ */
+static int tnef_helper_collect(uint32_t seq, long long grace_ms,
+    int *status) {
+  const char *why = "did not answer";
+  unsigned char kind = 0;
+  uint32_t value = 0;
+  int rc = 0;
+
+  if (grace_ms > 0) {
+    rc = tnef_helper_wait(seq, grace_ms, &kind, &value, &why);
+  }
+  if (rc == 0) {
+    if (tnef_helper_send_kill(seq) < 0) {
+      return 0;
+    }
+    rc = tnef_helper_wait(seq, TNEF_HELPER_ANSWER_MS, &kind, &value, &why);
+  }
+
+  if (rc > 0 && kind == TNEF_MSG_STATUS) {
+    *status = (int) value;
+    return 1;
+  }
+  tnef_helper_lost(rc > 0 ? "sent a malformed message" : why);
+  return 0;
+}
+
+int mailoauth_tnef_helper_start(mailoauth_tnef_helper_init_fn init,
+    void *arg) {
+  const char *why = NULL;
+  unsigned char kind = 0;
+  uint32_t value = 0;
+  pid_t pid, self = getpid();
+  int sv[2], rc, xerrno;
+
+  if (tnef_helper_usable()) {
+    errno = EBUSY;
+    return -1;
+  }
+  tnef_helper_forget();
+
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET|SOCK_CLOEXEC, 0, sv) < 0) {
+    return -1;
+  }
+  if (tnef_fd_above_stdio(&sv[0]) < 0 || tnef_fd_above_stdio(&sv[1]) < 0) {
+    xerrno = errno;
+    (void) close(sv[0]);
+    (void) close(sv[1]);
+    errno = xerrno;
+    return -1;
+  }
+
+  pid = fork();
+  if (pid < 0) {
+    xerrno = errno;
+    (void) close(sv[0]);
+    (void) close(sv[1]);
+    errno = xerrno;
+    return -1;
+  }
+  if (pid == 0) {
+    (void) close(sv[0]);
+    tnef_helper_main(sv[1], self, init, arg);
+  }
+
+  (void) close(sv[1]);
+  tnef_helper_sock = sv[0];
+  tnef_helper_child = pid;
+  tnef_helper_owner = self;
+
+  rc = tnef_helper_wait(0, TNEF_HELPER_ANSWER_MS, &kind, &value, &why);
+  if (rc > 0 && kind == TNEF_MSG_READY) {
+    mailoauth_trace(trace_channel, 3, "TNEF helper %ld ready", (long) pid);
+    return tnef_helper_sock;
+  }
+
+  xerrno = rc == 0 ? ETIMEDOUT : rc > 0 && kind == TNEF_MSG_ERROR &&
+    value > 0 && value < 4096 ? (int) value : ECHILD;
+  mailoauth_trace(trace_channel, 3, "TNEF helper %ld did not start: %s",
+    (long) pid, strerror(xerrno));
+  tnef_helper_lost(NULL);
+  errno = xerrno;
+  return -1;
+}
+
+pid_t mailoauth_tnef_helper_pid(void) {
+  return tnef_helper_usable() ? tnef_helper_child : -1;
+}
+
+int mailoauth_tnef_helper_stop(void) {
+  pid_t pid = tnef_helper_child;
+  int status = 0;
+
+  if (!tnef_helper_usable()) {
+    tnef_helper_forget();
+    errno = ESRCH;
+    return -1;
+  }
+
+  tnef_helper_forget();
+  if (tnef_reap(pid, TNEF_HELPER_STOP_MS, &status) &&
+      WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    return 0;
+  }
+  mailoauth_trace(trace_channel, 3, "TNEF helper %ld did not end by itself",
+    (long) pid);
+  errno = ECHILD;
+  return -1;
+}
+
 /* The error for a stream cut short, from how the child ended. */
 static int tnef_child_error(int known, int status) {
   if (!known) {
-    mailoauth_trace(trace_channel, 3, "decoder ended without finishing "
-      "(its status was collected elsewhere)");
-    return ECHILD;
+    mailoauth_trace(trace_channel, 3, "decoder ended without finishing, "
+      "and its helper is gone");
+    return ESRCH;
   }
 
   if (WIFSIGNALED(status)) {
@@ -1554,28 +2324,65 @@ static int tnef_child_error(int known, int status) {
   return ECHILD;
 }
 
-int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
-    const struct mailoauth_tnef_limits *lim, mailoauth_tnef_file_fn cb,
-    void *arg, unsigned int *nfiles) {
-  struct mailoauth_tnef_limits l;
-  struct mailoauth_tnef_reader *r;
-  struct stat st;
+/* Feeds r what comes down the pipe, until its end or timeout_ms of waiting
+ * in all (*waited).  Returns 0, or the errno that stopped it.
+ */
+static int tnef_pump(int fd, struct mailoauth_tnef_reader *r,
+    unsigned int timeout_ms, long long *waited) {
   unsigned char buf[TNEF_READ_CHUNK];
-  long long waited = 0;
-  int pipefd[2], xerrno = 0, status = 0, known, sandboxed = 0;
-  unsigned int count = 0;
-  pid_t pid, self = getpid();
 
-  if (nfiles != NULL) {
-    *nfiles = 0;
+  for (;;) {
+    struct pollfd pfd;
+    long long t0, left = (long long) timeout_ms - *waited;
+    ssize_t n;
+    int rc;
+
+    if (left <= 0) {
+      return ETIMEDOUT;
+    }
+
+    pfd.fd = fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    t0 = tnef_now_ms();
+    rc = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int) left);
+    *waited += tnef_now_ms() - t0;
+    if (rc < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return errno;
+    }
+    if (rc == 0) {
+      return ETIMEDOUT;
+    }
+
+    n = read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) {
+        continue;
+      }
+      return errno;
+    }
+    if (n == 0) {
+      return 0;
+    }
+    if (mailoauth_tnef_reader_feed(r, buf, (size_t) n) < 0) {
+      return errno;
+    }
   }
+}
+
+/* Checks the arguments and the input's size; -1 with errno. */
+static int tnef_unpack_check(int in_fd, const char *tmp_dir,
+    mailoauth_tnef_file_fn cb, const struct mailoauth_tnef_limits *l,
+    uint64_t *in_size) {
+  struct stat st;
+
   if (in_fd < 0 || tmp_dir == NULL || cb == NULL) {
     errno = EINVAL;
     return -1;
   }
-
-  tnef_limits_resolve(lim, &l);
-
   if (fstat(in_fd, &st) < 0) {
     return -1;
   }
@@ -1583,11 +2390,46 @@ int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
     errno = EINVAL;
     return -1;
   }
-  if ((uint64_t) st.st_size > l.max_input) {
+  if ((uint64_t) st.st_size > l->max_input) {
     mailoauth_trace(trace_channel, 5, "winmail.dat of %llu bytes, over the "
       "limit of %llu", (unsigned long long) st.st_size,
-      (unsigned long long) l.max_input);
+      (unsigned long long) l->max_input);
     errno = EFBIG;
+    return -1;
+  }
+
+  /* Never fork from here: this process may hold what no decoder should
+   * see, which is what the helper is for.
+   */
+  if (!tnef_helper_usable()) {
+    mailoauth_trace(trace_channel, 3, "no TNEF helper: winmail.dat not "
+      "unpacked");
+    errno = ESRCH;
+    return -1;
+  }
+
+  *in_size = (uint64_t) st.st_size;
+  return 0;
+}
+
+int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
+    const struct mailoauth_tnef_limits *lim, mailoauth_tnef_file_fn cb,
+    void *arg, unsigned int *nfiles) {
+  struct mailoauth_tnef_limits l;
+  struct mailoauth_tnef_reader *r;
+  uint64_t in_size = 0;
+  long long waited = 0;
+  int pipefd[2], xerrno = 0, status = 0, known, sandboxed = 0;
+  unsigned int count = 0;
+  uint32_t seq = 0;
+  pid_t pid;
+
+  if (nfiles != NULL) {
+    *nfiles = 0;
+  }
+
+  tnef_limits_resolve(lim, &l);
+  if (tnef_unpack_check(in_fd, tmp_dir, cb, &l, &in_size) < 0) {
     return -1;
   }
 
@@ -1603,72 +2445,19 @@ int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
     return -1;
   }
 
-  pid = fork();
+  pid = tnef_helper_spawn(in_fd, pipefd[1], in_size, &l, &seq);
+  xerrno = errno;
+  (void) close(pipefd[1]);
   if (pid < 0) {
-    xerrno = errno;
-    mailoauth_trace(trace_channel, 3, "cannot fork the decoder: %s",
-      strerror(xerrno));
     (void) close(pipefd[0]);
-    (void) close(pipefd[1]);
     mailoauth_tnef_reader_free(r);
     errno = xerrno;
     return -1;
   }
-
-  if (pid == 0) {
-    tnef_child(in_fd, pipefd[1], (uint64_t) st.st_size, &l, self);
-  }
-
-  (void) close(pipefd[1]);
   mailoauth_trace(trace_channel, 9, "decoder %ld unpacking %llu bytes",
-    (long) pid, (unsigned long long) st.st_size);
+    (long) pid, (unsigned long long) in_size);
 
-  for (;;) {
-    struct pollfd pfd;
-    long long t0, left = (long long) l.timeout_ms - waited;
-    ssize_t n;
-    int rc;
-
-    if (left <= 0) {
-      xerrno = ETIMEDOUT;
-      break;
-    }
-
-    pfd.fd = pipefd[0];
-    pfd.events = POLLIN;
-    pfd.revents = 0;
-    t0 = tnef_now_ms();
-    rc = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int) left);
-    waited += tnef_now_ms() - t0;
-    if (rc < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      xerrno = errno;
-      break;
-    }
-    if (rc == 0) {
-      xerrno = ETIMEDOUT;
-      break;
-    }
-
-    n = read(pipefd[0], buf, sizeof(buf));
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) {
-        continue;
-      }
-      xerrno = errno;
-      break;
-    }
-    if (n == 0) {
-      break;
-    }
-    if (mailoauth_tnef_reader_feed(r, buf, (size_t) n) < 0) {
-      xerrno = errno;
-      break;
-    }
-  }
-
+  xerrno = tnef_pump(pipefd[0], r, l.timeout_ms, &waited);
   (void) close(pipefd[0]);
 
   if (xerrno != 0) {
@@ -1676,14 +2465,13 @@ int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
       mailoauth_trace(trace_channel, 3, "decoder %ld took longer than %u ms, "
         "killed", (long) pid, l.timeout_ms);
     }
-    (void) kill(pid, SIGKILL);
-    (void) tnef_reap(pid, 0, &status);
+    (void) tnef_helper_collect(seq, 0, &status);
     (void) mailoauth_tnef_reader_finish(r, &count, NULL);
 
   } else {
     long long grace = (long long) l.timeout_ms - waited;
 
-    known = tnef_reap(pid, grace > 1000 ? grace : 1000, &status);
+    known = tnef_helper_collect(seq, grace > 1000 ? grace : 1000, &status);
     if (mailoauth_tnef_reader_finish(r, &count, &sandboxed) < 0) {
       xerrno = errno;
       if (xerrno == ECHILD) {

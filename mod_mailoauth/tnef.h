@@ -15,6 +15,12 @@
  * anything is read, a child that crashes, hangs or sends garbage is killed,
  * reaped and reported as an error.
  *
+ * The child is not forked from the caller, whose memory a code-execution
+ * bug could copy into an "extracted file": it is forked by the TNEF
+ * helper, a process the caller forks before it reads any secret and that
+ * does nothing but fork decoders on request.  Without a helper, nothing is
+ * unpacked.
+ *
  * Only files come out: message attachments inside the TNEF (embedded
  * messages), attachments by reference and the message body are skipped.
  * No ProFTPD headers.
@@ -25,6 +31,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Defaults for the limits; a zero field means the default. */
 #define MAILOAUTH_TNEF_DEFAULT_MAX_INPUT        ((uint64_t) 100 << 20)
@@ -63,6 +70,39 @@ void mailoauth_tnef_limits_init(struct mailoauth_tnef_limits *lim);
 typedef int (*mailoauth_tnef_file_fn)(const char *name, int fd,
   uint64_t size, void *arg);
 
+/* The TNEF helper.  mailoauth_tnef_helper_start() forks it from this
+ * process, which must not yet hold anything a decoder should not see, and
+ * makes mailoauth_tnef_unpack() use it.  The helper closes every descriptor
+ * but its socket (0, 1 and 2 become /dev/null), empties its environment,
+ * and runs init(arg) (may be NULL) first, with the caller's descriptors
+ * still open: the place to drop privileges and set the process title
+ * (return -1 with errno to make the helper give up).  After that it keeps
+ * no saved set-user-ID other than its effective one.  It ends when the
+ * caller closes its socket or exits.
+ *
+ * Returns the caller's end of the socket (close-on-exec, above 2: for
+ * information only, mailoauth_tnef_helper_stop() closes it), or -1 with
+ * errno: EBUSY (a helper is running), the init function's errno,
+ * ETIMEDOUT (the helper did not report ready), ECHILD (it died first),
+ * anything from socketpair() or fork().
+ */
+typedef int (*mailoauth_tnef_helper_init_fn)(void *arg);
+
+int mailoauth_tnef_helper_start(mailoauth_tnef_helper_init_fn init,
+  void *arg);
+
+/* The helper's pid, or -1 when there is none (never started, stopped, or
+ * found dead).
+ */
+pid_t mailoauth_tnef_helper_pid(void);
+
+/* Closes the caller's socket and reaps the helper, which then ends by
+ * itself (it is killed if it has not within a second).  Returns 0 when it
+ * ended by itself with status 0, -1 otherwise (ESRCH: there was none;
+ * ECHILD: it had to be killed, or ended otherwise).
+ */
+int mailoauth_tnef_helper_stop(void);
+
 /* Unpacks the winmail.dat held by the regular file in_fd (read from offset
  * 0 to its size, with pread(): its file offset is not used or moved) and
  * calls cb for every file it carries, in order.  The temporary files are
@@ -71,6 +111,8 @@ typedef int (*mailoauth_tnef_file_fn)(const char *name, int fd,
  * defaults.  *nfiles (may be NULL) counts the callbacks made.
  *
  * Returns 0, or -1 with errno:
+ *   ESRCH      no TNEF helper: none was started by this process, or it
+ *              died (then logged once; it is not restarted);
  *   EBADMSG    not TNEF, or broken (truncated, bad checksum, malformed);
  *   EFBIG      a limit was exceeded (before any callback, except when the
  *              decoder lied about what it found);
@@ -81,10 +123,12 @@ typedef int (*mailoauth_tnef_file_fn)(const char *name, int fd,
  *              in_fd;
  *   ENOMEM     the decoder ran out of memory (its limit or the system's);
  *   the callback's errno when it returned -1; anything else from creating
- *   or writing the temporary files (ENOSPC...) or from fork()/pipe().
+ *   or writing the temporary files (ENOSPC...) or from pipe(), or from the
+ *   helper's fork() (EAGAIN...).
  * Files already passed to cb stay passed: on an error after some callbacks,
  * the caller decides what to do with them (a decoder that crashes half-way
- * is the usual case).  No descriptor and no child process is left behind.
+ * is the usual case).  No descriptor and no process is left behind: the
+ * helper has reaped the decoder when this returns.
  */
 int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
   const struct mailoauth_tnef_limits *lim, mailoauth_tnef_file_fn cb,
@@ -110,12 +154,13 @@ struct mailoauth_tnef_file {
 typedef int (*mailoauth_tnef_found_fn)(const struct mailoauth_tnef_file *f,
   void *arg);
 
-/* The decoder itself, in this process (the child runs this): decodes the
- * TNEF stream buf (len bytes) and calls fn for every file, in order, but
- * only once the whole stream was decoded and found within the limits, so
- * a broken stream or one over a limit makes no call at all.  Returns 0, or
- * -1 with errno EBADMSG, EFBIG, ENOMEM, or fn's errno.  libytnef prints
- * diagnostics on stdout, whatever it is told.
+/* The decoder itself, in this process (the child runs this; fuzzing calls
+ * it directly, forking nothing): decodes the TNEF stream buf (len bytes)
+ * and calls fn for every file, in order, but only once the whole stream
+ * was decoded and found within the limits, so a broken stream or one over
+ * a limit makes no call at all.  Returns 0, or -1 with errno EBADMSG,
+ * EFBIG, ENOMEM, or fn's errno.  libytnef prints diagnostics on stdout,
+ * whatever it is told.
  */
 int mailoauth_tnef_decode_mem(const unsigned char *buf, size_t len,
   const struct mailoauth_tnef_limits *lim, mailoauth_tnef_found_fn fn,

@@ -1,8 +1,9 @@
 /*
  * libFuzzer target: winmail.dat (TNEF) decoding and the parent's reader of
- * the decoder's records.  The child process itself is not forked here: its
- * decoder runs in this process, and the reader is fed the bytes a
- * misbehaving child could send.
+ * the decoder's records.  Neither the TNEF helper nor the child process is
+ * forked here (t/unit/test_tnef.c covers them): the decoder runs in this
+ * process, and the reader is fed the bytes a misbehaving child could
+ * send.
  *
  * Input: a selector byte (bit 0: reader instead of decoder), a byte for
  * the limits and the failing callback, then the TNEF stream or the

@@ -5,6 +5,9 @@
  * how the expected sums were obtained) and streams built here per
  * [MS-OXTNEF] for what the samples do not show.  Every test that forks the
  * decoder checks that no descriptor and no child process is left behind.
+ *
+ * Each test starts a TNEF helper in its fixture, as the worker does: the
+ * decoders are the helper's children, never this process's.
  */
 
 #include "tnef.h"
@@ -20,8 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -52,14 +57,25 @@ static void trace_sink(const char *channel, int level, const char *fmt,
  * Fixture and helpers.
  */
 
+/* The caller's end of the helper's socket. */
+static int helper_sock = -1;
+
 static void setup(void) {
   strcpy(tmp_dir, "/tmp/mailoauth-tnef-XXXXXX");
   ck_assert_ptr_nonnull(mkdtemp(tmp_dir));
   traces[0] = '\0';
   mailoauth_trace_set_sink(trace_sink);
+  helper_sock = mailoauth_tnef_helper_start(NULL, NULL);
+  ck_assert_int_gt(helper_sock, 2);
+  ck_assert_int_gt(mailoauth_tnef_helper_pid(), 0);
 }
 
 static void teardown(void) {
+  /* Tests that kill the helper have seen to it themselves. */
+  if (mailoauth_tnef_helper_pid() > 0) {
+    ck_assert_int_eq(mailoauth_tnef_helper_stop(), 0);
+  }
+  helper_sock = -1;
   mailoauth_trace_set_sink(NULL);
   /* O_TMPFILE leaves nothing; the mkostemp() fallback unlinks at once. */
   ck_assert_int_eq(rmdir(tmp_dir), 0);
@@ -80,41 +96,107 @@ static int count_fds(void) {
   return n;
 }
 
-static void assert_no_children(void) {
-  errno = 0;
-  ck_assert_int_eq(waitpid(-1, NULL, WNOHANG), -1);
-  ck_assert_int_eq(errno, ECHILD);
+/* The parent of pid, and its state letter in *state (may be NULL), from
+ * /proc; -1 when there is no such process.
+ */
+static long parent_of(pid_t pid, char *state) {
+  char path[64], buf[512], *p, st = '?';
+  long ppid = -1;
+  FILE *fp;
+
+  snprintf(path, sizeof(path), "/proc/%ld/stat", (long) pid);
+  fp = fopen(path, "r");
+  if (fp == NULL) {
+    return -1;
+  }
+  if (fgets(buf, sizeof(buf), fp) == NULL ||
+      (p = strrchr(buf, ')')) == NULL ||
+      sscanf(p + 1, " %c %ld", &st, &ppid) != 2) {
+    ppid = -1;
+  }
+  fclose(fp);
+  if (state != NULL) {
+    *state = st;
+  }
+  return ppid;
 }
 
-/* The decoder child of this process, or -1. */
-static pid_t find_child(void) {
+/* How many processes have parent as their parent; the first in *first
+ * (may be NULL).
+ */
+static int children_of(pid_t parent, pid_t *first) {
   DIR *d = opendir("/proc");
   struct dirent *de;
-  pid_t found = -1;
+  int n = 0;
 
   ck_assert_ptr_nonnull(d);
-  while (found < 0 && (de = readdir(d)) != NULL) {
-    char path[300], buf[512], *p;
-    long ppid;
-    FILE *fp;
+  while ((de = readdir(d)) != NULL) {
+    pid_t pid;
 
     if (de->d_name[0] < '0' || de->d_name[0] > '9') {
       continue;
     }
-    snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
-    fp = fopen(path, "r");
-    if (fp == NULL) {
-      continue;
+    pid = (pid_t) atol(de->d_name);
+    if (parent_of(pid, NULL) == (long) parent) {
+      if (n == 0 && first != NULL) {
+        *first = pid;
+      }
+      n++;
     }
-    if (fgets(buf, sizeof(buf), fp) != NULL &&
-        (p = strrchr(buf, ')')) != NULL &&
-        sscanf(p + 1, " %*c %ld", &ppid) == 1 && ppid == (long) getpid()) {
-      found = (pid_t) atol(de->d_name);
-    }
-    fclose(fp);
   }
   closedir(d);
+  return n;
+}
+
+/* No decoder and no zombie left: this process's only child is the helper
+ * (when there is one), and the helper has none.
+ */
+static void assert_no_children(void) {
+  pid_t helper = mailoauth_tnef_helper_pid(), only = -1;
+
+  errno = 0;
+  if (helper > 0) {
+    ck_assert_int_eq(waitpid(-1, NULL, WNOHANG), 0);
+    ck_assert_int_eq(children_of(getpid(), &only), 1);
+    ck_assert_int_eq(only, helper);
+    ck_assert_int_eq(children_of(helper, NULL), 0);
+  } else {
+    ck_assert_int_eq(waitpid(-1, NULL, WNOHANG), -1);
+    ck_assert_int_eq(errno, ECHILD);
+    ck_assert_int_eq(children_of(getpid(), NULL), 0);
+  }
+}
+
+/* The running decoder: the helper's only child. */
+static pid_t find_decoder(void) {
+  pid_t helper = mailoauth_tnef_helper_pid(), found = -1;
+
+  ck_assert_int_gt(helper, 0);
+  ck_assert_int_eq(children_of(helper, &found), 1);
   return found;
+}
+
+/* Whether pid has ended (gone, or a zombie nobody here reaps). */
+static int ended(pid_t pid) {
+  char state = '?';
+
+  return parent_of(pid, &state) < 0 || state == 'Z' || state == 'X';
+}
+
+static void wait_ended(pid_t pid) {
+  int i;
+
+  for (i = 0; i < 500 && !ended(pid); i++) {
+    usleep(10000);
+  }
+  ck_assert_msg(ended(pid), "process %ld still runs", (long) pid);
+}
+
+static long long now_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void sha256_hex(const void *data, size_t len, char out[65]) {
@@ -180,6 +262,70 @@ static int mem_fd(const void *data, size_t len) {
   return fd;
 }
 
+/* A secret-looking string this process holds and no decoder may: made
+ * at run time (it is not in the program), once the helper is running (the
+ * helper never had it).  A decoder forked from this process would have it
+ * at the same addresses.
+ */
+static char marker[48];
+static char *marker_heap;
+
+static void marker_make(void) {
+  unsigned char rnd[16];
+  FILE *fp = fopen("/dev/urandom", "rb");
+  size_t i;
+
+  ck_assert_ptr_nonnull(fp);
+  ck_assert_uint_eq(fread(rnd, 1, sizeof(rnd), fp), sizeof(rnd));
+  fclose(fp);
+  strcpy(marker, "tok-");
+  for (i = 0; i < sizeof(rnd); i++) {
+    snprintf(marker + 4 + 2 * i, 3, "%02x", rnd[i]);
+  }
+  marker_heap = strdup(marker);
+  ck_assert_ptr_nonnull(marker_heap);
+}
+
+/* Reads len bytes at addr in pid's memory.  Returns 1 when they were read,
+ * 0 when nothing is mapped there, -1 when this process may not look
+ * (ptrace rights: the decoder is not dumpable, so it takes root).
+ */
+static int peek(pid_t pid, const void *addr, void *buf, size_t len) {
+  char path[64];
+  ssize_t n;
+  int fd;
+
+  snprintf(path, sizeof(path), "/proc/%ld/mem", (long) pid);
+  fd = open(path, O_RDONLY);
+  if (fd < 0) {
+    return -1;
+  }
+  n = pread(fd, buf, len, (off_t) (uintptr_t) addr);
+  close(fd);
+  return n == (ssize_t) len ? 1 : 0;
+}
+
+/* Whether pid holds the marker where this process does: 1 yes, 0 no, -1
+ * cannot tell.
+ */
+static int holds_marker(pid_t pid, const char *where) {
+  char buf[sizeof(marker)];
+  size_t len = strlen(marker) + 1;
+  int rc = peek(pid, where, buf, len);
+
+  if (rc <= 0) {
+    return rc;
+  }
+  return memcmp(buf, marker, len) == 0;
+}
+
+/* What a callback found out about the decoder while it ran. */
+struct probe {
+  pid_t decoder;
+  long ppid;
+  int global, heap;             /* holds_marker() at the two places */
+};
+
 /* What the callbacks saw. */
 struct got {
   unsigned int n;
@@ -193,6 +339,9 @@ struct got {
   int fail_errno;
   unsigned int kill_at;         /* ... that SIGKILLs the decoder */
   unsigned int stop_at;         /* ... that SIGSTOPs the decoder */
+  unsigned int kill_helper_at;  /* ... that SIGKILLs the helper */
+  unsigned int probe_at;        /* ... that looks at the decoder */
+  struct probe probe;
 };
 
 static void got_add(struct got *g, const char *name, size_t name_len,
@@ -227,10 +376,25 @@ static int got_file(const char *name, int fd, uint64_t size, void *arg) {
 
   n = g->n;
   if (n == g->kill_at || n == g->stop_at) {
-    pid_t child = find_child();
+    pid_t child = find_decoder();
 
     ck_assert_int_gt(child, 0);
     ck_assert_int_eq(kill(child, n == g->kill_at ? SIGKILL : SIGSTOP), 0);
+  }
+  if (n == g->probe_at) {
+    /* The decoder is blocked writing the next file: it is there to see. */
+    g->probe.decoder = find_decoder();
+    g->probe.ppid = parent_of(g->probe.decoder, NULL);
+    g->probe.global = holds_marker(g->probe.decoder, marker);
+    g->probe.heap = holds_marker(g->probe.decoder, marker_heap);
+  }
+  if (n == g->kill_helper_at) {
+    /* The decoder, blocked on the pipe, goes with its helper before it
+     * can write more.
+     */
+    g->probe.decoder = find_decoder();
+    ck_assert_int_eq(kill(mailoauth_tnef_helper_pid(), SIGKILL), 0);
+    wait_ended(g->probe.decoder);
   }
   if (n == g->fail_at) {
     errno = g->fail_errno;
@@ -550,6 +714,9 @@ static void assert_sample(const struct sample *s, const struct got *g) {
   }
 }
 
+/* Through the helper (the fixture's), the same files as decoding in this
+ * process gives (test_samples_decode_mem).
+ */
 START_TEST(test_samples_unpack) {
   size_t i;
 
@@ -1014,6 +1181,324 @@ START_TEST(test_child_timeout) {
 END_TEST
 
 /* ------------------------------------------------------------------------
+ * The helper.
+ */
+
+/* The decoder is the helper's child and a copy of it: what this process
+ * came to hold once the helper ran is not in the decoder.
+ */
+START_TEST(test_decoder_forked_by_helper) {
+  unsigned char *data, *big;
+  struct got g;
+  size_t len;
+  pid_t control;
+  int ctl[2], control_global, control_heap;
+  char c;
+
+  marker_make();
+
+  /* The check can tell: a process forked from here holds the marker. */
+  ck_assert_int_eq(pipe(ctl), 0);
+  control = fork();
+  ck_assert_int_ge(control, 0);
+  if (control == 0) {
+    close(ctl[1]);
+    _exit(read(ctl[0], &c, 1) == 0 ? 0 : 1);
+  }
+  close(ctl[0]);
+  control_global = holds_marker(control, marker);
+  control_heap = holds_marker(control, marker_heap);
+  close(ctl[1]);
+  ck_assert_int_eq(waitpid(control, NULL, 0), control);
+
+  data = two_files(&len, &big);
+  memset(&g, 0, sizeof(g));
+  g.probe_at = 1;
+  ck_assert_int_eq(unpack(data, len, NULL, &g, NULL), 0);
+  ck_assert_uint_eq(g.n, 2);
+
+  ck_assert_int_gt(g.probe.decoder, 0);
+  ck_assert_int_eq(g.probe.ppid, mailoauth_tnef_helper_pid());
+  ck_assert_int_ne(g.probe.ppid, getpid());
+
+  ck_assert_int_eq(control_global, 1);
+  ck_assert_int_eq(control_heap, 1);
+  ck_assert_int_ne(g.probe.global, 1);
+  ck_assert_int_ne(g.probe.heap, 1);
+  if (geteuid() == 0) {
+    /* Root may look into a process that is not dumpable: it did look. */
+    ck_assert_int_eq(g.probe.global, 0);
+  } else if (g.probe.global < 0) {
+    fprintf(stderr, "test_decoder_forked_by_helper: the decoder's memory "
+      "takes root to read; only its parent was checked\n");
+  }
+
+  free(marker_heap);
+  marker_heap = NULL;
+  free(data);
+  free(big);
+}
+END_TEST
+
+/* A helper that was killed (a crash, the OOM killer): unpacking fails at
+ * once with ESRCH, forking nothing, and the helper is reaped and its
+ * socket closed.
+ */
+START_TEST(test_helper_killed) {
+  unsigned char *data;
+  pid_t helper = mailoauth_tnef_helper_pid();
+  int fds = count_fds(), fd, i;
+  struct got g;
+  size_t len;
+
+  data = load_sample("one-file.tnef", &len);
+  ck_assert_int_eq(kill(helper, SIGKILL), 0);
+  wait_ended(helper);
+
+  fd = mem_fd(data, len);
+  for (i = 0; i < 2; i++) {
+    long long t0 = now_ms();
+
+    memset(&g, 0, sizeof(g));
+    errno = 0;
+    ck_assert_int_eq(mailoauth_tnef_unpack(fd, tmp_dir, NULL, got_file, &g,
+      NULL), -1);
+    ck_assert_int_eq(errno, ESRCH);
+    ck_assert_int_lt(now_ms() - t0, 500);
+    ck_assert_uint_eq(g.n, 0);
+  }
+  close(fd);
+
+  ck_assert_int_eq(mailoauth_tnef_helper_pid(), -1);
+  ck_assert_int_lt(parent_of(helper, NULL), 0);
+  ck_assert_int_eq(count_fds(), fds - 1);
+  assert_no_children();
+  ck_assert_msg(strstr(traces, "no TNEF helper") != NULL, "%s", traces);
+  free(data);
+}
+END_TEST
+
+/* Killed while its decoder runs: the decoder goes with it, and the files
+ * already passed on stay passed.
+ */
+START_TEST(test_helper_killed_mid_unpack) {
+  unsigned char *data, *big;
+  unsigned int nfiles = 0;
+  int fds = count_fds(), fd;
+  struct got g;
+  size_t len;
+
+  data = two_files(&len, &big);
+  fd = mem_fd(data, len);
+  memset(&g, 0, sizeof(g));
+  g.kill_helper_at = 1;
+  errno = 0;
+  ck_assert_int_eq(mailoauth_tnef_unpack(fd, tmp_dir, NULL, got_file, &g,
+    &nfiles), -1);
+  ck_assert_int_eq(errno, ESRCH);
+  ck_assert_uint_eq(nfiles, 1);
+  ck_assert_str_eq(g.name[0], "small.txt");
+  close(fd);
+
+  ck_assert_int_eq(mailoauth_tnef_helper_pid(), -1);
+  ck_assert_int_eq(count_fds(), fds - 1);
+  assert_no_children();
+  free(data);
+  free(big);
+}
+END_TEST
+
+/* The helper ends by itself once its socket is closed; then nothing is
+ * unpacked, and no decoder is forked from here instead.
+ */
+START_TEST(test_helper_ends_with_its_socket) {
+  unsigned char *data;
+  pid_t helper = mailoauth_tnef_helper_pid();
+  int fds = count_fds(), fd;
+  struct got g;
+  size_t len;
+
+  ck_assert_int_eq(mailoauth_tnef_helper_stop(), 0);
+  ck_assert_int_lt(parent_of(helper, NULL), 0);
+  ck_assert_int_eq(count_fds(), fds - 1);
+  ck_assert_int_eq(mailoauth_tnef_helper_pid(), -1);
+  errno = 0;
+  ck_assert_int_eq(mailoauth_tnef_helper_stop(), -1);
+  ck_assert_int_eq(errno, ESRCH);
+
+  data = load_sample("one-file.tnef", &len);
+  memset(&g, 0, sizeof(g));
+  fd = mem_fd(data, len);
+  errno = 0;
+  ck_assert_int_eq(mailoauth_tnef_unpack(fd, tmp_dir, NULL, got_file, &g,
+    NULL), -1);
+  ck_assert_int_eq(errno, ESRCH);
+  close(fd);
+  assert_no_children();
+  free(data);
+}
+END_TEST
+
+/* ... and when its caller dies without closing it.  The caller here is a
+ * fork of this process, which also shows that a helper inherited through
+ * fork() is left to its owner.
+ */
+START_TEST(test_helper_ends_with_its_caller) {
+  pid_t caller, helper = -1;
+  int p[2];
+
+  ck_assert_int_eq(pipe(p), 0);
+  caller = fork();
+  ck_assert_int_ge(caller, 0);
+  if (caller == 0) {
+    pid_t h;
+
+    close(p[0]);
+    if (mailoauth_tnef_helper_pid() != -1 ||
+        mailoauth_tnef_helper_start(NULL, NULL) < 0) {
+      _exit(1);
+    }
+    h = mailoauth_tnef_helper_pid();
+    if (write(p[1], &h, sizeof(h)) != sizeof(h)) {
+      _exit(1);
+    }
+    pause();
+    _exit(0);
+  }
+
+  close(p[1]);
+  ck_assert_int_eq(read(p[0], &helper, sizeof(helper)), sizeof(helper));
+  close(p[0]);
+  ck_assert_int_gt(helper, 0);
+  ck_assert_int_ne(helper, mailoauth_tnef_helper_pid());
+  ck_assert_int_eq(parent_of(helper, NULL), caller);
+
+  ck_assert_int_eq(kill(caller, SIGKILL), 0);
+  ck_assert_int_eq(waitpid(caller, NULL, 0), caller);
+  wait_ended(helper);
+  assert_no_children();
+}
+END_TEST
+
+/* What the helper does not understand gets an error answer, which the
+ * next unpacking passes over.
+ */
+START_TEST(test_helper_passes_over_garbage) {
+  unsigned char bad[45] = { 'U' }, *data;
+  unsigned int nfiles = 0;
+  struct got g;
+  size_t len;
+
+  ck_assert_int_eq(send(helper_sock, "junk", 4, 0), 4);
+  /* An unpack request without its descriptors. */
+  ck_assert_int_eq(send(helper_sock, bad, sizeof(bad), 0), sizeof(bad));
+
+  data = load_sample("one-file.tnef", &len);
+  memset(&g, 0, sizeof(g));
+  ck_assert_int_eq(unpack(data, len, NULL, &g, &nfiles), 0);
+  ck_assert_uint_eq(nfiles, 1);
+  ck_assert_str_eq(g.name[0], "AUTHORS");
+  ck_assert_msg(strstr(traces, "stale answer") != NULL, "%s", traces);
+  free(data);
+}
+END_TEST
+
+static int init_report(void *arg) {
+  pid_t self = getpid();
+
+  return write(*(int *) arg, &self, sizeof(self)) == sizeof(self) ? 0 : -1;
+}
+
+static int init_refuse(void *arg) {
+  (void) arg;
+  errno = EACCES;
+  return -1;
+}
+
+/* The helper keeps only its socket and /dev/null (when this process may
+ * look: it is not dumpable), and its environment is wiped.
+ */
+static void assert_helper_bare(pid_t helper) {
+  char path[64], target[256], env[4096];
+  struct dirent *de;
+  ssize_t n, i;
+  int nfds = 0, fd;
+  DIR *d;
+
+  snprintf(path, sizeof(path), "/proc/%ld/fd", (long) helper);
+  d = opendir(path);
+  if (d == NULL) {
+    fprintf(stderr, "assert_helper_bare: %s takes root to read\n", path);
+    return;
+  }
+  while ((de = readdir(d)) != NULL) {
+    char link[sizeof(path) + sizeof(de->d_name) + 1];
+
+    if (de->d_name[0] == '.') {
+      continue;
+    }
+    nfds++;
+    snprintf(link, sizeof(link), "%s/%s", path, de->d_name);
+    n = readlink(link, target, sizeof(target) - 1);
+    ck_assert_int_gt(n, 0);
+    target[n] = '\0';
+    if (atoi(de->d_name) == 3) {
+      ck_assert_msg(strncmp(target, "socket:", 7) == 0, "fd 3: %s", target);
+    } else {
+      ck_assert_msg(atoi(de->d_name) <= 2 && strcmp(target, "/dev/null") == 0,
+        "fd %s: %s", de->d_name, target);
+    }
+  }
+  closedir(d);
+  ck_assert_int_eq(nfds, 4);
+
+  snprintf(path, sizeof(path), "/proc/%ld/environ", (long) helper);
+  fd = open(path, O_RDONLY);
+  ck_assert_int_ge(fd, 0);
+  n = read(fd, env, sizeof(env));
+  close(fd);
+  for (i = 0; i < n; i++) {
+    ck_assert_msg(env[i] == '\0', "environment left: %.40s", env + i);
+  }
+}
+
+/* The init function runs in the helper, before it closes what it
+ * inherited; one that fails stops it starting.
+ */
+START_TEST(test_helper_init) {
+  pid_t reported = -1;
+  int p[2], fds;
+  char c;
+
+  assert_helper_bare(mailoauth_tnef_helper_pid());
+  ck_assert_int_eq(mailoauth_tnef_helper_stop(), 0);
+
+  fds = count_fds();
+  errno = 0;
+  ck_assert_int_eq(mailoauth_tnef_helper_start(init_refuse, NULL), -1);
+  ck_assert_int_eq(errno, EACCES);
+  ck_assert_int_eq(count_fds(), fds);
+  assert_no_children();
+
+  ck_assert_int_eq(pipe(p), 0);
+  helper_sock = mailoauth_tnef_helper_start(init_report, &p[1]);
+  ck_assert_int_gt(helper_sock, 2);
+  close(p[1]);
+  ck_assert_int_eq(read(p[0], &reported, sizeof(reported)),
+    sizeof(reported));
+  ck_assert_int_eq(reported, mailoauth_tnef_helper_pid());
+  /* Its copy of the pipe is closed: end of file. */
+  ck_assert_int_eq(read(p[0], &c, 1), 0);
+  close(p[0]);
+  assert_helper_bare(reported);
+
+  errno = 0;
+  ck_assert_int_eq(mailoauth_tnef_helper_start(NULL, NULL), -1);
+  ck_assert_int_eq(errno, EBUSY);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
  * What the samples do not show.
  */
 
@@ -1472,6 +1957,13 @@ int main(void) {
   tcase_add_test(tc, test_bad_arguments);
   tcase_add_test(tc, test_child_killed);
   tcase_add_test(tc, test_child_timeout);
+  tcase_add_test(tc, test_decoder_forked_by_helper);
+  tcase_add_test(tc, test_helper_killed);
+  tcase_add_test(tc, test_helper_killed_mid_unpack);
+  tcase_add_test(tc, test_helper_ends_with_its_socket);
+  tcase_add_test(tc, test_helper_ends_with_its_caller);
+  tcase_add_test(tc, test_helper_passes_over_garbage);
+  tcase_add_test(tc, test_helper_init);
   tcase_add_test(tc, test_libytnef_limits_avoided);
   tcase_add_test(tc, test_mapi_refused_falls_back_to_title);
   tcase_add_test(tc, test_names);
