@@ -24,6 +24,7 @@ import base64
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -34,6 +35,7 @@ import uuid
 import pytest
 
 from proftpd import alive, pids_of, proc_status
+
 from test_accounts import ALICE, wait_for
 from test_ingest import (  # noqa: F401  (ingester is a fixture)
     UID, flags, ingester, make_mail, uids)
@@ -199,8 +201,11 @@ def deposited_lines(a, uid):
     return [ln for ln in uid_lines(a, uid) if ok.search(ln)]
 
 
-def helper_of(worker):
-    found = [p for p in pids_of("mailoauth deposit helper")
+NOBODY = pwd.getpwnam("nobody").pw_uid
+
+
+def helper_of(worker, title="mailoauth deposit helper"):
+    found = [p for p in pids_of(title)
              if proc_status(p).get("PPid") == str(worker) and alive(p)]
     return found[0] if found else None
 
@@ -877,17 +882,31 @@ def test_kill_worker_during_1gib_deposit(ingester, dovecot, huge_stored):
 # -- the deposit helper -------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["worker-killed", "server-stopped"])
-def test_deposit_helper_ends_with_its_worker(ingester, dovecot, how):
-    """The helper is root and serves no one without its worker: when the
-    worker is killed (a crash; hostile mail that crashes it would otherwise
-    leave one more root process each time), or the server stops, the
-    helper must end too."""
+def test_helpers_end_with_their_worker(ingester, dovecot, how):
+    """The deposit helper is root and serves no one without its worker; the
+    TNEF helper (which forks winmail.dat decoders) runs as the server's
+    User with nothing but its socket.  When the worker is killed (a crash;
+    hostile mail that crashes it would otherwise leave processes behind
+    each time), or the server stops, both must end too."""
     a = ingester(start=False)
     uid = save(dovecot, make_mail([("h.txt", b"h", "text/plain")]))
     s = Scene(a, dovecot).start()
     wait_handled(a, uid)                    # the helper has served requests
-    helper = helper_of(s.worker)
-    assert helper is not None
+    helpers = {"deposit": helper_of(s.worker),
+               "tnef": helper_of(s.worker, "mailoauth TNEF helper")}
+    assert None not in helpers.values(), helpers
+    st = proc_status(helpers["tnef"])
+    assert st["Uid"].split() == [str(NOBODY)] * 4, st["Uid"]
+    assert st["Gid"].split()[0] != "0", st["Gid"]
+    assert st.get("NoNewPrivs") == "1", st
+    fds = sorted(int(fd) for fd in os.listdir("/proc/%d/fd"
+                                               % helpers["tnef"]))
+    assert fds == [0, 1, 2, 3], fds
+    for fd in (0, 1, 2):
+        assert os.readlink("/proc/%d/fd/%d" % (helpers["tnef"], fd)) == \
+            "/dev/null"
+    with open("/proc/%d/environ" % helpers["tnef"], "rb") as f:
+        assert f.read().strip(b"\0") == b""
     if how == "worker-killed":
         os.kill(s.worker, signal.SIGKILL)
         wait_for(lambda: [p for p in a.srv.worker_pids() if p != s.worker],
@@ -897,17 +916,20 @@ def test_deposit_helper_ends_with_its_worker(ingester, dovecot, how):
         a.srv.proc.wait(15)
         wait_for(lambda: not alive(s.worker), timeout=10, what="worker exit")
     try:
-        wait_for(lambda: not alive(helper), timeout=5,
-                 what="the helper to end with its worker")
-    except AssertionError:
-        fds = sorted(os.listdir("/proc/%d/fd" % helper))
-        raise AssertionError("helper %d (root) still alive, ppid %s, fds %s"
-                             % (helper, proc_status(helper).get("PPid"),
-                                {fd: os.readlink("/proc/%d/fd/%s"
-                                                 % (helper, fd))
-                                 for fd in fds}))
+        for name, helper in helpers.items():
+            try:
+                wait_for(lambda: not alive(helper), timeout=5,
+                         what="the %s helper to end with its worker" % name)
+            except AssertionError:
+                fds = sorted(os.listdir("/proc/%d/fd" % helper))
+                raise AssertionError(
+                    "%s helper %d still alive, ppid %s, fds %s"
+                    % (name, helper, proc_status(helper).get("PPid"),
+                       {fd: os.readlink("/proc/%d/fd/%s" % (helper, fd))
+                        for fd in fds}))
     finally:
         # Not left behind by this test whatever happens (the harness's
-        # killpg of the server reaches it only while the group is alive).
-        if alive(helper):
-            os.kill(helper, signal.SIGKILL)
+        # killpg of the server reaches them only while the group is alive).
+        for helper in helpers.values():
+            if alive(helper):
+                os.kill(helper, signal.SIGKILL)
