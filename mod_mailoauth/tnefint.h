@@ -1,0 +1,98 @@
+/*
+ * mod_mailoauth - winmail.dat: what tnef.c, tnefdecode.c and tnefhelper.c
+ * share (private to them)
+ *
+ * This program is free software; you can redistribute it and/or modify
+ * it under the terms of the GNU General Public License as published by
+ * the Free Software Foundation; either version 2 of the License, or
+ * (at your option) any later version.
+ *
+ * tnef.c is the public side (tnef.h) and runs in the parent: the limits,
+ * the reader of the decoder's records, unpacking through the helper.
+ * tnefdecode.c is the decoder, tnefhelper.c the decoder's sandboxed child
+ * and the TNEF helper that forks it, with the socket messages both sides
+ * of the helper speak.
+ *
+ * The parent and the child speak over a pipe, in records:
+ *   'F' codepage:u32 name_len:u32 name data_len:u64 data   one file
+ *   'E' status:u32 flags:u32                                the end
+ * (little-endian).  The child sends files only once the whole stream was
+ * decoded and found within the limits, then one end record, then exits.
+ */
+
+#ifndef MOD_MAILOAUTH_TNEFINT_H
+#define MOD_MAILOAUTH_TNEFINT_H
+
+#include "tnef.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* The Windows code page number of UTF-8. */
+#define TNEF_CP_UTF8            65001
+
+/* Records between the child and the parent. */
+#define TNEF_REC_FILE           'F'
+#define TNEF_REC_END            'E'
+
+/* Status in the end record (not errno values: the parent maps them, and
+ * anything else is garbage).
+ */
+#define TNEF_ST_OK              0
+#define TNEF_ST_BADMSG          1
+#define TNEF_ST_FBIG            2
+#define TNEF_ST_NOMEM           3
+#define TNEF_ST_INPUT           4       /* the child could not read its input */
+#define TNEF_ST_MAX             4
+
+/* Flags in the end record. */
+#define TNEF_FL_SECCOMP         0x1U
+
+/* Messages between the parent and the helper (see tnefhelper.c). */
+#define TNEF_MSG_UNPACK         'U'
+#define TNEF_MSG_KILL           'K'
+#define TNEF_MSG_READY          'R'
+#define TNEF_MSG_PID            'P'
+#define TNEF_MSG_STATUS         'S'
+#define TNEF_MSG_ERROR          'X'
+
+#define TNEF_UNPACK_LEN         45
+#define TNEF_KILL_LEN           5
+#define TNEF_ANSWER_LEN         9
+
+/* Descriptors that come with an unpack request: the input and the pipe. */
+#define TNEF_HELPER_FDS         2
+
+/* Little-endian fields (tnef.c). */
+uint32_t mailoauth_tnef_get32(const unsigned char *p);
+uint64_t mailoauth_tnef_get64(const unsigned char *p);
+void mailoauth_tnef_put32(unsigned char *p, uint32_t v);
+void mailoauth_tnef_put64(unsigned char *p, uint64_t v);
+
+/* *out becomes *in with every zero field (or all, for a NULL in) at its
+ * default (tnef.c).
+ */
+void mailoauth_tnef_limits_resolve(const struct mailoauth_tnef_limits *in,
+  struct mailoauth_tnef_limits *out);
+
+/* One message on the helper's socket, sent or received, with its
+ * descriptors (tnefhelper.c, which says how).
+ */
+int mailoauth_tnef_sock_send(int sock, const void *buf, size_t len,
+  const int *fds, int nfds);
+ssize_t mailoauth_tnef_sock_recv(int sock, void *buf, size_t bufsz, int *fds,
+  int maxfds, int *nfds);
+
+/* The helper's process, forked by mailoauth_tnef_helper_start() with sock
+ * its end of the socket and parent the pid of the process that forked it;
+ * it never returns (tnefhelper.c).
+ */
+void mailoauth_tnef_helper_main(int sock, pid_t parent,
+  mailoauth_tnef_helper_init_fn init, void *arg)
+#ifdef __GNUC__
+  __attribute__((noreturn))
+#endif
+  ;
+
+#endif /* MOD_MAILOAUTH_TNEFINT_H */
