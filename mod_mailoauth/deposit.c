@@ -7,6 +7,7 @@
 #endif
 
 #include "deposit.h"
+#include "fdpass.h"
 #include "names.h"
 #include "trace.h"
 
@@ -1257,58 +1258,8 @@ int mailoauth_deposit_socketpair(int sv[2]) {
  */
 static ssize_t deposit_recv(int sock, unsigned char *buf, size_t bufsz,
     int flags, int *fds, int *nfds, int *bad) {
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int) * DEPOSIT_MAX_FDS)];
-  } control;
-  struct msghdr msg;
-  struct cmsghdr *cmsg;
-  struct iovec iov;
-  ssize_t n;
-
-  *nfds = 0;
-  *bad = 0;
-
-  memset(&msg, 0, sizeof(msg));
-  iov.iov_base = buf;
-  iov.iov_len = bufsz;
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.buf;
-  msg.msg_controllen = sizeof(control.buf);
-
-  n = recvmsg(sock, &msg, flags|MSG_CMSG_CLOEXEC);
-  if (n < 0) {
-    return -1;
-  }
-
-  for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL;
-       cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-    size_t i, count;
-
-    if (cmsg->cmsg_level != SOL_SOCKET ||
-        cmsg->cmsg_type != SCM_RIGHTS) {
-      continue;
-    }
-
-    count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (i = 0; i < count; i++) {
-      int fd;
-
-      memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
-      if (*nfds < DEPOSIT_MAX_FDS) {
-        fds[(*nfds)++] = fd;
-      } else {
-        (void) close(fd);
-      }
-    }
-  }
-
-  if (msg.msg_flags & (MSG_TRUNC|MSG_CTRUNC)) {
-    *bad = 1;
-  }
-
-  return n;
+  return mailoauth_fdpass_recv(sock, buf, bufsz, flags, fds, DEPOSIT_MAX_FDS,
+    nfds, bad);
 }
 
 static void deposit_close_fds(int *fds, int nfds) {

@@ -27,6 +27,7 @@
 
 #include "tnef.h"
 #include "tnefint.h"
+#include "fdpass.h"
 #include "spool.h"
 #include "trace.h"
 
@@ -518,50 +519,12 @@ static void tnef_close_fds(const int *fds, int nfds) {
  */
 ssize_t mailoauth_tnef_sock_recv(int sock, void *buf, size_t bufsz, int *fds,
     int maxfds, int *nfds) {
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int) * TNEF_HELPER_FDS)];
-  } control;
-  struct msghdr msg;
-  struct cmsghdr *cmsg;
-  struct iovec iov;
+  int truncated = 0;
   ssize_t n;
 
-  *nfds = 0;
-  memset(&msg, 0, sizeof(msg));
-  iov.iov_base = buf;
-  iov.iov_len = bufsz;
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.buf;
-  msg.msg_controllen = sizeof(control.buf);
-
-  n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-  if (n < 0) {
-    return -1;
-  }
-
-  for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL;
-       cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-    size_t i, count;
-
-    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
-      continue;
-    }
-    count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (i = 0; i < count; i++) {
-      int fd;
-
-      memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
-      if (*nfds < maxfds) {
-        fds[(*nfds)++] = fd;
-      } else {
-        (void) close(fd);
-      }
-    }
-  }
-
-  if (msg.msg_flags & (MSG_TRUNC|MSG_CTRUNC)) {
+  n = mailoauth_fdpass_recv(sock, buf, bufsz, 0, fds, maxfds, nfds,
+    &truncated);
+  if (n >= 0 && truncated) {
     tnef_close_fds(fds, *nfds);
     *nfds = 0;
     errno = EMSGSIZE;
