@@ -1256,12 +1256,6 @@ int mailoauth_deposit_socketpair(int sv[2]) {
  * length, 0 at end of file, -1 with errno; *bad is set for a record that
  * did not fit.
  */
-static ssize_t deposit_recv(int sock, unsigned char *buf, size_t bufsz,
-    int flags, int *fds, int *nfds, int *bad) {
-  return mailoauth_fdpass_recv(sock, buf, bufsz, flags, fds, DEPOSIT_MAX_FDS,
-    nfds, bad);
-}
-
 static void deposit_close_fds(int *fds, int nfds) {
   int i;
 
@@ -1528,7 +1522,8 @@ int mailoauth_deposit_server_run(int sock,
     uint32_t id, op;
     ssize_t n;
 
-    n = deposit_recv(sock, buf, DEPOSIT_REQ_MAX + 1, 0, fds, &nfds, &bad);
+    n = mailoauth_fdpass_recv(sock, buf, DEPOSIT_REQ_MAX + 1, 0, fds,
+      DEPOSIT_MAX_FDS, &nfds, &bad);
     if (n < 0) {
       int xerrno = errno;
 
@@ -1715,7 +1710,8 @@ int mailoauth_deposit_client_recv(int sock, uint32_t id, int timeout_ms,
       return deposit_helper_fail(res, timeout_ms == 0 ? EAGAIN : ETIMEDOUT);
     }
 
-    n = deposit_recv(sock, buf, sizeof(buf), MSG_DONTWAIT, fds, &nfds, &bad);
+    n = mailoauth_fdpass_recv(sock, buf, sizeof(buf), MSG_DONTWAIT, fds,
+      DEPOSIT_MAX_FDS, &nfds, &bad);
     deposit_close_fds(fds, nfds);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) {

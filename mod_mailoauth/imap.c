@@ -853,6 +853,14 @@ struct imap_out {
   int full;
 };
 
+static void imap_out_init(struct imap_out *o, char *buf, size_t size) {
+  o->buf = buf;
+  o->len = 0;
+  o->size = size;
+  o->full = 0;
+  buf[0] = '\0';
+}
+
 static void imap_put(struct imap_out *o, char ch) {
   if (o->len + 1 < o->size) {
     o->buf[o->len++] = ch;
@@ -933,11 +941,7 @@ int mailoauth_imap_utf7_encode(const char *utf8, char *out, size_t outlen) {
     return -1;
   }
 
-  o.buf = out;
-  o.len = 0;
-  o.size = outlen;
-  o.full = 0;
-  out[0] = '\0';
+  imap_out_init(&o, out, outlen);
 
   while (*p != '\0') {
     uint32_t cp;
@@ -1017,11 +1021,7 @@ int mailoauth_imap_utf7_decode(const char *mutf7, char *out, size_t outlen) {
     return -1;
   }
 
-  o.buf = out;
-  o.len = 0;
-  o.size = outlen;
-  o.full = 0;
-  out[0] = '\0';
+  imap_out_init(&o, out, outlen);
 
   while (*p != '\0') {
     uint32_t bits = 0, high = 0;
@@ -1141,11 +1141,7 @@ int mailoauth_imap_quote(const char *s, char *out, size_t outlen) {
     return -1;
   }
 
-  o.buf = out;
-  o.len = 0;
-  o.size = outlen;
-  o.full = 0;
-  out[0] = '\0';
+  imap_out_init(&o, out, outlen);
 
   imap_put(&o, '"');
   for (p = s; *p != '\0'; p++) {

@@ -808,11 +808,24 @@ static int ingest_is_tnef(const struct mailoauth_mime_part *part) {
      strcasecmp(part->filename, "winmail.dat") == 0);
 }
 
+/* files=: any glob matches (no globs: every name). */
+static int ingest_files_match(const struct ingest_task *t, const char *name) {
+  size_t i;
+
+  if (t->cfg.files[0] == NULL) {
+    return 1;
+  }
+  for (i = 0; t->cfg.files[i] != NULL; i++) {
+    if (ingest_glob(t->cfg.files[i], name)) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
 /* Whether a leaf part is an attachment the task wants. */
 static int ingest_part_wanted(const struct ingest_task *t,
     const struct mailoauth_mime_part *part, const char *safe_name) {
-  size_t i;
-
   if (part->is_multipart) {
     return 0;
   }
@@ -846,32 +859,8 @@ static int ingest_part_wanted(const struct ingest_task *t,
     return 1;
   }
 
-  if (t->cfg.files[0] != NULL) {
-    for (i = 0; t->cfg.files[i] != NULL; i++) {
-      if (ingest_glob(t->cfg.files[i], safe_name) ||
-          (part->filename != NULL &&
-           ingest_glob(t->cfg.files[i], part->filename))) {
-        return 1;
-      }
-    }
-    return 0;
-  }
-
-  return 1;
-}
-
-static int ingest_files_match(const struct ingest_task *t, const char *name) {
-  size_t i;
-
-  if (t->cfg.files[0] == NULL) {
-    return 1;
-  }
-  for (i = 0; t->cfg.files[i] != NULL; i++) {
-    if (ingest_glob(t->cfg.files[i], name)) {
-      return 1;
-    }
-  }
-  return 0;
+  return ingest_files_match(t, safe_name) ||
+    (part->filename != NULL && ingest_files_match(t, part->filename));
 }
 
 static char *ingest_strdup(const char *s) {
@@ -1122,6 +1111,8 @@ static int ingest_tnef_file(const char *name, int fd, uint64_t size,
   const char *done;
   uint64_t hashed = 0;
 
+  /* The decoder's size is the file's; the digest pass counts it again. */
+  (void) size;
   c->k++;
   if (mailoauth_names_sanitize(name ? name : "", name ? strlen(name) : 0,
       NULL, safe, sizeof(safe)) < 0 ||
@@ -1150,7 +1141,6 @@ static int ingest_tnef_file(const char *name, int fd, uint64_t size,
       m->failed = m->stop_run = 1;
       return -1;
     }
-    (void) size;
     if (ingest_note_file(m, final, name, "application/octet-stream", hashed,
         digest, 0) < 0) {
       return -1;

@@ -494,26 +494,28 @@ static int mime_convert(const char *charset, const char *in, size_t len,
   return 0;
 }
 
+/* The field string of what a conversion filled into out (freed);
+ * filled < 0: it ran out of memory.
+ */
+static char *mime_buf_field(struct mime_buf *out, int filled) {
+  char *res = NULL;
+
+  if (filled < 0 || mime_buf_grow(out, 0) < 0) {
+    errno = ENOMEM;
+  } else {
+    res = mime_field_str(out->data, out->len);
+  }
+  mime_buf_free(out);
+  return res;
+}
+
 char *mailoauth_mime_to_utf8(const char *charset, const char *in, size_t len,
     int *bad) {
   struct mime_buf out = { NULL, 0, 0 };
   int dummy = 0;
-  char *res;
 
-  if (bad == NULL) {
-    bad = &dummy;
-  }
-
-  if (mime_convert(charset, in, len, &out, bad) < 0 ||
-      mime_buf_grow(&out, 0) < 0) {
-    mime_buf_free(&out);
-    errno = ENOMEM;
-    return NULL;
-  }
-
-  res = mime_field_str(out.data, out.len);
-  mime_buf_free(&out);
-  return res;
+  return mime_buf_field(&out, mime_convert(charset, in, len, &out,
+    bad ? bad : &dummy));
 }
 
 /* ------------------------------------------------------------------------
@@ -944,22 +946,9 @@ char *mailoauth_mime_decode_header(const char *value, size_t len,
     const char *fallback_charset, int *bad) {
   struct mime_buf out = { NULL, 0, 0 };
   int dummy = 0;
-  char *res;
 
-  if (bad == NULL) {
-    bad = &dummy;
-  }
-
-  if (mime_decode_words(value, len, fallback_charset, &out, bad) < 0 ||
-      mime_buf_grow(&out, 0) < 0) {
-    mime_buf_free(&out);
-    errno = ENOMEM;
-    return NULL;
-  }
-
-  res = mime_field_str(out.data, out.len);
-  mime_buf_free(&out);
-  return res;
+  return mime_buf_field(&out, mime_decode_words(value, len,
+    fallback_charset, &out, bad ? bad : &dummy));
 }
 
 /* ------------------------------------------------------------------------

@@ -84,6 +84,22 @@ const char *mailoauth_config_location(void) {
   return mailoauth_parse_src;
 }
 
+config_rec *mailoauth_account_find(const char *name) {
+  config_rec *c;
+
+  for (c = find_config(main_server->conf, CONF_PARAM, "MailOAuthAccount",
+         FALSE);
+       c != NULL;
+       c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthAccount",
+         FALSE)) {
+    if (strcmp(c->argv[0], name) == 0) {
+      return c;
+    }
+  }
+
+  return NULL;
+}
+
 static void mailoauth_log_sink(const char *fmt, va_list ap) {
   if (mailoauth_logfd >= 0) {
     (void) pr_log_vwritefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION, fmt, ap);

@@ -20,6 +20,9 @@
 /* Shared by the glue files. */
 const char *mailoauth_config_location(void);
 
+/* The MailOAuthAccount of that name, or NULL. */
+config_rec *mailoauth_account_find(const char *name);
+
 modret_t *set_mailoauthnotify(cmd_rec *cmd);
 modret_t *set_mailoauthingest(cmd_rec *cmd);
 modret_t *set_mailoauthingestroute(cmd_rec *cmd);

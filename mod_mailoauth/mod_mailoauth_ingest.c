@@ -186,21 +186,8 @@ int mailoauth_ingest_check_accounts(const char **bad_account,
        c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthIngest",
          FALSE)) {
     const struct mailoauth_ingest_config *cfg = c->argv[0];
-    config_rec *acct;
-    int found = FALSE;
 
-    for (acct = find_config(main_server->conf, CONF_PARAM,
-           "MailOAuthAccount", FALSE);
-         acct != NULL;
-         acct = find_config_next(acct, acct->next, CONF_PARAM,
-           "MailOAuthAccount", FALSE)) {
-      if (strcmp(acct->argv[0], cfg->account) == 0) {
-        found = TRUE;
-        break;
-      }
-    }
-
-    if (!found) {
+    if (mailoauth_account_find(cfg->account) == NULL) {
       *bad_account = cfg->account;
       *where = c->argv[1];
       return -1;

@@ -432,21 +432,9 @@ int mailoauth_notify_check_accounts(server_rec *s, const char **bad_account,
     struct mailoauth_notify_rule *rule = c->argv[0];
 
     if (rule != NULL) {
-      config_rec *acct;
-      int found = FALSE;
+      config_rec *acct = mailoauth_account_find(rule->account);
 
-      for (acct = find_config(main_server->conf, CONF_PARAM,
-             "MailOAuthAccount", FALSE);
-           acct != NULL;
-           acct = find_config_next(acct, acct->next, CONF_PARAM,
-             "MailOAuthAccount", FALSE)) {
-        if (strcmp(acct->argv[0], rule->account) == 0) {
-          found = TRUE;
-          break;
-        }
-      }
-
-      if (!found) {
+      if (acct == NULL) {
         *bad_account = rule->account;
         *where = rule->key;
         return -1;
