@@ -54,8 +54,13 @@ static const char *trace_channel = "mailoauth.ingest";
  */
 #define INGEST_WRITE_BUF        (256 * 1024)
 
-/* Seconds a run may take before it lets the worker do other work. */
+/* A run lets the worker do other work after this many seconds or this
+ * many messages, whichever comes first: the count keeps a backlog of small
+ * messages from starving notifications on a fast link as surely as the
+ * clock does on a slow one.
+ */
 #define INGEST_RUN_SLICE        2
+#define INGEST_RUN_SLICE_MSGS   16
 
 /* Mode of deposited files. */
 #define INGEST_FILE_MODE        0640
@@ -1900,7 +1905,7 @@ static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
   struct mailoauth_imap_mailbox mb;
   mailoauth_imap_status_t st;
   uint32_t uids[INGEST_SEARCH_BATCH];
-  size_t count, i;
+  size_t count, i, taken = 0;
   int retried = 0;
 
   if (ingest_open(ing, t) < 0 ||
@@ -1992,7 +1997,9 @@ static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
       /* A long backlog must not hold up notifications and the other
        * tasks: the run goes on at the next tick, where it stopped.
        */
-      if (time(NULL) - now >= INGEST_RUN_SLICE) {
+      taken++;
+      if (time(NULL) - now >= INGEST_RUN_SLICE ||
+          taken >= INGEST_RUN_SLICE_MSGS) {
         mailoauth_trace(trace_channel, 8, "task %s: run paused after UID %"
           PRIu32, t->cfg.name, uids[i]);
         t->more = 1;
