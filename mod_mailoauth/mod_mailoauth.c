@@ -25,17 +25,16 @@
 #include "notify.h"
 #include "registry.h"
 #include "spool.h"
-#include "tnef.h"
+#include "jsonwrap.h"
+#include "spawn.h"
 #include "trace.h"
-#include "worker.h"
+#include "wconf.h"
 
-#include <curl/curl.h>
-#include <grp.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
-#ifdef HAVE_SYS_PRCTL_H
-# include <sys/prctl.h>
-#endif
+extern char **environ;
 
 extern pid_t mpid;
 extern xaset_t *server_list;
@@ -52,9 +51,11 @@ static const char *trace_channel = "mailoauth";
 
 #define MAILOAUTH_DEFAULT_STATE_DIR     "/var/lib/proftpd/mailoauth"
 #define MAILOAUTH_STOP_TIMEOUT_SECS     5
-#define MAILOAUTH_BACKOFF_MAX_SECS      60
-#define MAILOAUTH_HEALTHY_SECS          60
-#define MAILOAUTH_SCAN_INTERVAL_MS      5000
+
+/* Where make install puts mailoauthd (the build passes the real one). */
+#ifndef MAILOAUTH_PROGRAM_PATH
+# define MAILOAUTH_PROGRAM_PATH         "/usr/lib/proftpd/mailoauthd"
+#endif
 
 static pool *mailoauth_pool = NULL;
 static int mailoauth_engine = FALSE;    /* on for at least one server */
@@ -63,13 +64,15 @@ static const char *mailoauth_state_dir = NULL;
 static uid_t mailoauth_uid = 0;
 static gid_t mailoauth_gid = 0;
 
-/* Master-side worker bookkeeping. */
-static pid_t mailoauth_worker_pid = 0;
-static int mailoauth_worker_fd = -1;
-static time_t mailoauth_worker_started = 0;
-static time_t mailoauth_worker_restart_at = 0;
-static unsigned int mailoauth_worker_backoff = 0;
-static int mailoauth_watch_timerno = -1;
+/* The program every role runs (MailOAuthProgram). */
+static const char *mailoauth_program = MAILOAUTH_PROGRAM_PATH;
+
+/* TraceLog, seen while parsing: ProFTPD keeps the path to itself. */
+static char mailoauth_trace_log[PR_TUNABLE_PATH_MAX + 1];
+
+/* Master-side bookkeeping of the supervisor. */
+static pid_t mailoauth_supervisor_pid = 0;
+static int mailoauth_supervisor_fd = -1;
 
 /* Session-side state. */
 static int mailoauth_journal_fd = -1;
@@ -127,6 +130,14 @@ static void mailoauth_parsed_line_ev(const void *event_data, void *user_data) {
 
     pr_snprintf(mailoauth_parse_src, sizeof(mailoauth_parse_src),
       "line %u of '%s'", pl->source_lineno, pl->source_file);
+  }
+
+  if (pl != NULL &&
+      pl->cmd != NULL &&
+      pl->cmd->argc == 2 &&
+      strcasecmp(pl->cmd->argv[0], "TraceLog") == 0) {
+    sstrncpy(mailoauth_trace_log, pl->cmd->argv[1],
+      sizeof(mailoauth_trace_log));
   }
 }
 
@@ -196,6 +207,21 @@ MODRET set_mailoauthlog(cmd_rec *cmd) {
   }
 
   add_config_param_str(cmd->argv[0], 1, path);
+  return PR_HANDLED(cmd);
+}
+
+/* usage: MailOAuthProgram path */
+MODRET set_mailoauthprogram(cmd_rec *cmd) {
+  CHECK_ARGS(cmd, 1);
+  CHECK_CONF(cmd, CONF_ROOT);
+
+  if (pr_fs_valid_path(cmd->argv[1]) < 0) {
+    CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "'", (char *) cmd->argv[1],
+      "' is not an absolute path: write e.g. MailOAuthProgram "
+      MAILOAUTH_PROGRAM_PATH, NULL));
+  }
+
+  add_config_param_str(cmd->argv[0], 2, cmd->argv[1], mailoauth_parse_src);
   return PR_HANDLED(cmd);
 }
 
@@ -333,55 +359,114 @@ static const char *mailoauth_subdir(pool *p, const char *name) {
   return pdircat(p, mailoauth_state_dir, name, NULL);
 }
 
+/* mailoauthd runs as root before it drops privileges: it must be a file
+ * only root can change.
+ */
+static int mailoauth_check_program(void) {
+  const char *where = NULL;
+  config_rec *c;
+  struct stat st;
+
+  mailoauth_program = MAILOAUTH_PROGRAM_PATH;
+  c = find_config(main_server->conf, CONF_PARAM, "MailOAuthProgram", FALSE);
+  if (c != NULL) {
+    mailoauth_program = pstrdup(mailoauth_pool, c->argv[0]);
+    where = pstrdup(mailoauth_pool, c->argv[1]);
+  }
+
+  if (stat(mailoauth_program, &st) < 0) {
+    mailoauth_config_fatal(where, "MailOAuthProgram: cannot use '%s': %s "
+      "(install mod_mailoauth's programs with make install, or point "
+      "MailOAuthProgram at the mailoauthd built with the module)",
+      mailoauth_program, strerror(errno));
+    return -1;
+  }
+
+  if (!S_ISREG(st.st_mode) ||
+      st.st_uid != PR_ROOT_UID ||
+      (st.st_mode & (S_IWGRP|S_IWOTH)) != 0 ||
+      (st.st_mode & S_IXUSR) == 0) {
+    mailoauth_config_fatal(where, "MailOAuthProgram: '%s' must be an "
+      "executable file owned by root and writable by no one else (it starts "
+      "as root); it is uid %lu, mode %04o (fix with: chown root '%s' && "
+      "chmod 0755 '%s')", mailoauth_program, (unsigned long) st.st_uid,
+      (unsigned int) (st.st_mode & 07777), mailoauth_program,
+      mailoauth_program);
+    return -1;
+  }
+
+  return 0;
+}
+
 /* Worker lifecycle (master side)
+ *
+ * The master starts one supervisor (mailoauthd, by fork+exec) and stops it
+ * on restart and shutdown; everything else (the worker, its helpers,
+ * restarts after a crash) is the supervisor's.  No timer of ours runs in
+ * the master: ProFTPD pauses its accept loop after every signal.
  */
 
-static void mailoauth_close_listeners(void) {
-  int fd, max_fd;
+/* Adds one channel's level if it is one of ours and on. */
+static void mailoauth_trace_levels(json_t *obj) {
+  pr_table_t *tab;
+  const void *key;
 
-  /* The worker must not keep the FTP ports bound once the master is gone:
-   * a restarted proftpd could not listen again.
-   */
-  max_fd = (int) sysconf(_SC_OPEN_MAX);
-  if (max_fd < 0 || max_fd > 65536) {
-    max_fd = 65536;
+  tab = pr_trace_get_table();
+  if (tab == NULL ||
+      pr_table_rewind(tab) < 0) {
+    return;
   }
 
-  for (fd = 3; fd < max_fd; fd++) {
-    int listening = 0;
-    socklen_t len = sizeof(listening);
+  while ((key = pr_table_knext(tab, NULL)) != NULL) {
+    const char *channel = key;
+    int level;
 
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 &&
-        listening) {
-      (void) close(fd);
+    if (strncmp(channel, "mailoauth", 9) != 0) {
+      continue;
+    }
+    level = pr_trace_get_max_level(channel);
+    if (level > 0) {
+      (void) json_object_set_new(obj, channel, json_integer(level));
     }
   }
 }
 
-static int mailoauth_drop_privs(void) {
-  int res = 0;
+/* The task's settings as the workers read them (wconf.h). */
+static json_t *mailoauth_task_json(config_rec *c) {
+  const array_header *args = c->argv[2], *routes = c->argv[3];
+  json_t *task, *list, *rlist;
+  unsigned int i, j;
 
-  PRIVS_ROOT
-  if (getuid() == PR_ROOT_UID) {
-    if (setgroups(1, &mailoauth_gid) < 0 ||
-        setresgid(mailoauth_gid, mailoauth_gid, mailoauth_gid) < 0 ||
-        setresuid(mailoauth_uid, mailoauth_uid, mailoauth_uid) < 0) {
-      res = -1;
-    }
+  task = json_object();
+  list = json_array();
+  for (i = 0; i < args->nelts; i++) {
+    (void) json_array_append_new(list,
+      json_string(((char **) args->elts)[i]));
   }
+  (void) json_object_set_new(task, "args", list);
 
-  /* From here on ProFTPD's PRIVS_* macros must not try to switch back. */
-  session.uid = session.ouid = getuid();
-  session.gid = getgid();
-  session.disable_id_switching = TRUE;
-  return res;
+  rlist = json_array();
+  for (i = 0; i < routes->nelts; i++) {
+    const array_header *r = ((array_header **) routes->elts)[i];
+
+    list = json_array();
+    for (j = 0; j < r->nelts; j++) {
+      (void) json_array_append_new(list, json_string(((char **) r->elts)[j]));
+    }
+    (void) json_array_append_new(rlist, list);
+  }
+  (void) json_object_set_new(task, "routes", rlist);
+  return task;
 }
 
-static struct mailoauth_registry *mailoauth_worker_registry(pool *p) {
-  struct mailoauth_registry *reg;
+/* What the supervisor and the worker need of the configuration: no secret,
+ * only where each account's secret is to be read.
+ */
+static char *mailoauth_worker_conf(pool *p) {
   const char *signin_fmt;
+  json_t *root, *list, *trace;
   config_rec *c;
-  char err[512];
+  char *text, *copy;
 
   /* The command an operator runs to sign an account in again. */
   signin_fmt = "ftpmailoauth signin %s";
@@ -392,567 +477,194 @@ static struct mailoauth_registry *mailoauth_worker_registry(pool *p) {
       " signin %s", NULL);
   }
 
-  reg = mailoauth_registry_create(mailoauth_subdir(p, "tokens"),
-    mailoauth_uid, signin_fmt);
-  if (reg == NULL) {
-    return NULL;
-  }
+  root = json_object();
+  (void) json_object_set_new(root, "version", json_integer(1));
+  (void) json_object_set_new(root, "state_dir",
+    json_string(mailoauth_state_dir));
+  (void) json_object_set_new(root, "uid", json_integer(mailoauth_uid));
+  (void) json_object_set_new(root, "gid", json_integer(mailoauth_gid));
+  (void) json_object_set_new(root, "signin", json_string(signin_fmt));
+  (void) json_object_set_new(root, "program",
+    json_string(mailoauth_program));
 
+  trace = json_object();
+  mailoauth_trace_levels(trace);
+  (void) json_object_set_new(root, "trace", trace);
+
+  list = json_array();
   for (c = find_config(main_server->conf, CONF_PARAM, "MailOAuthAccount",
          FALSE);
        c != NULL;
        c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthAccount",
          FALSE)) {
-    if (mailoauth_registry_add(reg, c->argv[0], c->argc - 1,
-        (char *const *) &c->argv[1], err, sizeof(err)) < 0) {
-      (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-        "account %s: %s", (const char *) c->argv[0], err);
-    }
-  }
-
-  return reg;
-}
-
-struct mailoauth_worker_state {
-  struct mailoauth_registry *reg;
-  struct mailoauth_notify *notify;
-  struct mailoauth_ingest *ingest;
-};
-
-/* Forks the deposit helper: the one process that keeps root, to write
- * attachments into users' directories as those users.  It serves only the
- * directories and owners of the MailOAuthIngest tasks, so a worker
- * subverted by hostile mail gains nothing beyond them.  Returns the
- * worker's end of the socket, or -1.
- */
-static int mailoauth_deposit_helper_start(pool *p, array_header *tasks,
-    int master_fd) {
-  struct mailoauth_deposit_rule *rules;
-  int sv[2];
-  pid_t pid;
-  unsigned int i;
-  size_t nrules = 0;
-
-  for (i = 0; i < tasks->nelts; i++) {
-    nrules += 1 + ((const struct mailoauth_ingest_config **)
-      tasks->elts)[i]->nroutes;
-  }
-
-  rules = pcalloc(p, nrules * sizeof(*rules));
-  nrules = 0;
-  for (i = 0; i < tasks->nelts; i++) {
-    const struct mailoauth_ingest_config *cfg =
-      ((const struct mailoauth_ingest_config **) tasks->elts)[i];
-    unsigned int j;
-
-    rules[nrules].dir = cfg->dir;
-    rules[nrules].uid = cfg->uid;
-    rules[nrules].gid = cfg->gid;
-    nrules++;
-    for (j = 0; j < cfg->nroutes; j++) {
-      rules[nrules].dir = cfg->routes[j]->dir;
-      rules[nrules].uid = cfg->routes[j]->uid;
-      rules[nrules].gid = cfg->routes[j]->gid;
-      nrules++;
-    }
-  }
-
-  if (mailoauth_deposit_socketpair(sv) < 0) {
-    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-      "worker: cannot create the deposit helper's socket: %s; mail "
-      "ingestion is off", strerror(errno));
-    return -1;
-  }
-
-  /* With -n (and after daemonizing) descriptors 0-2 are free: the socket
-   * must not sit there, where the helper's clean-up below would keep the
-   * worker's end open in the helper, which then never sees the worker go.
-   */
-  if (pr_fs_get_usable_fd2(&sv[0]) < 0 ||
-      pr_fs_get_usable_fd2(&sv[1]) < 0) {
-    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-      "worker: cannot set up the deposit helper's socket: %s; mail "
-      "ingestion is off", strerror(errno));
-    (void) close(sv[0]);
-    (void) close(sv[1]);
-    return -1;
-  }
-  (void) fcntl(sv[0], F_SETFD, FD_CLOEXEC);
-  (void) fcntl(sv[1], F_SETFD, FD_CLOEXEC);
-
-  pid = fork();
-  if (pid < 0) {
-    int xerrno = errno;
-
-    (void) close(sv[0]);
-    (void) close(sv[1]);
-    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-      "worker: cannot fork the deposit helper: %s; mail ingestion is off",
-      strerror(xerrno));
-    return -1;
-  }
-
-  if (pid == 0) {
-    int fd, max_fd, res;
-
-    /* Nothing of the daemon's (listeners, logs, the master's socket) is
-     * the helper's business: it keeps only its socket.
-     */
-    (void) master_fd;
-    max_fd = (int) sysconf(_SC_OPEN_MAX);
-    if (max_fd < 0 || max_fd > 65536) {
-      max_fd = 65536;
-    }
-    for (fd = 0; fd < max_fd; fd++) {
-      if (fd != sv[1]) {
-        (void) close(fd);
-      }
-    }
-    fd = open("/dev/null", O_RDWR);
-    while (fd >= 0 && fd < 2) {
-      fd = dup(fd);
-    }
-
-#if defined(HAVE_SYS_PRCTL_H) && defined(PR_SET_PDEATHSIG)
-    /* A helper outliving its worker would be a root process serving no
-     * one; EOF on the socket ends it too, this covers a stopped worker.
-     */
-    (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
-    if (getppid() == 1) {
-      _exit(0);
-    }
-
-    pr_proctitle_set("mailoauth deposit helper");
-    PRIVS_ROOT
-    res = mailoauth_deposit_server_run(sv[1], rules, nrules);
-    _exit(res == 0 ? 0 : 1);
-  }
-
-  (void) close(sv[1]);
-  pr_trace_msg("mailoauth.ingest", 3, "forked deposit helper pid %lu",
-    (unsigned long) pid);
-  return sv[0];
-}
-
-/* Runs in the TNEF helper just after the fork, with the worker's
- * descriptors still open: it becomes the worker's User and Group the way
- * the worker does, so that neither it nor the decoders it forks are root.
- */
-static int mailoauth_tnef_helper_init(void *arg) {
-  (void) arg;
-
-  pr_proctitle_set("mailoauth TNEF helper");
-  return mailoauth_drop_privs();
-}
-
-/* Forks the TNEF helper, which forks the winmail.dat decoders: each is a
- * copy of it, so it must be forked before the worker holds any secret or
- * token (a decoder subverted by hostile mail could otherwise copy them
- * into a file it "extracts").  Only tasks with tnef=on need it.
- */
-static void mailoauth_tnef_helper_begin(array_header *tasks) {
-  unsigned int i;
-  int wanted = FALSE;
-
-  for (i = 0; i < tasks->nelts; i++) {
-    if (((const struct mailoauth_ingest_config **) tasks->elts)[i]->tnef) {
-      wanted = TRUE;
-    }
-  }
-  if (wanted == FALSE) {
-    return;
-  }
-
-  if (mailoauth_tnef_helper_start(mailoauth_tnef_helper_init, NULL) < 0) {
-    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-      "worker: cannot start the TNEF helper: %s; unpacking is off: "
-      "winmail.dat files are deposited as they are", strerror(errno));
-    return;
-  }
-
-  pr_trace_msg("mailoauth.ingest", 3, "forked TNEF helper pid %lu",
-    (unsigned long) mailoauth_tnef_helper_pid());
-}
-
-static time_t mailoauth_worker_tick(time_t now, void *arg) {
-  struct mailoauth_worker_state *st = arg;
-  time_t next, due;
-
-  next = st->reg ? mailoauth_registry_tick(st->reg, now) : 0;
-
-  if (st->ingest != NULL) {
-    due = mailoauth_ingest_tick(st->ingest, now);
-    if (due != 0 && (next == 0 || due < next)) {
-      next = due;
-    }
-  }
-
-  if (st->notify != NULL) {
-    due = mailoauth_notify_next_due(st->notify);
-    if (due != 0 && due <= now) {
-      (void) mailoauth_notify_process(st->notify, now);
-      due = mailoauth_notify_next_due(st->notify);
-    }
-    if (due != 0 && (next == 0 || due < next)) {
-      next = due;
-    }
-  }
-
-  return next;
-}
-
-static int mailoauth_worker_process(void *arg) {
-  struct mailoauth_worker_state *st = arg;
-
-  return mailoauth_notify_process(st->notify, time(NULL));
-}
-
-static void mailoauth_worker_main(int fd) {
-  struct mailoauth_worker_config cfg;
-  struct mailoauth_worker_state state;
-  struct mailoauth_registry *reg;
-  array_header *tasks;
-  pool *p;
-  int res, deposit_fd = -1;
-
-  session.pid = getpid();
-
-  /* Whatever the master would do on these events is not ours to do. */
-  pr_event_unregister(&mailoauth_module, NULL, NULL);
-  pr_event_unregister(NULL, "core.exit", NULL);
-  pr_event_unregister(NULL, "core.shutdown", NULL);
-  pr_event_unregister(NULL, "core.restart", NULL);
-  pr_timer_remove(-1, ANY_MODULE);
-
-  (void) signal(SIGALRM, SIG_IGN);
-  (void) signal(SIGHUP, SIG_IGN);
-  (void) signal(SIGINT, SIG_IGN);
-  (void) signal(SIGUSR1, SIG_IGN);
-  (void) signal(SIGUSR2, SIG_IGN);
-  (void) signal(SIGPIPE, SIG_IGN);
-  (void) signal(SIGCHLD, SIG_DFL);
-  /* A crash must look like one to the master, not be swallowed by the
-   * daemon's own handlers.
-   */
-  (void) signal(SIGSEGV, SIG_DFL);
-  (void) signal(SIGBUS, SIG_DFL);
-  (void) signal(SIGABRT, SIG_DFL);
-  (void) signal(SIGFPE, SIG_DFL);
-  (void) signal(SIGILL, SIG_DFL);
-
-  mailoauth_close_listeners();
-
-  p = make_sub_pool(mailoauth_pool);
-  curl_global_init(CURL_GLOBAL_DEFAULT);
-
-  reg = mailoauth_worker_registry(p);
-
-  /* The deposit helper must be forked while root is still ours, and
-   * before the client secrets are in memory: it never needs them.  So far
-   * the registry holds only what the configuration says.
-   */
-  tasks = mailoauth_ingest_configs(p);
-  if (tasks->nelts > 0 &&
-      reg != NULL) {
-    deposit_fd = mailoauth_deposit_helper_start(p, tasks, fd);
-  }
-
-  /* The TNEF helper likewise, while nothing secret is in memory: every
-   * decoder is a copy of it.  Only ingestion uses it.
-   */
-  if (deposit_fd >= 0) {
-    mailoauth_tnef_helper_begin(tasks);
-  }
-
-  /* Secrets are read while root can still read root-only files. */
-  if (reg != NULL) {
-    PRIVS_ROOT
-    (void) mailoauth_registry_load_secrets(reg);
-    PRIVS_RELINQUISH
-  }
-
-  if (mailoauth_drop_privs() < 0) {
-    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-      "worker: cannot switch to uid %lu, gid %lu: %s; exiting",
-      (unsigned long) mailoauth_uid, (unsigned long) mailoauth_gid,
-      strerror(errno));
-    _exit(1);
-  }
-
-#if defined(HAVE_SYS_PRCTL_H) && defined(PR_SET_PDEATHSIG)
-  /* Set after the identity change, which clears it. */
-  (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
-#endif
-  if (getppid() != mpid) {
-    _exit(0);
-  }
-
-  if (chdir(mailoauth_state_dir) < 0 &&
-      chdir("/") < 0) {
-    /* Only the working directory is at stake; every path used is absolute. */
-  }
-
-  pr_proctitle_set("mailoauth worker");
-
-  (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-    "worker started (pid %lu, uid %lu, gid %lu)", (unsigned long) getpid(),
-    (unsigned long) getuid(), (unsigned long) getgid());
-
-  if (reg != NULL) {
-    (void) mailoauth_registry_start(reg, time(NULL));
-  }
-
-  memset(&cfg, 0, sizeof(cfg));
-  cfg.spool_dir = mailoauth_subdir(p, "spool");
-  cfg.queue_dir = mailoauth_subdir(p, "queue");
-  cfg.master_fd = fd;
-  cfg.scan_interval_ms = MAILOAUTH_SCAN_INTERVAL_MS;
-  cfg.deliver = mailoauth_worker_log_event;
-
-  state.reg = reg;
-  state.notify = reg ? mailoauth_notify_create(reg, cfg.queue_dir,
-    mailoauth_subdir(p, "deadletter"), MAILOAUTH_NOTIFY_DEFAULT_RATE) : NULL;
-  if (state.notify != NULL) {
-    cfg.process = mailoauth_worker_process;
-    cfg.process_arg = &state;
-  }
-  state.ingest = NULL;
-  if (deposit_fd >= 0) {
+    json_t *acct = json_array();
     unsigned int i;
 
-    state.ingest = mailoauth_ingest_create(mailoauth_state_dir, reg,
-      deposit_fd);
-    for (i = 0; state.ingest != NULL && i < tasks->nelts; i++) {
-      const struct mailoauth_ingest_config *icfg =
-        ((const struct mailoauth_ingest_config **) tasks->elts)[i];
-
-      if (mailoauth_ingest_add(state.ingest, icfg) < 0) {
-        (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-          "ingest %s: cannot start: %s", icfg->name, strerror(errno));
-      }
+    for (i = 0; i < c->argc; i++) {
+      (void) json_array_append_new(acct, json_string(c->argv[i]));
     }
+    (void) json_array_append_new(list, acct);
   }
-  cfg.tick = mailoauth_worker_tick;
-  cfg.tick_arg = &state;
+  (void) json_object_set_new(root, "accounts", list);
 
-  res = mailoauth_worker_run(&cfg);
-  mailoauth_ingest_destroy(state.ingest);
-  (void) mailoauth_tnef_helper_stop();
-  if (deposit_fd >= 0) {
-    (void) close(deposit_fd);
+  list = json_array();
+  for (c = find_config(main_server->conf, CONF_PARAM, "MailOAuthIngest",
+         FALSE);
+       c != NULL;
+       c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthIngest",
+         FALSE)) {
+    (void) json_array_append_new(list, mailoauth_task_json(c));
   }
-  mailoauth_notify_destroy(state.notify);
-  mailoauth_registry_destroy(reg);
+  (void) json_object_set_new(root, "tasks", list);
 
-  (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-    "worker (pid %lu) exiting: %s", (unsigned long) getpid(),
-    res == MAILOAUTH_WORKER_ORPHANED ? "the master process is gone" :
-    "stop requested");
-  _exit(0);
+  text = json_dumps(root, JSON_COMPACT);
+  json_decref(root);
+  if (text == NULL) {
+    return NULL;
+  }
+
+  copy = pstrdup(p, text);
+  free(text);
+  return copy;
 }
 
-static int mailoauth_worker_start(void) {
-  int fds[2];
+/* Opens TraceLog once more for the programs (ProFTPD keeps its own
+ * descriptor to itself), the way ProFTPD opens it.  -1: no trace.
+ */
+static int mailoauth_open_tracelog(void) {
+  int fd = -1, res;
+
+  if (mailoauth_trace_log[0] == '\0') {
+    return -1;
+  }
+
+  pr_signals_block();
+  PRIVS_ROOT
+  res = pr_log_openfile(mailoauth_trace_log, &fd, 0640);
+  PRIVS_RELINQUISH
+  pr_signals_unblock();
+
+  return res < 0 ? -1 : fd;
+}
+
+static int mailoauth_supervisor_start(void) {
+  char *argv[] = { "mailoauth supervisor", "supervisor", NULL };
+  int sv[2], fds[3];
+  char *conf;
+  pool *tmp;
   pid_t pid;
 
-  if (socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, fds) < 0) {
+  tmp = make_sub_pool(mailoauth_pool);
+  conf = mailoauth_worker_conf(tmp);
+  if (conf == NULL) {
+    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+      "cannot describe the configuration to the worker: out of memory");
+    destroy_pool(tmp);
+    return -1;
+  }
+
+  if (socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv) < 0) {
     (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
       "cannot create the worker's control socket: %s", strerror(errno));
+    destroy_pool(tmp);
     return -1;
   }
 
   /* With -n, stdin and stdout are closed: a descriptor landing on 0 or 1
    * would be overwritten by each session's client connection.
    */
-  if (pr_fs_get_usable_fd2(&fds[0]) < 0 ||
-      pr_fs_get_usable_fd2(&fds[1]) < 0) {
+  if (mailoauth_spawn_fd_above_stdio(&sv[0]) < 0 ||
+      mailoauth_spawn_fd_above_stdio(&sv[1]) < 0) {
     (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
       "cannot set up the worker's control socket: %s", strerror(errno));
-    (void) close(fds[0]);
-    (void) close(fds[1]);
+    (void) close(sv[0]);
+    (void) close(sv[1]);
+    destroy_pool(tmp);
     return -1;
   }
-  (void) fcntl(fds[0], F_SETFD, FD_CLOEXEC);
-  (void) fcntl(fds[1], F_SETFD, FD_CLOEXEC);
 
-  pid = fork();
+  fds[0] = sv[1];
+  fds[1] = mailoauth_logfd;
+  fds[2] = mailoauth_open_tracelog();
+
+  /* The environment goes along: a client secret may be env:NAME.  The
+   * program starts as root (real, effective and saved): it hands root on
+   * to the deposit helper and reads root-only secrets before dropping to
+   * User for good.
+   */
+  PRIVS_ROOT
+  pid = mailoauth_spawn(mailoauth_program, argv, environ, fds, 3);
+  PRIVS_RELINQUISH
+  if (fds[2] >= 0) {
+    (void) close(fds[2]);
+  }
+  (void) close(sv[1]);
   if (pid < 0) {
-    int xerrno = errno;
-
-    (void) close(fds[0]);
-    (void) close(fds[1]);
     (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-      "cannot fork the worker: %s", strerror(xerrno));
+      "cannot start %s: %s; upload notifications and mail ingestion are off "
+      "until the next restart", mailoauth_program, strerror(errno));
+    (void) close(sv[0]);
+    destroy_pool(tmp);
     return -1;
   }
 
-  if (pid == 0) {
-    (void) close(fds[0]);
-    mailoauth_worker_main(fds[1]);
-    _exit(0);
+  if (mailoauth_wconf_send(sv[0], conf, strlen(conf)) < 0) {
+    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+      "cannot hand the configuration to the worker: %s", strerror(errno));
   }
+  destroy_pool(tmp);
 
-  (void) close(fds[1]);
-  (void) fcntl(fds[0], F_SETFL, O_NONBLOCK);
-  mailoauth_worker_fd = fds[0];
-  mailoauth_worker_pid = pid;
-  mailoauth_worker_started = time(NULL);
-  pr_trace_msg(trace_channel, 3, "forked worker pid %lu",
+  mailoauth_supervisor_fd = sv[0];
+  mailoauth_supervisor_pid = pid;
+  pr_trace_msg(trace_channel, 3, "started supervisor pid %lu",
     (unsigned long) pid);
   return 0;
 }
 
-/* Waits for the worker to exit, SIGKILLing it after the timeout.  The
- * daemon's SIGCHLD handler may reap it first (ECHILD), which is fine.
+/* Stops the supervisor (which stops the worker first) and waits for it:
+ * EOF on its socket says it is gone.  The daemon's SIGCHLD handler may
+ * reap it before we do (ECHILD), which is fine.
  */
-static void mailoauth_worker_stop(const char *why) {
-  time_t deadline;
-  pid_t pid = mailoauth_worker_pid;
+static void mailoauth_supervisor_stop(const char *why) {
+  pid_t pid = mailoauth_supervisor_pid;
+  struct pollfd pfd;
+  int gone = FALSE;
 
   if (pid <= 0) {
     return;
   }
+  mailoauth_supervisor_pid = 0;
 
-  mailoauth_worker_pid = 0;
-  if (mailoauth_worker_fd >= 0) {
-    (void) close(mailoauth_worker_fd);
-    mailoauth_worker_fd = -1;
-  }
+  pr_trace_msg(trace_channel, 3, "stopping supervisor pid %lu: %s",
+    (unsigned long) pid, why);
 
-  (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-    "stopping worker (pid %lu): %s", (unsigned long) pid, why);
+  if (kill(pid, SIGTERM) == 0) {
+    pfd.fd = mailoauth_supervisor_fd;
+    pfd.events = POLLIN;
+    for (;;) {
+      char c;
+      int n = poll(&pfd, 1, MAILOAUTH_STOP_TIMEOUT_SECS * 1000);
 
-  if (kill(pid, SIGTERM) < 0 &&
-      errno == ESRCH) {
-    return;
-  }
-
-  deadline = time(NULL) + MAILOAUTH_STOP_TIMEOUT_SECS;
-  for (;;) {
-    pid_t res = waitpid(pid, NULL, WNOHANG);
-
-    if (res == pid ||
-        (res < 0 && errno == ECHILD)) {
-      return;
-    }
-
-    if (res < 0 &&
-        errno != EINTR) {
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      gone = n > 0 && read(mailoauth_supervisor_fd, &c, 1) <= 0;
       break;
     }
 
-    if (kill(pid, 0) < 0 &&
-        errno == ESRCH) {
-      return;
+    if (!gone) {
+      (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+        "worker supervisor (pid %lu) did not stop within %d seconds; "
+        "killing it", (unsigned long) pid, MAILOAUTH_STOP_TIMEOUT_SECS);
+      (void) kill(pid, SIGKILL);
     }
-
-    if (time(NULL) >= deadline) {
-      break;
-    }
-
-    pr_timer_usleep(50 * 1000);
   }
 
-  (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-    "worker (pid %lu) did not stop within %d seconds; killing it",
-    (unsigned long) pid, MAILOAUTH_STOP_TIMEOUT_SECS);
-  (void) kill(pid, SIGKILL);
-  (void) waitpid(pid, NULL, 0);
-}
-
-/* The master notices a dead worker by EOF on its end of the control socket:
- * unlike the PID, which the daemon's SIGCHLD handler may reap and the kernel
- * may reuse, the socket cannot lie.
- */
-static int mailoauth_worker_alive(void) {
-  char c;
-  ssize_t n;
-
-  if (mailoauth_worker_fd < 0) {
-    return FALSE;
+  (void) close(mailoauth_supervisor_fd);
+  mailoauth_supervisor_fd = -1;
+  while (waitpid(pid, NULL, 0) < 0 &&
+         errno == EINTR) {
   }
-
-  n = recv(mailoauth_worker_fd, &c, 1, MSG_DONTWAIT);
-  if (n == 0 ||
-      (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-    return FALSE;
-  }
-
-  return TRUE;
-}
-
-static int mailoauth_watch_cb(CALLBACK_FRAME) {
-  time_t now;
-
-  (void) p1;
-  (void) p2;
-  (void) p3;
-  (void) data;
-
-  /* A session process may inherit this timer before sess_init removes it. */
-  if (getpid() != mpid) {
-    return 0;
-  }
-
-  now = time(NULL);
-
-  if (mailoauth_worker_pid > 0 &&
-      !mailoauth_worker_alive()) {
-    pid_t pid = mailoauth_worker_pid;
-
-    (void) waitpid(pid, NULL, WNOHANG);
-    (void) close(mailoauth_worker_fd);
-    mailoauth_worker_fd = -1;
-    mailoauth_worker_pid = 0;
-
-    /* A worker that ran a good while earns a fresh start; one that keeps
-     * dying waits longer each time, so a crash loop costs little.
-     */
-    if (now - mailoauth_worker_started >= MAILOAUTH_HEALTHY_SECS) {
-      mailoauth_worker_backoff = 0;
-    }
-    mailoauth_worker_backoff = mailoauth_worker_backoff == 0 ? 1 :
-      mailoauth_worker_backoff * 2;
-    if (mailoauth_worker_backoff > MAILOAUTH_BACKOFF_MAX_SECS) {
-      mailoauth_worker_backoff = MAILOAUTH_BACKOFF_MAX_SECS;
-    }
-
-    mailoauth_worker_restart_at = now + mailoauth_worker_backoff;
-    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-      "worker (pid %lu) exited unexpectedly after %lu seconds; restarting it "
-      "in %u seconds", (unsigned long) pid,
-      (unsigned long) (now - mailoauth_worker_started),
-      mailoauth_worker_backoff);
-  }
-
-  if (mailoauth_worker_pid == 0 &&
-      mailoauth_worker_restart_at > 0 &&
-      now >= mailoauth_worker_restart_at) {
-    mailoauth_worker_restart_at = 0;
-    (void) mailoauth_worker_start();
-  }
-
-  return 1;
-}
-
-static void mailoauth_supervise(void) {
-  if (mailoauth_worker_start() < 0) {
-    mailoauth_worker_restart_at = time(NULL) + 1;
-  }
-
-  mailoauth_watch_timerno = pr_timer_add(1, -1, &mailoauth_module,
-    mailoauth_watch_cb, "mod_mailoauth worker supervision");
-}
-
-static void mailoauth_unsupervise(const char *why) {
-  if (mailoauth_watch_timerno > 0) {
-    (void) pr_timer_remove(mailoauth_watch_timerno, &mailoauth_module);
-    mailoauth_watch_timerno = -1;
-  }
-
-  mailoauth_worker_restart_at = 0;
-  mailoauth_worker_stop(why);
 }
 
 /* Event listeners
@@ -1055,6 +767,10 @@ static void mailoauth_postparse_ev(const void *event_data, void *user_data) {
     return;
   }
 
+  if (mailoauth_check_program() < 0) {
+    return;
+  }
+
   for (s = (server_rec *) server_list->xas_list; s; s = s->next) {
     const char *bad = NULL, *rule_where = NULL;
 
@@ -1082,7 +798,7 @@ static void mailoauth_postparse_ev(const void *event_data, void *user_data) {
    */
   if (restarting &&
       ServerType == SERVER_STANDALONE) {
-    mailoauth_supervise();
+    (void) mailoauth_supervisor_start();
   }
 }
 
@@ -1101,7 +817,7 @@ static void mailoauth_startup_ev(const void *event_data, void *user_data) {
     return;
   }
 
-  mailoauth_supervise();
+  (void) mailoauth_supervisor_start();
 }
 
 static void mailoauth_restart_ev(const void *event_data, void *user_data) {
@@ -1112,7 +828,7 @@ static void mailoauth_restart_ev(const void *event_data, void *user_data) {
     return;
   }
 
-  mailoauth_unsupervise("the server is restarting");
+  mailoauth_supervisor_stop("the server is restarting");
   (void) setenv(MAILOAUTH_RESTART_ENV, "1", 1);
 
   if (mailoauth_logfd >= 0) {
@@ -1126,7 +842,7 @@ static void mailoauth_shutdown_ev(const void *event_data, void *user_data) {
   (void) user_data;
 
   if (getpid() == mpid) {
-    mailoauth_unsupervise("the server is shutting down");
+    mailoauth_supervisor_stop("the server is shutting down");
   }
 }
 
@@ -1142,7 +858,7 @@ static void mailoauth_exit_ev(const void *event_data, void *user_data) {
     mailoauth_journal_fd = -1;
 
   } else if (getpid() == mpid) {
-    mailoauth_unsupervise("the server is exiting");
+    mailoauth_supervisor_stop("the server is exiting");
   }
 }
 
@@ -1254,15 +970,11 @@ static int mailoauth_sess_init(void) {
    * socket (a session holding it would hide the master's death from the
    * worker) and the supervision timer.
    */
-  if (mailoauth_watch_timerno > 0) {
-    (void) pr_timer_remove(mailoauth_watch_timerno, &mailoauth_module);
-    mailoauth_watch_timerno = -1;
+  if (mailoauth_supervisor_fd >= 0) {
+    (void) close(mailoauth_supervisor_fd);
+    mailoauth_supervisor_fd = -1;
   }
-  if (mailoauth_worker_fd >= 0) {
-    (void) close(mailoauth_worker_fd);
-    mailoauth_worker_fd = -1;
-  }
-  mailoauth_worker_pid = 0;
+  mailoauth_supervisor_pid = 0;
   pr_event_unregister(&mailoauth_module, "core.restart", NULL);
   pr_event_unregister(&mailoauth_module, "core.shutdown", NULL);
 
@@ -1302,6 +1014,7 @@ static conftable mailoauth_conftab[] = {
   { "MailOAuthIngestRoute",     set_mailoauthingestroute, NULL },
   { "MailOAuthLog",             set_mailoauthlog,       NULL },
   { "MailOAuthNotify",          set_mailoauthnotify,    NULL },
+  { "MailOAuthProgram",         set_mailoauthprogram,   NULL },
   { "MailOAuthStateDir",        set_mailoauthstatedir,  NULL },
   { NULL, NULL, NULL }
 };

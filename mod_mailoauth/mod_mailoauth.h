@@ -10,7 +10,7 @@
 #ifndef MOD_MAILOAUTH_H
 #define MOD_MAILOAUTH_H
 
-#define MOD_MAILOAUTH_VERSION           "mod_mailoauth/0.1.0"
+#include "version.h"
 
 /* Make sure the version of proftpd is as necessary. */
 #if PROFTPD_VERSION_NUMBER < 0x0001030800
@@ -29,7 +29,6 @@ modret_t *set_mailoauthingestroute(cmd_rec *cmd);
 int mailoauth_ingest_check_accounts(const char **bad_account,
   const char **where);
 /* The MailOAuthIngest tasks (const struct mailoauth_ingest_config *). */
-array_header *mailoauth_ingest_configs(pool *p);
 int mailoauth_notify_check_accounts(server_rec *s, const char **bad_account,
   const char **where);
 

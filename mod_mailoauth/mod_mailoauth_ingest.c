@@ -83,6 +83,7 @@ static int mailoauth_ingest_owner(cmd_rec *cmd, const char *value, uid_t *uid,
 /* usage: MailOAuthIngest NAME key=value ... */
 modret_t *set_mailoauthingest(cmd_rec *cmd) {
   struct mailoauth_ingest_config *cfg;
+  array_header *args;
   config_rec *c;
   char err[512];
   int have_every = FALSE, have_owner = FALSE;
@@ -112,10 +113,16 @@ modret_t *set_mailoauthingest(cmd_rec *cmd) {
     }
   }
 
-  c = add_config_param(cmd->argv[0], 2, NULL, NULL);
+  /* argv: the task, where it was configured, its settings as the worker
+   * reads them (owner= and every= resolved here, see wconf.h) and its
+   * routes' likewise.
+   */
+  c = add_config_param(cmd->argv[0], 4, NULL, NULL, NULL, NULL);
   cfg = pcalloc(c->pool, sizeof(*cfg));
   mailoauth_ingest_config_init(cfg);
   cfg->name = pstrdup(c->pool, cmd->argv[1]);
+  args = make_array(c->pool, cmd->argc, sizeof(char *));
+  *((char **) push_array(args)) = (char *) cfg->name;
 
   for (i = 2; i < cmd->argc; i++) {
     char *arg = pstrdup(c->pool, cmd->argv[i]), *eq, *key, *value;
@@ -141,6 +148,8 @@ modret_t *set_mailoauthingest(cmd_rec *cmd) {
       }
       cfg->every = (unsigned int) secs;
       have_every = TRUE;
+      *((char **) push_array(args)) = pstrcat(c->pool, "every=",
+        pr_uid2str(c->pool, (uid_t) secs), NULL);
 
     } else if (strcasecmp(key, "owner") == 0) {
       const char *why = NULL;
@@ -150,10 +159,16 @@ modret_t *set_mailoauthingest(cmd_rec *cmd) {
         CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, why));
       }
       have_owner = TRUE;
+      *((char **) push_array(args)) = pstrcat(c->pool, "owner=",
+        pr_uid2str(c->pool, cfg->uid), ":", pr_gid2str(c->pool, cfg->gid),
+        NULL);
 
-    } else if (mailoauth_ingest_parse_setting(cfg, key, value, err,
-        sizeof(err)) < 0) {
-      CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, err));
+    } else {
+      *((char **) push_array(args)) = pstrdup(c->pool, cmd->argv[i]);
+      if (mailoauth_ingest_parse_setting(cfg, key, value, err,
+          sizeof(err)) < 0) {
+        CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, err));
+      }
     }
   }
 
@@ -169,6 +184,8 @@ modret_t *set_mailoauthingest(cmd_rec *cmd) {
 
   c->argv[0] = cfg;
   c->argv[1] = pstrdup(c->pool, mailoauth_config_location());
+  c->argv[2] = args;
+  c->argv[3] = make_array(c->pool, 1, sizeof(array_header *));
 
   pr_trace_msg(trace_channel, 9, "task %s: account %s, folder %s, every %u "
     "s, into %s as %lu:%lu", cfg->name, cfg->account, cfg->folder,
@@ -197,23 +214,6 @@ int mailoauth_ingest_check_accounts(const char **bad_account,
   return 0;
 }
 
-array_header *mailoauth_ingest_configs(pool *p) {
-  array_header *list = make_array(p, 2,
-    sizeof(const struct mailoauth_ingest_config *));
-  config_rec *c;
-
-  for (c = find_config(main_server->conf, CONF_PARAM, "MailOAuthIngest",
-         FALSE);
-       c != NULL;
-       c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthIngest",
-         FALSE)) {
-    *((const struct mailoauth_ingest_config **) push_array(list)) =
-      c->argv[0];
-  }
-
-  return list;
-}
-
 static config_rec *mailoauth_ingest_find(server_rec *s, const char *name) {
   config_rec *c;
 
@@ -237,6 +237,7 @@ static config_rec *mailoauth_ingest_find(server_rec *s, const char *name) {
 modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
   struct mailoauth_ingest_config *task;
   struct mailoauth_route *route;
+  array_header *args;
   config_rec *c;
   char err[512];
   int have_dir = FALSE, have_owner = FALSE;
@@ -266,6 +267,7 @@ modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
   route = pcalloc(c->pool, sizeof(*route));
   route->uid = task->uid;
   route->gid = task->gid;
+  args = make_array(c->pool, cmd->argc, sizeof(char *));
 
   for (i = 2; i < cmd->argc; i++) {
     char *arg = pstrdup(c->pool, cmd->argv[i]), *eq, *key, *value;
@@ -287,6 +289,7 @@ modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
       }
       route->dir = value;
       have_dir = TRUE;
+      *((char **) push_array(args)) = pstrcat(c->pool, "dir=", value, NULL);
 
     } else if (strcasecmp(key, "owner") == 0) {
       const char *why = NULL;
@@ -298,6 +301,7 @@ modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
       have_owner = TRUE;
 
     } else {
+      *((char **) push_array(args)) = pstrdup(c->pool, cmd->argv[i]);
       res = mailoauth_route_parse_setting(route, key, value, err,
         sizeof(err));
       if (res < 0) {
@@ -321,6 +325,10 @@ modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
   }
 
   task->routes[task->nroutes++] = route;
+  *((char **) push_array(args)) = pstrcat(c->pool, "owner=",
+    pr_uid2str(c->pool, route->uid), ":", pr_gid2str(c->pool, route->gid),
+    NULL);
+  *((array_header **) push_array(c->argv[3])) = args;
   pr_trace_msg(trace_channel, 9, "task %s: route %u into %s as %lu:%lu%s",
     task->name, task->nroutes, route->dir, (unsigned long) route->uid,
     (unsigned long) route->gid, have_owner ? "" : " (the task's owner)");

@@ -20,6 +20,7 @@
 #include "tnef.h"
 #include "tnefint.h"
 #include "mime.h"
+#include "spawn.h"
 #include "spool.h"
 #include "trace.h"
 
@@ -497,6 +498,15 @@ int mailoauth_tnef_reader_finish(struct mailoauth_tnef_reader *r,
 static int tnef_helper_sock = -1;
 static pid_t tnef_helper_child = -1;    /* the helper's pid */
 static pid_t tnef_helper_owner = -1;    /* the process that started it */
+
+/* Set: the helper is this program, exec'd, rather than a fork of ours. */
+static const char *tnef_helper_program = NULL;
+static char *const *tnef_helper_argv = NULL;
+
+void mailoauth_tnef_helper_set_program(const char *path, char *const argv[]) {
+  tnef_helper_program = path;
+  tnef_helper_argv = argv;
+}
 static uint32_t tnef_helper_seq = 0;
 
 static long long tnef_now_ms(void) {
@@ -780,6 +790,10 @@ int mailoauth_tnef_helper_start(mailoauth_tnef_helper_init_fn init,
   }
   if (pid == 0) {
     (void) close(sv[0]);
+    if (tnef_helper_program != NULL) {
+      mailoauth_spawn_exec(tnef_helper_program, tnef_helper_argv, NULL,
+        &sv[1], 1);
+    }
     mailoauth_tnef_helper_main(sv[1], self, init, arg);
   }
 

@@ -247,6 +247,7 @@ ScoreboardFile $conf/proftpd.scoreboard
 MailOAuthEngine on
 MailOAuthLog $conf/mailoauth.log
 MailOAuthStateDir $conf/state
+MailOAuthProgram $tree/contrib/mod_mailoauth/mailoauthd
 EOF
 if out=$(./proftpd -t -c "$conf/ok.conf" 2>&1) && ! echo "$out" | grep -q 'fatal'; then
   ok "proftpd -t accepts MailOAuthEngine on / MailOAuthLog / MailOAuthStateDir"

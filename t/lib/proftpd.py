@@ -85,6 +85,9 @@ class ProFTPD:
                  load_module=True, modules=()):
         self.dir = workdir
         self.module = module
+        # mailoauthd is built beside the module.
+        self.program = os.environ.get("MAILOAUTH_PROGRAM") or os.path.join(
+            os.path.dirname(os.path.abspath(module)), "mailoauthd")
         self.proftpd = proftpd
         self.users = users or {"alice": 2001}
         self.pki = pki
@@ -222,6 +225,7 @@ Trace {trace}
             c.append("MailOAuthEngine on\n")
         c.append("MailOAuthLog %s\n" % self.log)
         c.append("MailOAuthStateDir %s\n" % self.state_dir)
+        c.append("MailOAuthProgram %s\n" % self.program)
         c.append("</IfModule>\n")
         if self.default_root:
             c.append("DefaultRoot ~\n")
@@ -305,14 +309,24 @@ Trace {trace}
     def pid(self):
         return self.proc.pid if self.proc else None
 
+    def _descends(self, pid, master=None):
+        """Whether pid is a child or grandchild of the master (the worker's
+        parent is the supervisor the master started)."""
+        master = str(master or self.pid)
+        ppid = proc_status(pid).get("PPid")
+        return ppid == master or (
+            ppid is not None and ppid.isdigit() and
+            proc_status(int(ppid)).get("PPid") == master)
+
+    def supervisor_pids(self):
+        """Live mod_mailoauth supervisors of this instance."""
+        return [p for p in pids_of("mailoauth supervisor")
+                if proc_status(p).get("PPid") == str(self.pid) and alive(p)]
+
     def worker_pids(self):
         """Live mod_mailoauth worker processes of this instance."""
-        pids = []
-        for pid in pids_of("mailoauth worker"):
-            status = proc_status(pid)
-            if status.get("PPid") == str(self.pid) and alive(pid):
-                pids.append(pid)
-        return pids
+        return [p for p in pids_of("mailoauth worker")
+                if self._descends(p) and alive(p)]
 
     def ssh_options(self):
         return ["-i", self.client_key, "-o", "BatchMode=yes",
@@ -326,8 +340,8 @@ Trace {trace}
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
-        workers = [p for p in pids_of("mailoauth worker")
-                   if proc_status(p).get("PPid") == str(proc.pid)]
+        workers = [p for p in pids_of("mailoauth ")
+                   if self._descends(p, proc.pid)]
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:

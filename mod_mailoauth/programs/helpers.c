@@ -1,0 +1,91 @@
+/*
+ * mailoauthd - the worker's helpers: deposit (root) and TNEF (User)
+ */
+
+#include "mailoauthd.h"
+#include "deposit.h"
+#include "tnef.h"
+#include "tnefint.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+static int helpers_id(const char *s, unsigned long *id) {
+  char *end = NULL;
+
+  errno = 0;
+  *id = strtoul(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0') {
+    return -1;
+  }
+  return 0;
+}
+
+/* Arguments: DIR UID GID, once per destination the helper may write to. */
+int mailoauthd_deposit_main(int argc, char **argv) {
+  struct mailoauth_deposit_rule *rules;
+  size_t n, i;
+
+  if (argc % 3 != 0) {
+    return 2;
+  }
+
+  n = (size_t) argc / 3;
+  rules = calloc(n ? n : 1, sizeof(*rules));
+  if (rules == NULL) {
+    return 1;
+  }
+  for (i = 0; i < n; i++) {
+    unsigned long uid, gid;
+
+    if (argv[3 * i][0] != '/' ||
+        helpers_id(argv[3 * i + 1], &uid) < 0 ||
+        helpers_id(argv[3 * i + 2], &gid) < 0 ||
+        uid == 0 || gid == 0) {
+      return 2;
+    }
+    rules[i].dir = argv[3 * i];
+    rules[i].uid = (uid_t) uid;
+    rules[i].gid = (gid_t) gid;
+  }
+
+  /* A helper outliving its worker would be a root process serving no
+   * one; EOF on the socket ends it too, this covers a stopped worker.
+   */
+  (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() == 1) {
+    return 0;
+  }
+
+  return mailoauth_deposit_server_run(MAILOAUTHD_CONTROL_FD, rules, n) == 0 ?
+    0 : 1;
+}
+
+static uid_t helpers_tnef_uid;
+static gid_t helpers_tnef_gid;
+
+static int helpers_tnef_init(void *arg) {
+  (void) arg;
+  return mailoauthd_drop_privs(helpers_tnef_uid, helpers_tnef_gid);
+}
+
+/* Arguments: UID GID to run as. */
+int mailoauthd_tnef_main(int argc, char **argv) {
+  unsigned long uid, gid;
+
+  if (argc != 2 ||
+      helpers_id(argv[0], &uid) < 0 ||
+      helpers_id(argv[1], &gid) < 0) {
+    return 2;
+  }
+  helpers_tnef_uid = (uid_t) uid;
+  helpers_tnef_gid = (gid_t) gid;
+
+  mailoauth_tnef_helper_main(MAILOAUTHD_CONTROL_FD, getppid(),
+    helpers_tnef_init, NULL);
+  return 1;
+}

@@ -1,0 +1,264 @@
+/*
+ * mailoauthd - the supervisor: keeps one worker running for the master
+ *
+ * The master starts this process once per configuration and stops it on
+ * restart and shutdown; it never wakes up on its own for it.  Restarting
+ * a worker that died, with a growing pause when it keeps dying, is done
+ * here, so the master's accept loop never runs a timer of ours.  The
+ * supervisor holds no secret and parses nothing but the master's JSON.
+ */
+
+#include "mailoauthd.h"
+#include "spawn.h"
+#include "trace.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SUPERVISOR_STOP_TIMEOUT_MS      4000
+#define SUPERVISOR_BACKOFF_MAX_SECS     60
+#define SUPERVISOR_HEALTHY_SECS         60
+
+extern char **environ;
+
+static volatile sig_atomic_t supervisor_stop_req = 0;
+
+struct supervisor {
+  struct mailoauthd *d;
+  pid_t pid;                    /* the worker, 0: none */
+  int sock;                     /* our end of its control socket */
+  time_t started;
+  time_t restart_at;            /* 0: not waiting to restart */
+  unsigned int backoff;
+};
+
+static void supervisor_sigterm(int signo) {
+  (void) signo;
+  supervisor_stop_req = 1;
+}
+
+static long long supervisor_now_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void supervisor_spawn(struct supervisor *s) {
+  char *argv[] = { "mailoauth worker", "worker", NULL };
+  int sv[2], fds[3];
+  pid_t pid;
+
+  s->restart_at = 0;
+  if (socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv) < 0) {
+    mailoauth_log("cannot create the worker's control socket: %s",
+      strerror(errno));
+    s->restart_at = time(NULL) + SUPERVISOR_BACKOFF_MAX_SECS;
+    return;
+  }
+
+  fds[0] = sv[1];
+  fds[1] = MAILOAUTHD_LOG_FD;
+  fds[2] = MAILOAUTHD_TRACE_FD;
+
+  /* The environment goes along: a client secret may be env:NAME. */
+  pid = mailoauth_spawn(s->d->conf.program, argv, environ, fds, 3);
+  (void) close(sv[1]);
+  if (pid < 0) {
+    mailoauth_log("cannot start the worker (%s): %s", s->d->conf.program,
+      strerror(errno));
+    (void) close(sv[0]);
+    s->restart_at = time(NULL) + SUPERVISOR_BACKOFF_MAX_SECS;
+    return;
+  }
+
+  s->pid = pid;
+  s->sock = sv[0];
+  s->started = time(NULL);
+  mailoauth_trace("mailoauth", 3, "started worker pid %lu",
+    (unsigned long) pid);
+
+  /* A worker that dies before reading it shows as EOF in the loop. */
+  (void) mailoauth_wconf_send(s->sock, s->d->conf_json, s->d->conf_len);
+}
+
+static void supervisor_reap(struct supervisor *s, int *status) {
+  while (waitpid(s->pid, status, 0) < 0 &&
+         errno == EINTR) {
+  }
+  (void) close(s->sock);
+  s->sock = -1;
+  s->pid = 0;
+}
+
+/* The worker's socket reached EOF: it is gone.  Restart it, after a pause
+ * that grows while it keeps dying.
+ */
+static void supervisor_lost(struct supervisor *s) {
+  time_t now = time(NULL);
+  pid_t pid = s->pid;
+  int status = 0;
+
+  supervisor_reap(s, &status);
+
+  if (now - s->started >= SUPERVISOR_HEALTHY_SECS) {
+    s->backoff = 0;
+  }
+  s->backoff = s->backoff == 0 ? 1 : s->backoff * 2;
+  if (s->backoff > SUPERVISOR_BACKOFF_MAX_SECS) {
+    s->backoff = SUPERVISOR_BACKOFF_MAX_SECS;
+  }
+  s->restart_at = now + s->backoff;
+
+  if (WIFSIGNALED(status)) {
+    mailoauth_log("worker (pid %lu) exited unexpectedly after %lu seconds "
+      "(signal %d); restarting it in %u seconds", (unsigned long) pid,
+      (unsigned long) (now - s->started), WTERMSIG(status), s->backoff);
+  } else {
+    mailoauth_log("worker (pid %lu) exited unexpectedly after %lu seconds "
+      "(status %d); restarting it in %u seconds", (unsigned long) pid,
+      (unsigned long) (now - s->started), WEXITSTATUS(status), s->backoff);
+  }
+}
+
+static void supervisor_stop(struct supervisor *s) {
+  long long deadline;
+  int status;
+
+  if (s->pid == 0) {
+    return;
+  }
+
+  (void) kill(s->pid, SIGTERM);
+  deadline = supervisor_now_ms() + SUPERVISOR_STOP_TIMEOUT_MS;
+  for (;;) {
+    struct pollfd pfd;
+    long long left = deadline - supervisor_now_ms();
+    char c;
+
+    if (left <= 0) {
+      mailoauth_log("worker (pid %lu) did not stop within %d seconds; "
+        "killing it", (unsigned long) s->pid,
+        SUPERVISOR_STOP_TIMEOUT_MS / 1000);
+      (void) kill(s->pid, SIGKILL);
+      break;
+    }
+
+    pfd.fd = s->sock;
+    pfd.events = POLLIN;
+    if (poll(&pfd, 1, (int) left) > 0 &&
+        read(s->sock, &c, 1) <= 0) {
+      break;
+    }
+  }
+
+  supervisor_reap(s, &status);
+}
+
+int mailoauthd_supervisor_main(struct mailoauthd *d) {
+  struct supervisor s;
+  struct sigaction sa;
+  sigset_t block, wait_mask;
+  const char *why = "stop requested";
+
+  memset(&s, 0, sizeof(s));
+  s.d = d;
+  s.sock = -1;
+
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = supervisor_sigterm;
+  sigemptyset(&sa.sa_mask);
+  (void) sigaction(SIGTERM, &sa, NULL);
+  (void) signal(SIGPIPE, SIG_IGN);
+  (void) signal(SIGHUP, SIG_IGN);
+  (void) signal(SIGINT, SIG_IGN);
+
+  /* SIGTERM is let in only while waiting, so it is never missed. */
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  (void) sigprocmask(SIG_BLOCK, &block, &wait_mask);
+  sigdelset(&wait_mask, SIGTERM);
+
+  /* If the master is killed outright, EOF on descriptor 3 says so too;
+   * this covers a master that is stopped but not dead.
+   */
+  (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() == 1) {
+    return 0;
+  }
+
+  if (chdir("/") < 0) {
+    /* Every path used is absolute. */
+  }
+
+  supervisor_spawn(&s);
+
+  while (!supervisor_stop_req) {
+    struct pollfd pfds[2];
+    struct timespec ts, *timeout = NULL;
+    nfds_t nfds = 1;
+    int n;
+
+    pfds[0].fd = MAILOAUTHD_CONTROL_FD;
+    pfds[0].events = POLLIN;
+    if (s.pid > 0) {
+      pfds[1].fd = s.sock;
+      pfds[1].events = POLLIN;
+      nfds = 2;
+
+    } else if (s.restart_at > 0) {
+      time_t left = s.restart_at - time(NULL);
+
+      ts.tv_sec = left > 0 ? left : 0;
+      ts.tv_nsec = 0;
+      timeout = &ts;
+    }
+
+    n = ppoll(pfds, nfds, timeout, &wait_mask);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      mailoauth_log("supervisor: poll failed: %s", strerror(errno));
+      break;
+    }
+
+    if (pfds[0].revents != 0) {
+      char c;
+      ssize_t r = read(MAILOAUTHD_CONTROL_FD, &c, 1);
+
+      if (r == 0 ||
+          (r < 0 && errno != EINTR && errno != EAGAIN)) {
+        why = "the master process is gone";
+        break;
+      }
+    }
+
+    if (nfds == 2 &&
+        pfds[1].revents != 0) {
+      char c;
+
+      if (read(s.sock, &c, 1) <= 0) {
+        supervisor_lost(&s);
+      }
+    }
+
+    if (s.pid == 0 &&
+        s.restart_at > 0 &&
+        time(NULL) >= s.restart_at) {
+      supervisor_spawn(&s);
+    }
+  }
+
+  mailoauth_trace("mailoauth", 3, "supervisor exiting: %s", why);
+  supervisor_stop(&s);
+  return 0;
+}

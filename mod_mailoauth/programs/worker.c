@@ -1,0 +1,315 @@
+/*
+ * mailoauthd - the worker: the one process with the network and the tokens
+ *
+ * Started (as root) by the supervisor.  While still root and before any
+ * secret is in memory it starts its helpers, each a fresh exec: the
+ * deposit helper (keeps root, serves only the configured destinations)
+ * and the TNEF helper (drops to User).  Then it reads the client secrets,
+ * drops to User and Group for good, and runs the event loop (worker.h).
+ */
+
+#include "mailoauthd.h"
+#include "deposit.h"
+#include "ingest.h"
+#include "notify.h"
+#include "registry.h"
+#include "spawn.h"
+#include "tnef.h"
+#include "trace.h"
+#include "worker.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#define WORKER_SCAN_INTERVAL_MS  5000
+
+static const char *trace_channel = "mailoauth";
+
+struct worker_state {
+  struct mailoauth_registry *reg;
+  struct mailoauth_notify *notify;
+  struct mailoauth_ingest *ingest;
+};
+
+static char *worker_path(const char *dir, const char *name) {
+  size_t len = strlen(dir) + strlen(name) + 2;
+  char *path = malloc(len);
+
+  if (path != NULL) {
+    snprintf(path, len, "%s/%s", dir, name);
+  }
+  return path;
+}
+
+static struct mailoauth_registry *worker_registry(
+    const struct mailoauth_wconf *conf) {
+  struct mailoauth_registry *reg;
+  char *tokens, err[512];
+  size_t i;
+
+  tokens = worker_path(conf->state_dir, "tokens");
+  if (tokens == NULL) {
+    return NULL;
+  }
+  reg = mailoauth_registry_create(tokens, conf->uid, conf->signin_fmt);
+  free(tokens);
+  if (reg == NULL) {
+    return NULL;
+  }
+
+  for (i = 0; i < conf->naccounts; i++) {
+    const struct mailoauth_wconf_account *a = &conf->accounts[i];
+
+    if (mailoauth_registry_add(reg, a->name, a->argc, a->argv, err,
+        sizeof(err)) < 0) {
+      mailoauth_log("account %s: %s", a->name, err);
+    }
+  }
+
+  return reg;
+}
+
+/* The deposit helper: the one process that keeps root, to write
+ * attachments into users' directories as those users, and only into the
+ * destinations of the configured tasks and routes (given as its
+ * arguments).  Returns the worker's end of its socket, or -1.
+ */
+static int worker_deposit_helper(const struct mailoauth_wconf *conf) {
+  char **argv, num[2][32];
+  size_t i, j, n = 0, argc = 0;
+  int sv[2];
+  pid_t pid;
+
+  for (i = 0; i < conf->ntasks; i++) {
+    n += 1 + conf->tasks[i]->nroutes;
+  }
+
+  argv = calloc(2 + 3 * n + 1, sizeof(char *));
+  if (argv == NULL) {
+    return -1;
+  }
+  argv[argc++] = "mailoauth deposit helper";
+  argv[argc++] = "deposit";
+  for (i = 0; i < conf->ntasks; i++) {
+    const struct mailoauth_ingest_config *cfg = conf->tasks[i];
+
+    for (j = 0; j <= cfg->nroutes; j++) {
+      const char *dir = j == 0 ? cfg->dir : cfg->routes[j - 1]->dir;
+      uid_t uid = j == 0 ? cfg->uid : cfg->routes[j - 1]->uid;
+      gid_t gid = j == 0 ? cfg->gid : cfg->routes[j - 1]->gid;
+
+      snprintf(num[0], sizeof(num[0]), "%lu", (unsigned long) uid);
+      snprintf(num[1], sizeof(num[1]), "%lu", (unsigned long) gid);
+      argv[argc++] = (char *) dir;
+      argv[argc++] = strdup(num[0]);
+      argv[argc++] = strdup(num[1]);
+    }
+  }
+
+  if (mailoauth_deposit_socketpair(sv) < 0 ||
+      mailoauth_spawn_fd_above_stdio(&sv[0]) < 0 ||
+      mailoauth_spawn_fd_above_stdio(&sv[1]) < 0) {
+    mailoauth_log("worker: cannot create the deposit helper's socket: %s; "
+      "mail ingestion is off", strerror(errno));
+    return -1;
+  }
+
+  pid = mailoauth_spawn(conf->program, argv, NULL, &sv[1], 1);
+  (void) close(sv[1]);
+  for (i = 2; i < argc; i += 3) {
+    free(argv[i + 1]);
+    free(argv[i + 2]);
+  }
+  free(argv);
+  if (pid < 0) {
+    mailoauth_log("worker: cannot start the deposit helper: %s; mail "
+      "ingestion is off", strerror(errno));
+    (void) close(sv[0]);
+    return -1;
+  }
+
+  mailoauth_trace("mailoauth.ingest", 3, "started deposit helper pid %lu",
+    (unsigned long) pid);
+  return sv[0];
+}
+
+static void worker_tnef_helper(const struct mailoauth_wconf *conf) {
+  static char uid_arg[32], gid_arg[32];
+  static char *argv[] = { "mailoauth TNEF helper", "tnef", uid_arg, gid_arg,
+    NULL };
+  size_t i;
+  int wanted = 0;
+
+  for (i = 0; i < conf->ntasks; i++) {
+    if (conf->tasks[i]->tnef) {
+      wanted = 1;
+    }
+  }
+  if (!wanted) {
+    return;
+  }
+
+  snprintf(uid_arg, sizeof(uid_arg), "%lu", (unsigned long) conf->uid);
+  snprintf(gid_arg, sizeof(gid_arg), "%lu", (unsigned long) conf->gid);
+  mailoauth_tnef_helper_set_program(conf->program, argv);
+
+  if (mailoauth_tnef_helper_start(NULL, NULL) < 0) {
+    mailoauth_log("worker: cannot start the TNEF helper: %s; unpacking is "
+      "off: winmail.dat files are deposited as they are", strerror(errno));
+    return;
+  }
+
+  mailoauth_trace("mailoauth.ingest", 3, "started TNEF helper pid %lu",
+    (unsigned long) mailoauth_tnef_helper_pid());
+}
+
+static time_t worker_tick(time_t now, void *arg) {
+  struct worker_state *st = arg;
+  time_t next, due;
+
+  next = st->reg ? mailoauth_registry_tick(st->reg, now) : 0;
+
+  if (st->ingest != NULL) {
+    due = mailoauth_ingest_tick(st->ingest, now);
+    if (due != 0 && (next == 0 || due < next)) {
+      next = due;
+    }
+  }
+
+  if (st->notify != NULL) {
+    due = mailoauth_notify_next_due(st->notify);
+    if (due != 0 && due <= now) {
+      (void) mailoauth_notify_process(st->notify, now);
+      due = mailoauth_notify_next_due(st->notify);
+    }
+    if (due != 0 && (next == 0 || due < next)) {
+      next = due;
+    }
+  }
+
+  return next;
+}
+
+static int worker_process(void *arg) {
+  struct worker_state *st = arg;
+
+  return mailoauth_notify_process(st->notify, time(NULL));
+}
+
+int mailoauthd_worker_main(struct mailoauthd *d) {
+  const struct mailoauth_wconf *conf = &d->conf;
+  struct mailoauth_worker_config cfg;
+  struct worker_state state;
+  char *spool, *queue, *dead;
+  int res, deposit_fd = -1;
+  size_t i;
+
+  (void) signal(SIGPIPE, SIG_IGN);
+  (void) signal(SIGHUP, SIG_IGN);
+  (void) signal(SIGINT, SIG_IGN);
+
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  memset(&state, 0, sizeof(state));
+  state.reg = worker_registry(conf);
+
+  /* Helpers first: they must never see a secret, and the deposit helper
+   * needs the root the worker is about to give up.
+   */
+  if (conf->ntasks > 0 &&
+      state.reg != NULL) {
+    deposit_fd = worker_deposit_helper(conf);
+    if (deposit_fd >= 0) {
+      worker_tnef_helper(conf);
+    }
+  }
+
+  if (state.reg != NULL) {
+    (void) mailoauth_registry_load_secrets(state.reg);
+  }
+
+  if (mailoauthd_drop_privs(conf->uid, conf->gid) < 0) {
+    mailoauth_log("worker: cannot switch to uid %lu, gid %lu: %s; exiting",
+      (unsigned long) conf->uid, (unsigned long) conf->gid, strerror(errno));
+    return 1;
+  }
+
+  /* Set after the identity change, which clears it. */
+  (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() == 1) {
+    return 0;
+  }
+
+  if (chdir(conf->state_dir) < 0 &&
+      chdir("/") < 0) {
+    /* Only the working directory is at stake; every path used is absolute. */
+  }
+
+  mailoauth_log("worker started (pid %lu, uid %lu, gid %lu)",
+    (unsigned long) getpid(), (unsigned long) getuid(),
+    (unsigned long) getgid());
+
+  if (state.reg != NULL) {
+    (void) mailoauth_registry_start(state.reg, time(NULL));
+  }
+
+  spool = worker_path(conf->state_dir, "spool");
+  queue = worker_path(conf->state_dir, "queue");
+  dead = worker_path(conf->state_dir, "deadletter");
+  if (spool == NULL || queue == NULL || dead == NULL) {
+    mailoauth_log("worker: out of memory; exiting");
+    return 1;
+  }
+
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.spool_dir = spool;
+  cfg.queue_dir = queue;
+  cfg.master_fd = MAILOAUTHD_CONTROL_FD;
+  cfg.scan_interval_ms = WORKER_SCAN_INTERVAL_MS;
+  cfg.deliver = mailoauth_worker_log_event;
+
+  state.notify = state.reg ? mailoauth_notify_create(state.reg, queue, dead,
+    MAILOAUTH_NOTIFY_DEFAULT_RATE) : NULL;
+  if (state.notify != NULL) {
+    cfg.process = worker_process;
+    cfg.process_arg = &state;
+  }
+
+  if (deposit_fd >= 0) {
+    state.ingest = mailoauth_ingest_create(conf->state_dir, state.reg,
+      deposit_fd);
+    for (i = 0; state.ingest != NULL && i < conf->ntasks; i++) {
+      if (mailoauth_ingest_add(state.ingest, conf->tasks[i]) < 0) {
+        mailoauth_log("ingest %s: cannot start: %s", conf->tasks[i]->name,
+          strerror(errno));
+      }
+    }
+  }
+  cfg.tick = worker_tick;
+  cfg.tick_arg = &state;
+
+  mailoauth_trace(trace_channel, 3, "worker running");
+  res = mailoauth_worker_run(&cfg);
+
+  mailoauth_ingest_destroy(state.ingest);
+  (void) mailoauth_tnef_helper_stop();
+  if (deposit_fd >= 0) {
+    (void) close(deposit_fd);
+  }
+  mailoauth_notify_destroy(state.notify);
+  mailoauth_registry_destroy(state.reg);
+
+  mailoauth_log("worker (pid %lu) exiting: %s", (unsigned long) getpid(),
+    res == MAILOAUTH_WORKER_ORPHANED ? "its supervisor is gone" :
+    "stop requested");
+  free(spool);
+  free(queue);
+  free(dead);
+  return 0;
+}
