@@ -1171,11 +1171,18 @@ static int ingest_unpack_tnef(struct ingest_msg *m,
       return -1;
     }
     /* Not a TNEF we can read: the sender's file is still worth having as
-     * it came.
+     * it came.  When unpacking is off altogether (no helper, or no
+     * verified sandbox), that was logged once, not for every message.
      */
-    mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' cannot be unpacked "
-      "(%s); deposited as it is", m->t->cfg.name, m->uid, m->part_name,
-      strerror(errno));
+    if (errno == ESRCH || errno == ENOTSUP) {
+      mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 ": '%s' "
+        "deposited as it is: unpacking is off", m->t->cfg.name, m->uid,
+        m->part_name);
+    } else {
+      mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' cannot be unpacked "
+        "(%s); deposited as it is", m->t->cfg.name, m->uid, m->part_name,
+        strerror(errno));
+    }
     m->wanted = before;
     return 1;
   }

@@ -151,7 +151,7 @@ struct mailoauth_tnef_reader {
   unsigned int count;           /* callbacks made */
   uint64_t total;               /* bytes announced so far */
 
-  uint32_t status, flags;       /* from the end record */
+  uint32_t status, reserved;    /* from the end record */
 };
 
 struct mailoauth_tnef_reader *mailoauth_tnef_reader_new(const char *tmp_dir,
@@ -350,8 +350,8 @@ static int tnef_reader_field(struct mailoauth_tnef_reader *r) {
 
     case TNEF_R_END_HDR:
       r->status = mailoauth_tnef_get32(r->hdr);
-      r->flags = mailoauth_tnef_get32(r->hdr + 4);
-      if (r->status > TNEF_ST_MAX || (r->flags & ~TNEF_FL_SECCOMP) != 0) {
+      r->reserved = mailoauth_tnef_get32(r->hdr + 4);
+      if (r->status > TNEF_ST_MAX || r->reserved != 0) {
         mailoauth_trace(trace_channel, 3, "decoder sent a bad end record");
         return tnef_reader_fail(r, EIO);
       }
@@ -463,15 +463,11 @@ int mailoauth_tnef_reader_feed(struct mailoauth_tnef_reader *r,
 }
 
 int mailoauth_tnef_reader_finish(struct mailoauth_tnef_reader *r,
-    unsigned int *nfiles, int *sandboxed) {
+    unsigned int *nfiles) {
   static const int errs[] = { 0, EBADMSG, EFBIG, ENOMEM, EIO };
 
   if (nfiles != NULL) {
     *nfiles = r != NULL ? r->count : 0;
-  }
-  if (sandboxed != NULL) {
-    *sandboxed = r != NULL && r->state == TNEF_R_DONE &&
-      (r->flags & TNEF_FL_SECCOMP) != 0;
   }
   if (r == NULL) {
     errno = EINVAL;
@@ -661,6 +657,29 @@ static int tnef_helper_wait(uint32_t seq, long long timeout_ms,
   }
 }
 
+/* The helper cannot run decoders under a filter it verified: it is of no
+ * use, and the operator is told once, with the reason.
+ */
+static void tnef_helper_no_sandbox(uint32_t reason) {
+  static const char *const why[] = {
+    NULL,
+    "this build has no seccomp filter for this machine's architecture",
+    "a decoder could not install its seccomp filter (a kernel without "
+      "seccomp, or a filter around the server that forbids it)",
+    "/proc/PID/status does not show a decoder under its seccomp filter",
+    "a decoder's /proc/PID/status cannot be read to check its seccomp "
+      "filter (is /proc mounted, without hidepid?)",
+    "the TNEF helper runs under a seccomp filter already and the kernel "
+      "does not show whether a decoder added its own (no Seccomp_filters)"
+  };
+  pid_t pid = tnef_helper_child;
+
+  tnef_helper_lost(NULL);
+  mailoauth_log("TNEF helper (pid %ld): winmail.dat decoders cannot be "
+    "verified to run under their seccomp filter: %s; unpacking is off: "
+    "winmail.dat files are deposited as they are", (long) pid, why[reason]);
+}
+
 static int tnef_helper_send_kill(uint32_t seq) {
   unsigned char msg[TNEF_KILL_LEN];
 
@@ -675,7 +694,9 @@ static int tnef_helper_send_kill(uint32_t seq) {
 }
 
 /* Has the helper fork a decoder reading in_fd and writing to out_fd.
- * Returns its pid, or -1 with errno (ESRCH: the helper is gone).
+ * Returns its pid, or -1 with errno (ESRCH: the helper is gone; ENOTSUP:
+ * the decoder was not verified to run under its filter, so the helper is
+ * stopped and nothing is decoded from now on).
  */
 static pid_t tnef_helper_spawn(int in_fd, int out_fd, uint64_t in_size,
     const struct mailoauth_tnef_limits *l, uint32_t *seq) {
@@ -712,6 +733,12 @@ static pid_t tnef_helper_spawn(int in_fd, int out_fd, uint64_t in_size,
   rc = tnef_helper_wait(*seq, TNEF_HELPER_ANSWER_MS, &kind, &value, &why);
   if (rc > 0 && kind == TNEF_MSG_PID && value > 0 && value <= INT_MAX) {
     return (pid_t) value;
+  }
+  if (rc > 0 && kind == TNEF_MSG_NOSANDBOX && value > 0 &&
+      value <= TNEF_NOSB_MAX) {
+    tnef_helper_no_sandbox(value);
+    errno = ENOTSUP;
+    return -1;
   }
   if (rc > 0 && kind == TNEF_MSG_ERROR && value > 0 && value < 4096) {
     mailoauth_trace(trace_channel, 3, "the TNEF helper cannot fork a "
@@ -959,7 +986,7 @@ int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
   struct mailoauth_tnef_reader *r;
   uint64_t in_size = 0;
   long long waited = 0;
-  int pipefd[2], xerrno = 0, status = 0, known, sandboxed = 0;
+  int pipefd[2], xerrno = 0, status = 0, known;
   unsigned int count = 0;
   uint32_t seq = 0;
   pid_t pid;
@@ -1006,20 +1033,17 @@ int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
         "killed", (long) pid, l.timeout_ms);
     }
     (void) tnef_helper_collect(seq, 0, &status);
-    (void) mailoauth_tnef_reader_finish(r, &count, NULL);
+    (void) mailoauth_tnef_reader_finish(r, &count);
 
   } else {
     long long grace = (long long) l.timeout_ms - waited;
 
     known = tnef_helper_collect(seq, grace > 1000 ? grace : 1000, &status);
-    if (mailoauth_tnef_reader_finish(r, &count, &sandboxed) < 0) {
+    if (mailoauth_tnef_reader_finish(r, &count) < 0) {
       xerrno = errno;
       if (xerrno == ECHILD) {
         xerrno = tnef_child_error(known, status);
       }
-    } else if (!sandboxed) {
-      mailoauth_trace(trace_channel, 3, "decoder ran without its seccomp "
-        "filter");
     }
   }
 

@@ -8,12 +8,15 @@
  * libytnef has a long history of memory-safety bugs, and the process that
  * ingests mail (the worker) holds OAuth tokens.  So the decoding runs in a
  * short-lived child process: forked per call, stripped of every descriptor
- * but its input and a pipe, with resource limits, no new privileges and
- * (on Linux) a seccomp filter that leaves it little more than write() to
- * the pipe.  The parent reads the files back over the pipe, trusting
- * nothing the child says: lengths are checked against the limits before
- * anything is read, a child that crashes, hangs or sends garbage is killed,
- * reaped and reported as an error.
+ * but its input and a pipe, with resource limits, no new privileges and a
+ * seccomp filter that leaves it little more than read() and write() on
+ * what it has.  The child gets its input only once the process that forked
+ * it has seen in /proc/PID/status that the filter is in place; where that
+ * cannot be seen (no seccomp, no filter for the architecture, no /proc),
+ * nothing is decoded at all.  The parent reads the files back over the
+ * pipe, trusting nothing the child says: lengths are checked against the
+ * limits before anything is read, a child that crashes, hangs or sends
+ * garbage is killed, reaped and reported as an error.
  *
  * The child is not forked from the caller, whose memory a code-execution
  * bug could copy into an "extracted file": it is forked by the TNEF
@@ -120,7 +123,11 @@ int mailoauth_tnef_helper_stop(void);
  *
  * Returns 0, or -1 with errno:
  *   ESRCH      no TNEF helper: none was started by this process, or it
- *              died (then logged once; it is not restarted);
+ *              died or was stopped (then logged once; it is not
+ *              restarted);
+ *   ENOTSUP    the decoder could not be verified to run under its seccomp
+ *              filter, so it was given nothing to decode: logged once with
+ *              the reason, and the helper is stopped (ESRCH from then on);
  *   EBADMSG    not TNEF, or broken (truncated, bad checksum, malformed);
  *   EFBIG      a limit was exceeded (before any callback, except when the
  *              decoder lied about what it found);
@@ -195,11 +202,10 @@ int mailoauth_tnef_reader_feed(struct mailoauth_tnef_reader *r,
 /* After the last byte: 0 when the stream ended with the decoder's
  * successful end record, -1 with errno otherwise (the decoder's own error,
  * ECHILD for a stream cut short, or the reader's error).  *nfiles (may be
- * NULL) counts the callbacks made; *sandboxed (may be NULL) is 1 when the
- * decoder said it ran under its seccomp filter.
+ * NULL) counts the callbacks made.
  */
 int mailoauth_tnef_reader_finish(struct mailoauth_tnef_reader *r,
-  unsigned int *nfiles, int *sandboxed);
+  unsigned int *nfiles);
 
 /* Closes whatever the reader holds open. */
 void mailoauth_tnef_reader_free(struct mailoauth_tnef_reader *r);

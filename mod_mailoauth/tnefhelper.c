@@ -15,8 +15,16 @@
  *   'K' seq:u32                                    kill it
  * and the helper answers kind:u8 seq:u32 value:u32, kind being 'R' (ready,
  * seq 0), 'P' (the decoder's pid), 'S' (its wait status, once reaped: one
- * for every 'P') or 'X' (an errno: no decoder).  Only the helper kills and
- * reaps decoders, so a pid it kills is never one the kernel reused.
+ * for every 'P'), 'N' (a TNEF_NOSB_* reason: no decoder runs under a
+ * verified filter) or 'X' (an errno: no decoder).  Only the helper kills
+ * and reaps decoders, so a pid it kills is never one the kernel reused.
+ *
+ * The decoder is given no input until the helper has seen, from outside,
+ * that it runs under a seccomp filter: the child installs its filter, says
+ * so on a socket to the helper and waits; the helper reads the child's
+ * /proc/PID/status (the child cannot forge it, and cannot be replaced: it
+ * is not reaped yet) and only then answers 'P' and sends the input down
+ * that socket.  What the child says about itself is never believed.
  *
  * The records the child sends down its pipe are described in tnefint.h.
  */
@@ -54,9 +62,19 @@
 # include <linux/seccomp.h>
 #endif
 
-/* Descriptors in the child. */
+/* Descriptors in the child: its socket to the helper, where the input
+ * comes once its filter was verified, and its pipe to the parent.
+ */
 #define TNEF_CHILD_IN_FD        3
 #define TNEF_CHILD_OUT_FD       4
+
+/* What the child sends the helper once its filter is installed. */
+#define TNEF_CHILD_ARMED        'A'
+
+/* How long the helper waits for a child to be armed: it has done nothing
+ * but set itself up since the fork.
+ */
+#define TNEF_CHILD_ARM_MS       3000
 
 /* The child's memory: its address space as forked, plus this, plus four
  * times the input (the input itself, libytnef's copies, the records).
@@ -65,12 +83,24 @@
 #define TNEF_CHILD_MEM_MAX      ((uint64_t) 4 << 30)
 
 /* Exit status of a child that could not write to the pipe (any status
- * without an end record is an error anyway).
+ * without an end record is an error anyway), and of one that could not
+ * install its filter.
  */
 #define TNEF_CHILD_EXIT_WRITE   2
+#define TNEF_CHILD_EXIT_FILTER  3
 
 /* The helper's socket, in the helper. */
 #define TNEF_HELPER_SOCK_FD     3
+
+/* A test hook: with MAILOAUTH_TEST_NO_SECCOMP set in the helper's
+ * environment when it starts, decoders skip installing their filter and
+ * go on as if they had, so that the tests can show the helper's check
+ * catches it (nothing is then decoded).  Read once, before the environment
+ * is wiped; a helper started otherwise must pass the variable on for the
+ * tests to work.
+ */
+#define TNEF_TEST_NO_SECCOMP_ENV        "MAILOAUTH_TEST_NO_SECCOMP"
+static int tnef_test_no_seccomp = 0;
 
 /* ------------------------------------------------------------------------
  * The child.  Everything here runs after fork() and ends in _exit(): no
@@ -131,8 +161,8 @@ static void tnef_stdio_null(void) {
   }
 }
 
-/* Only the input and the pipe stay, as 3 and 4; 0, 1 and 2 become
- * /dev/null, where libytnef's printf()s go.
+/* Only the socket to the helper and the pipe stay, as 3 and 4; 0, 1 and
+ * 2 become /dev/null, where libytnef's printf()s go.
  */
 static int tnef_child_fds(int in_fd, int out_fd) {
   int in2, out2;
@@ -284,9 +314,9 @@ static void tnef_child_limits(uint64_t in_size, unsigned int timeout_ms) {
 
 /* The child is a copy of the helper, which never held the worker's
  * secrets, but it still reads hostile input: whatever libytnef's bugs
- * allow, it gets to allocate memory, write to the descriptors it has (the
- * pipe and /dev/null) and exit.  No open(), no socket(), no kill(), no
- * execve().
+ * allow, it gets to allocate memory, read and write the descriptors it
+ * has (the socket to the helper, the pipe and /dev/null) and exit.  No
+ * open(), no socket(), no kill(), no execve().
  */
 static int tnef_child_seccomp(void) {
   struct sock_filter filter[] = {
@@ -298,6 +328,7 @@ static int tnef_child_seccomp(void) {
     BPF_JUMP(BPF_JMP|BPF_JGE|BPF_K, __X32_SYSCALL_BIT, 0, 1),
     BPF_STMT(BPF_RET|BPF_K, TNEF_RET_KILL),
 # endif
+    TNEF_ALLOW(__NR_read),
     TNEF_ALLOW(__NR_write),
 # ifdef __NR_writev
     TNEF_ALLOW(__NR_writev),
@@ -334,7 +365,14 @@ static int tnef_child_seccomp(void) {
   return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
 }
 
+# define TNEF_HAVE_FILTER      1
+
 #else
+
+/* No filter for this machine: no decoder is ever forked (see
+ * tnef_helper_serve()), rather than one run without it.
+ */
+# define TNEF_HAVE_FILTER      0
 
 static int tnef_child_seccomp(void) {
   errno = ENOSYS;
@@ -363,11 +401,11 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
 #endif
   ;
 
+/* in_fd is the socket to the helper, out_fd the pipe to the parent. */
 static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
     const struct mailoauth_tnef_limits *lim, pid_t parent) {
-  unsigned char end[1 + 8];
+  unsigned char end[1 + 8], armed = TNEF_CHILD_ARMED;
   unsigned char *buf = NULL;
-  uint32_t flags = 0;
   int status = TNEF_ST_OK, out = TNEF_CHILD_OUT_FD;
   size_t got = 0;
 
@@ -391,25 +429,6 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
     _exit(1);
   }
 
-  buf = malloc(in_size > 0 ? (size_t) in_size : 1);
-  if (buf == NULL) {
-    status = TNEF_ST_NOMEM;
-  }
-  while (buf != NULL && got < in_size) {
-    ssize_t n = pread(TNEF_CHILD_IN_FD, buf + got, (size_t) in_size - got,
-      (off_t) got);
-
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      status = TNEF_ST_INPUT;
-      break;
-    }
-    got += (size_t) n;
-  }
-  (void) close(TNEF_CHILD_IN_FD);
-
   tnef_child_limits(in_size, lim->timeout_ms);
 
 #ifdef __linux__
@@ -428,9 +447,32 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
 #ifdef PR_SET_NO_NEW_PRIVS
   (void) prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 #endif
-  if (tnef_child_seccomp() == 0) {
-    flags |= TNEF_FL_SECCOMP;
+  if (!tnef_test_no_seccomp && tnef_child_seccomp() < 0) {
+    _exit(TNEF_CHILD_EXIT_FILTER);
   }
+
+  /* The helper checks the filter from outside before any input comes. */
+  if (mailoauth_spool_write_all(TNEF_CHILD_IN_FD, &armed, 1) < 0) {
+    _exit(1);
+  }
+
+  buf = malloc(in_size > 0 ? (size_t) in_size : 1);
+  if (buf == NULL) {
+    status = TNEF_ST_NOMEM;
+  }
+  while (buf != NULL && got < in_size) {
+    ssize_t n = read(TNEF_CHILD_IN_FD, buf + got, (size_t) in_size - got);
+
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      status = TNEF_ST_INPUT;
+      break;
+    }
+    got += (size_t) n;
+  }
+  (void) close(TNEF_CHILD_IN_FD);
 
   if (status == TNEF_ST_OK) {
     if (mailoauth_tnef_decode_mem(buf, (size_t) in_size, lim,
@@ -444,11 +486,130 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
 
   end[0] = TNEF_REC_END;
   mailoauth_tnef_put32(end + 1, (uint32_t) status);
-  mailoauth_tnef_put32(end + 5, flags);
+  mailoauth_tnef_put32(end + 5, 0);
   if (mailoauth_spool_write_all(out, end, sizeof(end)) < 0) {
     _exit(TNEF_CHILD_EXIT_WRITE);
   }
   _exit(0);
+}
+
+/* ------------------------------------------------------------------------
+ * Whether a process runs under a seccomp filter, from /proc.
+ */
+
+/* A field "Name:\t<number>" of a /proc status text; -1 when it is missing
+ * or not a number.
+ */
+static long tnef_status_field(const char *text, const char *name) {
+  size_t len = strlen(name);
+  const char *p = text;
+
+  while (p != NULL && *p != '\0') {
+    if (strncmp(p, name, len) == 0 && p[len] == ':') {
+      const char *q = p + len + 1;
+      long v = 0;
+
+      while (*q == ' ' || *q == '\t') {
+        q++;
+      }
+      if (*q < '0' || *q > '9') {
+        return -1;
+      }
+      while (*q >= '0' && *q <= '9') {
+        if (v > 1000000L) {
+          return -1;
+        }
+        v = v * 10 + (*q++ - '0');
+      }
+      return *q == '\n' || *q == '\0' ? v : -1;
+    }
+    p = strchr(p, '\n');
+    if (p != NULL) {
+      p++;
+    }
+  }
+  return -1;
+}
+
+int mailoauth_tnef_status_seccomp(const char *text, long *filters) {
+  long mode = tnef_status_field(text, "Seccomp");
+
+  if (filters != NULL) {
+    *filters = tnef_status_field(text, "Seccomp_filters");
+  }
+  return mode >= 0 && mode <= 2 ? (int) mode : -1;
+}
+
+/* /proc/<pid>/status (pid 0: this process's), NUL-terminated; -1 with
+ * errno.
+ */
+static int tnef_proc_status(pid_t pid, char *buf, size_t bufsz) {
+  char path[64];
+  size_t got = 0;
+  int fd;
+
+  if (pid == 0) {
+    snprintf(path, sizeof(path), "/proc/self/status");
+  } else {
+    snprintf(path, sizeof(path), "/proc/%ld/status", (long) pid);
+  }
+  fd = open(path, O_RDONLY|O_CLOEXEC|O_NOFOLLOW);
+  if (fd < 0) {
+    return -1;
+  }
+  while (got < bufsz - 1) {
+    ssize_t n = read(fd, buf + got, bufsz - 1 - got);
+
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      int xerrno = errno;
+
+      (void) close(fd);
+      errno = xerrno;
+      return -1;
+    }
+    if (n == 0) {
+      break;
+    }
+    got += (size_t) n;
+  }
+  (void) close(fd);
+  buf[got] = '\0';
+  return 0;
+}
+
+/* 0 when the decoder pid (a child not yet reaped, so the pid is surely
+ * it) runs under a seccomp filter of its own, else a TNEF_NOSB_* reason.
+ * A helper already filtered by whoever started the daemon passes its
+ * filter on: the child's mode alone then proves nothing, its count of
+ * filters must be above the helper's.
+ */
+static uint32_t tnef_helper_verify(pid_t pid) {
+  char buf[8192];
+  long filters = -1, own_filters = -1;
+  int mode, own;
+
+  if (tnef_proc_status(pid, buf, sizeof(buf)) < 0) {
+    return TNEF_NOSB_PROC;
+  }
+  mode = mailoauth_tnef_status_seccomp(buf, &filters);
+  if (mode != TNEF_PROC_SECCOMP_FILTER) {
+    return TNEF_NOSB_UNFILTERED;
+  }
+
+  if (tnef_proc_status(0, buf, sizeof(buf)) < 0) {
+    return TNEF_NOSB_PROC;
+  }
+  own = mailoauth_tnef_status_seccomp(buf, &own_filters);
+  if (own <= 0) {
+    return 0;
+  }
+  if (filters < 0 || own_filters < 0) {
+    return TNEF_NOSB_INHERITED;
+  }
+  return filters > own_filters ? 0 : TNEF_NOSB_UNFILTERED;
 }
 
 /* ------------------------------------------------------------------------
@@ -734,14 +895,144 @@ static int tnef_helper_request(const unsigned char *msg, size_t len,
   return 0;
 }
 
+/* Kills and reaps a decoder that never got its input; its wait status. */
+static int tnef_helper_discard(pid_t pid) {
+  int status = 0;
+
+  (void) kill(pid, SIGKILL);
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) {
+      return 0;
+    }
+  }
+  return status;
+}
+
+/* Whether the decoder said it is armed (its filter installed, if it tells
+ * the truth) within TNEF_CHILD_ARM_MS: 0, or -1 (it ended, or is stuck).
+ */
+static int tnef_helper_armed(int ctl) {
+  unsigned char c = 0;
+  struct pollfd pfd;
+  ssize_t n;
+  int rc;
+
+  pfd.fd = ctl;
+  pfd.events = POLLIN;
+  pfd.revents = 0;
+  do {
+    rc = poll(&pfd, 1, TNEF_CHILD_ARM_MS);
+  } while (rc < 0 && errno == EINTR);
+  if (rc <= 0) {
+    return -1;
+  }
+
+  do {
+    n = read(ctl, &c, 1);
+  } while (n < 0 && errno == EINTR);
+  return n == 1 && c == TNEF_CHILD_ARMED ? 0 : -1;
+}
+
+/* The input, to a decoder whose filter was verified.  A decoder that
+ * stops reading has died: the rest is not sent, and its status says why;
+ * input that cannot be read is cut short, which the decoder reports.
+ */
+static void tnef_helper_feed(int ctl, int in_fd, uint64_t in_size) {
+  unsigned char buf[64 * 1024];
+  uint64_t off = 0;
+
+  while (off < in_size) {
+    size_t want = in_size - off < sizeof(buf) ? (size_t) (in_size - off) :
+      sizeof(buf);
+    ssize_t n = pread(in_fd, buf, want, (off_t) off);
+
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0 || mailoauth_spool_write_all(ctl, buf, (size_t) n) < 0) {
+      return;
+    }
+    off += (uint64_t) n;
+  }
+}
+
+/* Forks a decoder for a checked request and, once its filter is verified,
+ * feeds it and watches it.  fds (the input and the pipe) are closed.
+ */
+static void tnef_helper_decode(int *fds, uint64_t in_size,
+    const struct mailoauth_tnef_limits *lim, uint32_t seq,
+    const sigset_t *waitmask) {
+  pid_t pid, self = getpid();
+  uint32_t reason;
+  int ctl[2], status, xerrno;
+
+  if (socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, ctl) < 0) {
+    xerrno = errno;
+    tnef_close_fds(fds, TNEF_HELPER_FDS);
+    (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_ERROR, seq,
+      (uint32_t) xerrno);
+    return;
+  }
+
+  pid = fork();
+  if (pid == 0) {
+    /* Not a byte of input before the filter is verified. */
+    (void) close(fds[0]);
+    (void) close(ctl[0]);
+    tnef_child(ctl[1], fds[1], in_size, lim, self);
+  }
+  xerrno = errno;
+  (void) close(ctl[1]);
+  (void) close(fds[1]);
+
+  if (pid < 0) {
+    (void) close(ctl[0]);
+    (void) close(fds[0]);
+    (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_ERROR, seq,
+      (uint32_t) xerrno);
+    return;
+  }
+
+  if (tnef_helper_armed(ctl[0]) < 0) {
+    (void) close(ctl[0]);
+    (void) close(fds[0]);
+    status = tnef_helper_discard(pid);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == TNEF_CHILD_EXIT_FILTER) {
+      (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_NOSANDBOX,
+        seq, TNEF_NOSB_INSTALL);
+    } else {
+      (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_ERROR, seq,
+        ECHILD);
+    }
+    return;
+  }
+
+  reason = tnef_helper_verify(pid);
+  if (reason != 0) {
+    (void) close(ctl[0]);
+    (void) close(fds[0]);
+    (void) tnef_helper_discard(pid);
+    (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_NOSANDBOX,
+      seq, reason);
+    return;
+  }
+
+  if (tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_PID, seq,
+      (uint32_t) pid) < 0) {
+    tnef_helper_orphaned(pid);
+  }
+  tnef_helper_feed(ctl[0], fds[0], in_size);
+  (void) close(ctl[0]);
+  (void) close(fds[0]);
+  tnef_helper_watch(pid, seq, waitmask);
+}
+
 /* One message received between decoders. */
 static void tnef_helper_serve(const unsigned char *msg, size_t len,
     int *fds, int nfds, const sigset_t *waitmask) {
   struct mailoauth_tnef_limits lim;
   uint64_t in_size = 0;
   uint32_t seq = len >= TNEF_KILL_LEN ? mailoauth_tnef_get32(msg + 1) : 0;
-  pid_t pid, self = getpid();
-  int xerrno;
 
   if (len == TNEF_KILL_LEN && msg[0] == TNEF_MSG_KILL) {
     /* Late: that decoder was reaped already. */
@@ -756,24 +1047,15 @@ static void tnef_helper_serve(const unsigned char *msg, size_t len,
     return;
   }
 
-  pid = fork();
-  if (pid == 0) {
-    tnef_child(fds[0], fds[1], in_size, &lim, self);
-  }
-  xerrno = errno;
-  tnef_close_fds(fds, nfds);
-
-  if (pid < 0) {
-    (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_ERROR, seq,
-      (uint32_t) xerrno);
+  if (!TNEF_HAVE_FILTER) {
+    /* Never a decoder without a filter. */
+    tnef_close_fds(fds, nfds);
+    (void) tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_NOSANDBOX,
+      seq, TNEF_NOSB_ARCH);
     return;
   }
 
-  if (tnef_helper_answer_send(TNEF_HELPER_SOCK_FD, TNEF_MSG_PID, seq,
-      (uint32_t) pid) < 0) {
-    tnef_helper_orphaned(pid);
-  }
-  tnef_helper_watch(pid, seq, waitmask);
+  tnef_helper_decode(fds, in_size, &lim, seq, waitmask);
 }
 
 /* Tells the parent why the helper cannot serve, and ends. */
@@ -796,6 +1078,7 @@ void mailoauth_tnef_helper_main(int sock, pid_t parent,
   mailoauth_trace_set_sink(NULL);
   mailoauth_log_set_sink(NULL);
   tnef_helper_signals(&waitmask);
+  tnef_test_no_seccomp = getenv(TNEF_TEST_NO_SECCOMP_ENV) != NULL;
   tnef_helper_wipe_env();
 
   /* The init function runs while the parent's descriptors are still

@@ -15,9 +15,12 @@
  *
  * The parent and the child speak over a pipe, in records:
  *   'F' codepage:u32 name_len:u32 name data_len:u64 data   one file
- *   'E' status:u32 flags:u32                                the end
+ *   'E' status:u32 reserved:u32 (0)                         the end
  * (little-endian).  The child sends files only once the whole stream was
  * decoded and found within the limits, then one end record, then exits.
+ * Nothing in them says whether the child was sandboxed: the child is not
+ * to be believed about that; the helper checked it before the child got
+ * its input.
  */
 
 #ifndef MOD_MAILOAUTH_TNEFINT_H
@@ -46,16 +49,26 @@
 #define TNEF_ST_INPUT           4       /* the child could not read its input */
 #define TNEF_ST_MAX             4
 
-/* Flags in the end record. */
-#define TNEF_FL_SECCOMP         0x1U
-
 /* Messages between the parent and the helper (see tnefhelper.c). */
 #define TNEF_MSG_UNPACK         'U'
 #define TNEF_MSG_KILL           'K'
 #define TNEF_MSG_READY          'R'
 #define TNEF_MSG_PID            'P'
 #define TNEF_MSG_STATUS         'S'
+#define TNEF_MSG_NOSANDBOX      'N'
 #define TNEF_MSG_ERROR          'X'
+
+/* Why no decoder runs under a verified filter (the value of an 'N'). */
+#define TNEF_NOSB_ARCH          1       /* none built for this machine */
+#define TNEF_NOSB_INSTALL       2       /* the child could not install it */
+#define TNEF_NOSB_UNFILTERED    3       /* /proc shows no filter of its own */
+#define TNEF_NOSB_PROC          4       /* /proc/PID/status unreadable */
+#define TNEF_NOSB_INHERITED     5       /* the helper is filtered already and
+                                         * the kernel counts no filters */
+#define TNEF_NOSB_MAX           5
+
+/* The "Seccomp:" of /proc/PID/status for a process under a filter. */
+#define TNEF_PROC_SECCOMP_FILTER 2
 
 #define TNEF_UNPACK_LEN         45
 #define TNEF_KILL_LEN           5
@@ -83,6 +96,12 @@ int mailoauth_tnef_sock_send(int sock, const void *buf, size_t len,
   const int *fds, int nfds);
 ssize_t mailoauth_tnef_sock_recv(int sock, void *buf, size_t bufsz, int *fds,
   int maxfds, int *nfds);
+
+/* The seccomp mode (0, 1 or 2) in the text of a /proc/PID/status, -1 when
+ * there is none; *filters (may be NULL) gets its Seccomp_filters, -1 when
+ * there is none (kernels before 5.9) (tnefhelper.c).
+ */
+int mailoauth_tnef_status_seccomp(const char *text, long *filters);
 
 /* The helper's process, forked by mailoauth_tnef_helper_start() with sock
  * its end of the socket and parent the pid of the process that forked it;

@@ -197,7 +197,7 @@ static int fuzz_read(struct fuzz_run *r, const uint8_t *data, size_t size,
   }
 
   errno = 0;
-  rc = mailoauth_tnef_reader_finish(rd, &n, NULL);
+  rc = mailoauth_tnef_reader_finish(rd, &n);
   *err = errno;
   if (n != r->calls) {
     abort();

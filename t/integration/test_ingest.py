@@ -7,6 +7,7 @@ import email.message
 import email.policy
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -639,6 +640,49 @@ def test_winmail_dat_is_unpacked(ingester, dovecot):
     assert sorted(x["name"] for x in meta["files"]) == ["bookmark.htm",
                                                         "zappa_av1.jpg"]
     assert "\\Seen" in flags(dovecot, uids(dovecot)[0])
+    # The decoder ran (the test below relies on this trace to show that
+    # none did).
+    with open(a.srv.tracelog, errors="replace") as f:
+        assert re.search(r"decoder \d+ unpacking \d+ bytes", f.read())
+
+
+def test_winmail_dat_deposited_unchanged_without_seccomp(ingester, dovecot,
+                                                        monkeypatch):
+    """Seccomp made unavailable (the test hook: decoders skip their filter
+    and say they are ready all the same): the TNEF helper sees in /proc that
+    its decoder is not filtered and gives it nothing to decode.  Every
+    winmail.dat is deposited byte for byte, nothing is extracted, the log
+    says once that unpacking is off and why, and the messages are marked
+    seen as usual."""
+    monkeypatch.setenv("MAILOAUTH_TEST_NO_SECCOMP", "1")
+    a = ingester("metadata=on", start=False)
+    one = tnef_sample("one-file.tnef")
+    two = tnef_sample("winmail.dat")
+    dovecot.deliver(ALICE, make_mail([("winmail.dat", one,
+                                       "application/ms-tnef")],
+                                     subject="first"))
+    dovecot.deliver(ALICE, make_mail([("second.dat", two,
+                                       "application/ms-tnef")],
+                                     subject="second"))
+    a.go()
+    for uid in uids(dovecot):
+        wait_for(lambda: "\\Seen" in flags(dovecot, uid), timeout=20,
+                 what="\\Seen on UID %d" % uid)
+    assert sorted(visible(a.inbox)) == ["first.json", "second.dat",
+                                        "second.json", "winmail.dat"]
+    with open(os.path.join(a.inbox, "winmail.dat"), "rb") as f:
+        assert f.read() == one
+    with open(os.path.join(a.inbox, "second.dat"), "rb") as f:
+        assert f.read() == two
+
+    log = a.srv.log_text()
+    assert log.count("unpacking is off") == 1, log
+    assert ("/proc/PID/status does not show a decoder under its seccomp "
+            "filter") in log
+    assert "cannot be unpacked" not in log
+    with open(a.srv.tracelog, errors="replace") as f:
+        trace = f.read()
+    assert not re.search(r"decoder \d+ unpacking", trace)
 
 
 def test_winmail_dat_kept_as_is_when_off_or_broken(ingester, dovecot):
