@@ -535,3 +535,16 @@ def test_line_breaks_in_a_file_name_are_shown_escaped(notifier, dovecot,
     assert parse(raw)["Bcc"] is None
     time.sleep(2)
     assert dovecot.messages(victim) == []
+
+
+def test_attach_from_a_chrooted_session(notifier, dovecot):
+    """Under DefaultRoot the session records the file through its own,
+    chrooted view; the worker finds the same file by its real path."""
+    to = rcpt("chroot")
+    a = notifier("MailOAuthNotify notify to=%s attach=64K" % to,
+                 default_root=True)
+    a.srv.start()
+    data = os.urandom(2000)
+    curl_upload(a.srv, "ftp", "jailed.bin", data)
+    m = parse(dovecot.wait_for_messages(to, 1, timeout=30)[0])
+    assert [p.get_content() for p in m.iter_attachments()] == [data]
