@@ -213,3 +213,35 @@ const char *mailoauth_event_str(const struct mailoauth_event *ev,
   buf[len] = '\0';
   return buf;
 }
+
+int mailoauth_event_u64(const struct mailoauth_event *ev, unsigned char tag,
+    uint64_t *out) {
+  const struct mailoauth_event_field *f = mailoauth_event_get(ev, tag);
+  uint64_t v = 0;
+  uint32_t i;
+
+  if (f == NULL) {
+    errno = ENOENT;
+    return -1;
+  }
+
+  if (f->len == 0 ||
+      f->len > 20) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  for (i = 0; i < f->len; i++) {
+    unsigned int d = (unsigned char) f->value[i] - '0';
+
+    if (d > 9 ||
+        v > (UINT64_MAX - d) / 10) {
+      errno = EINVAL;
+      return -1;
+    }
+    v = v * 10 + d;
+  }
+
+  *out = v;
+  return 0;
+}

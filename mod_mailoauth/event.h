@@ -36,6 +36,13 @@
 #define MAILOAUTH_EVENT_F_COMMAND       'c' /* STOR, APPE, STOU */
 #define MAILOAUTH_EVENT_F_SERVER        'n' /* ServerName of the vhost */
 
+/* The stored file as the session saw it right after the upload (decimal):
+ * the worker attaches a file only if it is still this one.
+ */
+#define MAILOAUTH_EVENT_F_DEVICE        'e' /* st_dev */
+#define MAILOAUTH_EVENT_F_INODE         'i' /* st_ino */
+#define MAILOAUTH_EVENT_F_STAT_SIZE     'z' /* st_size */
+
 /* A notification rule that matched the upload (MailOAuthNotify), with its
  * templates already rendered by the session.  Address fields repeat.
  */
@@ -105,5 +112,12 @@ const struct mailoauth_event_field *mailoauth_event_next(
  */
 const char *mailoauth_event_str(const struct mailoauth_event *ev,
   unsigned char tag, char *buf, size_t bufsz);
+
+/* A field's value as an unsigned decimal number: 0, or -1 (errno ENOENT
+ * when the field is absent, EINVAL when it is not all digits or exceeds
+ * 64 bits).
+ */
+int mailoauth_event_u64(const struct mailoauth_event *ev, unsigned char tag,
+  uint64_t *out);
 
 #endif /* MOD_MAILOAUTH_EVENT_H */

@@ -421,6 +421,68 @@ static char *mailoauth_message_clean(const char *s, size_t len, int mode,
   return mailoauth_message_buf_take(&b, out_len);
 }
 
+char *mailoauth_message_escape(const char *s, size_t len, size_t *out_len) {
+  struct mailoauth_message_buf b;
+  const unsigned char *p;
+  size_t i = 0;
+
+  if (s == NULL) {
+    s = "";
+    len = 0;
+  }
+  if (len == MAILOAUTH_MESSAGE_STRLEN) {
+    len = strlen(s);
+  }
+  p = (const unsigned char *) s;
+
+  memset(&b, 0, sizeof(b));
+  mailoauth_message_buf_grow(&b, len);
+
+  while (i < len) {
+    char esc[16];
+    uint32_t cp;
+    size_t n, k;
+
+    n = mailoauth_message_utf8_next(p + i, len - i, &cp);
+
+    if (cp == 0xfffd &&
+        !(n == 3 && memcmp(p + i, "\xef\xbf\xbd", 3) == 0)) {
+      /* Invalid UTF-8: show the bytes themselves. */
+      for (k = 0; k < n; k++) {
+        snprintf(esc, sizeof(esc), "\\x%02X", p[i + k]);
+        mailoauth_message_buf_str(&b, esc);
+      }
+
+    } else if (cp == '\n') {
+      mailoauth_message_buf_add(&b, "\\n", 2);
+    } else if (cp == '\r') {
+      mailoauth_message_buf_add(&b, "\\r", 2);
+    } else if (cp == '\t') {
+      mailoauth_message_buf_add(&b, "\\t", 2);
+
+    } else if (cp < 0x20 || cp == 0x7f) {
+      snprintf(esc, sizeof(esc), "\\x%02X", (unsigned int) cp);
+      mailoauth_message_buf_str(&b, esc);
+
+    } else if (mailoauth_message_is_control(cp) ||
+               mailoauth_message_is_linebreak(cp) ||
+               mailoauth_message_is_bidi_control(cp)) {
+      /* C1 controls (NEL among them), U+2028/9 and bidi overrides: some
+       * readers break lines at them or reorder the text around them.
+       */
+      snprintf(esc, sizeof(esc), "\\u%04X", (unsigned int) cp);
+      mailoauth_message_buf_str(&b, esc);
+
+    } else {
+      mailoauth_message_buf_add(&b, p + i, n);
+    }
+
+    i += n;
+  }
+
+  return mailoauth_message_buf_take(&b, out_len);
+}
+
 /* Header writing
  */
 
@@ -1330,58 +1392,44 @@ static void mailoauth_message_shorten_name(char *name, size_t *len) {
   name[*len] = '\0';
 }
 
-int mailoauth_message_attach_file(struct mailoauth_message *msg,
-    const char *path, const char *name, size_t name_len,
-    const char *content_type) {
+int mailoauth_message_attach_fd(struct mailoauth_message *msg, int fd,
+    const char *name, size_t name_len, const char *content_type,
+    off_t max_size) {
   struct stat st;
   char *clean_name, *type;
   size_t clean_len;
-  int fd, xerrno;
 
   if (mailoauth_message_modify(msg) < 0) {
     return -1;
   }
 
-  if (path == NULL ||
+  if (fd < 0 ||
+      name == NULL ||
       (content_type != NULL &&
        mailoauth_message_check_type(content_type) < 0)) {
     errno = EINVAL;
     return -1;
   }
 
-  if (name == NULL) {
-    const char *slash = strrchr(path, '/');
-
-    name = slash != NULL ? slash + 1 : path;
-    name_len = MAILOAUTH_MESSAGE_STRLEN;
-  }
   if (name_len == MAILOAUTH_MESSAGE_STRLEN) {
     name_len = strlen(name);
   }
 
-  /* O_NONBLOCK: a FIFO put in the file's place must not hang the worker
-   * (it is refused just below); O_NOFOLLOW: nor may a symlink pointing
-   * somewhere the uploader could not read.
-   */
-  fd = open(path, O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC);
-  if (fd < 0) {
-    xerrno = errno;
-    mailoauth_trace(trace_channel, 3, "cannot open attachment: %s",
-      strerror(xerrno));
-    errno = xerrno;
-    return -1;
-  }
-
   if (fstat(fd, &st) < 0) {
-    xerrno = errno;
-    (void) close(fd);
-    errno = xerrno;
     return -1;
   }
 
   if (!S_ISREG(st.st_mode)) {
-    (void) close(fd);
     errno = EINVAL;
+    return -1;
+  }
+
+  /* The size noted here bounds what is read, so the limit holds for a
+   * file that grows while it is sent.
+   */
+  if (max_size >= 0 &&
+      st.st_size > max_size) {
+    errno = EFBIG;
     return -1;
   }
 
@@ -1402,7 +1450,6 @@ int mailoauth_message_attach_file(struct mailoauth_message *msg,
   if (clean_name == NULL || type == NULL) {
     free(clean_name);
     free(type);
-    (void) close(fd);
     errno = ENOMEM;
     return -1;
   }
@@ -1413,6 +1460,51 @@ int mailoauth_message_attach_file(struct mailoauth_message *msg,
   msg->att_name = clean_name;
   msg->att_name_len = clean_len;
   msg->att_type = type;
+  return 0;
+}
+
+int mailoauth_message_attach_file(struct mailoauth_message *msg,
+    const char *path, const char *name, size_t name_len,
+    const char *content_type) {
+  int fd, xerrno;
+
+  if (mailoauth_message_modify(msg) < 0) {
+    return -1;
+  }
+
+  if (path == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (name == NULL) {
+    const char *slash = strrchr(path, '/');
+
+    name = slash != NULL ? slash + 1 : path;
+    name_len = MAILOAUTH_MESSAGE_STRLEN;
+  }
+
+  /* O_NONBLOCK: a FIFO put in the file's place must not hang the worker
+   * (it is refused by the type check); O_NOFOLLOW: nor may a symlink
+   * pointing somewhere the uploader could not read.
+   */
+  fd = open(path, O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC);
+  if (fd < 0) {
+    xerrno = errno;
+    mailoauth_trace(trace_channel, 3, "cannot open attachment: %s",
+      strerror(xerrno));
+    errno = xerrno;
+    return -1;
+  }
+
+  if (mailoauth_message_attach_fd(msg, fd, name, name_len, content_type,
+      -1) < 0) {
+    xerrno = errno;
+    (void) close(fd);
+    errno = xerrno;
+    return -1;
+  }
+
   return 0;
 }
 

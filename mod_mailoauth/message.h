@@ -108,6 +108,17 @@ int mailoauth_message_set_digest_body(struct mailoauth_message *msg,
   const char *intro, const char *const *items, size_t nitems,
   const char *outro);
 
+/* Text a client chose (a file or user name, a path) made fit to stand in
+ * a body line: valid UTF-8 is kept as it is, while line breaks and other
+ * control characters are shown as escapes ("\n", "\r", "\t", "\x1B"),
+ * C1 controls, U+2028/U+2029 and bidirectional overrides as "\u2028", and
+ * bytes that are not UTF-8 as "\xFF".  So the text can never start a new
+ * line or pose as a header.  A malloc'd NUL-terminated string (its length
+ * in *out_len if not NULL), or NULL/ENOMEM.  len may be
+ * MAILOAUTH_MESSAGE_STRLEN.
+ */
+char *mailoauth_message_escape(const char *s, size_t len, size_t *out_len);
+
 /* The Date header; by default the time of the first read, local time. */
 int mailoauth_message_set_date(struct mailoauth_message *msg, time_t when,
   int utc);
@@ -134,6 +145,17 @@ int mailoauth_message_set_mailer(struct mailoauth_message *msg,
 int mailoauth_message_attach_file(struct mailoauth_message *msg,
   const char *path, const char *name, size_t name_len,
   const char *content_type);
+
+/* Attaches the regular file open on fd (which the message then owns and
+ * closes; on failure it stays the caller's), shown as name (not NULL).
+ * For a file the caller opened and checked itself (see safeopen.h).  A
+ * file larger than max_size (-1: no limit) when this is called is refused
+ * with EFBIG; otherwise its size now bounds what is sent, however it
+ * grows afterwards.  EINVAL: not a regular file.
+ */
+int mailoauth_message_attach_fd(struct mailoauth_message *msg, int fd,
+  const char *name, size_t name_len, const char *content_type,
+  off_t max_size);
 
 /* Size of the attached file when it was opened; -1 if none. */
 off_t mailoauth_message_attachment_size(const struct mailoauth_message *msg);

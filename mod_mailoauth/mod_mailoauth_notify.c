@@ -147,9 +147,21 @@ static int mailoauth_notify_on_meta(pool *p, pr_jot_ctx_t *ctx,
       text = *((const int *) val) ? "true" : "false";
       break;
 
-    default:
-      text = val;
-      break;
+    default: {
+      char *esc;
+      size_t len;
+
+      /* File, user and command texts are the client's choice: a CR or LF
+       * in them must not make a line of the body (a line that reads like
+       * a header, say).  The template's own line breaks are kept.
+       */
+      esc = mailoauth_message_escape(val, MAILOAUTH_MESSAGE_STRLEN, &len);
+      if (esc != NULL) {
+        mailoauth_notify_append(t, esc, len);
+        free(esc);
+      }
+      return 0;
+    }
   }
 
   if (text != NULL) {
@@ -495,7 +507,8 @@ static int mailoauth_notify_matches(const struct mailoauth_notify_rule *rule,
 }
 
 static int mailoauth_notify_add_rule(pool *p, cmd_rec *cmd,
-    struct mailoauth_event_buf *b, const struct mailoauth_notify_rule *rule) {
+    struct mailoauth_event_buf *b, const struct mailoauth_notify_rule *rule,
+    const struct stat *st) {
   static const unsigned char tags[3] = {
     MAILOAUTH_EVENT_F_TO, MAILOAUTH_EVENT_F_CC, MAILOAUTH_EVENT_F_BCC
   };
@@ -540,6 +553,17 @@ static int mailoauth_notify_add_rule(pool *p, cmd_rec *cmd,
   if (rule->attach_max >= 0) {
     pr_snprintf(num, sizeof(num), "%" PR_LU, (pr_off_t) rule->attach_max);
     res |= mailoauth_event_add_str(b, MAILOAUTH_EVENT_F_ATTACH_MAX, num);
+
+    /* Which file this was: the worker attaches only that one. */
+    if (st != NULL) {
+      pr_snprintf(num, sizeof(num), "%llu", (unsigned long long) st->st_dev);
+      res |= mailoauth_event_add_str(b, MAILOAUTH_EVENT_F_DEVICE, num);
+      pr_snprintf(num, sizeof(num), "%llu", (unsigned long long) st->st_ino);
+      res |= mailoauth_event_add_str(b, MAILOAUTH_EVENT_F_INODE, num);
+      pr_snprintf(num, sizeof(num), "%llu",
+        (unsigned long long) st->st_size);
+      res |= mailoauth_event_add_str(b, MAILOAUTH_EVENT_F_STAT_SIZE, num);
+    }
   }
 
   return res;
@@ -550,7 +574,21 @@ int mailoauth_notify_records(cmd_rec *cmd, const char *abs_path,
     int (*emit)(const unsigned char *rec, size_t len)) {
   config_rec *dir, *c;
   xaset_t *set;
-  int emitted = 0, res = 0;
+  const char *store_path;
+  struct stat st;
+  int emitted = 0, res = 0, have_st = FALSE;
+
+  /* The file was just written, by this user: look at it now, as this
+   * user, through the session's own view of the file system (chroot,
+   * FSIO modules).  lstat: a name that is already a symlink names
+   * nothing worth attaching.
+   */
+  store_path = pr_table_get(cmd->notes, "mod_xfer.store-path", NULL);
+  if (store_path != NULL &&
+      pr_fsio_lstat(store_path, &st) == 0 &&
+      S_ISREG(st.st_mode)) {
+    have_st = TRUE;
+  }
 
   /* The nearest context with rules decides: the <Directory> the file is
    * in, then its enclosing ones, then <Anonymous>, then the server.
@@ -598,7 +636,8 @@ int mailoauth_notify_records(cmd_rec *cmd, const char *abs_path,
     memcpy(storage, base, base_len);
     b.len = base_len;
 
-    if (mailoauth_notify_add_rule(cmd->tmp_pool, cmd, &b, rule) != 0 ||
+    if (mailoauth_notify_add_rule(cmd->tmp_pool, cmd, &b, rule,
+          have_st ? &st : NULL) != 0 ||
         (len = mailoauth_event_finish(&b)) < 0) {
       pr_trace_msg(trace_channel, 3, "notification record for '%s' too "
         "large", abs_path);

@@ -6,6 +6,7 @@
 #include "event.h"
 #include "mailauth.h"
 #include "message.h"
+#include "safeopen.h"
 #include "smtp.h"
 #include "spool.h"
 #include "trace.h"
@@ -331,12 +332,86 @@ static void mailoauth_notify_message_id(struct mailoauth_message *msg,
   }
 }
 
+/* Attaches the uploaded file if it may go: reached with no symbolic link
+ * on the way, still the file the session recorded, a regular file not
+ * belonging to the worker's own user (tokens and state are never
+ * attachments) and within the rule's limit as it is now.  Otherwise fills
+ * note with the line the body gets instead and returns -1.
+ */
+static int mailoauth_notify_attach(struct mailoauth_message *msg,
+    const struct mailoauth_event *ev, char *note, size_t notelen) {
+  struct mailoauth_safeopen_expect want;
+  char path[4096], vpath[4096], shown[1024];
+  const char *name, *why = NULL;
+  uint64_t max, dev, ino;
+  struct stat st;
+  int fd;
+
+  mailoauth_event_str(ev, MAILOAUTH_EVENT_F_PATH, path, sizeof(path));
+  mailoauth_event_str(ev, MAILOAUTH_EVENT_F_VPATH, vpath, sizeof(vpath));
+  name = mailoauth_notify_basename(vpath[0] ? vpath : path);
+  mailoauth_worker_printable(path, strlen(path), shown, sizeof(shown));
+
+  if (mailoauth_event_u64(ev, MAILOAUTH_EVENT_F_ATTACH_MAX, &max) < 0 ||
+      max > (uint64_t) INT64_MAX) {
+    max = 0;
+  }
+
+  memset(&want, 0, sizeof(want));
+  if (mailoauth_event_u64(ev, MAILOAUTH_EVENT_F_DEVICE, &dev) < 0 ||
+      mailoauth_event_u64(ev, MAILOAUTH_EVENT_F_INODE, &ino) < 0) {
+    /* Without the identity there is no telling what the path now names. */
+    mailoauth_log("notification for '%s': not attaching the file: the "
+      "upload record does not say which file it was", shown);
+    snprintf(note, notelen, "The file was not attached: it could not be "
+      "verified.");
+    return -1;
+  }
+  want.check_id = 1;
+  want.dev = (dev_t) dev;
+  want.ino = (ino_t) ino;
+  want.check_owner = 1;
+  want.refuse_uid = geteuid();
+
+  fd = mailoauth_safeopen_file(AT_FDCWD, path, &want, &st, &why);
+  if (fd < 0) {
+    mailoauth_log("notification for '%s': not attaching the file: %s%s%s",
+      shown, why ? why : "", why ? ": " : "", strerror(errno));
+    snprintf(note, notelen, "The file was not attached: %s.",
+      errno == ENOENT ? "it is no longer there" :
+      "it could not be read safely");
+    return -1;
+  }
+
+  if (mailoauth_message_attach_fd(msg, fd, name, strlen(name), NULL,
+      (off_t) max) < 0) {
+    int xerrno = errno;
+
+    (void) close(fd);
+    if (xerrno == EFBIG) {
+      mailoauth_trace(trace_channel, 5, "'%s' has %lld bytes, more than "
+        "the %llu attach= allows", shown, (long long) st.st_size,
+        (unsigned long long) max);
+      snprintf(note, notelen, "The file was not attached: it is larger "
+        "than %llu bytes.", (unsigned long long) max);
+    } else {
+      mailoauth_log("notification for '%s': not attaching the file: %s",
+        shown, strerror(xerrno));
+      snprintf(note, notelen, "The file was not attached: it could not be "
+        "read.");
+    }
+    return -1;
+  }
+
+  return 0;
+}
+
 static struct mailoauth_message *mailoauth_notify_single(
     const struct mailoauth_account *acct, const struct mailoauth_event *ev,
     const char *queue_name, char *why, size_t whylen) {
   struct mailoauth_message *msg;
   const struct mailoauth_event_field *f;
-  char buf[4096];
+  char note[256];
 
   msg = mailoauth_notify_message(acct, ev, why, whylen);
   if (msg == NULL) {
@@ -347,32 +422,36 @@ static struct mailoauth_message *mailoauth_notify_single(
   f = mailoauth_event_get(ev, MAILOAUTH_EVENT_F_SUBJECT);
   (void) mailoauth_message_set_subject(msg, f ? f->value : "File received",
     f ? f->len : MAILOAUTH_MESSAGE_STRLEN);
-  f = mailoauth_event_get(ev, MAILOAUTH_EVENT_F_BODY);
-  (void) mailoauth_message_set_body(msg, f ? f->value : "",
-    f ? f->len : 0);
 
+  /* Refused, too large, gone or unreadable: the mail still goes, without
+   * the copy and saying so.
+   */
+  note[0] = '\0';
   if (mailoauth_event_get(ev, MAILOAUTH_EVENT_F_ATTACH_MAX) != NULL) {
-    char path[4096], vpath[4096];
-    long long max, size;
-    const char *name;
+    (void) mailoauth_notify_attach(msg, ev, note, sizeof(note));
+  }
 
-    max = strtoll(mailoauth_event_str(ev, MAILOAUTH_EVENT_F_ATTACH_MAX, buf,
-      sizeof(buf)), NULL, 10);
-    size = strtoll(mailoauth_event_str(ev, MAILOAUTH_EVENT_F_SIZE, buf,
-      sizeof(buf)), NULL, 10);
-    mailoauth_event_str(ev, MAILOAUTH_EVENT_F_PATH, path, sizeof(path));
-    mailoauth_event_str(ev, MAILOAUTH_EVENT_F_VPATH, vpath, sizeof(vpath));
-    name = mailoauth_notify_basename(vpath[0] ? vpath : path);
+  f = mailoauth_event_get(ev, MAILOAUTH_EVENT_F_BODY);
+  if (note[0] != '\0') {
+    size_t len = f ? f->len : 0, nlen = strlen(note), sep = len ? 2 : 0;
+    char *text = malloc(len + sep + nlen + 1);
 
-    /* Too large, gone, or unreadable to the worker: the mail still goes,
-     * without the copy.
-     */
-    if (size <= max &&
-        mailoauth_message_attach_file(msg, path, name, strlen(name),
-          NULL) < 0) {
-      mailoauth_log("notification for '%s': not attaching the file: %s",
-        path, strerror(errno));
+    if (text == NULL) {
+      snprintf(why, whylen, "out of memory");
+      mailoauth_message_free(msg);
+      return NULL;
     }
+    if (len > 0) {
+      memcpy(text, f->value, len);
+    }
+    memcpy(text + len, "\n\n", sep);
+    memcpy(text + len + sep, note, nlen + 1);
+    (void) mailoauth_message_set_body(msg, text, len + sep + nlen);
+    free(text);
+
+  } else {
+    (void) mailoauth_message_set_body(msg, f ? f->value : "",
+      f ? f->len : 0);
   }
 
   if (mailoauth_message_prepare(msg) < 0) {

@@ -3,6 +3,7 @@ mail submitted to a real Postfix (STARTTLS required, SASL XOAUTH2 checked by
 Dovecot against the token stand-in) and delivered into Dovecot, where each
 test reads it back and checks headers, body and attachment."""
 
+import base64
 import email
 import email.policy
 import os
@@ -393,3 +394,157 @@ def test_rules_per_user_with_mod_ifsession(notifier, dovecot):
     time.sleep(2)
     assert len(dovecot.messages(alices)) == 1
     assert len(dovecot.messages(everyone)) == 1
+
+
+# -- attach=: what the worker may send ----------------------------------------
+
+NOBODY = 65534      # the daemon's User in these tests, and so the worker's
+
+
+def stopped_worker(a):
+    """SIGSTOP the worker: uploads then wait in the journal, as they do
+    behind a digest window, a send-rate backlog or an SMTP outage, while
+    the test changes the file system under them."""
+    pids = wait_for(lambda: a.srv.worker_pids(), what="the worker")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def resume(pids):
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+
+
+def ftp_store(a, name, data):
+    """STOR over one session, then NOOP: its answer comes after the STOR's
+    LOG_CMD handlers ran, so the upload is recorded when this returns."""
+    import ftplib
+    import io
+    ftp = ftplib.FTP()
+    ftp.connect(a.srv.host, a.srv.port)
+    ftp.login("alice", a.srv.password)
+    try:
+        ftp.storbinary("STOR " + name, io.BytesIO(data))
+        ftp.voidcmd("NOOP")
+    finally:
+        ftp.quit()
+
+
+def user_dir(path, uid, mode=0o755):
+    os.makedirs(path)
+    os.chown(path, uid, uid)
+    os.chmod(path, mode)
+
+
+def test_attach_never_follows_a_swapped_directory(notifier, dovecot):
+    """The directory an upload sits in is replaced by a symlink while the
+    mail waits, once to a directory of the worker's user holding a canary
+    under the uploaded name, once to the real tokens directory: neither
+    file goes out; both mails do, saying the file was not attached."""
+    to = rcpt("swap")
+    a = notifier("MailOAuthNotify notify to=%s attach=64K" % to)
+    a.srv._prepare()
+    home = a.srv.home("alice")
+    user_dir(os.path.join(home, "d"), 2001)
+    user_dir(os.path.join(home, "t"), 2001)
+    canary_dir = os.path.join(a.srv.dir, "canary")
+    user_dir(canary_dir, NOBODY, 0o700)
+    canary = ("CANARY-%s" % uuid.uuid4().hex).encode()
+    with open(os.path.join(canary_dir, "notify.json"), "wb") as f:
+        f.write(canary)
+    os.chown(os.path.join(canary_dir, "notify.json"), NOBODY, NOBODY)
+    a.srv.start()
+    token_bytes = open(a.token_file, "rb").read()
+    refresh = a.tokens()["refresh_token"].encode()
+
+    pids = stopped_worker(a)
+    try:
+        ftp_store(a, "d/notify.json", b"first upload")
+        ftp_store(a, "t/notify.json", b"second upload")
+        for sub, target in (("d", canary_dir),
+                            ("t", os.path.dirname(a.token_file))):
+            os.rename(os.path.join(home, sub), os.path.join(home, sub + ".0"))
+            os.symlink(target, os.path.join(home, sub))
+    finally:
+        resume(pids)
+
+    msgs = dovecot.wait_for_messages(to, 2, timeout=30)
+    # The worker may have refreshed meanwhile: the old and the new tokens.
+    secrets = (canary, refresh, token_bytes[:40],
+               a.tokens()["refresh_token"].encode(),
+               open(a.token_file, "rb").read()[:40])
+    for raw in msgs:
+        m = parse(raw)
+        assert list(m.iter_attachments()) == []
+        body = m.get_body(("plain",)).get_content()
+        assert "The file was not attached" in body
+        for secret in secrets:
+            assert secret not in raw
+            assert base64.b64encode(secret)[:20] not in raw
+    text = a.srv.log_text()
+    assert text.count("not attaching the file: a symbolic link is on its "
+                      "path") == 2
+
+
+def test_attach_limit_applies_to_the_file_as_it_is(notifier, dovecot):
+    """A file within attach= when uploaded, grown past it before the worker
+    gets to it, is not attached; one of the right size is, whole."""
+    to = rcpt("grow")
+    a = notifier("MailOAuthNotify notify to=%s attach=64K" % to)
+    a.srv.start()
+    small = os.urandom(3000)
+    pids = stopped_worker(a)
+    try:
+        ftp_store(a, "grows.bin", os.urandom(1000))
+        ftp_store(a, "stays.bin", small)
+        with open(os.path.join(a.srv.home("alice"), "grows.bin"), "ab") as f:
+            f.write(os.urandom(70000))
+    finally:
+        resume(pids)
+
+    by_name = {}
+    for raw in dovecot.wait_for_messages(to, 2, timeout=30):
+        m = parse(raw)
+        name = "grows" if b"grows.bin" in raw else "stays"
+        by_name[name] = m
+    assert list(by_name["grows"].iter_attachments()) == []
+    assert "The file was not attached: it is larger than 65536 bytes." in \
+        by_name["grows"].get_body(("plain",)).get_content()
+    atts = list(by_name["stays"].iter_attachments())
+    assert [p.get_content() for p in atts] == [small]
+    assert "not attached" not in \
+        by_name["stays"].get_body(("plain",)).get_content()
+
+
+def test_line_breaks_in_a_file_name_are_shown_escaped(notifier, dovecot,
+                                                      pki):
+    """A name with CR LF (possible over SFTP) cannot start a body line: it
+    shows as \\r\\n, and no line of the mail reads "Bcc: ..."."""
+    to = rcpt("esc")
+    victim = rcpt("victim")
+    a = notifier("MailOAuthNotify notify to=%s" % to, sftp=True)
+    a.srv.start()
+    curl_upload(a.srv, "sftp", "x%%0D%%0ABcc:%%20%s%%0D%%0A.txt" % victim,
+                b"x", pki=pki)
+    raw = dovecot.wait_for_messages(to, 1, timeout=30)[0]
+    body = parse(raw).get_body(("plain",)).get_content()
+    assert "x\\r\\nBcc: %s\\r\\n.txt" % victim in body
+    lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+    assert not [ln for ln in lines if ln.lstrip().lower().startswith(b"bcc")]
+    assert parse(raw)["Bcc"] is None
+    time.sleep(2)
+    assert dovecot.messages(victim) == []
+
+
+def test_attach_from_a_chrooted_session(notifier, dovecot):
+    """Under DefaultRoot the session records the file through its own,
+    chrooted view; the worker finds the same file by its real path."""
+    to = rcpt("chroot")
+    a = notifier("MailOAuthNotify notify to=%s attach=64K" % to,
+                 default_root=True)
+    a.srv.start()
+    data = os.urandom(2000)
+    curl_upload(a.srv, "ftp", "jailed.bin", data)
+    m = parse(dovecot.wait_for_messages(to, 1, timeout=30)[0])
+    assert [p.get_content() for p in m.iter_attachments()] == [data]

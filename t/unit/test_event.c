@@ -153,6 +153,40 @@ START_TEST(test_field_length_overrun) {
 }
 END_TEST
 
+START_TEST(test_u64_fields) {
+  unsigned char buf[512];
+  struct mailoauth_event_buf b;
+  struct mailoauth_event ev;
+  uint64_t v = 7;
+  ssize_t len;
+
+  mailoauth_event_buf_init(&b, buf, sizeof(buf));
+  ck_assert_int_eq(mailoauth_event_add_str(&b, MAILOAUTH_EVENT_F_INODE,
+    "18446744073709551615"), 0);
+  ck_assert_int_eq(mailoauth_event_add_str(&b, MAILOAUTH_EVENT_F_DEVICE,
+    "18446744073709551616"), 0);
+  ck_assert_int_eq(mailoauth_event_add_str(&b, MAILOAUTH_EVENT_F_STAT_SIZE,
+    "12x"), 0);
+  ck_assert_int_eq(mailoauth_event_add_str(&b, MAILOAUTH_EVENT_F_SIZE, ""),
+    0);
+  len = mailoauth_event_finish(&b);
+  ck_assert_int_gt(mailoauth_event_parse(buf, (size_t) len, &ev), 0);
+
+  ck_assert_int_eq(mailoauth_event_u64(&ev, MAILOAUTH_EVENT_F_INODE, &v), 0);
+  ck_assert(v == UINT64_MAX);
+  errno = 0;
+  ck_assert_int_eq(mailoauth_event_u64(&ev, MAILOAUTH_EVENT_F_DEVICE, &v),
+    -1);
+  ck_assert_int_eq(errno, EINVAL);
+  ck_assert_int_eq(mailoauth_event_u64(&ev, MAILOAUTH_EVENT_F_STAT_SIZE,
+    &v), -1);
+  ck_assert_int_eq(mailoauth_event_u64(&ev, MAILOAUTH_EVENT_F_SIZE, &v), -1);
+  errno = 0;
+  ck_assert_int_eq(mailoauth_event_u64(&ev, MAILOAUTH_EVENT_F_PATH, &v), -1);
+  ck_assert_int_eq(errno, ENOENT);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("event");
   TCase *tc = tcase_create("records");
@@ -166,6 +200,7 @@ int main(void) {
   tcase_add_test(tc, test_buffer_limits);
   tcase_add_test(tc, test_garbage_and_oversize);
   tcase_add_test(tc, test_field_length_overrun);
+  tcase_add_test(tc, test_u64_fields);
   suite_add_tcase(s, tc);
 
   sr = srunner_create(s);

@@ -1730,6 +1730,88 @@ START_TEST(test_attachment_changes) {
 }
 END_TEST
 
+/* attach_fd: the limit applies to the file as opened, and what is sent
+ * stays within it however the file grows afterwards.
+ */
+START_TEST(test_attachment_fd_limit) {
+  struct mailoauth_message *msg = new_msg();
+  unsigned char *data = random_bytes(3000, 11);
+  struct parsed m;
+  char path[256];
+  int fd, wfd;
+
+  make_file("cap.bin", data, 1000, path, sizeof(path));
+  fd = open(path, O_RDONLY);
+  ck_assert_int_ge(fd, 0);
+
+  errno = 0;
+  ck_assert_int_eq(mailoauth_message_attach_fd(msg, fd, "cap.bin",
+    MAILOAUTH_MESSAGE_STRLEN, NULL, 999), -1);
+  ck_assert_int_eq(errno, EFBIG);
+  ck_assert_int_eq(mailoauth_message_attachment_size(msg), -1);
+  /* Refused: the descriptor is still the caller's. */
+  ck_assert_int_ge(fcntl(fd, F_GETFD), 0);
+
+  ck_assert_int_eq(mailoauth_message_attach_fd(msg, fd, "cap.bin",
+    MAILOAUTH_MESSAGE_STRLEN, NULL, 1000), 0);
+  wfd = open(path, O_WRONLY|O_APPEND);
+  ck_assert_int_eq(write(wfd, data + 1000, 2000), 2000);
+  close(wfd);
+  render_check(msg, &m);
+  ck_assert_uint_eq(m.file_len, 1000);
+  ck_assert(memcmp(m.file, data, 1000) == 0);
+  parsed_free(&m);
+
+  /* Anything but a regular file is refused. */
+  fd = open(tmpdir, O_RDONLY|O_DIRECTORY);
+  errno = 0;
+  ck_assert_int_eq(mailoauth_message_attach_fd(msg, fd, "d", 1, NULL, -1),
+    -1);
+  ck_assert_int_eq(errno, EINVAL);
+  close(fd);
+  ck_assert_int_eq(mailoauth_message_attachment_size(msg), 1000);
+
+  unlink(path);
+  free(data);
+  mailoauth_message_free(msg);
+}
+END_TEST
+
+START_TEST(test_escape) {
+  static const struct {
+    const char *in;
+    size_t len;
+    const char *want;
+  } cases[] = {
+    { "plain.txt", MAILOAUTH_MESSAGE_STRLEN, "plain.txt" },
+    { "a\r\nBcc: x@y", MAILOAUTH_MESSAGE_STRLEN, "a\\r\\nBcc: x@y" },
+    { "t\tab\x01\x1b[31m\x7f", MAILOAUTH_MESSAGE_STRLEN,
+      "t\\tab\\x01\\x1B[31m\\x7F" },
+    { "nul\0.txt", 8, "nul\\x00.txt" },
+    { "r\xc3\xa9sum\xc3\xa9 \xe6\x97\xa5", MAILOAUTH_MESSAGE_STRLEN,
+      "r\xc3\xa9sum\xc3\xa9 \xe6\x97\xa5" },
+    { "bad\xff\xc3(", MAILOAUTH_MESSAGE_STRLEN, "bad\\xFF\\xC3(" },
+    { "nel\xc2\x85ls\xe2\x80\xa8ps\xe2\x80\xa9", MAILOAUTH_MESSAGE_STRLEN,
+      "nel\\u0085ls\\u2028ps\\u2029" },
+    { "inv\xe2\x80\xae" "fdp.exe", MAILOAUTH_MESSAGE_STRLEN,
+      "inv\\u202Efdp.exe" },
+    { "keep\xef\xbf\xbd", MAILOAUTH_MESSAGE_STRLEN, "keep\xef\xbf\xbd" },
+    { "back\\slash", MAILOAUTH_MESSAGE_STRLEN, "back\\slash" },
+  };
+  size_t i, len;
+
+  for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    char *out = mailoauth_message_escape(cases[i].in, cases[i].len, &len);
+
+    ck_assert_ptr_nonnull(out);
+    ck_assert_str_eq(out, cases[i].want);
+    ck_assert_uint_eq(len, strlen(cases[i].want));
+    ck_assert_ptr_null(strpbrk(out, "\r\n"));
+    free(out);
+  }
+}
+END_TEST
+
 /* The read callback in small pieces gives the same bytes as render(), and
  * again after a rewind.
  */
@@ -1916,6 +1998,8 @@ int main(void) {
   tcase_add_test(tc, test_content_types);
   tcase_add_test(tc, test_attachment_refusals);
   tcase_add_test(tc, test_attachment_changes);
+  tcase_add_test(tc, test_attachment_fd_limit);
+  tcase_add_test(tc, test_escape);
   tcase_add_test(tc, test_stream_chunks);
   tcase_add_test(tc, test_incomplete_message);
   tcase_add_test(tc, test_everything_hostile);
