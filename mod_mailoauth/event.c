@@ -23,8 +23,9 @@ static uint32_t mailoauth_event_get32(const unsigned char *p) {
     ((uint32_t) p[2] << 8) | (uint32_t) p[3];
 }
 
-/* A checksum only has to catch torn or stale bytes, not an adversary: the
- * journal directory is writable by the daemon's user alone.
+/* A checksum only has to catch torn or stale bytes in the worker's own queue
+ * files, not an adversary: in the journals, records are authenticated by the
+ * journal's framing (spool.h).
  */
 static uint32_t mailoauth_event_fnv1a(const unsigned char *p, size_t len) {
   uint32_t h = 2166136261u;

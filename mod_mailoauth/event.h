@@ -2,10 +2,10 @@
  * mod_mailoauth - upload event records
  *
  * A session process describes a completed upload as one self-delimiting
- * binary record and appends it to its journal; the worker decodes it.  The
- * framing (magic, length, checksum) lets the worker tell a record that is
- * still being written, or was torn by a crash, from a complete one, and the
- * fields are length-prefixed so that file and user names may hold any byte
+ * binary record and appends it to its journal, in a frame that binds it to
+ * the journal (spool.h); the worker decodes it.  The record's own magic,
+ * length and checksum guard the worker's queue files, and the fields are
+ * length-prefixed so that file and user names may hold any byte
  * (CR, LF, NUL, invalid UTF-8) without breaking the format.
  */
 

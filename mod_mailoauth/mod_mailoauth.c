@@ -30,6 +30,8 @@
 #include "trace.h"
 #include "wconf.h"
 
+#include <grp.h>
+#include <limits.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -75,7 +77,7 @@ static pid_t mailoauth_supervisor_pid = 0;
 static int mailoauth_supervisor_fd = -1;
 
 /* Session-side state. */
-static int mailoauth_journal_fd = -1;
+static struct mailoauth_journal mailoauth_journal = { -1, { 0 } };
 
 /* Where the directive being parsed stands, from core.parsed-line, so that
  * checks made after parsing can still name the file and line.
@@ -318,11 +320,24 @@ static int mailoauth_prepare_dir(const char *dir, const char *where) {
     res = mkdir(dir, 0700);
     xerrno = errno;
     if (res == 0) {
-      res = chown(dir, mailoauth_uid, mailoauth_gid);
+      int fd;
+
+      /* The subdirectories are made inside a directory User owns, which a
+       * User process could rename the new one out of and put a symbolic
+       * link in its place: chown only what was opened without following
+       * one.
+       */
+      fd = open(dir, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
+      res = fd < 0 ? -1 : 0;
       xerrno = errno;
       if (res == 0) {
-        res = lstat(dir, &st);
+        res = fchown(fd, mailoauth_uid, mailoauth_gid);
         xerrno = errno;
+        if (res == 0) {
+          res = fstat(fd, &st);
+          xerrno = errno;
+        }
+        (void) close(fd);
       }
     }
   }
@@ -850,12 +865,11 @@ static void mailoauth_exit_ev(const void *event_data, void *user_data) {
   (void) event_data;
   (void) user_data;
 
-  if (mailoauth_journal_fd >= 0) {
+  if (mailoauth_journal.fd >= 0) {
     /* Closing releases the lock: the worker then knows the journal is
      * complete.
      */
-    (void) close(mailoauth_journal_fd);
-    mailoauth_journal_fd = -1;
+    mailoauth_spool_journal_close(&mailoauth_journal);
 
   } else if (getpid() == mpid) {
     mailoauth_supervisor_stop("the server is exiting");
@@ -866,7 +880,7 @@ static void mailoauth_exit_ev(const void *event_data, void *user_data) {
  */
 
 static int mailoauth_append_record(const unsigned char *rec, size_t len) {
-  return mailoauth_spool_journal_append(mailoauth_journal_fd, rec, len);
+  return mailoauth_spool_journal_append(&mailoauth_journal, rec, len);
 }
 
 MODRET mailoauth_log_upload(cmd_rec *cmd) {
@@ -878,7 +892,7 @@ MODRET mailoauth_log_upload(cmd_rec *cmd) {
   char num[64];
   int *engine;
 
-  if (mailoauth_journal_fd < 0) {
+  if (mailoauth_journal.fd < 0) {
     return PR_DECLINED(cmd);
   }
 
@@ -963,9 +977,102 @@ static int mailoauth_init(void) {
   return 0;
 }
 
-static int mailoauth_sess_init(void) {
-  int xerrno;
+/* Creates the session's journal with the identity of User, the owner of the
+ * spool directory: a process running as User could replace the directory
+ * with a symbolic link, and root must not create a file wherever it points.
+ * The session may hold root or not at this point (mod_auth and mod_sftp
+ * differ), so the identity in place is noted and put back exactly, with no
+ * PRIVS_* macro that would change the caller's state.
+ */
+static int mailoauth_journal_open_as_user(const char *spool_dir) {
+  uid_t euid = geteuid();
+  gid_t egid = getegid(), groups[NGROUPS_MAX];
+  int ngroups, switched = FALSE, res, xerrno;
 
+  ngroups = getgroups(NGROUPS_MAX, groups);
+  if (euid != mailoauth_uid ||
+      egid != mailoauth_gid ||
+      ngroups != 1 ||
+      groups[0] != mailoauth_gid) {
+    if (ngroups < 0 ||
+        (euid != PR_ROOT_UID && seteuid(PR_ROOT_UID) < 0)) {
+      errno = EPERM;
+      return -1;
+    }
+
+    switched = TRUE;
+    if (setgroups(1, &mailoauth_gid) < 0 ||
+        setegid(mailoauth_gid) < 0 ||
+        seteuid(mailoauth_uid) < 0) {
+      res = -1;
+      xerrno = errno;
+      goto restore;
+    }
+  }
+
+  res = mailoauth_spool_journal_open(&mailoauth_journal, spool_dir,
+    mailoauth_uid);
+  xerrno = errno;
+
+restore:
+  if (switched) {
+    if (seteuid(PR_ROOT_UID) < 0 ||
+        setgroups((size_t) ngroups, groups) < 0 ||
+        setegid(egid) < 0 ||
+        seteuid(euid) < 0) {
+      /* Going on with another identity than ProFTPD thinks it has would be
+       * worse than ending this session.
+       */
+      pr_log_pri(PR_LOG_ERR, MOD_MAILOAUTH_VERSION
+        ": cannot restore the session's identity: %s", strerror(errno));
+      pr_session_end(0);
+    }
+  }
+
+  errno = xerrno;
+  return res;
+}
+
+/* mod_auth and mod_sftp announce a successful login with this event before
+ * they chroot the session or revoke root (DefaultRoot, RootRevoke): the last
+ * moment at which the spool directory can be reached, and the first at
+ * which the session can upload anything.
+ */
+static void mailoauth_auth_code_ev(const void *event_data, void *user_data) {
+  const int *auth_code = event_data;
+  const char *spool_dir;
+  int *engine;
+
+  (void) user_data;
+
+  if (auth_code == NULL ||
+      *auth_code < 0 ||
+      mailoauth_journal.fd >= 0 ||
+      mailoauth_state_dir == NULL) {
+    return;
+  }
+
+  /* main_server is the virtual host the client logged in to. */
+  engine = get_param_ptr(main_server->conf, "MailOAuthEngine", FALSE);
+  if (engine == NULL ||
+      *engine == FALSE) {
+    return;
+  }
+
+  spool_dir = mailoauth_subdir(session.pool, "spool");
+  if (mailoauth_journal_open_as_user(spool_dir) < 0) {
+    int xerrno = errno;
+
+    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
+      "cannot open an upload journal in '%s': %s%s; uploads in this session "
+      "will not be notified", spool_dir, strerror(xerrno),
+      xerrno == ELOOP || xerrno == ENOTDIR || xerrno == EPERM ?
+        " (it must be a real directory, owned by the server's User, "
+        "mode 0700)" : "");
+  }
+}
+
+static int mailoauth_sess_init(void) {
   /* Master-only machinery a session must not keep: the worker's control
    * socket (a session holding it would hide the master's death from the
    * worker) and the supervision timer.
@@ -983,24 +1090,11 @@ static int mailoauth_sess_init(void) {
     return 0;
   }
 
-  /* The journal is opened now because later the session may be chrooted
-   * and unable to regain root (RootRevoke); the descriptor stays usable.
+  /* A journal is made once the client has logged in, in a virtual host
+   * with the engine on (mailoauth_auth_code_ev), not for every connection.
    */
-  PRIVS_ROOT
-  mailoauth_journal_fd = mailoauth_spool_journal_open(
-    mailoauth_subdir(session.pool, "spool"), mailoauth_uid, mailoauth_gid);
-  xerrno = errno;
-  PRIVS_RELINQUISH
-
-  if (mailoauth_journal_fd < 0) {
-    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-      "cannot open an upload journal in '%s/spool': %s; uploads in this "
-      "session will not be notified", mailoauth_state_dir, strerror(xerrno));
-    return 0;
-  }
-
-  /* Keep it out of children that exec other programs (mod_exec). */
-  (void) fcntl(mailoauth_journal_fd, F_SETFD, FD_CLOEXEC);
+  pr_event_register(&mailoauth_module, "mod_auth.authentication-code",
+    mailoauth_auth_code_ev, NULL);
   return 0;
 }
 

@@ -9,13 +9,19 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
 
 static const char *trace_channel = "mailoauth.spool";
 
@@ -103,69 +109,266 @@ int mailoauth_spool_write_atomic(const char *dir, const char *name,
   return mailoauth_spool_fsync_dir(dir);
 }
 
-int mailoauth_spool_journal_open(const char *spool_dir, uid_t uid, gid_t gid) {
-  char tmp[4096], dst[4096];
+/* A process whose stdin, stdout or stderr was closed gets those numbers
+ * from open(): whatever later writes "to stderr" (a crash message of another
+ * module) would land in the journal.
+ */
+static int mailoauth_spool_fd_above_stdio(int fd) {
+  int nfd, xerrno;
+
+  if (fd < 0 ||
+      fd > STDERR_FILENO) {
+    return fd;
+  }
+
+  nfd = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+  xerrno = errno;
+  (void) close(fd);
+  errno = xerrno;
+  return nfd;
+}
+
+static void mailoauth_spool_put32(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char) (v >> 24);
+  p[1] = (unsigned char) (v >> 16);
+  p[2] = (unsigned char) (v >> 8);
+  p[3] = (unsigned char) v;
+}
+
+static uint32_t mailoauth_spool_get32(const unsigned char *p) {
+  return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) |
+    ((uint32_t) p[2] << 8) | (uint32_t) p[3];
+}
+
+/* HMAC over the frame's offset, length and record: the same bytes anywhere
+ * else in the journal, or in another journal, do not verify.
+ */
+static int mailoauth_spool_mac(const unsigned char *key, off_t offset,
+    const unsigned char *rec, size_t len, unsigned char *mac) {
+  unsigned char pre[12];
+  char digest[] = "SHA256";
+  OSSL_PARAM params[2];
+  EVP_MAC *hmac;
+  EVP_MAC_CTX *ctx = NULL;
+  size_t mac_len = 0;
+  int ok = 0;
+
+  mailoauth_spool_put32(pre, (uint32_t) ((uint64_t) offset >> 32));
+  mailoauth_spool_put32(pre + 4, (uint32_t) offset);
+  mailoauth_spool_put32(pre + 8, (uint32_t) len);
+
+  params[0] = OSSL_PARAM_construct_utf8_string("digest", digest, 0);
+  params[1] = OSSL_PARAM_construct_end();
+
+  hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  if (hmac != NULL) {
+    ctx = EVP_MAC_CTX_new(hmac);
+  }
+
+  if (ctx != NULL) {
+    ok = EVP_MAC_init(ctx, key, MAILOAUTH_SPOOL_KEY_LEN, params) &&
+      EVP_MAC_update(ctx, pre, sizeof(pre)) &&
+      EVP_MAC_update(ctx, rec, len) &&
+      EVP_MAC_final(ctx, mac, &mac_len, MAILOAUTH_SPOOL_MAC_LEN) &&
+      mac_len == MAILOAUTH_SPOOL_MAC_LEN;
+  }
+
+  EVP_MAC_CTX_free(ctx);
+  EVP_MAC_free(hmac);
+
+  if (!ok) {
+    errno = EIO;
+    return -1;
+  }
+
+  return 0;
+}
+
+int mailoauth_spool_journal_open(struct mailoauth_journal *j,
+    const char *spool_dir, uid_t dir_owner) {
+  char tmp[64], dst[128];
+  unsigned char header[MAILOAUTH_SPOOL_HEADER_LEN];
   struct timeval tv;
-  int fd, xerrno;
+  struct stat st;
+  int dfd, fd, xerrno;
+
+  j->fd = -1;
+
+  /* The directory belongs to a less trusted user: act only through a
+   * descriptor of it, opened without following a link in its place.
+   */
+  dfd = open(spool_dir, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
+  dfd = mailoauth_spool_fd_above_stdio(dfd);
+  if (dfd < 0) {
+    return -1;
+  }
+
+  if (fstat(dfd, &st) < 0) {
+    xerrno = errno;
+    (void) close(dfd);
+    errno = xerrno;
+    return -1;
+  }
+
+  if (st.st_uid != dir_owner ||
+      (st.st_mode & 077) != 0) {
+    (void) close(dfd);
+    errno = EPERM;
+    return -1;
+  }
+
+  if (getrandom(j->key, sizeof(j->key), 0) != (ssize_t) sizeof(j->key)) {
+    xerrno = errno;
+    (void) close(dfd);
+    errno = xerrno ? xerrno : EIO;
+    return -1;
+  }
 
   gettimeofday(&tv, NULL);
 
   /* Names sort by creation time, which keeps the queue roughly in upload
    * order across sessions.
    */
-  if ((size_t) snprintf(dst, sizeof(dst), "%s/%010lld.%06ld-%ld%s",
-        spool_dir, (long long) tv.tv_sec, (long) tv.tv_usec, (long) getpid(),
-        MAILOAUTH_SPOOL_JOURNAL_SUFFIX) >= sizeof(dst) ||
-      (size_t) snprintf(tmp, sizeof(tmp), "%s/.new-%ld", spool_dir,
-        (long) getpid()) >= sizeof(tmp)) {
-    errno = ENAMETOOLONG;
+  snprintf(dst, sizeof(dst), "%010lld.%06ld-%ld%s", (long long) tv.tv_sec,
+    (long) tv.tv_usec, (long) getpid(), MAILOAUTH_SPOOL_JOURNAL_SUFFIX);
+  snprintf(tmp, sizeof(tmp), ".new-%ld", (long) getpid());
+
+  (void) unlinkat(dfd, tmp, 0);
+  fd = openat(dfd, tmp, O_WRONLY|O_CREAT|O_EXCL|O_APPEND|O_NOFOLLOW|O_CLOEXEC,
+    0600);
+  fd = mailoauth_spool_fd_above_stdio(fd);
+  if (fd < 0) {
+    xerrno = errno;
+    (void) close(dfd);
+    OPENSSL_cleanse(j->key, sizeof(j->key));
+    errno = xerrno;
     return -1;
   }
 
-  (void) unlink(tmp);
-  fd = open(tmp, O_WRONLY|O_CREAT|O_EXCL|O_APPEND|O_NOFOLLOW|O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return -1;
-  }
+  memcpy(header, MAILOAUTH_SPOOL_MAGIC, 4);
+  memset(header + 4, 0, 4);
+  memcpy(header + 8, j->key, MAILOAUTH_SPOOL_KEY_LEN);
 
   /* The lock is taken before the journal becomes visible under its real
    * name: a worker that could lock it would take the session for ended.
+   * The header is complete by then, so the worker never sees a journal
+   * without its key.
    */
   if (flock(fd, LOCK_EX|LOCK_NB) < 0 ||
-      ((geteuid() != uid || getegid() != gid) && fchown(fd, uid, gid) < 0) ||
-      rename(tmp, dst) < 0) {
+      mailoauth_spool_write_all(fd, header, sizeof(header)) < 0 ||
+      renameat(dfd, tmp, dfd, dst) < 0) {
     xerrno = errno;
     (void) close(fd);
-    (void) unlink(tmp);
+    (void) unlinkat(dfd, tmp, 0);
+    (void) close(dfd);
+    OPENSSL_cleanse(header, sizeof(header));
+    OPENSSL_cleanse(j->key, sizeof(j->key));
     errno = xerrno;
     return -1;
   }
 
-  mailoauth_trace(trace_channel, 9, "opened journal '%s'", dst);
-  return fd;
+  OPENSSL_cleanse(header, sizeof(header));
+  (void) close(dfd);
+  j->fd = fd;
+  mailoauth_trace(trace_channel, 9, "opened journal '%s/%s'", spool_dir, dst);
+  return 0;
 }
 
-int mailoauth_spool_journal_append(int fd, const void *rec, size_t len) {
+int mailoauth_spool_journal_append(struct mailoauth_journal *j,
+    const void *rec, size_t len) {
+  unsigned char *frame;
   struct stat st;
-  int xerrno;
+  size_t frame_len;
+  int res = 0, xerrno;
 
-  if (fstat(fd, &st) < 0) {
+  if (j->fd < 0 ||
+      len > MAILOAUTH_EVENT_MAX_PAYLOAD + MAILOAUTH_EVENT_HEADER_LEN +
+        MAILOAUTH_EVENT_TRAILER_LEN) {
+    errno = j->fd < 0 ? EBADF : EFBIG;
     return -1;
   }
 
-  if (mailoauth_spool_write_all(fd, rec, len) < 0) {
-    /* Never leave half a record behind (disk full): later records would
-     * be unreadable.
-     */
+  /* The session is the journal's only writer: its size is where the frame
+   * lands (O_APPEND), and the offset the MAC binds it to.
+   */
+  if (fstat(j->fd, &st) < 0) {
+    return -1;
+  }
+
+  frame_len = 4 + len + MAILOAUTH_SPOOL_MAC_LEN;
+  frame = malloc(frame_len);
+  if (frame == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+
+  mailoauth_spool_put32(frame, (uint32_t) len);
+  memcpy(frame + 4, rec, len);
+  if (mailoauth_spool_mac(j->key, st.st_size, rec, len, frame + 4 + len) < 0) {
     xerrno = errno;
-    if (ftruncate(fd, st.st_size) < 0) {
-      /* Nothing more to try: the worker skips the damaged tail. */
-    }
+    free(frame);
     errno = xerrno;
     return -1;
   }
 
-  return 0;
+  if (mailoauth_spool_write_all(j->fd, frame, frame_len) < 0) {
+    /* Never leave part of a frame behind (disk full): the reader could not
+     * step over it to the records after it.
+     */
+    xerrno = errno;
+    if (ftruncate(j->fd, st.st_size) < 0) {
+      /* Nothing more to try: the worker drops the damaged tail. */
+    }
+    errno = xerrno;
+    res = -1;
+  }
+
+  free(frame);
+  return res;
+}
+
+void mailoauth_spool_journal_close(struct mailoauth_journal *j) {
+  if (j->fd >= 0) {
+    (void) close(j->fd);
+    j->fd = -1;
+  }
+  OPENSSL_cleanse(j->key, sizeof(j->key));
+}
+
+int mailoauth_spool_frame_parse(const unsigned char *key, off_t offset,
+    const unsigned char *data, size_t len, size_t *frame_len,
+    const unsigned char **rec, size_t *rec_len) {
+  unsigned char mac[MAILOAUTH_SPOOL_MAC_LEN];
+  struct mailoauth_event ev;
+  uint32_t rlen;
+  size_t total;
+
+  if (len < 4) {
+    return MAILOAUTH_SPOOL_FRAME_PARTIAL;
+  }
+
+  rlen = mailoauth_spool_get32(data);
+  if (rlen < MAILOAUTH_EVENT_HEADER_LEN + MAILOAUTH_EVENT_TRAILER_LEN ||
+      rlen > MAILOAUTH_EVENT_MAX_PAYLOAD + MAILOAUTH_EVENT_HEADER_LEN +
+        MAILOAUTH_EVENT_TRAILER_LEN) {
+    return MAILOAUTH_SPOOL_FRAME_UNREADABLE;
+  }
+
+  total = 4 + (size_t) rlen + MAILOAUTH_SPOOL_MAC_LEN;
+  if (len < total) {
+    return MAILOAUTH_SPOOL_FRAME_PARTIAL;
+  }
+
+  *frame_len = total;
+  if (mailoauth_spool_mac(key, offset, data + 4, rlen, mac) < 0 ||
+      CRYPTO_memcmp(mac, data + 4 + rlen, sizeof(mac)) != 0 ||
+      mailoauth_event_parse(data + 4, rlen, &ev) != (ssize_t) rlen) {
+    return MAILOAUTH_SPOOL_FRAME_DAMAGED;
+  }
+
+  *rec = data + 4;
+  *rec_len = rlen;
+  return MAILOAUTH_SPOOL_FRAME_OK;
 }
 
 static off_t mailoauth_spool_read_offset(const char *spool_dir,
@@ -203,29 +406,47 @@ static int mailoauth_spool_queue_record(const char *queue_dir,
   return mailoauth_spool_write_atomic(queue_dir, name, rec, len, 0600);
 }
 
-/* Finds the next record magic after a damaged record, so one bad record
- * costs one event, not the rest of the session's.
+/* Reads the journal's header: 0 with the key, 1 if it is not all there yet
+ * (only possible for a journal being created by an old module version; a
+ * current one renames it into place complete), -1 if it is not a journal.
  */
-static size_t mailoauth_spool_resync(const unsigned char *buf, size_t len,
-    size_t from) {
-  size_t i;
+static int mailoauth_spool_read_header(int fd, off_t size, unsigned char *key) {
+  unsigned char header[MAILOAUTH_SPOOL_HEADER_LEN];
+  size_t have = 0;
 
-  for (i = from + 1; i + 4 <= len; i++) {
-    if (memcmp(buf + i, MAILOAUTH_EVENT_MAGIC, 4) == 0) {
-      return i;
-    }
+  if (size < (off_t) sizeof(header)) {
+    return size == 0 ? 1 : -1;
   }
 
-  return len;
+  while (have < sizeof(header)) {
+    ssize_t n = pread(fd, header + have, sizeof(header) - have, (off_t) have);
+
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return -1;
+    }
+    have += (size_t) n;
+  }
+
+  if (memcmp(header, MAILOAUTH_SPOOL_MAGIC, 4) != 0) {
+    return -1;
+  }
+
+  memcpy(key, header + 8, MAILOAUTH_SPOOL_KEY_LEN);
+  OPENSSL_cleanse(header, sizeof(header));
+  return 0;
 }
 
 static int mailoauth_spool_drain_journal(const char *spool_dir,
     const char *queue_dir, const char *name, unsigned char *buf,
     struct mailoauth_spool_stats *stats) {
   char path[4096], stem[512];
+  unsigned char key[MAILOAUTH_SPOOL_KEY_LEN];
   struct stat st;
   off_t offset, start;
-  int fd, finished, res = 0;
+  int fd, finished, res = 0, header, stuck = 0;
   size_t stem_len;
 
   stem_len = strlen(name) - strlen(MAILOAUTH_SPOOL_JOURNAL_SUFFIX);
@@ -254,9 +475,31 @@ static int mailoauth_spool_drain_journal(const char *spool_dir,
   }
 
   stats->journals++;
-  start = offset = mailoauth_spool_read_offset(spool_dir, stem);
+  header = mailoauth_spool_read_header(fd, st.st_size, key);
+  if (header != 0) {
+    if (finished) {
+      char opath[4096];
 
-  while (offset < st.st_size) {
+      if (header < 0) {
+        mailoauth_log("journal '%s' is not an upload journal of this "
+          "version (%lld bytes); discarding it", path,
+          (long long) st.st_size);
+      }
+      snprintf(opath, sizeof(opath), "%s/%s.off", spool_dir, stem);
+      (void) unlink(path);
+      (void) unlink(opath);
+      stats->removed++;
+    }
+    (void) close(fd);
+    return 0;
+  }
+
+  start = offset = mailoauth_spool_read_offset(spool_dir, stem);
+  if (offset < MAILOAUTH_SPOOL_HEADER_LEN) {
+    start = offset = MAILOAUTH_SPOOL_HEADER_LEN;
+  }
+
+  while (offset < st.st_size && !stuck) {
     size_t want, have = 0, pos = 0;
     ssize_t n;
 
@@ -277,26 +520,36 @@ static int mailoauth_spool_drain_journal(const char *spool_dir,
     }
 
     while (pos < have) {
-      struct mailoauth_event ev;
-      ssize_t rlen;
+      const unsigned char *rec = NULL;
+      size_t frame_len = 0, rec_len = 0;
+      int verdict;
 
-      rlen = mailoauth_event_parse(buf + pos, have - pos, &ev);
-      if (rlen == 0) {
+      verdict = mailoauth_spool_frame_parse(key, offset + (off_t) pos,
+        buf + pos, have - pos, &frame_len, &rec, &rec_len);
+
+      if (verdict == MAILOAUTH_SPOOL_FRAME_PARTIAL) {
         break;
       }
 
-      if (rlen < 0) {
-        size_t next = mailoauth_spool_resync(buf, have, pos);
+      if (verdict == MAILOAUTH_SPOOL_FRAME_UNREADABLE) {
+        /* No frame boundary can be trusted beyond this point: wait for the
+         * session to end, then drop the rest (below).
+         */
+        stuck = 1;
+        break;
+      }
 
+      if (verdict == MAILOAUTH_SPOOL_FRAME_DAMAGED) {
         stats->corrupt++;
-        mailoauth_log("journal '%s': skipping %lu damaged bytes at offset %lld",
-          path, (unsigned long) (next - pos), (long long) offset + (long long) pos);
-        pos = next;
+        mailoauth_log("journal '%s': skipping a damaged record of %lu bytes "
+          "at offset %lld", path, (unsigned long) frame_len,
+          (long long) offset + (long long) pos);
+        pos += frame_len;
         continue;
       }
 
       if (mailoauth_spool_queue_record(queue_dir, stem, offset + (off_t) pos,
-          buf + pos, (size_t) rlen) < 0) {
+          rec, rec_len) < 0) {
         mailoauth_log("cannot queue event from journal '%s': %s", path,
           strerror(errno));
         res = -1;
@@ -304,7 +557,7 @@ static int mailoauth_spool_drain_journal(const char *spool_dir,
       }
 
       stats->queued++;
-      pos += (size_t) rlen;
+      pos += frame_len;
     }
 
     offset += (off_t) pos;
@@ -312,6 +565,8 @@ static int mailoauth_spool_drain_journal(const char *spool_dir,
       break;
     }
   }
+
+  OPENSSL_cleanse(key, sizeof(key));
 
   if (offset != start) {
     char stamp[64], oname[600];
@@ -336,9 +591,10 @@ static int mailoauth_spool_drain_journal(const char *spool_dir,
     char opath[4096];
 
     if (offset < st.st_size) {
-      mailoauth_log("journal '%s': discarding %lld bytes of an incomplete "
-        "record left by an ended session", path,
-        (long long) (st.st_size - offset));
+      stats->corrupt++;
+      mailoauth_log("journal '%s': dropping %lld bytes of an incomplete or "
+        "damaged record at offset %lld, left by an ended session", path,
+        (long long) (st.st_size - offset), (long long) offset);
     }
 
     snprintf(opath, sizeof(opath), "%s/%s.off", spool_dir, stem);

@@ -2,10 +2,30 @@
  * mod_mailoauth - the hand-over of upload events from sessions to the worker
  *
  * Each session process owns one journal file in the spool directory, created
- * in sess_init (while the session can still reach the directory: later it
- * may be chrooted and have root revoked) and held open and flock()ed for the
- * session's lifetime.  A completed upload appends one event record with a
- * single write(): no network, no fsync, nothing that can stall the 226 reply.
+ * when the session has logged in, before it is chrooted or gives up root,
+ * and held open and flock()ed for the session's lifetime.  A completed
+ * upload appends one event record with a single write(): no network, no
+ * fsync, nothing that can stall the 226 reply.
+ *
+ * The spool directory belongs to the worker's user, so the journal is created
+ * with that user's identity (the caller switches to it), through a
+ * descriptor of the directory opened without following a symbolic link and
+ * checked for owner and mode: whoever runs as that user can at worst make
+ * their own uid write a file they could write anyway.
+ *
+ * On-disk format of a journal (integers big-endian):
+ *
+ *   header:  "MOJ1" | 4 zero bytes | 32-byte key (random, per journal)
+ *   frames:  u32 L | L bytes: one event record (event.h) | 32-byte MAC
+ *
+ * MAC = HMAC-SHA256(key, u64 frame offset in the journal | u32 L | record).
+ * The reader only ever moves from one frame to the next by the declared
+ * length: it never searches for a frame inside data.  A frame whose MAC does
+ * not verify is skipped by its declared length (one damaged event); bytes
+ * inside a record, such as an uploader-chosen file name, can never be
+ * accepted as a frame, since they carry neither the key nor their offset.
+ * An impossible length ends the readable part: for an ended session the
+ * rest (a write torn by a crash) is dropped with one log line.
  *
  * The worker drains journals into its queue directory, one file per event,
  * named after the journal and the record's offset, so re-draining after a
@@ -23,13 +43,50 @@
 #define MAILOAUTH_SPOOL_JOURNAL_SUFFIX  ".j"
 #define MAILOAUTH_SPOOL_QUEUE_SUFFIX    ".ev"
 
-/* Session side.  Creates and locks a new journal owned by uid/gid (the
- * worker's identity), mode 0600.  Returns the descriptor, or -1 with errno.
- */
-int mailoauth_spool_journal_open(const char *spool_dir, uid_t uid, gid_t gid);
+#define MAILOAUTH_SPOOL_MAGIC           "MOJ1"
+#define MAILOAUTH_SPOOL_KEY_LEN         32
+#define MAILOAUTH_SPOOL_HEADER_LEN      (8 + MAILOAUTH_SPOOL_KEY_LEN)
+#define MAILOAUTH_SPOOL_MAC_LEN         32
 
-/* Appends one framed record with a single write(); -1 with errno on error. */
-int mailoauth_spool_journal_append(int fd, const void *rec, size_t len);
+/* A session's open journal. */
+struct mailoauth_journal {
+  int fd;                       /* -1 when none; never 0, 1 or 2 */
+  unsigned char key[MAILOAUTH_SPOOL_KEY_LEN];
+};
+
+/* Session side.  Creates and locks a new journal, mode 0600, owned by the
+ * caller's effective identity, in spool_dir, which must be a real directory
+ * (not a symbolic link) owned by dir_owner and closed to others.  0, or -1
+ * with errno (ELOOP/ENOTDIR for a symbolic link, EPERM for a wrong owner or
+ * mode).
+ */
+int mailoauth_spool_journal_open(struct mailoauth_journal *j,
+  const char *spool_dir, uid_t dir_owner);
+
+/* Appends one event record, framed, with a single write(); -1 with errno on
+ * error (nothing of the record is left behind).
+ */
+int mailoauth_spool_journal_append(struct mailoauth_journal *j,
+  const void *rec, size_t len);
+
+/* Closes the journal (releasing the lock: the session has ended) and wipes
+ * the key.
+ */
+void mailoauth_spool_journal_close(struct mailoauth_journal *j);
+
+/* Verdicts of mailoauth_spool_frame_parse(). */
+#define MAILOAUTH_SPOOL_FRAME_OK          0   /* authentic record */
+#define MAILOAUTH_SPOOL_FRAME_PARTIAL     1   /* only the start: read more */
+#define MAILOAUTH_SPOOL_FRAME_DAMAGED     2   /* complete, not authentic */
+#define MAILOAUTH_SPOOL_FRAME_UNREADABLE  3   /* impossible length */
+
+/* Looks at the frame at data, which lies at offset in a journal with this
+ * key.  For OK and DAMAGED, *frame_len is the frame's length (the distance
+ * to the next frame); for OK, *rec and *rec_len give the record.
+ */
+int mailoauth_spool_frame_parse(const unsigned char *key, off_t offset,
+  const unsigned char *data, size_t len, size_t *frame_len,
+  const unsigned char **rec, size_t *rec_len);
 
 struct mailoauth_spool_stats {
   unsigned int journals;        /* journals looked at */

@@ -2,6 +2,8 @@
 master, configuration mistakes stop proftpd -t, and every completed upload
 (FTP, FTPS, SFTP, SCP) reaches the worker exactly once."""
 
+import ftplib
+import io
 import os
 import re
 import signal
@@ -11,6 +13,7 @@ import time
 
 import pytest
 
+from netutil import free_port
 from proftpd import alive, pids_of, proc_status
 
 
@@ -359,6 +362,108 @@ sys.exit(1)
     finally:
         sess.kill()
         sess.wait()
+
+
+def journals(srv):
+    spool = os.path.join(srv.state_dir, "spool")
+    return [j for j in os.listdir(spool) if j.endswith(".j")]
+
+
+def test_journal_only_for_logged_in_sessions(make_proftpd):
+    """Connections that never log in leave nothing in the spool; a login
+    makes a journal, which the worker removes once the session ends."""
+    srv = make_proftpd().start()
+    ftp = ftplib.FTP()
+    ftp.connect(srv.host, srv.port, timeout=10)
+    ftp.sendcmd("NOOP")
+    assert journals(srv) == []
+    with pytest.raises(ftplib.error_perm):
+        ftp.login("alice", "wrong password")
+    assert journals(srv) == []
+    ftp.login("alice", srv.password)
+    assert len(journals(srv)) == 1
+    ftp.quit()
+    wait_for(lambda: journals(srv) == [], timeout=15,
+             what="the ended session's empty journal to be removed")
+    assert "damaged" not in srv.log_text()
+
+
+def test_no_journal_in_a_vhost_with_the_engine_off(make_proftpd):
+    port = free_port()
+    srv = make_proftpd()
+    srv.global_conf = """<VirtualHost 127.0.0.1>
+  Port %d
+  ServerName "engine off"
+  AuthUserFile %s/ftpd.passwd
+  AuthOrder mod_auth_file.c
+  RequireValidShell off
+  AllowOverwrite on
+  <IfModule mod_mailoauth.c>
+    MailOAuthEngine off
+  </IfModule>
+</VirtualHost>""" % (port, srv.dir)
+    srv.start()
+    ftp = ftplib.FTP()
+    ftp.connect(srv.host, port, timeout=10)
+    ftp.login("alice", srv.password)
+    assert journals(srv) == []
+    ftp.storbinary("STOR off.txt", io.BytesIO(b"not notified"))
+    ftp.quit()
+    assert os.path.exists(os.path.join(srv.home("alice"), "off.txt"))
+    # The engine-on server beside it still records its uploads.
+    curl_upload(srv, "ftp", "on.txt", b"notified")
+    srv.wait_log("upload event")
+    time.sleep(1)
+    assert [os.path.basename(field(e, "path")) for e in upload_events(srv)] \
+        == ["on.txt"]
+
+
+def tree_state(top):
+    """Everything about a directory tree that a stray create, chown or
+    chmod would change."""
+    state = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [""] + dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            state.append((os.path.join(dirpath, name), st.st_uid, st.st_gid,
+                          st.st_mode, st.st_size, st.st_mtime_ns))
+    return sorted(state)
+
+
+@pytest.mark.parametrize("canary_owner", [0, 65534])
+def test_spool_swapped_for_a_symlink_creates_nothing(make_proftpd,
+                                                      canary_owner):
+    """A process running as User replaces the spool with a symbolic link:
+    nothing is created, changed or chowned where it points, and uploads
+    still work."""
+    srv = make_proftpd().start()
+    canary = os.path.join(srv.dir, "canary")
+    os.mkdir(canary)
+    os.chown(canary, canary_owner, canary_owner)
+    os.chmod(canary, 0o700)
+    with open(os.path.join(canary, "keep"), "w") as f:
+        f.write("x")
+    os.chown(os.path.join(canary, "keep"), canary_owner, canary_owner)
+    before = tree_state(canary)
+
+    spool = os.path.join(srv.state_dir, "spool")
+    swap = r"""
+import os, sys
+os.setgid(65534); os.setgroups([]); os.setuid(65534)
+os.rename(sys.argv[1], sys.argv[1] + ".away")
+os.symlink(sys.argv[2], sys.argv[1])
+"""
+    subprocess.run(["/usr/bin/python3", "-c", swap, spool, canary],
+                   check=True)
+
+    curl_upload(srv, "ftp", "after-swap.txt", b"still stored")
+    with open(os.path.join(srv.home("alice"), "after-swap.txt"), "rb") as f:
+        assert f.read() == b"still stored"
+    assert tree_state(canary) == before
+    srv.wait_log("cannot open an upload journal")
+    assert srv.log_text().count("cannot open an upload journal") == 1
+    time.sleep(1)
+    assert tree_state(canary) == before
 
 
 def test_events_survive_worker_downtime(make_proftpd):
