@@ -498,10 +498,13 @@ static pid_t tnef_helper_owner = -1;    /* the process that started it */
 /* Set: the helper is this program, exec'd, rather than a fork of ours. */
 static const char *tnef_helper_program = NULL;
 static char *const *tnef_helper_argv = NULL;
+static char *const *tnef_helper_envp = NULL;
 
-void mailoauth_tnef_helper_set_program(const char *path, char *const argv[]) {
+void mailoauth_tnef_helper_set_program(const char *path, char *const argv[],
+    char *const envp[]) {
   tnef_helper_program = path;
   tnef_helper_argv = argv;
+  tnef_helper_envp = envp;
 }
 static uint32_t tnef_helper_seq = 0;
 
@@ -818,8 +821,8 @@ int mailoauth_tnef_helper_start(mailoauth_tnef_helper_init_fn init,
   if (pid == 0) {
     (void) close(sv[0]);
     if (tnef_helper_program != NULL) {
-      mailoauth_spawn_exec(tnef_helper_program, tnef_helper_argv, NULL,
-        &sv[1], 1);
+      mailoauth_spawn_exec(tnef_helper_program, tnef_helper_argv,
+        tnef_helper_envp, &sv[1], 1);
     }
     mailoauth_tnef_helper_main(sv[1], self, init, arg);
   }

@@ -95,12 +95,14 @@ int mailoauth_tnef_helper_start(mailoauth_tnef_helper_init_fn init,
   void *arg);
 
 /* Makes mailoauth_tnef_helper_start() exec path (argv: title, role, ...)
- * with the socket as descriptor 3 and an empty environment, instead of
+ * with the socket as descriptor 3 and the environment envp (NULL: none;
+ * the helper empties it anyway once started), instead of
  * running the helper in a fork of this process; the program then runs
  * mailoauth_tnef_helper_main() itself and init is not called here.
  * Strings must outlive the helper.
  */
-void mailoauth_tnef_helper_set_program(const char *path, char *const argv[]);
+void mailoauth_tnef_helper_set_program(const char *path, char *const argv[],
+  char *const envp[]);
 
 /* The helper's pid, or -1 when there is none (never started, stopped, or
  * found dead).

@@ -35,6 +35,7 @@
 
 #include "tnef.h"
 #include "tnefint.h"
+#include "spawn.h"
 #include "fdpass.h"
 #include "spool.h"
 #include "trace.h"
@@ -126,23 +127,6 @@ static int tnef_child_send(const struct mailoauth_tnef_file *f, void *arg) {
   return 0;
 }
 
-static void tnef_child_close_from(int lowfd) {
-  long max, fd;
-
-#ifdef SYS_close_range
-  if (syscall(SYS_close_range, (unsigned int) lowfd, ~0U, 0) == 0) {
-    return;
-  }
-#endif
-
-  max = sysconf(_SC_OPEN_MAX);
-  if (max < 0 || max > (1L << 20)) {
-    max = 1L << 20;
-  }
-  for (fd = lowfd; fd < max; fd++) {
-    (void) close((int) fd);
-  }
-}
 
 /* 0, 1 and 2 become /dev/null (closed if it cannot be opened), so that
  * nothing written there reaches a descriptor of the parent's.
@@ -177,7 +161,7 @@ static int tnef_child_fds(int in_fd, int out_fd) {
   if (dup2(in2, TNEF_CHILD_IN_FD) < 0 || dup2(out2, TNEF_CHILD_OUT_FD) < 0) {
     return -1;
   }
-  tnef_child_close_from(TNEF_CHILD_OUT_FD + 1);
+  mailoauth_spawn_close_from(TNEF_CHILD_OUT_FD + 1);
 
   /* Unbuffered: nothing held in memory, and no fstat() on first use,
    * which the seccomp filter would punish.
@@ -753,7 +737,7 @@ static int tnef_helper_fds(int sock) {
   }
 
   tnef_stdio_null();
-  tnef_child_close_from(TNEF_HELPER_SOCK_FD + 1);
+  mailoauth_spawn_close_from(TNEF_HELPER_SOCK_FD + 1);
   return 0;
 }
 
