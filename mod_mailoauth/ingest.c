@@ -894,7 +894,7 @@ static int ingest_route(struct ingest_msg *m,
   }
 
   if (!mailoauth_route_match(&t->cfg.filter, m->from_addr, m->recipients,
-      m->subject)) {
+      m->subject, msg ? msg->auth_results : NULL)) {
     m->filtered_out = 1;
     return -1;
   }
@@ -902,11 +902,25 @@ static int ingest_route(struct ingest_msg *m,
   m->dest = &t->dests[0];
   for (i = 0; i < t->cfg.nroutes; i++) {
     if (mailoauth_route_match(t->cfg.routes[i], m->from_addr, m->recipients,
-        m->subject)) {
+        m->subject, msg ? msg->auth_results : NULL)) {
       m->dest = &t->dests[i + 1];
       mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " takes "
         "route %u (%s)", t->cfg.name, m->uid, i + 1, m->dest->dir);
       break;
+    }
+
+    if (t->cfg.routes[i]->auth != 0) {
+      /* Why mail that looks like the partner's went elsewhere. */
+      struct mailoauth_route unauth = *t->cfg.routes[i];
+
+      unauth.auth = 0;
+      if (mailoauth_route_match(&unauth, m->from_addr, m->recipients,
+          m->subject, NULL)) {
+        mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " from "
+          "%s: route %u not taken, no pass of authserv-id %s for its "
+          "auth=", t->cfg.name, m->uid, m->from_addr, i + 1,
+          unauth.authserv_id ? unauth.authserv_id : "-");
+      }
     }
   }
 

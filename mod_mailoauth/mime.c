@@ -1415,7 +1415,7 @@ static int mime_rawget_cb(const char *attr, size_t alen, const char *val,
 #define MIME_LK_FROM            5   /* mbox "From " line: dropped */
 #define MIME_LK_BAD             6
 
-#define MIME_MAX_OWNED          12
+#define MIME_MAX_OWNED          16
 
 struct mime_qp {
   int state;
@@ -1949,6 +1949,11 @@ static void mime_body_final(struct mailoauth_mime *p, struct mime_frame *f) {
 struct mime_hdrs {
   const char *v[MIME_NHDRS];
   size_t len[MIME_NHDRS];
+
+  /* Authentication-Results, every one up to the cap, in order */
+  const char *ar[MAILOAUTH_MIME_MAX_AUTHRES];
+  size_t arlen[MAILOAUTH_MIME_MAX_AUTHRES];
+  size_t nar;
 };
 
 #define MIME_H_CTYPE    0
@@ -2002,6 +2007,15 @@ static void mime_scan_headers(char *blk, size_t n, struct mime_hdrs *h,
     nlen = (size_t) (colon - line);
     while (nlen > 0 && mime_is_wsp((unsigned char) line[nlen - 1])) {
       nlen--;
+    }
+
+    if (want_message && nlen == 22 &&
+        strncasecmp(line, "authentication-results", nlen) == 0) {
+      if (h->nar < MAILOAUTH_MIME_MAX_AUTHRES) {
+        h->ar[h->nar] = colon + 1;
+        h->arlen[h->nar++] = llen - (size_t) (colon + 1 - line);
+      }
+      continue;
     }
 
     for (k = 0; k < MIME_NHDRS; k++) {
@@ -2158,6 +2172,41 @@ static void mime_addr_list(const char *v, size_t n, char **out) {
   }
 }
 
+/* The Authentication-Results values as one string, a line each: control
+ * characters become spaces, so that a value cannot pass for two.  A value
+ * too long is not cut (what is left could read as another verdict).
+ */
+static char *mime_auth_results(const struct mime_hdrs *h) {
+  static const char too_long[] = "(too long)";
+  size_t total = 1, i, k, w = 0;
+  char *s;
+
+  for (i = 0; i < h->nar; i++) {
+    total += (h->arlen[i] > MAILOAUTH_MIME_AUTHRES_LEN ?
+      sizeof(too_long) - 1 : h->arlen[i]) + 1;
+  }
+  s = malloc(total);
+  if (s == NULL) {
+    return NULL;
+  }
+
+  for (i = 0; i < h->nar; i++) {
+    if (h->arlen[i] > MAILOAUTH_MIME_AUTHRES_LEN) {
+      memcpy(s + w, too_long, sizeof(too_long) - 1);
+      w += sizeof(too_long) - 1;
+    } else {
+      for (k = 0; k < h->arlen[i]; k++) {
+        unsigned char c = (unsigned char) h->ar[i][k];
+
+        s[w++] = c < 0x20 || c == 0x7f ? ' ' : (char) c;
+      }
+    }
+    s[w++] = '\n';
+  }
+  s[w] = '\0';
+  return s;
+}
+
 static const char *mime_msg_field(struct mailoauth_mime *p,
     struct mime_frame *f, char *s) {
   const char *r = mime_own(p, f, mime_no_controls(s));
@@ -2188,6 +2237,12 @@ static void mime_parse_message_headers(struct mailoauth_mime *p,
       }
     }
     m->recipients = mime_msg_field(p, f, rcpts);
+  }
+  {
+    /* Not mime_msg_field(): the line breaks separate the values. */
+    const char *ar = mime_own(p, f, mime_auth_results(h));
+
+    m->auth_results = ar ? ar : "";
   }
   m->date = mime_msg_field(p, f, h->v[MIME_H_DATE] ?
     mailoauth_mime_decode_header(h->v[MIME_H_DATE], h->len[MIME_H_DATE],

@@ -87,7 +87,15 @@ struct mailoauth_mime_message {
                                  * lowercased, comma-separated */
   const char *date;             /* as sent */
   const char *message_id;       /* without the angle brackets */
+  const char *auth_results;     /* the first MAILOAUTH_MIME_MAX_AUTHRES
+                                 * Authentication-Results values, top-most
+                                 * first, unfolded, each ending in '\n';
+                                 * one longer than MAILOAUTH_MIME_AUTHRES_LEN
+                                 * is replaced by "(too long)" */
 };
+
+#define MAILOAUTH_MIME_MAX_AUTHRES      8
+#define MAILOAUTH_MIME_AUTHRES_LEN      4096
 
 /* One entity of the MIME tree.  The same pointer is passed to part_begin,
  * part_data and part_end of that entity and stays valid until part_end

@@ -23,14 +23,16 @@ static const char *trace_channel = "mailoauth.ingest";
 #define MAILOAUTH_INGEST_USAGE \
   "write MailOAuthIngest NAME account=ACCOUNT every=DURATION dir=/abs/path " \
   "owner=USER|UID:GID [folder=INBOX] [from=PATTERN] [to=PATTERN] " \
-  "[subject=glob] [files=glob,glob] [max-size=SIZE] " \
+  "[subject=glob] [auth=dmarc|spf|dkim authserv-id=ID|exchange-online] " \
+  "[files=glob,glob] [max-size=SIZE] " \
   "[after=seen|delete|move:Folder] [failed=leave|move:Folder] " \
   "[name=TEMPLATE] [inline=off|on] [eml=off|on] [metadata=off|on] " \
   "[tnef=on|off]"
 
 #define MAILOAUTH_ROUTE_USAGE \
   "write MailOAuthIngestRoute TASK [from=PATTERN] [to=PATTERN] " \
-  "[subject=glob] dir=/abs/path [owner=USER|UID:GID], e.g. " \
+  "[subject=glob] [auth=dmarc|spf|dkim] [authserv-id=ID|exchange-online] " \
+  "dir=/abs/path [owner=USER|UID:GID], e.g. " \
   "MailOAuthIngestRoute scans from=contoso.com dir=/srv/ftp/contoso " \
   "owner=contoso"
 
@@ -172,6 +174,10 @@ modret_t *set_mailoauthingest(cmd_rec *cmd) {
     }
   }
 
+  if (mailoauth_route_check(&cfg->filter, err, sizeof(err)) < 0) {
+    CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, err));
+  }
+
   if (cfg->account == NULL ||
       !have_every ||
       cfg->dir == NULL ||
@@ -232,7 +238,7 @@ static config_rec *mailoauth_ingest_find(server_rec *s, const char *name) {
 }
 
 /* usage: MailOAuthIngestRoute TASK [from=...] [to=...] [subject=...]
- *          dir=/abs/path [owner=USER|UID:GID]
+ *          [auth=...] [authserv-id=...] dir=/abs/path [owner=USER|UID:GID]
  */
 modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
   struct mailoauth_ingest_config *task;
@@ -268,6 +274,10 @@ modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
   route->uid = task->uid;
   route->gid = task->gid;
   args = make_array(c->pool, cmd->argc, sizeof(char *));
+  /* The task's authserv-id= holds for its routes unless they name one
+   * (mailoauth_wconf_parse() does the same in the worker).
+   */
+  route->authserv_id = task->filter.authserv_id;
 
   for (i = 2; i < cmd->argc; i++) {
     char *arg = pstrdup(c->pool, cmd->argv[i]), *eq, *key, *value;
@@ -309,7 +319,8 @@ modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
       }
       if (res > 0) {
         CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "unknown setting '", key,
-          "' (known: from, to, subject, dir, owner)", NULL));
+          "' (known: from, to, subject, auth, authserv-id, dir, owner)",
+          NULL));
       }
     }
   }
@@ -322,6 +333,10 @@ modret_t *set_mailoauthingestroute(cmd_rec *cmd) {
       route->subject == NULL) {
     CONF_ERROR(cmd, "a route needs from=, to= or subject= (the task's own "
       "dir= takes what no route matches): " MAILOAUTH_ROUTE_USAGE);
+  }
+
+  if (mailoauth_route_check(route, err, sizeof(err)) < 0) {
+    CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, err));
   }
 
   task->routes[task->nroutes++] = route;

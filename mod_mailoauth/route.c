@@ -8,6 +8,7 @@
  */
 
 #include "route.h"
+#include "authres.h"
 #include "trace.h"
 
 #include <fnmatch.h>
@@ -112,7 +113,43 @@ int mailoauth_route_parse_setting(struct mailoauth_route *r, const char *key,
     return 0;
   }
 
+  if (strcasecmp(key, "auth") == 0) {
+    if (mailoauth_authres_methods(value, &r->auth) < 0) {
+      mailoauth_errf(errbuf, errlen, "auth= '%s' is not a list of methods: "
+        "write auth=dmarc (recommended), auth=dkim, auth=spf or e.g. "
+        "auth=spf,dkim (every one listed must pass)", value);
+      return -1;
+    }
+    return 0;
+  }
+
+  if (strcasecmp(key, "authserv-id") == 0) {
+    if (*value == '\0' || strlen(value) > MAILOAUTH_AUTHRES_NAME_MAX ||
+        strpbrk(value, " \t;()\"=") != NULL) {
+      mailoauth_errf(errbuf, errlen, "authserv-id= takes the name the "
+        "receiving mail server writes first in its Authentication-Results "
+        "header, e.g. authserv-id=mx.example.com, or "
+        "authserv-id=" MAILOAUTH_ROUTE_AUTHSERV_EXO " for Exchange Online");
+      return -1;
+    }
+    r->authserv_id = value;
+    return 0;
+  }
+
   return 1;
+}
+
+int mailoauth_route_check(const struct mailoauth_route *r, char *errbuf,
+    size_t errlen) {
+  if (r->auth != 0 && r->authserv_id == NULL) {
+    mailoauth_errf(errbuf, errlen, "auth= needs to know whose verdict to "
+      "trust: add authserv-id=" MAILOAUTH_ROUTE_AUTHSERV_EXO " for an "
+      "Exchange Online mailbox, or authserv-id=NAME with the name your "
+      "receiving mail server writes first in its Authentication-Results "
+      "header (e.g. authserv-id=mx.example.com)");
+    return -1;
+  }
+  return 0;
 }
 
 static int route_any(const char *const *patterns, const char *addr) {
@@ -127,7 +164,8 @@ static int route_any(const char *const *patterns, const char *addr) {
 }
 
 int mailoauth_route_match(const struct mailoauth_route *r,
-    const char *from_addr, const char *recipients, const char *subject) {
+    const char *from_addr, const char *recipients, const char *subject,
+    const char *auth_results) {
   if (r->from[0] != NULL && !route_any(r->from, from_addr ? from_addr : "")) {
     return 0;
   }
@@ -156,6 +194,38 @@ int mailoauth_route_match(const struct mailoauth_route *r,
   if (r->subject != NULL &&
       fnmatch(r->subject, subject ? subject : "", FNM_CASEFOLD) != 0) {
     return 0;
+  }
+
+  if (r->auth != 0) {
+    const char *id = r->authserv_id;
+
+    /* Unset (a bug: the configuration check refuses it) trusts nothing. */
+    if (id == NULL) {
+      return 0;
+    }
+    if (strcasecmp(id, MAILOAUTH_ROUTE_AUTHSERV_EXO) == 0) {
+      id = NULL;
+    }
+    if (!mailoauth_authres_verify(auth_results ? auth_results : "", id,
+        r->auth, from_addr ? from_addr : "")) {
+      return 0;
+    }
+  }
+
+  if (r->auth != 0) {
+    const char *id = r->authserv_id;
+
+    /* Unset (a bug: the configuration check refuses it) trusts nothing. */
+    if (id == NULL) {
+      return 0;
+    }
+    if (strcasecmp(id, MAILOAUTH_ROUTE_AUTHSERV_EXO) == 0) {
+      id = NULL;
+    }
+    if (!mailoauth_authres_verify(auth_results ? auth_results : "", id,
+        r->auth, from_addr ? from_addr : "")) {
+      return 0;
+    }
   }
 
   return 1;

@@ -133,6 +133,7 @@ static int wconf_route(struct mailoauth_wconf *w,
   }
   route->uid = cfg->uid;
   route->gid = cfg->gid;
+  route->authserv_id = cfg->filter.authserv_id;
 
   json_array_foreach(args, i, item) {
     char *key, *value = NULL;

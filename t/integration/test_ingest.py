@@ -459,6 +459,72 @@ def test_routes_send_messages_to_their_directories(ingester, dovecot):
     assert all("\\Seen" in flags(dovecot, u) for u in uids(dovecot))
 
 
+EXO_AR = ("Authentication-Results: spf=%s (sender IP is 192.0.2.7)\r\n"
+          " smtp.mailfrom=%s; dkim=none (message not signed)\r\n"
+          " header.d=none;dmarc=%s action=none header.from=%s;compauth=%s\r\n"
+          " reason=100\r\n")
+
+
+def exo_ar(result, domain):
+    return (EXO_AR % (result, domain, result, domain, result)).encode()
+
+
+def test_routes_with_auth_trust_only_the_receiving_servers_verdict(
+        ingester, dovecot):
+    """auth=dmarc: a From: forged, with no Authentication-Results, one the
+    sender wrote, or one of the receiving server below the sender's, does
+    not take the route; the receiving server's pass for the From: domain
+    does."""
+    a = ingester("authserv-id=exchange-online", start=False)
+    contoso = routed_dir(a, "contoso")
+    fabrikam = routed_dir(a, "fabrikam")
+    a.srv.extra_conf += (
+        "MailOAuthIngestRoute t1 from=contoso.test auth=dmarc "
+        "dir=%s owner=%d:%d\n"
+        "MailOAuthIngestRoute t1 from=fabrikam.test auth=dmarc "
+        "authserv-id=mx.example.test dir=%s owner=%d:%d\n"
+        % (contoso, ROUTED_UID, ROUTED_UID, fabrikam, ROUTED_UID,
+           ROUTED_UID))
+
+    def mail(name, sender, headers=b""):
+        return headers + make_mail(
+            [(name, name.encode() * 10, "application/pdf")], sender=sender)
+
+    bob, ap = "Bob <bob@contoso.test>", "ap@fabrikam.test"
+    for m in (
+            # Exchange Online's pass for contoso.test, on top.
+            mail("good.pdf", bob, exo_ar("pass", "contoso.test")),
+            # Forged From:, nothing else.
+            mail("forged.pdf", bob),
+            # The sender's own header, with its own authserv-id.
+            mail("foreign.pdf", bob, b"Authentication-Results: mx.evil.test;"
+                 b" dmarc=pass header.from=contoso.test\r\n"),
+            # Exchange's fail on top, the sender's "pass" below it.
+            mail("below.pdf", bob, exo_ar("fail", "contoso.test") +
+                 exo_ar("pass", "contoso.test")),
+            # A pass for another domain than the From:.
+            mail("other.pdf", bob, exo_ar("pass", "evil.test")),
+            # The trusted server by name, for fabrikam.test.
+            mail("fab.pdf", ap, b"Authentication-Results: mx.example.test;\r\n"
+                 b"\tdmarc=pass (p=reject) header.from=fabrikam.test\r\n"),
+            # Its name below a header of another server.
+            mail("fab-below.pdf", ap,
+                 b"Authentication-Results: mx.evil.test; none\r\n"
+                 b"Authentication-Results: mx.example.test;"
+                 b" dmarc=pass header.from=fabrikam.test\r\n")):
+        dovecot.deliver(ALICE, m)
+    a.go()
+    wait_files(a.inbox, 5)
+    time.sleep(2)
+    assert visible(contoso) == ["good.pdf"]
+    assert visible(fabrikam) == ["fab.pdf"]
+    assert sorted(visible(a.inbox)) == ["below.pdf", "fab-below.pdf",
+                                        "foreign.pdf", "forged.pdf",
+                                        "other.pdf"]
+    for f in visible(contoso):
+        assert os.stat(os.path.join(contoso, f)).st_uid == ROUTED_UID
+
+
 def test_task_to_filter_takes_only_its_tag(ingester, dovecot):
     a = ingester("to=+in,inbox@partner.test", start=False)
     plus = ALICE.replace("@", "+in@")
@@ -492,6 +558,14 @@ def test_task_to_filter_takes_only_its_tag(ingester, dovecot):
     ("MailOAuthIngestRoute t1 form=a.test dir=/srv/x",
      "unknown setting 'form'"),
     ("MailOAuthIngestRoute t1 to=+ dir=/srv/x", "to=+invoices"),
+    ("MailOAuthIngestRoute t1 from=a.test auth=dmarc dir=/srv/x",
+     "add authserv-id=exchange-online"),
+    ("MailOAuthIngestRoute t1 from=a.test auth=dmarc,arc "
+     "authserv-id=exchange-online dir=/srv/x", "write auth=dmarc"),
+    ("MailOAuthIngestRoute t1 from=a.test auth=dmarc \"authserv-id=a b\" "
+     "dir=/srv/x", "authserv-id=mx.example.com"),
+    ("MailOAuthIngest t2 account=notify every=60 dir=/srv/in "
+     "owner=2001:2001 from=a.test auth=spf", "add authserv-id="),
 ])
 def test_bad_routes_fail_syntax_check(make_proftpd, tokensvc, tokensvc_app,
                                       pki, line, hint):

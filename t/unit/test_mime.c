@@ -80,7 +80,7 @@ struct rpart {
   const struct mailoauth_mime_part *ptr;
   unsigned int index, depth, in_message;
   char *section, *type, *charset, *filename, *cid, *subject, *from;
-  char *from_addr, *msgid, *date, *encname, *rcpts;
+  char *from_addr, *msgid, *date, *encname, *rcpts, *authres;
   int disposition, encoding, is_multipart, is_message;
   uint64_t size_hint, hash, nbytes;
   struct tbuf data;
@@ -152,6 +152,7 @@ static int cb_begin(const struct mailoauth_mime_part *p, void *arg) {
   rp->from = xdup(p->message->from);
   rp->from_addr = xdup(p->message->from_addr);
   rp->rcpts = xdup(p->message->recipients);
+  rp->authres = xdup(p->message->auth_results);
   rp->msgid = xdup(p->message->message_id);
   rp->date = xdup(p->message->date);
   rp->disposition = p->disposition;
@@ -275,6 +276,7 @@ static void rec_free(struct rec *r) {
     free(p->from);
     free(p->from_addr);
     free(p->rcpts);
+    free(p->authres);
     free(p->msgid);
     free(p->date);
     free(p->encname);
@@ -541,6 +543,58 @@ START_TEST(test_recipients) {
   ck_assert_str_eq(r->parts[0].rcpts, "jane.doe@example.com,"
     "ops+invoices@example.com,cc@example.org,inbox+scans@example.net");
   rec_free(r);
+}
+END_TEST
+
+/* Routes that ask for a verdict read every Authentication-Results header
+ * in order, unfolded, one a line; a line break inside one cannot make two.
+ */
+START_TEST(test_auth_results) {
+  static const char msg[] =
+    "Authentication-Results: spf=pass (sender IP is 192.0.2.7)\r\n"
+    " smtp.mailfrom=contoso.com; dmarc=pass action=none\r\n"
+    "\theader.from=contoso.com\r\n"
+    "Received: from x by y\r\n"
+    "authentication-results : mx.evil.test; dmarc=pass\x0b"
+    "header.from=contoso.com\r\n"
+    "From: bob@contoso.com\r\n"
+    "Subject: x\r\n"
+    "\r\n"
+    "body\r\n";
+  static const char none[] = "From: a@b.c\r\n\r\nbody\r\n";
+  struct rec *r = run_simple(msg, MODE_NONE);
+  char *big;
+  size_t i;
+
+  ck_assert_uint_ge(r->nparts, 1);
+  ck_assert_str_eq(r->parts[0].authres, " spf=pass (sender IP is "
+    "192.0.2.7) smtp.mailfrom=contoso.com; dmarc=pass action=none "
+    "header.from=contoso.com\n"
+    " mx.evil.test; dmarc=pass header.from=contoso.com\n");
+  rec_free(r);
+
+  r = run_simple(none, MODE_NONE);
+  ck_assert_str_eq(r->parts[0].authres, "");
+  rec_free(r);
+
+  /* At most MAILOAUTH_MIME_MAX_AUTHRES, the top-most; one too long is
+   * named so, not cut.
+   */
+  big = malloc(MAILOAUTH_MIME_AUTHRES_LEN + 1024);
+  ck_assert_ptr_nonnull(big);
+  strcpy(big, "Authentication-Results: ");
+  i = strlen(big);
+  memset(big + i, 'a', MAILOAUTH_MIME_AUTHRES_LEN + 1);
+  strcpy(big + i + MAILOAUTH_MIME_AUTHRES_LEN + 1, "\r\n");
+  for (i = 0; i < MAILOAUTH_MIME_MAX_AUTHRES + 3; i++) {
+    sprintf(big + strlen(big), "Authentication-Results: h%zu\r\n", i);
+  }
+  strcat(big, "From: a@b.c\r\n\r\nbody\r\n");
+  r = run_simple(big, MODE_NONE);
+  ck_assert_str_eq(r->parts[0].authres, "(too long)\n h0\n h1\n h2\n h3\n"
+    " h4\n h5\n h6\n");
+  rec_free(r);
+  free(big);
 }
 END_TEST
 
@@ -2158,6 +2212,7 @@ int main(void) {
   tcase_set_timeout(tc, 600);
   tcase_add_test(tc, test_outlook);
   tcase_add_test(tc, test_recipients);
+  tcase_add_test(tc, test_auth_results);
   tcase_add_test(tc, test_gmail);
   tcase_add_test(tc, test_applemail);
   tcase_add_test(tc, test_thunderbird);

@@ -96,31 +96,35 @@ START_TEST(test_match) {
   const char *rcpts = "inbox@partner.test,alice+scans@contoso.com";
 
   r = route("contoso.com,fabrikam.com", NULL, NULL);
-  ck_assert(mailoauth_route_match(r, "x@fabrikam.com", rcpts, "s"));
-  ck_assert(mailoauth_route_match(r, "x@contoso.com", NULL, NULL));
-  ck_assert(!mailoauth_route_match(r, "x@other.test", rcpts, "s"));
-  ck_assert(!mailoauth_route_match(r, NULL, rcpts, "s"));
+  ck_assert(mailoauth_route_match(r, "x@fabrikam.com", rcpts, "s", NULL));
+  ck_assert(mailoauth_route_match(r, "x@contoso.com", NULL, NULL, NULL));
+  ck_assert(!mailoauth_route_match(r, "x@other.test", rcpts, "s", NULL));
+  ck_assert(!mailoauth_route_match(r, NULL, rcpts, "s", NULL));
   free(r);
 
   r = route(NULL, "+scans", NULL);
-  ck_assert(mailoauth_route_match(r, "x@y.test", rcpts, "s"));
+  ck_assert(mailoauth_route_match(r, "x@y.test", rcpts, "s", NULL));
   ck_assert(!mailoauth_route_match(r, "x@y.test", "inbox@partner.test",
-    "s"));
-  ck_assert(!mailoauth_route_match(r, "x@y.test", "", "s"));
-  ck_assert(!mailoauth_route_match(r, "x@y.test", NULL, "s"));
+    "s", NULL));
+  ck_assert(!mailoauth_route_match(r, "x@y.test", "", "s", NULL));
+  ck_assert(!mailoauth_route_match(r, "x@y.test", NULL, "s", NULL));
   free(r);
 
   /* Every condition given must hold. */
   r = route("contoso.com", "+scans", "Scan *");
-  ck_assert(mailoauth_route_match(r, "a@contoso.com", rcpts, "scan 0042"));
-  ck_assert(!mailoauth_route_match(r, "a@contoso.com", rcpts, "Invoice"));
-  ck_assert(!mailoauth_route_match(r, "a@other.test", rcpts, "Scan 1"));
-  ck_assert(!mailoauth_route_match(r, "a@contoso.com", "b@c.d", "Scan 1"));
+  ck_assert(mailoauth_route_match(r, "a@contoso.com", rcpts, "scan 0042",
+    NULL));
+  ck_assert(!mailoauth_route_match(r, "a@contoso.com", rcpts, "Invoice",
+    NULL));
+  ck_assert(!mailoauth_route_match(r, "a@other.test", rcpts, "Scan 1",
+    NULL));
+  ck_assert(!mailoauth_route_match(r, "a@contoso.com", "b@c.d", "Scan 1",
+    NULL));
   free(r);
 
   /* A rule without conditions takes everything. */
   r = route(NULL, NULL, NULL);
-  ck_assert(mailoauth_route_match(r, NULL, NULL, NULL));
+  ck_assert(mailoauth_route_match(r, NULL, NULL, NULL, NULL));
   free(r);
   drop_kept();
 }
