@@ -14,12 +14,12 @@
  * an authorization code, PKCE verifier or device code.
  */
 
-#include "account.h"
-#include "mailauth.h"
-#include "oauth.h"
-#include "tokens.h"
-#include "tokenstore.h"
-#include "trace.h"
+#include "mailoauth/account.h"
+#include "mailoauth/mailauth.h"
+#include "mailoauth/oauth.h"
+#include "mailoauth/tokens.h"
+#include "mailoauth/tokenstore.h"
+#include "mailoauth/trace.h"
 
 #include "confread.h"
 #include "listener.h"
@@ -40,7 +40,7 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
-#include "jsonwrap.h"
+#include "mailoauth/jsonwrap.h"
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 

@@ -2,7 +2,7 @@
  * ftpmailoauth - the local web server that receives the browser sign-in
  */
 
-#include "trace.h"
+#include "mailoauth/trace.h"
 #include "listener.h"
 
 #include <errno.h>

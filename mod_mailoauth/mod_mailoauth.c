@@ -18,17 +18,17 @@
 #include "privs.h"
 
 #include "mod_mailoauth.h"
-#include "account.h"
-#include "deposit.h"
-#include "event.h"
-#include "ingest.h"
-#include "notify.h"
-#include "registry.h"
-#include "spool.h"
-#include "jsonwrap.h"
-#include "spawn.h"
-#include "trace.h"
-#include "wconf.h"
+#include "mailoauth/account.h"
+#include "mailoauth/deposit.h"
+#include "mailoauth/event.h"
+#include "mailoauth/ingest.h"
+#include "mailoauth/notify.h"
+#include "mailoauth/registry.h"
+#include "mailoauth/spool.h"
+#include "mailoauth/jsonwrap.h"
+#include "mailoauth/spawn.h"
+#include "mailoauth/trace.h"
+#include "mailoauth/wconf.h"
 
 #include <grp.h>
 #include <limits.h>

@@ -10,7 +10,7 @@
 #ifndef MOD_MAILOAUTH_H
 #define MOD_MAILOAUTH_H
 
-#include "version.h"
+#include "mailoauth/version.h"
 
 /* Make sure the version of proftpd is as necessary. */
 #if PROFTPD_VERSION_NUMBER < 0x0001030800

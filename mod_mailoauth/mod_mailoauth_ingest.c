@@ -16,7 +16,7 @@
 #include "conf.h"
 
 #include "mod_mailoauth.h"
-#include "ingest.h"
+#include "mailoauth/ingest.h"
 
 static const char *trace_channel = "mailoauth.ingest";
 

@@ -17,9 +17,9 @@
 #include "logfmt.h"
 
 #include "mod_mailoauth.h"
-#include "event.h"
-#include "message.h"
-#include "trace.h"
+#include "mailoauth/event.h"
+#include "mailoauth/message.h"
+#include "mailoauth/trace.h"
 
 #include <fnmatch.h>
 

@@ -3,7 +3,7 @@
 # (contrib/mod_mailoauth, ./configure --with-modules=mod_mailoauth) and checks
 # the result:
 #   - no compiler or linker warning from the module's files,
-#   - every mod_mailoauth/*.c ends up in mod_mailoauth.a,
+#   - the glue and every lib/<area>/*.c end up in mod_mailoauth.a,
 #   - no library symbol the module calls is shadowed by one of ProFTPD's own,
 #   - proftpd -l lists mod_mailoauth.c,
 #   - proftpd -t accepts a configuration using the module's directives and
@@ -145,7 +145,8 @@ cp -a "$top/mod_mailoauth" "$tree/contrib/mod_mailoauth"
 # Leftovers of a build in the module directory itself (e.g. through a
 # symlinked contrib/mod_mailoauth) must not leak into this one.
 (cd "$tree/contrib/mod_mailoauth" &&
-  rm -rf Makefile config.log ./*.o ./*.lo ./*.a ./*.la .libs)
+  rm -rf Makefile config.log ./*.o ./*.lo ./*.a ./*.la .libs mailoauthd \
+    lib/*/*.o lib/*/*.lo)
 
 # 3. configure && make.
 cd "$tree"
@@ -187,11 +188,12 @@ fi
 
 # Every unit of the directory is in the archive.
 archive=contrib/mod_mailoauth/mod_mailoauth.a
-expected=$(for f in contrib/mod_mailoauth/*.c; do basename "$f" .c; done |
+expected=$(for f in contrib/mod_mailoauth/*.c contrib/mod_mailoauth/lib/*/*.c; do
+  basename "$f" .c; done |
   sed 's/$/.o/' | sort | oneline)
 members=$(ar t "$archive" | sort | oneline)
 if [ "$expected" = "$members" ]; then
-  ok "mod_mailoauth.a holds every mod_mailoauth/*.c: $members"
+  ok "mod_mailoauth.a holds the glue and every unit of lib/: $members"
 else
   bad "mod_mailoauth.a holds [$members], expected [$expected]"
 fi

@@ -3,9 +3,9 @@
  */
 
 #include "mailoauthd.h"
-#include "deposit.h"
-#include "tnef.h"
-#include "tnefint.h"
+#include "mailoauth/deposit.h"
+#include "mailoauth/tnef.h"
+#include "tnef/tnefint.h"
 
 #include <errno.h>
 #include <signal.h>

@@ -6,8 +6,8 @@
  */
 
 #include "mailoauthd.h"
-#include "trace.h"
-#include "version.h"
+#include "mailoauth/trace.h"
+#include "mailoauth/version.h"
 
 #include <errno.h>
 #include <grp.h>

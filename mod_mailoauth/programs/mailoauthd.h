@@ -17,7 +17,7 @@
 #ifndef MAILOAUTHD_H
 #define MAILOAUTHD_H
 
-#include "wconf.h"
+#include "mailoauth/wconf.h"
 
 #define MAILOAUTHD_CONTROL_FD   3
 #define MAILOAUTHD_LOG_FD       4

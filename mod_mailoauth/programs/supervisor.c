@@ -9,8 +9,8 @@
  */
 
 #include "mailoauthd.h"
-#include "spawn.h"
-#include "trace.h"
+#include "mailoauth/spawn.h"
+#include "mailoauth/trace.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -9,14 +9,14 @@
  */
 
 #include "mailoauthd.h"
-#include "deposit.h"
-#include "ingest.h"
-#include "notify.h"
-#include "registry.h"
-#include "spawn.h"
-#include "tnef.h"
-#include "trace.h"
-#include "worker.h"
+#include "mailoauth/deposit.h"
+#include "mailoauth/ingest.h"
+#include "mailoauth/notify.h"
+#include "mailoauth/registry.h"
+#include "mailoauth/spawn.h"
+#include "mailoauth/tnef.h"
+#include "mailoauth/trace.h"
+#include "mailoauth/worker.h"
 
 #include <curl/curl.h>
 #include <errno.h>

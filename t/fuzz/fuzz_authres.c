@@ -8,7 +8,7 @@
  * more methods never passes more messages.
  */
 
-#include "authres.h"
+#include "mailoauth/authres.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -7,7 +7,7 @@
  * must lie inside the input.
  */
 
-#include "event.h"
+#include "mailoauth/event.h"
 
 #include <stdint.h>
 #include <stdlib.h>

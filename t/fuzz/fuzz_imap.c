@@ -10,13 +10,13 @@
  *     name must quote, and decoding what was decoded must be stable.
  *
  * Build (clang 14):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Imod_mailoauth \
- *     t/fuzz/fuzz_imap.c mod_mailoauth/imap.c mod_mailoauth/trace.c \
- *     mod_mailoauth/mailauth.c mod_mailoauth/jsonwrap.c \
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Imod_mailoauth/include \
+ *     t/fuzz/fuzz_imap.c mod_mailoauth/lib/mail/imap.c mod_mailoauth/lib/util/trace.c \
+ *     mod_mailoauth/lib/mail/mailauth.c mod_mailoauth/lib/util/jsonwrap.c \
  *     $(pkg-config --cflags --libs libcurl openssl jansson)
  */
 
-#include "imap.h"
+#include "mailoauth/imap.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -16,7 +16,7 @@
 # define _GNU_SOURCE    /* memmem() */
 #endif
 
-#include "message.h"
+#include "mailoauth/message.h"
 
 #include <errno.h>
 #include <stdint.h>

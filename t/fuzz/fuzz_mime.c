@@ -10,7 +10,7 @@
  * that unwind a parse.
  */
 
-#include "mime.h"
+#include "mailoauth/mime.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -7,7 +7,7 @@
  * expanded template must be a relative path of safe components.
  */
 
-#include "names.h"
+#include "mailoauth/names.h"
 
 #include <errno.h>
 #include <stdint.h>

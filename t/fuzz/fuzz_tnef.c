@@ -14,7 +14,7 @@
  * of the announced length.
  */
 
-#include "tnef.h"
+#include "mailoauth/tnef.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-"""The IMAP session of mail ingestion (mod_mailoauth/imap.c) against a real
+"""The IMAP session of mail ingestion (mod_mailoauth/lib/mail/imap.c) against a real
 Dovecot with XOAUTH2 checked by the token stand-in.
 
 imap.c is C: t/tools/imapctl.c drives one session, reading operations on

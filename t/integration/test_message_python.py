@@ -1,5 +1,5 @@
 """Notification mail read back by Python's email package: a second, independent
-parser for what mod_mailoauth/message.c builds (the unit tests use their own).
+parser for what mod_mailoauth/lib/mail/message.c builds (the unit tests use their own).
 
 A small helper program, compiled here from message.c, renders a message from
 hex-encoded arguments (so that any byte, NUL included, reaches the builder);

@@ -39,7 +39,7 @@ def sign_in(svc, app, user, redirect, tenant="contoso.test"):
 
 def write_token_file(path, account, user, toks, uid, expired=False,
                      due_in=None):
-    """The token file format of mod_mailoauth/tokenstore.c, mode 0600.
+    """The token file format of mod_mailoauth/lib/oauth/tokenstore.c, mode 0600.
 
     due_in: make the worker's refresh due in that many seconds (an access
     token of a normal lifetime, signed in an hour ago).

@@ -27,9 +27,9 @@
  * "hint" (or null), "connections" and "requests".
  */
 
-#include "imap.h"
-#include "jsonwrap.h"
-#include "trace.h"
+#include "mailoauth/imap.h"
+#include "mailoauth/jsonwrap.h"
+#include "mailoauth/trace.h"
 
 #include <curl/curl.h>
 #include <errno.h>

@@ -2,7 +2,7 @@
  * Unit tests: the MailOAuthAccount parser and client secret loading.
  */
 
-#include "account.h"
+#include "mailoauth/account.h"
 
 #include <check.h>
 #include <stdarg.h>

@@ -3,8 +3,8 @@
  * on (whose headers count, alignment with From:, hostile input).
  */
 
-#include "authres.h"
-#include "route.h"
+#include "mailoauth/authres.h"
+#include "mailoauth/route.h"
 
 #include <check.h>
 #include <stdio.h>

@@ -7,8 +7,8 @@
  * root say so and pass without checking anything.
  */
 
-#include "deposit.h"
-#include "names.h"
+#include "mailoauth/deposit.h"
+#include "mailoauth/names.h"
 
 #include <check.h>
 #include <dirent.h>

@@ -3,7 +3,7 @@
  * partial and damaged input).
  */
 
-#include "event.h"
+#include "mailoauth/event.h"
 
 #include <check.h>
 #include <errno.h>

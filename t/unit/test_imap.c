@@ -4,7 +4,7 @@
  * hostile and very long lines included.
  */
 
-#include "imap.h"
+#include "mailoauth/imap.h"
 
 #include <check.h>
 #include <curl/curl.h>

@@ -4,7 +4,7 @@
  * t/integration/test_ingest.py).
  */
 
-#include "ingest.h"
+#include "mailoauth/ingest.h"
 
 #include <check.h>
 #include <errno.h>

@@ -1,12 +1,12 @@
 /*
- * Unit tests for mod_mailoauth/mailauth.c: the hint table for Exchange
+ * Unit tests for mod_mailoauth/lib/mail/mailauth.c: the hint table for Exchange
  * Online's answers, XOAUTH2 error challenges, the redaction of client
  * lines, URL schemes, and set-up errors.  Real logins are tested against
  * Dovecot and Postfix in t/integration/test_signin.py.
  */
 
-#include "mailauth.h"
-#include "trace.h"
+#include "mailoauth/mailauth.h"
+#include "mailoauth/trace.h"
 
 #include <check.h>
 #include <errno.h>

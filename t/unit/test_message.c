@@ -5,7 +5,7 @@
  * quoted-printable), and compared with what went in.
  */
 
-#include "message.h"
+#include "mailoauth/message.h"
 
 #include <check.h>
 #include <curl/curl.h>

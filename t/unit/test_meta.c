@@ -2,8 +2,8 @@
  * Unit tests: the metadata document deposited beside a message's files.
  */
 
-#include "meta.h"
-#include "jsonwrap.h"
+#include "mailoauth/meta.h"
+#include "mailoauth/jsonwrap.h"
 
 #include <check.h>
 #include <stdlib.h>

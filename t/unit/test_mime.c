@@ -6,8 +6,8 @@
  * be identical.
  */
 
-#include "mime.h"
-#include "names.h"
+#include "mailoauth/mime.h"
+#include "mailoauth/names.h"
 
 #include <check.h>
 #include <errno.h>

@@ -3,7 +3,7 @@
  * collisions).
  */
 
-#include "names.h"
+#include "mailoauth/names.h"
 
 #include <check.h>
 #include <errno.h>

@@ -1,11 +1,11 @@
 /*
- * Unit tests for mod_mailoauth/oauth.c: endpoints, PKCE, parsing,
+ * Unit tests for mod_mailoauth/lib/oauth/oauth.c: endpoints, PKCE, parsing,
  * classification, the log line, backoff, and the request paths against a
  * small HTTPS token endpoint run in a child process.
  */
 
-#include "oauth.h"
-#include "trace.h"
+#include "mailoauth/oauth.h"
+#include "mailoauth/trace.h"
 
 #include <check.h>
 #include <errno.h>
@@ -24,7 +24,7 @@
 #include <sys/wait.h>
 
 #include <curl/curl.h>
-#include "jsonwrap.h"
+#include "mailoauth/jsonwrap.h"
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>

@@ -3,7 +3,7 @@
  * plus-addressing, rule matching, setting parser).
  */
 
-#include "route.h"
+#include "mailoauth/route.h"
 
 #include <check.h>
 #include <stdlib.h>

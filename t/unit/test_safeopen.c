@@ -4,7 +4,7 @@
  * opened file.
  */
 
-#include "safeopen.h"
+#include "mailoauth/safeopen.h"
 
 #include <check.h>
 #include <errno.h>

@@ -2,8 +2,8 @@
  * Unit tests: session journals, draining into the queue, and the queue.
  */
 
-#include "event.h"
-#include "spool.h"
+#include "mailoauth/event.h"
+#include "mailoauth/spool.h"
 
 #include <check.h>
 #include <dirent.h>

@@ -10,9 +10,9 @@
  * decoders are the helper's children, never this process's.
  */
 
-#include "tnef.h"
-#include "tnefint.h"
-#include "trace.h"
+#include "mailoauth/tnef.h"
+#include "tnef/tnefint.h"
+#include "mailoauth/trace.h"
 
 #include <check.h>
 #include <dirent.h>

@@ -1,5 +1,5 @@
 /*
- * Unit tests for mod_mailoauth/tokens.c, without a network: an account
+ * Unit tests for mod_mailoauth/lib/oauth/tokens.c, without a network: an account
  * whose authority is https://127.0.0.1:1 (nothing listens there) makes
  * every token request fail as TRANSIENT, so what is tested here is the
  * bookkeeping around requests: when one is made at all, backoff, the lock,
@@ -7,8 +7,8 @@
  * real HTTP exchanges are tested in t/integration/test_signin.py.
  */
 
-#include "tokens.h"
-#include "trace.h"
+#include "mailoauth/tokens.h"
+#include "mailoauth/trace.h"
 
 #include <check.h>
 #include <errno.h>

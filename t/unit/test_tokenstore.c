@@ -1,11 +1,11 @@
 /*
- * Unit tests for mod_mailoauth/tokenstore.c: account names, atomic
+ * Unit tests for mod_mailoauth/lib/oauth/tokenstore.c: account names, atomic
  * write and re-read, permission and symlink refusals, change detection,
  * leftover cleanup, secret wiping, and no secret in any message.
  */
 
-#include "tokenstore.h"
-#include "trace.h"
+#include "mailoauth/tokenstore.h"
+#include "mailoauth/trace.h"
 
 #include <check.h>
 #include <dirent.h>
@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "jsonwrap.h"
+#include "mailoauth/jsonwrap.h"
 
 #define SECRET_REFRESH  "0.ARt0kEn-SeCrEt-refresh-AAAABBBBCCCCDDDDEEEE"
 #define SECRET_ACCESS   "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.access-secret"

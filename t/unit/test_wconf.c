@@ -4,7 +4,7 @@
  * on a socket).
  */
 
-#include "wconf.h"
+#include "mailoauth/wconf.h"
 
 #include <check.h>
 #include <stdlib.h>

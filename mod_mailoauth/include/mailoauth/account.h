@@ -1,0 +1,56 @@
+/*
+ * mod_mailoauth - OAuth mail accounts (the MailOAuthAccount directive)
+ *
+ * One account is one app registration acting for one mailbox:
+ *
+ *   MailOAuthAccount NAME key=value ...
+ *
+ * The same parser serves the module (at configuration time) and the
+ * sign-in tool (which reads proftpd.conf), so both always agree on what an
+ * account line means.
+ */
+
+#ifndef MOD_MAILOAUTH_ACCOUNT_H
+#define MOD_MAILOAUTH_ACCOUNT_H
+
+#include "mailoauth/oauth.h"
+
+#include <stddef.h>
+
+#define MAILOAUTH_ACCOUNT_DEFAULT_REDIRECT \
+  "http://localhost:9090/register_microsoft_graph_api/"
+
+struct mailoauth_account {
+  char *name;
+  char *mailbox;            /* XOAUTH2 user= and the default From */
+  char *smtp_url;           /* smtp://host:587 (STARTTLS) or smtps://host:465 */
+  char *imap_url;           /* imaps://host:993 */
+  char *redirect_uri;       /* browser sign-in */
+  char *secret_source;      /* "file:/path" or "env:NAME"; NULL: public client */
+  unsigned int send_rate;   /* mails a minute at most; 0: the default */
+
+  /* Strings in here point into this struct's own allocations. */
+  struct mailoauth_oauth_config oauth;
+
+  /* Private: what oauth's const strings point to. */
+  char *owned[16];
+  unsigned int nowned;
+};
+
+/* Parses the arguments after the account name.  On error returns -1, with a
+ * message naming the offending key and what to write instead in errbuf.
+ * Release with mailoauth_account_clear() in either case.
+ */
+int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
+  int argc, char *const *argv, char *errbuf, size_t errlen);
+
+/* Reads the client secret from its source into acct->oauth.client_secret.
+ * A secret file must be a regular file not readable by group or others.
+ */
+int mailoauth_account_load_secret(struct mailoauth_account *acct,
+  char *errbuf, size_t errlen);
+
+/* Frees everything, wiping the client secret. */
+void mailoauth_account_clear(struct mailoauth_account *acct);
+
+#endif /* MOD_MAILOAUTH_ACCOUNT_H */

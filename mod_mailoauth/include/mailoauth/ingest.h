@@ -1,0 +1,122 @@
+/*
+ * mod_mailoauth - mail-to-folder ingestion tasks (the MailOAuthIngest
+ * directive's work, in the worker)
+ *
+ * Each task polls one folder of one account's mailbox on its own schedule,
+ * takes the wanted attachments of every new message and deposits them, as
+ * the destination's owner, through the privileged deposit helper
+ * (deposit.h).  Only then is the message flagged, moved or deleted.
+ *
+ * Nothing may be lost or duplicated across a kill -9, so each task keeps
+ * two files under <statedir>/tasks:
+ *
+ *   NAME.json    {"uidvalidity": V, "next": U}: every message below U is
+ *                done with (written atomically after a message's
+ *                after-action);
+ *   NAME.ledger  "V UID PART NAME" lines, fsync()ed after each deposit and
+ *                before the after-action: a message taken up again after a
+ *                crash skips the parts it lists.  Before each deposit a
+ *                "? V UID PART TIME SIZE NAME" line records the request, so
+ *                that a crash while the helper was writing can be told
+ *                apart afterwards (a file of that name family, size and
+ *                age is the one deposited) instead of depositing twice.
+ *
+ * Messages are fetched into anonymous files in <statedir>/tmp and parsed
+ * from there, so nothing is held in memory and a crash leaves nothing.
+ *
+ * No ProFTPD headers.
+ */
+
+#ifndef MOD_MAILOAUTH_INGEST_H
+#define MOD_MAILOAUTH_INGEST_H
+
+#include "mailoauth/registry.h"
+#include "mailoauth/route.h"
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#define MAILOAUTH_INGEST_AFTER_SEEN     0
+#define MAILOAUTH_INGEST_AFTER_DELETE   1
+#define MAILOAUTH_INGEST_AFTER_MOVE     2
+#define MAILOAUTH_INGEST_AFTER_LEAVE    3   /* failed= only */
+
+/* Longest task name (it names files under <statedir>/tasks). */
+#define MAILOAUTH_INGEST_NAME_MAX       64
+
+/* Free space a deposit leaves on the destination's file system unless
+ * min-free= says otherwise.
+ */
+#define MAILOAUTH_INGEST_DEFAULT_MIN_FREE  ((uint64_t) 100 * 1024 * 1024)
+
+/* At most this many files= globs. */
+#define MAILOAUTH_INGEST_MAX_GLOBS      32
+
+/* At most this many MailOAuthIngestRoute rules per task. */
+#define MAILOAUTH_INGEST_MAX_ROUTES     32
+
+/* One task as configured.  Strings must outlive the task. */
+struct mailoauth_ingest_config {
+  const char *name;
+  const char *account;
+  const char *folder;           /* UTF-8; "INBOX" by default */
+  unsigned int every;           /* seconds between runs */
+  const char *dir;              /* absolute destination directory */
+  uid_t uid;                    /* owner of the deposited files, never 0 */
+  gid_t gid;
+  struct mailoauth_route filter; /* from=, to=, subject=: which messages
+                                 * the task takes at all (dir unused) */
+  const struct mailoauth_route *routes[MAILOAUTH_INGEST_MAX_ROUTES];
+  unsigned int nroutes;         /* tried in order; none matching: dir */
+  const char *files[MAILOAUTH_INGEST_MAX_GLOBS];  /* NULL-terminated */
+  uint64_t max_size;            /* 0: no cap */
+  uint64_t min_free;            /* bytes a deposit must leave free */
+  int after;                    /* MAILOAUTH_INGEST_AFTER_SEEN/DELETE/MOVE */
+  const char *after_folder;
+  int failed;                   /* MAILOAUTH_INGEST_AFTER_LEAVE/MOVE */
+  const char *failed_folder;
+  const char *name_tmpl;        /* NULL: the sanitized attachment name */
+  int inline_parts;             /* also take inline parts with a name */
+  int save_message;             /* eml=on: the message itself as NAME.eml */
+  int metadata;                 /* metadata=on: NAME.json beside the files */
+  int tnef;                     /* tnef=on: winmail.dat unpacked */
+};
+
+/* Parses one key=value setting into cfg (strings point into value, which
+ * must outlive cfg; list settings split it in place).  Returns 0, or -1
+ * with a message saying what to write in errbuf.  "owner" is the caller's
+ * (it needs the system).
+ */
+int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
+  const char *key, char *value, char *errbuf, size_t errlen);
+
+/* Checks and normalizes (trailing slashes) a destination directory for
+ * dir=: absolute, no "." or ".." components.  0, or -1 with errbuf.
+ */
+int mailoauth_ingest_check_dir(char *value, char *errbuf, size_t errlen);
+
+/* Fills in the defaults. */
+void mailoauth_ingest_config_init(struct mailoauth_ingest_config *cfg);
+
+/* Whether a task name can name its state files. */
+int mailoauth_ingest_valid_name(const char *name);
+
+struct mailoauth_ingest;
+
+/* state_dir: holds tasks/ and tmp/; deposit_sock: the worker's end of the
+ * deposit helper's socket.  NULL with errno on failure.
+ */
+struct mailoauth_ingest *mailoauth_ingest_create(const char *state_dir,
+  struct mailoauth_registry *reg, int deposit_sock);
+
+/* cfg is copied (not its strings). */
+int mailoauth_ingest_add(struct mailoauth_ingest *ing,
+  const struct mailoauth_ingest_config *cfg);
+
+/* Runs the tasks that are due; returns when next to call (0: never). */
+time_t mailoauth_ingest_tick(struct mailoauth_ingest *ing, time_t now);
+
+void mailoauth_ingest_destroy(struct mailoauth_ingest *ing);
+
+#endif /* MOD_MAILOAUTH_INGEST_H */

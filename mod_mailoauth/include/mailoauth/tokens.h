@@ -1,0 +1,84 @@
+/*
+ * mod_mailoauth - the access-token lifecycle of one account
+ *
+ * Hands out a valid access token, refreshing it about ten minutes before it
+ * expires (Exchange refuses tokens close to expiry), storing every rotated
+ * refresh token atomically *before* the new access token is used, and
+ * classifying failures: a person must sign in again (logged once, no
+ * retries until the token file changes), the configuration is wrong (logged
+ * once), or the service is having trouble (retried with exponential backoff
+ * and jitter, honouring Retry-After).
+ *
+ * Refreshes are serialised per account across processes with an flock() on
+ * "<dir>/<account>.lock", so the worker and the sign-in tool can never both
+ * spend the same refresh token.  A token file rewritten by the sign-in tool
+ * is picked up on the next call, without a restart.
+ *
+ * No ProFTPD headers.  Operator-facing lines go to mailoauth_log().
+ */
+
+#ifndef MOD_MAILOAUTH_TOKENS_H
+#define MOD_MAILOAUTH_TOKENS_H
+
+#include "mailoauth/account.h"
+#include "mailoauth/oauth.h"
+#include "mailoauth/tokenstore.h"
+
+#include <sys/types.h>
+#include <time.h>
+
+/* Refresh this long before the access token expires. */
+#define MAILOAUTH_TOKENS_REFRESH_MARGIN   600
+
+/* Refresh a delegated account at least this often even when no mail is
+ * sent, so its refresh token (90 days from last use) never lapses.
+ */
+#define MAILOAUTH_TOKENS_KEEPALIVE        (7 * 24 * 3600)
+
+struct mailoauth_tokens;
+
+/* dir: the token directory; owner: uid the token files belong to ((uid_t)
+ * -1: whoever we are); signin_cmd: the command a person runs to sign in
+ * again, quoted in log lines (e.g. "ftpmailoauth signin NAME").  The account
+ * must stay alive as long as the handle.
+ */
+struct mailoauth_tokens *mailoauth_tokens_create(
+  const struct mailoauth_account *acct, const char *dir, uid_t owner,
+  const char *signin_cmd, char *errbuf, size_t errlen);
+void mailoauth_tokens_destroy(struct mailoauth_tokens *t);
+
+/* A valid access token for the account, or NULL.  The pointer stays valid
+ * until the next call on this handle.  *oauth_class says why there is none:
+ * REAUTH (sign in again), CONFIG (fix the configuration), TRANSIENT (try
+ * again after mailoauth_tokens_next_due()).
+ */
+const char *mailoauth_tokens_get(struct mailoauth_tokens *t, time_t now,
+  mailoauth_oauth_class_t *oauth_class);
+
+/* The server refused the token we gave it (XOAUTH2 rejected): forget it, so
+ * the next get() refreshes once.
+ */
+void mailoauth_tokens_invalidate(struct mailoauth_tokens *t);
+
+/* When get() should next be called without being asked: the refresh
+ * margin, the keep-alive, or the end of a backoff.  0: nothing scheduled
+ * (for example, waiting for a person to sign in again).
+ */
+time_t mailoauth_tokens_next_due(const struct mailoauth_tokens *t,
+  time_t now);
+
+/* Stores the result of a sign-in (authorization code or device code):
+ * new refresh and access tokens, identity, scope; clears any last error.
+ */
+int mailoauth_tokens_store_signin(struct mailoauth_tokens *t,
+  const struct mailoauth_oauth_response *resp, time_t now, char *errbuf,
+  size_t errlen);
+
+/* What the token file says now (for a status display): fills rec (which the
+ * caller frees with mailoauth_tokenstore_record_free()); -1 with errno
+ * ENOENT when nobody has signed in yet.
+ */
+int mailoauth_tokens_status(struct mailoauth_tokens *t,
+  struct mailoauth_tokenstore_record *rec, char *errbuf, size_t errlen);
+
+#endif /* MOD_MAILOAUTH_TOKENS_H */

@@ -1,0 +1,2169 @@
+/*
+ * mod_mailoauth - mail-to-folder ingestion tasks
+ *
+ * See ingest.h for the crash-safety contract.  The order of one message's
+ * steps is what makes it hold:
+ *
+ *   fetch -> parse -> for each wanted part: (skip if in the ledger) deposit,
+ *   append to the ledger, fsync -> after-action -> state file (next UID)
+ *   -> empty the ledger.
+ *
+ * A crash before the state file is written takes the message up again; the
+ * ledger makes the deposits already done be skipped, and an after-action
+ * already done is harmless to repeat (or the message is gone, and then
+ * there is nothing to do).
+ */
+
+#include "mailoauth/ingest.h"
+#include "mailoauth/deposit.h"
+#include "mailoauth/imap.h"
+#include "mailoauth/jsonwrap.h"
+#include "mailoauth/mime.h"
+#include "mailoauth/meta.h"
+#include "mailoauth/names.h"
+#include "mailoauth/route.h"
+#include "mailoauth/spool.h"
+#include "mailoauth/tnef.h"
+#include "mailoauth/trace.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *trace_channel = "mailoauth.ingest";
+
+/* UIDs asked for per search. */
+#define INGEST_SEARCH_BATCH     200
+
+/* The helper may have to write a large file to a slow disk. */
+#define INGEST_DEPOSIT_TIMEOUT_MS  (10 * 60 * 1000)
+
+/* The decoder hands over a few hundred bytes at a time: written as they
+ * come, a 1 GiB attachment would cost over a million write() calls.
+ */
+#define INGEST_WRITE_BUF        (256 * 1024)
+
+/* A run lets the worker do other work after this many seconds or this
+ * many messages, whichever comes first: the count keeps a backlog of small
+ * messages from starving notifications on a fast link as surely as the
+ * clock does on a slow one.
+ */
+#define INGEST_RUN_SLICE        2
+#define INGEST_RUN_SLICE_MSGS   16
+
+/* Mode of deposited files. */
+#define INGEST_FILE_MODE        0640
+
+struct ingest_ledger_entry {
+  uint32_t uidvalidity;
+  uint32_t uid;
+  unsigned int part;
+  int intent;                   /* "?" line: a deposit was asked for */
+  time_t started;               /* intent: when */
+  uint64_t size;                /* intent: the part's size */
+  char *name;                   /* done: the name it was deposited as */
+};
+
+/* Where a task's files go: its own dir= and owner, or a route's. */
+struct ingest_dest {
+  const char *dir;
+  uid_t uid;
+  gid_t gid;
+  int cleaned;                  /* stale temporary files removed */
+};
+
+struct ingest_task {
+  struct mailoauth_ingest_config cfg;
+  struct mailoauth_imap *imap;
+  time_t next_due;
+  uint32_t uidvalidity;         /* from the state file; 0: never ran */
+  uint32_t next_uid;
+  char last_error[512];         /* logged once until it changes */
+  int more;                     /* the run stopped at its time slice */
+
+  struct ingest_dest *dests;    /* [0]: dir=/owner=, then one per route */
+  size_t ndests;
+
+  struct ingest_ledger_entry *ledger;
+  size_t nledger, ledger_size;
+};
+
+struct mailoauth_ingest {
+  char *state_dir;
+  char *tasks_dir;
+  char *tmp_dir;
+  struct mailoauth_registry *reg;
+  int deposit_sock;
+  struct ingest_task *tasks;
+  size_t ntasks;
+};
+
+/* Configuration
+ */
+
+void mailoauth_ingest_config_init(struct mailoauth_ingest_config *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->folder = "INBOX";
+  cfg->uid = (uid_t) -1;
+  cfg->gid = (gid_t) -1;
+  cfg->after = MAILOAUTH_INGEST_AFTER_SEEN;
+  cfg->failed = MAILOAUTH_INGEST_AFTER_LEAVE;
+  cfg->tnef = 1;
+  cfg->min_free = MAILOAUTH_INGEST_DEFAULT_MIN_FREE;
+}
+
+int mailoauth_ingest_valid_name(const char *name) {
+  size_t i, len = strlen(name);
+
+  if (len == 0 ||
+      len > MAILOAUTH_INGEST_NAME_MAX ||
+      name[0] == '.' ||
+      name[0] == '-') {
+    return 0;
+  }
+
+  for (i = 0; i < len; i++) {
+    char c = name[i];
+
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.')) {
+      return 0;
+    }
+  }
+
+  return 1;
+}
+
+static int ingest_parse_size(const char *s, uint64_t *out) {
+  char *end = NULL;
+  unsigned long long v;
+  uint64_t mult = 1;
+
+  errno = 0;
+  v = strtoull(s, &end, 10);
+  if (errno != 0 || end == s || *s == '-') {
+    return -1;
+  }
+
+  if (strcasecmp(end, "") == 0 || strcasecmp(end, "B") == 0) {
+    mult = 1;
+  } else if (strcasecmp(end, "K") == 0 || strcasecmp(end, "KB") == 0) {
+    mult = 1024;
+  } else if (strcasecmp(end, "M") == 0 || strcasecmp(end, "MB") == 0) {
+    mult = 1024 * 1024;
+  } else if (strcasecmp(end, "G") == 0 || strcasecmp(end, "GB") == 0) {
+    mult = 1024ULL * 1024 * 1024;
+  } else {
+    return -1;
+  }
+
+  if (v > UINT64_MAX / mult) {
+    return -1;
+  }
+
+  *out = (uint64_t) v * mult;
+  return 0;
+}
+
+/* "move:Folder" for after= and failed=. */
+static int ingest_parse_action(const char *value, int allow_leave,
+    int *action, const char **folder) {
+  if (strcasecmp(value, "seen") == 0 && !allow_leave) {
+    *action = MAILOAUTH_INGEST_AFTER_SEEN;
+  } else if (strcasecmp(value, "delete") == 0 && !allow_leave) {
+    *action = MAILOAUTH_INGEST_AFTER_DELETE;
+  } else if (strcasecmp(value, "leave") == 0 && allow_leave) {
+    *action = MAILOAUTH_INGEST_AFTER_LEAVE;
+  } else if (strncasecmp(value, "move:", 5) == 0 && value[5] != '\0') {
+    char wire[MAILOAUTH_IMAP_NAME_MAX + 1];
+
+    if (mailoauth_imap_folder_name(value + 5, wire, sizeof(wire)) < 0) {
+      return -1;
+    }
+    *action = MAILOAUTH_INGEST_AFTER_MOVE;
+    *folder = value + 5;
+  } else {
+    return -1;
+  }
+
+  return 0;
+}
+
+int mailoauth_ingest_check_dir(char *value, char *errbuf, size_t errlen) {
+  size_t len = strlen(value);
+
+  while (len > 1 && value[len-1] == '/') {
+    value[--len] = '\0';
+  }
+
+  if (value[0] != '/' ||
+      strstr(value, "//") != NULL ||
+      strstr(value, "/../") != NULL ||
+      strstr(value, "/./") != NULL ||
+      (len >= 3 && strcmp(value + len - 3, "/..") == 0) ||
+      (len >= 2 && strcmp(value + len - 2, "/.") == 0)) {
+    mailoauth_errf(errbuf, errlen, "dir '%s' must be an absolute path "
+      "without '.' or '..' components, e.g. dir=/srv/ftp/alice/inbox", value);
+    return -1;
+  }
+
+  return 0;
+}
+
+static int ingest_parse_onoff(const char *key, const char *value, int *out,
+    char *errbuf, size_t errlen) {
+  if (strcasecmp(value, "on") == 0) {
+    *out = 1;
+  } else if (strcasecmp(value, "off") == 0) {
+    *out = 0;
+  } else {
+    mailoauth_errf(errbuf, errlen, "write %s=on or %s=off", key, key);
+    return -1;
+  }
+  return 0;
+}
+
+int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
+    const char *key, char *value, char *errbuf, size_t errlen) {
+  int res;
+
+  res = mailoauth_route_parse_setting(&cfg->filter, key, value, errbuf,
+    errlen);
+  if (res <= 0) {
+    return res;
+  }
+
+  if (strcasecmp(key, "account") == 0) {
+    if (*value == '\0') {
+      mailoauth_errf(errbuf, errlen, "write account=NAME of a "
+        "MailOAuthAccount");
+      return -1;
+    }
+    cfg->account = value;
+
+  } else if (strcasecmp(key, "folder") == 0) {
+    char wire[MAILOAUTH_IMAP_NAME_MAX + 1];
+
+    if (mailoauth_imap_folder_name(value, wire, sizeof(wire)) < 0) {
+      mailoauth_errf(errbuf, errlen, "folder '%s' is not a folder name: "
+        "write e.g. folder=INBOX or folder=INBOX/Scans", value);
+      return -1;
+    }
+    cfg->folder = value;
+
+  } else if (strcasecmp(key, "dir") == 0) {
+    if (mailoauth_ingest_check_dir(value, errbuf, errlen) < 0) {
+      return -1;
+    }
+    cfg->dir = value;
+
+  } else if (strcasecmp(key, "files") == 0) {
+    /* The caller's copy is split in place: globs hold no commas. */
+    char *p = value, *comma;
+    size_t n = 0;
+
+    while (p != NULL && *p != '\0') {
+      comma = strchr(p, ',');
+      if (comma != NULL) {
+        *comma = '\0';
+      }
+      if (*p != '\0') {
+        if (n >= MAILOAUTH_INGEST_MAX_GLOBS - 1) {
+          mailoauth_errf(errbuf, errlen, "files= takes at most %d globs",
+            MAILOAUTH_INGEST_MAX_GLOBS - 1);
+          return -1;
+        }
+        cfg->files[n++] = p;
+      }
+      p = comma ? comma + 1 : NULL;
+    }
+    cfg->files[n] = NULL;
+    if (n == 0) {
+      mailoauth_errf(errbuf, errlen, "write files=GLOB[,GLOB...], e.g. "
+        "files=*.pdf,*.xml");
+      return -1;
+    }
+
+  } else if (strcasecmp(key, "max-size") == 0) {
+    if (ingest_parse_size(value, &cfg->max_size) < 0) {
+      mailoauth_errf(errbuf, errlen, "max-size '%s' is not a size: write "
+        "e.g. max-size=25M (units B, K, M, G)", value);
+      return -1;
+    }
+
+  } else if (strcasecmp(key, "min-free") == 0) {
+    if (ingest_parse_size(value, &cfg->min_free) < 0) {
+      mailoauth_errf(errbuf, errlen, "min-free '%s' is not a size: write "
+        "e.g. min-free=1G (units B, K, M, G; 0 turns the check off)", value);
+      return -1;
+    }
+
+  } else if (strcasecmp(key, "after") == 0) {
+    if (ingest_parse_action(value, 0, &cfg->after, &cfg->after_folder) < 0) {
+      mailoauth_errf(errbuf, errlen, "after '%s': write after=seen, "
+        "after=delete or after=move:Folder", value);
+      return -1;
+    }
+
+  } else if (strcasecmp(key, "failed") == 0) {
+    if (ingest_parse_action(value, 1, &cfg->failed,
+        &cfg->failed_folder) < 0) {
+      mailoauth_errf(errbuf, errlen, "failed '%s': write failed=leave or "
+        "failed=move:Folder", value);
+      return -1;
+    }
+
+  } else if (strcasecmp(key, "name") == 0) {
+    if (mailoauth_names_template_check(value) < 0) {
+      mailoauth_errf(errbuf, errlen, "name '%s' is not a valid template: "
+        "write e.g. name=%%Y-%%m-%%d/%%{filename} (fields %%{sender}, "
+        "%%{subject}, %%{uid}, %%{filename}, %%{basename}, %%{ext}, "
+        "%%{counter}; relative, no '..')", value);
+      return -1;
+    }
+    cfg->name_tmpl = value;
+
+  } else if (strcasecmp(key, "inline") == 0) {
+    return ingest_parse_onoff(key, value, &cfg->inline_parts, errbuf,
+      errlen);
+
+  } else if (strcasecmp(key, "eml") == 0) {
+    return ingest_parse_onoff(key, value, &cfg->save_message, errbuf,
+      errlen);
+
+  } else if (strcasecmp(key, "metadata") == 0) {
+    return ingest_parse_onoff(key, value, &cfg->metadata, errbuf, errlen);
+
+  } else if (strcasecmp(key, "tnef") == 0) {
+    return ingest_parse_onoff(key, value, &cfg->tnef, errbuf, errlen);
+
+  } else {
+    mailoauth_errf(errbuf, errlen, "unknown setting '%s' (known: account, "
+      "folder, every, dir, owner, from, to, subject, files, max-size, "
+      "min-free, after, failed, name, inline, eml, metadata, tnef)", key);
+    return -1;
+  }
+
+  return 0;
+}
+
+/* Task state: NAME.json and NAME.ledger
+ */
+
+static char *ingest_path(const char *dir, const char *name,
+    const char *suffix) {
+  size_t len = strlen(dir) + strlen(name) + strlen(suffix) + 2;
+  char *path = malloc(len);
+
+  if (path != NULL) {
+    snprintf(path, len, "%s/%s%s", dir, name, suffix);
+  }
+  return path;
+}
+
+static int ingest_state_load(struct mailoauth_ingest *ing,
+    struct ingest_task *t) {
+  json_t *root, *v, *n;
+  json_error_t jerr;
+  char *path;
+
+  path = ingest_path(ing->tasks_dir, t->cfg.name, ".json");
+  if (path == NULL) {
+    return -1;
+  }
+
+  root = json_load_file(path, 0, &jerr);
+  free(path);
+  if (root == NULL) {
+    /* Missing: the task never ran. */
+    t->uidvalidity = 0;
+    t->next_uid = 1;
+    return 0;
+  }
+
+  v = json_object_get(root, "uidvalidity");
+  n = json_object_get(root, "next");
+  if (json_is_integer(v) && json_is_integer(n) &&
+      json_integer_value(v) >= 0 && json_integer_value(v) <= UINT32_MAX &&
+      json_integer_value(n) >= 1 && json_integer_value(n) <= UINT32_MAX) {
+    t->uidvalidity = (uint32_t) json_integer_value(v);
+    t->next_uid = (uint32_t) json_integer_value(n);
+  } else {
+    mailoauth_log("ingest %s: state file is damaged; starting over from "
+      "the folder's next new message", t->cfg.name);
+    t->uidvalidity = 0;
+    t->next_uid = 0;    /* 0: take UIDNEXT at the next select */
+  }
+
+  json_decref(root);
+  return 0;
+}
+
+static int ingest_state_save(struct mailoauth_ingest *ing,
+    struct ingest_task *t) {
+  char buf[128], name[MAILOAUTH_INGEST_NAME_MAX + 8];
+  int len;
+
+  len = snprintf(buf, sizeof(buf), "{\"uidvalidity\": %" PRIu32
+    ", \"next\": %" PRIu32 "}\n", t->uidvalidity, t->next_uid);
+  snprintf(name, sizeof(name), "%s.json", t->cfg.name);
+  return mailoauth_spool_write_atomic(ing->tasks_dir, name, buf,
+    (size_t) len, 0600);
+}
+
+static void ingest_ledger_forget(struct ingest_task *t) {
+  size_t i;
+
+  for (i = 0; i < t->nledger; i++) {
+    free(t->ledger[i].name);
+  }
+  t->nledger = 0;
+}
+
+static int ingest_ledger_add_mem(struct ingest_task *t, uint32_t uv,
+    uint32_t uid, unsigned int part, int intent, time_t started,
+    uint64_t size, const char *name) {
+  char *copy = NULL;
+
+  if (!intent && name != NULL) {
+    copy = strdup(name);
+    if (copy == NULL) {
+      return -1;
+    }
+  }
+
+  if (t->nledger == t->ledger_size) {
+    size_t cap = t->ledger_size ? t->ledger_size * 2 : 16;
+    struct ingest_ledger_entry *e = realloc(t->ledger, cap * sizeof(*e));
+
+    if (e == NULL) {
+      free(copy);
+      return -1;
+    }
+    t->ledger = e;
+    t->ledger_size = cap;
+  }
+
+  t->ledger[t->nledger].uidvalidity = uv;
+  t->ledger[t->nledger].uid = uid;
+  t->ledger[t->nledger].part = part;
+  t->ledger[t->nledger].intent = intent;
+  t->ledger[t->nledger].started = started;
+  t->ledger[t->nledger].size = size;
+  t->ledger[t->nledger].name = copy;
+  t->nledger++;
+  return 0;
+}
+
+/* The name a part was deposited as, or NULL when it was not. */
+static const char *ingest_ledger_has(const struct ingest_task *t,
+    uint32_t uv, uint32_t uid, unsigned int part) {
+  size_t i;
+
+  for (i = 0; i < t->nledger; i++) {
+    if (!t->ledger[i].intent &&
+        t->ledger[i].uidvalidity == uv &&
+        t->ledger[i].uid == uid &&
+        t->ledger[i].part == part) {
+      return t->ledger[i].name ? t->ledger[i].name : "-";
+    }
+  }
+  return NULL;
+}
+
+static int ingest_ledger_load(struct mailoauth_ingest *ing,
+    struct ingest_task *t) {
+  char *path, line[2048];
+  FILE *fp;
+
+  ingest_ledger_forget(t);
+  path = ingest_path(ing->tasks_dir, t->cfg.name, ".ledger");
+  if (path == NULL) {
+    return -1;
+  }
+
+  fp = fopen(path, "re");
+  free(path);
+  if (fp == NULL) {
+    return errno == ENOENT ? 0 : -1;
+  }
+
+  while (fgets(line, sizeof(line), fp) != NULL) {
+    unsigned long uv, uid, part;
+    long long started;
+    unsigned long long size;
+    int name_at = 0;
+
+    /* A line cut short by a crash has no name and no newline; its deposit
+     * was not confirmed, but the line is written after the deposit, so
+     * counting it done would be right too: only complete lines count.
+     */
+    if (strchr(line, '\n') == NULL) {
+      continue;
+    }
+    if (line[0] == '?') {
+      if (sscanf(line, "? %lu %lu %lu %lld %llu ", &uv, &uid, &part,
+            &started, &size) == 5 &&
+          ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
+            (unsigned int) part, 1, (time_t) started, size, NULL) < 0) {
+        fclose(fp);
+        return -1;
+      }
+
+    } else if (sscanf(line, "%lu %lu %lu %n", &uv, &uid, &part,
+          &name_at) == 3 && name_at > 0) {
+      *strchr(line, '\n') = '\0';
+      if (ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
+          (unsigned int) part, 0, 0, 0, line + name_at) < 0) {
+        fclose(fp);
+        return -1;
+      }
+    }
+  }
+
+  fclose(fp);
+  return 0;
+}
+
+/* intent: the "?" line written before asking for a deposit (with when
+ * and the size), else the line saying it is done.
+ */
+static int ingest_ledger_append(struct mailoauth_ingest *ing,
+    struct ingest_task *t, uint32_t uid, unsigned int part,
+    const char *final_name, int intent, time_t started, uint64_t size) {
+  char *path, line[MAILOAUTH_DEPOSIT_NAME_MAX + 64];
+  int fd, len, xerrno;
+  ssize_t n;
+
+  path = ingest_path(ing->tasks_dir, t->cfg.name, ".ledger");
+  if (path == NULL) {
+    return -1;
+  }
+
+  fd = open(path, O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC|O_NOFOLLOW, 0600);
+  free(path);
+  if (fd < 0) {
+    return -1;
+  }
+
+  /* The name is for a person reading the ledger; newlines cannot occur in
+   * a deposited name (control characters are sanitized away).
+   */
+  if (intent) {
+    len = snprintf(line, sizeof(line), "? %" PRIu32 " %" PRIu32 " %u %lld "
+      "%" PRIu64 " %s\n", t->uidvalidity, uid, part, (long long) started,
+      size, final_name);
+  } else {
+    len = snprintf(line, sizeof(line), "%" PRIu32 " %" PRIu32 " %u %s\n",
+      t->uidvalidity, uid, part, final_name);
+  }
+  if (len < 0 || (size_t) len >= sizeof(line)) {
+    len = snprintf(line, sizeof(line), "%" PRIu32 " %" PRIu32 " %u -\n",
+      t->uidvalidity, uid, part);
+  }
+
+  n = write(fd, line, (size_t) len);
+  xerrno = errno;
+  if (n != len || fsync(fd) < 0) {
+    xerrno = n != len ? (n < 0 ? xerrno : EIO) : errno;
+    (void) close(fd);
+    errno = xerrno;
+    return -1;
+  }
+
+  if (close(fd) < 0) {
+    return -1;
+  }
+
+  return ingest_ledger_add_mem(t, t->uidvalidity, uid, part, intent,
+    started, size, final_name);
+}
+
+static const struct ingest_ledger_entry *ingest_ledger_intent(
+    const struct ingest_task *t, uint32_t uid, unsigned int part) {
+  size_t i;
+
+  for (i = t->nledger; i > 0; i--) {
+    const struct ingest_ledger_entry *e = &t->ledger[i-1];
+
+    if (e->intent &&
+        e->uidvalidity == t->uidvalidity &&
+        e->uid == uid &&
+        e->part == part) {
+      return e;
+    }
+  }
+  return NULL;
+}
+
+/* After a crash between asking for a deposit and recording its success,
+ * whether the deposit happened: a file of the name's family ("x.pdf",
+ * "x (1).pdf", ...) owned by the owner, of the part's size, written since
+ * the request.  Stat only needs search permission on the directory; when
+ * even that is refused the answer is "no", and the part is deposited once
+ * more rather than risk losing it.
+ */
+struct ingest_probe {
+  int dirfd;
+  const struct ingest_ledger_entry *intent;
+  uid_t uid;
+  int found;
+  char name[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+};
+
+static int ingest_probe_exists(const char *name, void *arg) {
+  struct ingest_probe *pr = arg;
+  struct stat st;
+
+  if (fstatat(pr->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    return errno == ENOENT ? 0 : -1;
+  }
+
+  if (S_ISREG(st.st_mode) &&
+      st.st_uid == pr->uid &&
+      (uint64_t) st.st_size == pr->intent->size &&
+      st.st_mtime >= pr->intent->started) {
+    pr->found = 1;
+    snprintf(pr->name, sizeof(pr->name), "%s", name);
+    return 0;
+  }
+
+  return 1;
+}
+
+static int ingest_already_deposited(const struct ingest_dest *dest,
+    const struct ingest_ledger_entry *intent, const char *name,
+    char *found, size_t foundsz) {
+  struct ingest_probe pr;
+  char out[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+
+  memset(&pr, 0, sizeof(pr));
+  pr.dirfd = open(dest->dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  if (pr.dirfd < 0) {
+    return 0;
+  }
+  pr.intent = intent;
+  pr.uid = dest->uid;
+
+  (void) mailoauth_names_unique(name, ingest_probe_exists, &pr, out,
+    sizeof(out));
+  (void) close(pr.dirfd);
+
+  if (pr.found) {
+    snprintf(found, foundsz, "%s", pr.name);
+  }
+  return pr.found;
+}
+
+/* Once the state file says a message is done, its ledger lines are of no
+ * use; emptying the ledger keeps it to one message's parts.
+ */
+static void ingest_ledger_reset(struct mailoauth_ingest *ing,
+    struct ingest_task *t) {
+  char *path = ingest_path(ing->tasks_dir, t->cfg.name, ".ledger");
+
+  if (path != NULL) {
+    if (truncate(path, 0) < 0 && errno != ENOENT) {
+      mailoauth_trace(trace_channel, 3, "task %s: cannot empty the ledger: "
+        "%s", t->cfg.name, strerror(errno));
+    }
+    free(path);
+  }
+  ingest_ledger_forget(t);
+}
+
+/* Anonymous temporary files in <statedir>/tmp: nothing to clean up after a
+ * crash.
+ */
+static int ingest_tmpfile(struct mailoauth_ingest *ing) {
+  int fd;
+
+#ifdef O_TMPFILE
+  fd = open(ing->tmp_dir, O_TMPFILE|O_RDWR|O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    return fd;
+  }
+  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
+    return -1;
+  }
+#endif
+
+  {
+    size_t len = strlen(ing->tmp_dir) + 32;
+    char *path = malloc(len);
+
+    if (path == NULL) {
+      return -1;
+    }
+    snprintf(path, len, "%s/ingest.XXXXXX", ing->tmp_dir);
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd >= 0) {
+      (void) unlink(path);
+    }
+    free(path);
+  }
+
+  return fd;
+}
+
+/* Logging an error once
+ */
+
+static void ingest_error(struct ingest_task *t, const char *fmt, ...)
+#ifdef __GNUC__
+  __attribute__((format(printf, 2, 3)))
+#endif
+  ;
+
+static void ingest_error(struct ingest_task *t, const char *fmt, ...) {
+  char msg[sizeof(t->last_error)];
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+
+  /* A task failing the same way every minute would flood the log. */
+  if (strcmp(msg, t->last_error) != 0) {
+    mailoauth_log("ingest %s: %s", t->cfg.name, msg);
+    memcpy(t->last_error, msg, sizeof(msg));
+  } else {
+    mailoauth_trace(trace_channel, 5, "task %s: %s (again)", t->cfg.name,
+      msg);
+  }
+}
+
+static void ingest_ok(struct ingest_task *t) {
+  if (t->last_error[0] != '\0') {
+    mailoauth_log("ingest %s: working again", t->cfg.name);
+    t->last_error[0] = '\0';
+  }
+}
+
+/* One message
+ */
+
+/* Ledger keys of what is not a MIME part of its own. */
+#define INGEST_KEY_EML          0xfffffffeU
+#define INGEST_KEY_META         0xffffffffU
+#define INGEST_KEY_TNEF(part, k) \
+  (0x40000000U | ((unsigned int) (part) << 12) | ((unsigned int) (k) & 0xfffU))
+
+struct ingest_msg {
+  struct mailoauth_ingest *ing;
+  struct ingest_task *t;
+  uint32_t uid;
+  const struct ingest_dest *dest;
+  int filtered_out;             /* from=/to=/subject= did not match */
+  unsigned int wanted;          /* parts selected */
+  unsigned int deposited;       /* parts deposited (or found in the ledger) */
+  int failed;                   /* a deposit or a local error: stop */
+  int stop_run;                 /* also stop the task's run */
+  int mime_error;               /* the parser stopped at this limit */
+
+  /* The message's headers, kept for eml= and metadata= once parsing ends. */
+  char *from, *from_addr, *recipients, *subject, *date, *message_id;
+
+  /* metadata=on: what went into the directory. */
+  struct mailoauth_meta_file *files;
+  size_t nfiles;
+
+  /* The part being written (part_fd), or only hashed (hash_only: it was
+   * deposited before a restart, and metadata wants its digest).
+   */
+  int part_fd;
+  unsigned char *wbuf;          /* decoded bytes not yet written */
+  size_t wlen;
+  int hash_only;
+  unsigned int part_index;
+  int part_write_error;
+  uint64_t part_bytes;
+  EVP_MD_CTX *sha;
+  char part_name[MAILOAUTH_NAMES_MAX + 1];
+  char *orig_name;
+  char *done_name;              /* hash_only: the name it has */
+};
+
+static int ingest_glob(const char *pattern, const char *s) {
+  return fnmatch(pattern, s, FNM_CASEFOLD) == 0;
+}
+
+static int ingest_is_signature(const char *type) {
+  return strcmp(type, "application/pkcs7-signature") == 0 ||
+    strcmp(type, "application/x-pkcs7-signature") == 0 ||
+    strcmp(type, "application/pgp-signature") == 0 ||
+    strcmp(type, "application/pgp-keys") == 0;
+}
+
+static int ingest_is_tnef(const struct mailoauth_mime_part *part) {
+  return strcmp(part->content_type, "application/ms-tnef") == 0 ||
+    strcmp(part->content_type, "application/vnd.ms-tnef") == 0 ||
+    (part->filename != NULL &&
+     strcasecmp(part->filename, "winmail.dat") == 0);
+}
+
+/* files=: any glob matches (no globs: every name). */
+static int ingest_files_match(const struct ingest_task *t, const char *name) {
+  size_t i;
+
+  if (t->cfg.files[0] == NULL) {
+    return 1;
+  }
+  for (i = 0; t->cfg.files[i] != NULL; i++) {
+    if (ingest_glob(t->cfg.files[i], name)) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Whether a leaf part is an attachment the task wants. */
+static int ingest_part_wanted(const struct ingest_task *t,
+    const struct mailoauth_mime_part *part, const char *safe_name) {
+  if (part->is_multipart) {
+    return 0;
+  }
+
+  /* The message's own text is not an attachment. */
+  if (part->depth == 0 && part->filename == NULL) {
+    return 0;
+  }
+
+  if (ingest_is_signature(part->content_type)) {
+    return 0;
+  }
+
+  if (part->disposition != MAILOAUTH_MIME_DISP_ATTACHMENT) {
+    /* Text and HTML bodies, and inline images (logos, signatures) are
+     * part of the message's look, not files someone sent; taken only with
+     * inline=on, and then only when they carry a name.
+     */
+    if (part->filename == NULL) {
+      return 0;
+    }
+    if (!t->cfg.inline_parts &&
+        (part->disposition == MAILOAUTH_MIME_DISP_INLINE ||
+         part->content_id != NULL)) {
+      return 0;
+    }
+  }
+
+  /* files= applies to what the winmail.dat carries, not to its name. */
+  if (t->cfg.tnef && ingest_is_tnef(part)) {
+    return 1;
+  }
+
+  return ingest_files_match(t, safe_name) ||
+    (part->filename != NULL && ingest_files_match(t, part->filename));
+}
+
+static char *ingest_strdup(const char *s) {
+  return strdup(s ? s : "");
+}
+
+/* At the top-level header: whether the task takes the message, and where
+ * its files go.
+ */
+static int ingest_route(struct ingest_msg *m,
+    const struct mailoauth_mime_message *msg) {
+  struct ingest_task *t = m->t;
+  unsigned int i;
+
+  m->from = ingest_strdup(msg ? msg->from : NULL);
+  m->from_addr = ingest_strdup(msg ? msg->from_addr : NULL);
+  m->recipients = ingest_strdup(msg ? msg->recipients : NULL);
+  m->subject = ingest_strdup(msg ? msg->subject : NULL);
+  m->date = ingest_strdup(msg ? msg->date : NULL);
+  m->message_id = ingest_strdup(msg ? msg->message_id : NULL);
+  if (m->from == NULL || m->from_addr == NULL || m->recipients == NULL ||
+      m->subject == NULL || m->date == NULL || m->message_id == NULL) {
+    ingest_error(t, "out of memory reading UID %" PRIu32, m->uid);
+    m->failed = m->stop_run = 1;
+    return -1;
+  }
+
+  if (!mailoauth_route_match(&t->cfg.filter, m->from_addr, m->recipients,
+      m->subject, msg ? msg->auth_results : NULL)) {
+    m->filtered_out = 1;
+    return -1;
+  }
+
+  m->dest = &t->dests[0];
+  for (i = 0; i < t->cfg.nroutes; i++) {
+    if (mailoauth_route_match(t->cfg.routes[i], m->from_addr, m->recipients,
+        m->subject, msg ? msg->auth_results : NULL)) {
+      m->dest = &t->dests[i + 1];
+      mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " takes "
+        "route %u (%s)", t->cfg.name, m->uid, i + 1, m->dest->dir);
+      break;
+    }
+
+    if (t->cfg.routes[i]->auth != 0) {
+      /* Why mail that looks like the partner's went elsewhere. */
+      struct mailoauth_route unauth = *t->cfg.routes[i];
+
+      unauth.auth = 0;
+      if (mailoauth_route_match(&unauth, m->from_addr, m->recipients,
+          m->subject, NULL)) {
+        mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " from "
+          "%s: route %u not taken, no pass of authserv-id %s for its "
+          "auth=", t->cfg.name, m->uid, m->from_addr, i + 1,
+          unauth.authserv_id ? unauth.authserv_id : "-");
+      }
+    }
+  }
+
+  return 0;
+}
+
+/* metadata=on: the file goes into the list with its digest. */
+static int ingest_note_file(struct ingest_msg *m, const char *name,
+    const char *orig, const char *content_type, uint64_t size,
+    const unsigned char *digest, int is_message) {
+  struct mailoauth_meta_file f;
+
+  if (!m->t->cfg.metadata) {
+    return 0;
+  }
+
+  memset(&f, 0, sizeof(f));
+  f.name = (char *) name;
+  f.original = (char *) orig;
+  f.content_type = (char *) content_type;
+  f.size = size;
+  f.is_message = is_message;
+  memcpy(f.sha256, digest, sizeof(f.sha256));
+  if (mailoauth_meta_add_file(&m->files, &m->nfiles, &f) < 0) {
+    ingest_error(m->t, "out of memory listing the files of UID %" PRIu32,
+      m->uid);
+    m->failed = m->stop_run = 1;
+    return -1;
+  }
+  return 0;
+}
+
+/* SHA-256 of a whole file, for the metadata of what was not hashed as it
+ * streamed by.
+ */
+static int ingest_hash_fd(int fd, unsigned char *digest, uint64_t *size) {
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  unsigned char buf[65536];
+  off_t off = 0;
+  int res = -1;
+
+  if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+    EVP_MD_CTX_free(ctx);
+    errno = ENOMEM;
+    return -1;
+  }
+
+  for (;;) {
+    ssize_t n = pread(fd, buf, sizeof(buf), off);
+
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      break;
+    }
+    if (n == 0) {
+      res = EVP_DigestFinal_ex(ctx, digest, NULL) == 1 ? 0 : -1;
+      break;
+    }
+    (void) EVP_DigestUpdate(ctx, buf, (size_t) n);
+    off += n;
+  }
+
+  *size = (uint64_t) off;
+  EVP_MD_CTX_free(ctx);
+  return res;
+}
+
+static void ingest_tmpl_name(struct ingest_msg *m, const char *safe_name,
+    const char *orig, const char *content_type, unsigned long counter,
+    char *out, size_t outsz) {
+  struct ingest_task *t = m->t;
+  struct mailoauth_names_fields f;
+  char uidbuf[16];
+  struct tm tm;
+  time_t now = time(NULL);
+
+  snprintf(out, outsz, "%s", safe_name);
+  if (t->cfg.name_tmpl == NULL) {
+    return;
+  }
+
+  memset(&f, 0, sizeof(f));
+  snprintf(uidbuf, sizeof(uidbuf), "%" PRIu32, m->uid);
+  localtime_r(&now, &tm);
+  f.sender = m->from_addr;
+  f.subject = m->subject;
+  f.uid = uidbuf;
+  f.filename = orig ? orig : safe_name;
+  f.content_type = content_type;
+  f.tm = &tm;
+  f.counter = counter;
+  if (mailoauth_names_expand(t->cfg.name_tmpl, &f, out, outsz) < 0) {
+    ingest_error(t, "name template gives no usable name for UID %" PRIu32
+      ": %s; using the attachment's name", m->uid, strerror(errno));
+    snprintf(out, outsz, "%s", safe_name);
+  }
+}
+
+/* Deposits the content of fd as name under key in the ledger, unless a
+ * previous worker did so already; final gets the name it has.
+ */
+static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
+    const char *name, char *final, size_t finalsz) {
+  struct ingest_task *t = m->t;
+  const struct ingest_dest *dest = m->dest;
+  const struct ingest_ledger_entry *intent;
+  struct mailoauth_deposit_request req;
+  struct mailoauth_deposit_result res;
+  char desc[512], found[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  struct stat st;
+
+  if (fstat(fd, &st) < 0) {
+    ingest_error(t, "cannot stat a temporary file: %s", strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  intent = ingest_ledger_intent(t, m->uid, key);
+  if (intent != NULL &&
+      intent->size == (uint64_t) st.st_size &&
+      ingest_already_deposited(dest, intent, name, found, sizeof(found))) {
+    /* The previous worker died after the file was in place but before it
+     * could record it.
+     */
+    mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s was deposited before "
+      "a restart; not deposited again", t->cfg.name, m->uid, dest->dir,
+      found);
+    if (ingest_ledger_append(m->ing, t, m->uid, key, found, 0, 0, 0) < 0) {
+      ingest_error(t, "cannot record the deposit of '%s' in the ledger: "
+        "%s", found, strerror(errno));
+      m->stop_run = 1;
+      return -1;
+    }
+    snprintf(final, finalsz, "%s", found);
+    m->deposited++;
+    return 0;
+  }
+
+  /* Written first, so that a crash while the helper works leaves a trace
+   * to find its file by.
+   */
+  if (ingest_ledger_append(m->ing, t, m->uid, key, name, 1, time(NULL),
+      (uint64_t) st.st_size) < 0) {
+    ingest_error(t, "cannot write the ledger: %s", strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  memset(&req, 0, sizeof(req));
+  req.dir = dest->dir;
+  req.name = name;
+  req.uid = dest->uid;
+  req.gid = dest->gid;
+  req.mode = INGEST_FILE_MODE;
+  req.min_free = t->cfg.min_free;
+
+  memset(&res, 0, sizeof(res));
+  if (mailoauth_deposit_client_file(m->ing->deposit_sock, &req, fd,
+      INGEST_DEPOSIT_TIMEOUT_MS, &res) < 0) {
+    ingest_error(t, "cannot deposit '%s' (UID %" PRIu32 ") into %s: %s; "
+      "the message stays in %s and is tried again next run", name, m->uid,
+      dest->dir, mailoauth_deposit_describe(&res, desc, sizeof(desc)),
+      t->cfg.folder);
+    /* Disk full, quota, permissions, a missing directory or a gone helper
+     * hit every message alike: stop the run.
+     */
+    m->stop_run = 1;
+    return -1;
+  }
+
+  if (ingest_ledger_append(m->ing, t, m->uid, key, res.name, 0, 0, 0) < 0) {
+    /* The file is there but not recorded: stop before the after-action,
+     * so that at worst it is deposited once more, never lost.
+     */
+    ingest_error(t, "cannot record the deposit of '%s' in the ledger: %s",
+      res.name, strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  mailoauth_log("ingest %s: UID %" PRIu32 ": deposited %s/%s (%" PRIu64
+    " bytes)", t->cfg.name, m->uid, dest->dir, res.name, res.size);
+  snprintf(final, finalsz, "%s", res.name);
+  m->deposited++;
+  return 0;
+}
+
+/* tnef=on: each file a winmail.dat carries, deposited like an attachment
+ * of its own.
+ */
+struct ingest_tnef_ctx {
+  struct ingest_msg *m;
+  unsigned int part;
+  unsigned int k;
+};
+
+static int ingest_tnef_file(const char *name, int fd, uint64_t size,
+    void *arg) {
+  struct ingest_tnef_ctx *c = arg;
+  struct ingest_msg *m = c->m;
+  char safe[MAILOAUTH_NAMES_MAX + 1], want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  unsigned char digest[MAILOAUTH_META_SHA256_LEN];
+  unsigned int key = INGEST_KEY_TNEF(c->part, c->k);
+  const char *done;
+  uint64_t hashed = 0;
+
+  /* The decoder's size is the file's; the digest pass counts it again. */
+  (void) size;
+  c->k++;
+  if (mailoauth_names_sanitize(name ? name : "", name ? strlen(name) : 0,
+      NULL, safe, sizeof(safe)) < 0 ||
+      !ingest_files_match(m->t, safe)) {
+    return 0;
+  }
+
+  m->wanted++;
+  done = ingest_ledger_has(m->t, m->t->uidvalidity, m->uid, key);
+  if (done != NULL) {
+    m->deposited++;
+    snprintf(final, sizeof(final), "%s", done);
+
+  } else {
+    ingest_tmpl_name(m, safe, name, "application/octet-stream", key & 0xfff,
+      want, sizeof(want));
+    if (ingest_deposit_fd(m, key, fd, want, final, sizeof(final)) < 0) {
+      m->failed = 1;
+      errno = EIO;
+      return -1;
+    }
+  }
+
+  if (m->t->cfg.metadata) {
+    if (ingest_hash_fd(fd, digest, &hashed) < 0) {
+      m->failed = m->stop_run = 1;
+      return -1;
+    }
+    if (ingest_note_file(m, final, name, "application/octet-stream", hashed,
+        digest, 0) < 0) {
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int ingest_unpack_tnef(struct ingest_msg *m,
+    const struct mailoauth_mime_part *part) {
+  struct mailoauth_tnef_limits lim;
+  struct ingest_tnef_ctx c;
+  unsigned int before = m->wanted, nfiles = 0;
+
+  mailoauth_tnef_limits_init(&lim);
+  memset(&c, 0, sizeof(c));
+  c.m = m;
+  c.part = part->index;
+
+  if (mailoauth_tnef_unpack(m->part_fd, m->ing->tmp_dir, &lim,
+      ingest_tnef_file, &c, &nfiles) < 0) {
+    if (m->failed) {
+      return -1;
+    }
+    /* Not a TNEF we can read: the sender's file is still worth having as
+     * it came.  When unpacking is off altogether (no helper, or no
+     * verified sandbox), that was logged once, not for every message.
+     */
+    if (errno == ESRCH || errno == ENOTSUP) {
+      mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 ": '%s' "
+        "deposited as it is: unpacking is off", m->t->cfg.name, m->uid,
+        m->part_name);
+    } else {
+      mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' cannot be unpacked "
+        "(%s); deposited as it is", m->t->cfg.name, m->uid, m->part_name,
+        strerror(errno));
+    }
+    m->wanted = before;
+    return 1;
+  }
+
+  mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 ": %s carried "
+    "%u file%s", m->t->cfg.name, m->uid, m->part_name, nfiles,
+    nfiles == 1 ? "" : "s");
+  /* The winmail.dat itself counted as wanted; what it carried replaces it. */
+  m->wanted--;
+  return 0;
+}
+
+static int ingest_part_begin(const struct mailoauth_mime_part *part,
+    void *arg) {
+  struct ingest_msg *m = arg;
+  struct ingest_task *t = m->t;
+  const char *name, *done;
+
+  if (m->failed) {
+    return -1;
+  }
+
+  if (part->index == 0 &&
+      ingest_route(m, part->message) < 0) {
+    return -1;
+  }
+
+  if (part->is_multipart) {
+    return MAILOAUTH_MIME_SKIP;
+  }
+
+  name = part->filename;
+  if (name == NULL && part->is_message) {
+    name = "message.eml";
+  }
+  if (mailoauth_names_sanitize(name ? name : "", name ? strlen(name) : 0,
+      part->content_type, m->part_name, sizeof(m->part_name)) < 0) {
+    return MAILOAUTH_MIME_SKIP;
+  }
+
+  if (!ingest_part_wanted(t, part, m->part_name)) {
+    return MAILOAUTH_MIME_SKIP;
+  }
+
+  m->wanted++;
+  m->part_index = part->index;
+  m->part_write_error = 0;
+  m->part_bytes = 0;
+  m->hash_only = 0;
+  free(m->orig_name);
+  m->orig_name = name ? strdup(name) : NULL;
+
+  done = ingest_ledger_has(t, t->uidvalidity, m->uid, part->index);
+  if (done != NULL) {
+    mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " part %u "
+      "was deposited before a restart; skipped", t->cfg.name, m->uid,
+      part->index);
+    m->deposited++;
+    if (!t->cfg.metadata) {
+      return MAILOAUTH_MIME_SKIP;
+    }
+    free(m->done_name);
+    m->done_name = strdup(done);
+    m->hash_only = 1;
+
+  } else {
+    if (m->wbuf == NULL) {
+      m->wbuf = malloc(INGEST_WRITE_BUF);
+      if (m->wbuf == NULL) {
+        ingest_error(t, "out of memory reading UID %" PRIu32, m->uid);
+        m->failed = m->stop_run = 1;
+        return -1;
+      }
+    }
+    m->wlen = 0;
+    m->part_fd = ingest_tmpfile(m->ing);
+    if (m->part_fd < 0) {
+      ingest_error(t, "cannot create a temporary file in %s: %s",
+        m->ing->tmp_dir, strerror(errno));
+      m->failed = m->stop_run = 1;
+      return -1;
+    }
+  }
+
+  if (t->cfg.metadata) {
+    if (m->sha == NULL) {
+      m->sha = EVP_MD_CTX_new();
+    }
+    if (m->sha == NULL ||
+        EVP_DigestInit_ex(m->sha, EVP_sha256(), NULL) != 1) {
+      ingest_error(t, "cannot compute digests: out of memory");
+      m->failed = m->stop_run = 1;
+      return -1;
+    }
+  }
+
+  return MAILOAUTH_MIME_BODY;
+}
+
+static int ingest_part_flush(struct ingest_msg *m) {
+  if (m->wlen > 0 &&
+      mailoauth_spool_write_all(m->part_fd, m->wbuf, m->wlen) < 0) {
+    m->part_write_error = errno;
+    m->wlen = 0;
+    return -1;
+  }
+  m->wlen = 0;
+  return 0;
+}
+
+static int ingest_part_data(const struct mailoauth_mime_part *part,
+    const unsigned char *data, size_t len, void *arg) {
+  struct ingest_msg *m = arg;
+
+  if (part->index != m->part_index ||
+      (m->part_fd < 0 && !m->hash_only)) {
+    return 1;
+  }
+
+  if (m->t->cfg.metadata) {
+    (void) EVP_DigestUpdate(m->sha, data, len);
+  }
+  m->part_bytes += len;
+
+  if (m->part_fd < 0) {
+    return 0;
+  }
+
+  if (m->wlen + len > INGEST_WRITE_BUF &&
+      ingest_part_flush(m) < 0) {
+    return -1;
+  }
+
+  if (len >= INGEST_WRITE_BUF) {
+    if (mailoauth_spool_write_all(m->part_fd, data, len) < 0) {
+      m->part_write_error = errno;
+      return -1;
+    }
+    return 0;
+  }
+
+  memcpy(m->wbuf + m->wlen, data, len);
+  m->wlen += len;
+  return 0;
+}
+
+static int ingest_part_end(const struct mailoauth_mime_part *part,
+    unsigned int status, void *arg) {
+  struct ingest_msg *m = arg;
+  struct ingest_task *t = m->t;
+  unsigned char digest[MAILOAUTH_META_SHA256_LEN];
+  char want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  int res = 0;
+
+  if (part->index != m->part_index ||
+      (m->part_fd < 0 && !m->hash_only)) {
+    return 0;
+  }
+
+  if (t->cfg.metadata) {
+    (void) EVP_DigestFinal_ex(m->sha, digest, NULL);
+  }
+
+  if (m->hash_only) {
+    m->hash_only = 0;
+    return ingest_note_file(m, m->done_name, m->orig_name,
+      part->content_type, m->part_bytes, digest, 0);
+  }
+
+  (void) ingest_part_flush(m);
+  if (m->part_write_error != 0) {
+    ingest_error(t, "cannot write a temporary file in %s: %s",
+      m->ing->tmp_dir, strerror(m->part_write_error));
+    m->failed = m->stop_run = 1;
+    res = -1;
+
+  } else if (status & (MAILOAUTH_MIME_ST_TRUNCATED|MAILOAUTH_MIME_ST_ABORTED)) {
+    /* A part cut at a limit is not the file that was sent. */
+    ingest_error(t, "UID %" PRIu32 ": attachment '%s' exceeds the parser's "
+      "limits; not deposited", m->uid, m->part_name);
+    m->failed = 1;
+    res = -1;
+
+  } else {
+    int unpacked = 1;
+
+    if (t->cfg.tnef && ingest_is_tnef(part)) {
+      unpacked = ingest_unpack_tnef(m, part);
+      if (unpacked < 0) {
+        res = -1;
+      }
+    }
+
+    if (unpacked == 1) {
+      ingest_tmpl_name(m, m->part_name, m->orig_name, part->content_type,
+        part->index, want, sizeof(want));
+      if (ingest_deposit_fd(m, part->index, m->part_fd, want, final,
+          sizeof(final)) < 0 ||
+          ingest_note_file(m, final, m->orig_name, part->content_type,
+            m->part_bytes, digest, 0) < 0) {
+        m->failed = 1;
+        res = -1;
+
+      } else if (status & (MAILOAUTH_MIME_ST_BAD_ENCODING|
+          MAILOAUTH_MIME_ST_UNTERMINATED)) {
+        /* What could be decoded is kept (it is often all of it), but the
+         * recipient should know to check it.
+         */
+        mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s may be incomplete: "
+          "%s; deposited as received", t->cfg.name, m->uid, m->dest->dir,
+          final, (status & MAILOAUTH_MIME_ST_BAD_ENCODING) ?
+          "its base64 encoding is broken" :
+          "the message ends before its MIME parts are closed");
+      }
+    }
+  }
+
+  (void) close(m->part_fd);
+  m->part_fd = -1;
+  return res;
+}
+
+static void ingest_mime_error(int code, const struct mailoauth_mime_part *part,
+    void *arg) {
+  struct ingest_msg *m = arg;
+
+  (void) part;
+  mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 ": %s",
+    m->t->cfg.name, m->uid, mailoauth_mime_strerror(code));
+
+  /* Warnings (>= 100) leave the message readable; our own stop (ABORTED)
+   * has been logged by whoever stopped.
+   */
+  if (code < 100 && code != MAILOAUTH_MIME_E_ABORTED && m->mime_error == 0) {
+    m->mime_error = code;
+  }
+}
+
+/* The message's own name: its subject, else its UID. */
+static void ingest_message_name(struct ingest_msg *m, const char *ext,
+    const char *content_type, unsigned int key, char *out, size_t outsz) {
+  char base[MAILOAUTH_NAMES_MAX + 64], safe[MAILOAUTH_NAMES_MAX + 1];
+
+  if (m->subject != NULL && m->subject[0] != '\0') {
+    char *p;
+
+    snprintf(base, sizeof(base), "%.*s%s", MAILOAUTH_NAMES_MAX,
+      m->subject, ext);
+    /* A subject is text, not a path: "Order 12/2024" keeps its "Order". */
+    for (p = base; *p != '\0'; p++) {
+      if (*p == '/' || *p == '\\') {
+        *p = '_';
+      }
+    }
+  } else {
+    snprintf(base, sizeof(base), "message-%" PRIu32 "%s", m->uid, ext);
+  }
+  if (mailoauth_names_sanitize(base, strlen(base), content_type, safe,
+      sizeof(safe)) < 0) {
+    snprintf(safe, sizeof(safe), "message-%" PRIu32 "%s", m->uid, ext);
+  }
+  ingest_tmpl_name(m, safe, base, content_type, key & 0xff, out, outsz);
+}
+
+/* eml=on: the message as fetched, beside its attachments. */
+static int ingest_save_message(struct ingest_msg *m, int fd) {
+  unsigned char digest[MAILOAUTH_META_SHA256_LEN];
+  char want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  const char *done;
+  uint64_t size = 0;
+
+  m->wanted++;
+  done = ingest_ledger_has(m->t, m->t->uidvalidity, m->uid, INGEST_KEY_EML);
+  if (done != NULL) {
+    m->deposited++;
+    snprintf(final, sizeof(final), "%s", done);
+  } else {
+    ingest_message_name(m, ".eml", "message/rfc822", INGEST_KEY_EML, want,
+      sizeof(want));
+    if (ingest_deposit_fd(m, INGEST_KEY_EML, fd, want, final,
+        sizeof(final)) < 0) {
+      return -1;
+    }
+  }
+
+  if (m->t->cfg.metadata) {
+    if (ingest_hash_fd(fd, digest, &size) < 0) {
+      ingest_error(m->t, "cannot read back UID %" PRIu32 ": %s", m->uid,
+        strerror(errno));
+      m->stop_run = 1;
+      return -1;
+    }
+    return ingest_note_file(m, final, NULL, "message/rfc822", size, digest,
+      1);
+  }
+  return 0;
+}
+
+/* metadata=on: written last, so that it lists every file. */
+static int ingest_save_metadata(struct ingest_msg *m) {
+  struct ingest_task *t = m->t;
+  struct mailoauth_meta meta;
+  char want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char *doc;
+  size_t len = 0;
+  int fd, res;
+
+  if (m->nfiles == 0 ||
+      ingest_ledger_has(t, t->uidvalidity, m->uid, INGEST_KEY_META) != NULL) {
+    return 0;
+  }
+
+  memset(&meta, 0, sizeof(meta));
+  meta.task = t->cfg.name;
+  meta.account = t->cfg.account;
+  meta.folder = t->cfg.folder;
+  meta.uidvalidity = t->uidvalidity;
+  meta.uid = m->uid;
+  meta.message_id = m->message_id;
+  meta.from = m->from;
+  meta.from_addr = m->from_addr;
+  meta.recipients = m->recipients;
+  meta.subject = m->subject;
+  meta.date = m->date;
+  meta.taken = time(NULL);
+  meta.files = m->files;
+  meta.nfiles = m->nfiles;
+
+  doc = mailoauth_meta_json(&meta, &len);
+  if (doc == NULL) {
+    ingest_error(t, "cannot build the metadata of UID %" PRIu32 ": %s",
+      m->uid, strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  fd = ingest_tmpfile(m->ing);
+  if (fd >= 0 && mailoauth_spool_write_all(fd, doc, len) < 0) {
+    (void) close(fd);
+    fd = -1;
+  }
+  free(doc);
+  if (fd < 0) {
+    ingest_error(t, "cannot write a temporary file in %s: %s",
+      m->ing->tmp_dir, strerror(errno));
+    m->stop_run = 1;
+    return -1;
+  }
+
+  ingest_message_name(m, ".json", "application/json", INGEST_KEY_META, want,
+    sizeof(want));
+  res = ingest_deposit_fd(m, INGEST_KEY_META, fd, want, final,
+    sizeof(final));
+  (void) close(fd);
+  return res;
+}
+
+static void ingest_msg_clear(struct ingest_msg *m) {
+  free(m->from);
+  free(m->from_addr);
+  free(m->recipients);
+  free(m->subject);
+  free(m->date);
+  free(m->message_id);
+  free(m->orig_name);
+  free(m->done_name);
+  free(m->wbuf);
+  EVP_MD_CTX_free(m->sha);
+  mailoauth_meta_free_files(m->files, m->nfiles);
+  if (m->part_fd >= 0) {
+    (void) close(m->part_fd);
+  }
+  memset(m, 0, sizeof(*m));
+  m->part_fd = -1;
+}
+
+/* Parses the fetched message from fd and deposits its wanted parts. */
+static int ingest_parse(struct ingest_msg *m, int fd) {
+  struct mailoauth_mime_callbacks cb;
+  struct mailoauth_mime *p;
+  char buf[65536];
+  off_t off = 0;
+  int res = 0;
+
+  memset(&cb, 0, sizeof(cb));
+  cb.part_begin = ingest_part_begin;
+  cb.part_data = ingest_part_data;
+  cb.part_end = ingest_part_end;
+  cb.error = ingest_mime_error;
+  cb.arg = m;
+
+  p = mailoauth_mime_create(NULL, &cb);
+  if (p == NULL) {
+    return -1;
+  }
+
+  for (;;) {
+    ssize_t n = pread(fd, buf, sizeof(buf), off);
+
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      res = -1;
+      break;
+    }
+    if (n == 0) {
+      res = mailoauth_mime_finish(p);
+      break;
+    }
+    off += n;
+    if (mailoauth_mime_feed(p, buf, (size_t) n) < 0) {
+      res = -1;
+      break;
+    }
+  }
+
+  mailoauth_mime_destroy(p);
+  if (m->part_fd >= 0) {
+    (void) close(m->part_fd);
+    m->part_fd = -1;
+  }
+  free(m->orig_name);
+  m->orig_name = NULL;
+  return res;
+}
+
+/* IMAP
+ */
+
+static mailoauth_imap_status_t ingest_action(struct ingest_task *t,
+    uint32_t uid, int action, const char *folder, int was_seen) {
+  switch (action) {
+    case MAILOAUTH_INGEST_AFTER_SEEN:
+      return mailoauth_imap_set_seen(t->imap, uid, 1);
+
+    case MAILOAUTH_INGEST_AFTER_DELETE:
+      return mailoauth_imap_delete(t->imap, uid);
+
+    case MAILOAUTH_INGEST_AFTER_MOVE:
+      return mailoauth_imap_move(t->imap, uid, folder, 1, NULL);
+
+    case MAILOAUTH_INGEST_AFTER_LEAVE:
+    default:
+      /* Fetching set \Seen: leave the message as it was found. */
+      return was_seen ? MAILOAUTH_IMAP_OK :
+        mailoauth_imap_set_seen(t->imap, uid, 0);
+  }
+}
+
+static char *ingest_imap_url(const char *base, const char *folder) {
+  char *esc, *url;
+  size_t len;
+
+  /* imap.c URL-decodes the path: a folder with '%', '#' or '?' must reach
+   * it escaped; '/' stays a hierarchy separator.
+   */
+  esc = curl_easy_escape(NULL, folder, 0);
+  if (esc == NULL) {
+    return NULL;
+  }
+
+  len = strlen(base) + strlen(esc) * 3 + 2;
+  url = malloc(len);
+  if (url != NULL) {
+    const char *s;
+    char *d;
+
+    snprintf(url, len, "%s%s", base, base[strlen(base) - 1] == '/' ? "" :
+      "/");
+    d = url + strlen(url);
+    for (s = esc; *s != '\0'; s++) {
+      if (strncasecmp(s, "%2F", 3) == 0) {
+        *d++ = '/';
+        s += 2;
+      } else {
+        *d++ = *s;
+      }
+    }
+    *d = '\0';
+  }
+
+  curl_free(esc);
+  return url;
+}
+
+/* Returns 1 when the run should go on with the next message, 0 when it
+ * must stop (the message stays for the next run).
+ */
+static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
+    uint32_t uid) {
+  struct mailoauth_imap_fetched fetched;
+  struct ingest_msg m;
+  mailoauth_imap_status_t st;
+  int fd, res, action, stop_run, failed;
+  unsigned int wanted, deposited;
+  const char *folder;
+
+  fd = ingest_tmpfile(ing);
+  if (fd < 0) {
+    ingest_error(t, "cannot create a temporary file in %s: %s", ing->tmp_dir,
+      strerror(errno));
+    return 0;
+  }
+
+  memset(&fetched, 0, sizeof(fetched));
+  st = mailoauth_imap_fetch_fd(t->imap, uid, t->cfg.max_size, fd, &fetched);
+  if (st == MAILOAUTH_IMAP_GONE) {
+    /* Deleted or moved meanwhile (by us before a crash, or by someone). */
+    (void) close(fd);
+    mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 " is gone",
+      t->cfg.name, uid);
+    return 1;
+  }
+
+  if (st == MAILOAUTH_IMAP_TOOBIG) {
+    (void) close(fd);
+    mailoauth_log("ingest %s: UID %" PRIu32 " is larger than max-size "
+      "(%" PRIu64 " bytes); not taken", t->cfg.name, uid, t->cfg.max_size);
+    st = ingest_action(t, uid, t->cfg.failed, t->cfg.failed_folder, 1);
+    return st == MAILOAUTH_IMAP_OK || st == MAILOAUTH_IMAP_GONE;
+  }
+
+  if (st != MAILOAUTH_IMAP_OK) {
+    (void) close(fd);
+    ingest_error(t, "cannot fetch UID %" PRIu32 " from %s: %s (%s)", uid,
+      t->cfg.folder, mailoauth_imap_status_name(st),
+      mailoauth_imap_reply(t->imap));
+    return 0;
+  }
+
+  memset(&m, 0, sizeof(m));
+  m.part_fd = -1;
+  m.ing = ing;
+  m.t = t;
+  m.uid = uid;
+  m.dest = &t->dests[0];
+
+  res = ingest_parse(&m, fd);
+
+  if (m.filtered_out) {
+    /* Not addressed to this task: leave it exactly as it was. */
+    (void) close(fd);
+    ingest_msg_clear(&m);
+    mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " does not "
+      "match from=/to=/subject=", t->cfg.name, uid);
+    if (!fetched.was_seen) {
+      (void) mailoauth_imap_set_seen(t->imap, uid, 0);
+    }
+    return 1;
+  }
+
+  /* The message itself and the metadata come after the attachments, and
+   * only when they all made it: a failed message is tried again whole.
+   */
+  if (!m.failed && res == 0 && t->cfg.save_message &&
+      ingest_save_message(&m, fd) < 0) {
+    m.failed = 1;
+  }
+  if (!m.failed && res == 0 && t->cfg.metadata &&
+      ingest_save_metadata(&m) < 0) {
+    m.failed = 1;
+  }
+  (void) close(fd);
+
+  if (!m.failed && res < 0 && m.mime_error != 0) {
+    /* The rest of the message was not read: it must not pass for done. */
+    mailoauth_log("ingest %s: UID %" PRIu32 ": %s; %u file%s taken before "
+      "that, the rest is not; the message is handled as failed=",
+      t->cfg.name, uid, mailoauth_mime_strerror(m.mime_error), m.deposited,
+      m.deposited == 1 ? "" : "s");
+    m.failed = 1;
+  }
+
+  stop_run = m.stop_run;
+  failed = m.failed;
+  wanted = m.wanted;
+  deposited = m.deposited;
+  ingest_msg_clear(&m);
+
+  if (failed || (res < 0 && wanted > deposited)) {
+    /* Put it back as it was found, to be tried again. */
+    if (!fetched.was_seen) {
+      (void) mailoauth_imap_set_seen(t->imap, uid, 0);
+    }
+    if (stop_run) {
+      return 0;
+    }
+    /* A message whose part cannot be taken (limits): failed= applies. */
+    action = t->cfg.failed;
+    folder = t->cfg.failed_folder;
+
+  } else if (wanted == 0) {
+    mailoauth_log("ingest %s: UID %" PRIu32 " has no wanted attachment",
+      t->cfg.name, uid);
+    action = t->cfg.failed;
+    folder = t->cfg.failed_folder;
+
+  } else {
+    action = t->cfg.after;
+    folder = t->cfg.after_folder;
+  }
+
+  st = ingest_action(t, uid, action, folder, fetched.was_seen);
+  if (st != MAILOAUTH_IMAP_OK && st != MAILOAUTH_IMAP_GONE) {
+    /* The files are deposited and recorded: the next run skips them and
+     * only repeats the action.
+     */
+    ingest_error(t, "UID %" PRIu32 ": after-action failed: %s (%s)", uid,
+      mailoauth_imap_status_name(st), mailoauth_imap_reply(t->imap));
+    return 0;
+  }
+
+  return 1;
+}
+
+static int ingest_get_token(struct mailoauth_ingest *ing,
+    struct ingest_task *t, time_t now, int invalidate) {
+  struct mailoauth_tokens *tok;
+  mailoauth_oauth_class_t cls;
+  const char *token;
+
+  tok = mailoauth_registry_tokens(ing->reg, t->cfg.account);
+  if (tok == NULL) {
+    ingest_error(t, "account '%s' is not ready (see its start-up line)",
+      t->cfg.account);
+    return -1;
+  }
+
+  if (invalidate) {
+    mailoauth_tokens_invalidate(tok);
+  }
+
+  /* TRANSIENT and REAUTH: the token code has logged why; try next run. */
+  token = mailoauth_tokens_get(tok, now, &cls);
+  if (token == NULL) {
+    return -1;
+  }
+
+  if (mailoauth_imap_set_token(t->imap, token) < 0) {
+    return -1;
+  }
+  return 0;
+}
+
+static int ingest_open(struct mailoauth_ingest *ing, struct ingest_task *t) {
+  const struct mailoauth_account *acct;
+  char *url;
+
+  if (t->imap != NULL) {
+    return 0;
+  }
+
+  acct = mailoauth_registry_account(ing->reg, t->cfg.account);
+  if (acct == NULL || acct->imap_url == NULL) {
+    ingest_error(t, "account '%s' is unknown", t->cfg.account);
+    return -1;
+  }
+
+  url = ingest_imap_url(acct->imap_url, t->cfg.folder);
+  if (url == NULL) {
+    return -1;
+  }
+
+  t->imap = mailoauth_imap_create(url, acct->mailbox, acct->oauth.ca_file);
+  if (t->imap == NULL) {
+    ingest_error(t, "cannot use IMAP URL '%s': %s", url, strerror(errno));
+  }
+  free(url);
+  return t->imap ? 0 : -1;
+}
+
+/* A worker killed while its helper was writing leaves a hidden temporary
+ * file; no deposit of this task is under way now, so any of ours found in
+ * its directories is such a leftover.
+ */
+static void ingest_cleanup(struct mailoauth_ingest *ing,
+    struct ingest_task *t) {
+  unsigned int depth = 0;
+  const char *p;
+  size_t i;
+
+  for (p = t->cfg.name_tmpl; p != NULL && *p != '\0'; p++) {
+    if (*p == '/' && depth < MAILOAUTH_DEPOSIT_MAX_DEPTH) {
+      depth++;
+    }
+  }
+
+  for (i = 0; i < t->ndests; i++) {
+    struct ingest_dest *d = &t->dests[i];
+    struct mailoauth_deposit_request req;
+    struct mailoauth_deposit_result res;
+    char desc[256];
+
+    if (d->cleaned) {
+      continue;
+    }
+
+    memset(&req, 0, sizeof(req));
+    req.dir = d->dir;
+    req.uid = d->uid;
+    req.gid = d->gid;
+    req.max_age = 0;
+    req.depth = depth;
+    memset(&res, 0, sizeof(res));
+    if (mailoauth_deposit_client_cleanup(ing->deposit_sock, &req,
+        INGEST_DEPOSIT_TIMEOUT_MS, &res) == 0) {
+      d->cleaned = 1;
+      if (res.removed > 0) {
+        mailoauth_log("ingest %s: removed %u unfinished temporary file%s "
+          "from %s", t->cfg.name, res.removed, res.removed == 1 ? "" : "s",
+          d->dir);
+      }
+    } else {
+      mailoauth_trace(trace_channel, 3, "task %s: cleanup of %s failed: %s",
+        t->cfg.name, d->dir,
+        mailoauth_deposit_describe(&res, desc, sizeof(desc)));
+    }
+  }
+}
+
+static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
+    time_t now) {
+  struct mailoauth_imap_mailbox mb;
+  mailoauth_imap_status_t st;
+  uint32_t uids[INGEST_SEARCH_BATCH];
+  size_t count, i, taken = 0;
+  int retried = 0;
+
+  if (ingest_open(ing, t) < 0 ||
+      ingest_get_token(ing, t, now, 0) < 0) {
+    return;
+  }
+
+  for (;;) {
+    memset(&mb, 0, sizeof(mb));
+    st = mailoauth_imap_select(t->imap, &mb);
+    if (st == MAILOAUTH_IMAP_AUTHFAIL && !retried) {
+      /* The token was refused: one fresh token, on a new connection. */
+      retried = 1;
+      mailoauth_imap_reconnect(t->imap);
+      if (ingest_get_token(ing, t, now, 1) < 0) {
+        return;
+      }
+      continue;
+    }
+    break;
+  }
+
+  if (st != MAILOAUTH_IMAP_OK) {
+    const char *hint = mailoauth_imap_hint(t->imap);
+
+    ingest_error(t, "cannot open folder %s: %s (%s)%s%s", t->cfg.folder,
+      mailoauth_imap_status_name(st), mailoauth_imap_reply(t->imap),
+      hint ? "; " : "", hint ? hint : "");
+    if (st == MAILOAUTH_IMAP_AUTHFAIL) {
+      mailoauth_imap_reconnect(t->imap);
+    }
+    return;
+  }
+
+  ingest_cleanup(ing, t);
+
+  if (ingest_ledger_load(ing, t) < 0) {
+    ingest_error(t, "cannot read the ledger: %s", strerror(errno));
+    return;
+  }
+
+  if (t->uidvalidity != mb.uidvalidity) {
+    if (t->uidvalidity != 0 || t->next_uid == 0) {
+      /* UIDs mean other messages now: taking everything again would
+       * duplicate every file, so only mail arriving from now on counts.
+       */
+      mailoauth_log("ingest %s: folder %s was recreated (UIDVALIDITY %"
+        PRIu32 " -> %" PRIu32 "); taking only new mail from UID %" PRIu32,
+        t->cfg.name, t->cfg.folder, t->uidvalidity, mb.uidvalidity,
+        mb.uidnext);
+      t->next_uid = mb.uidnext ? mb.uidnext : 1;
+    } else {
+      /* The first run takes the mail already waiting. */
+      t->next_uid = 1;
+    }
+    t->uidvalidity = mb.uidvalidity;
+    ingest_ledger_reset(ing, t);
+    if (ingest_state_save(ing, t) < 0) {
+      ingest_error(t, "cannot write the state file: %s", strerror(errno));
+      return;
+    }
+  }
+
+  for (;;) {
+    st = mailoauth_imap_search(t->imap, t->next_uid, 0, uids,
+      INGEST_SEARCH_BATCH, &count);
+    if (st != MAILOAUTH_IMAP_OK) {
+      ingest_error(t, "cannot search folder %s: %s (%s)", t->cfg.folder,
+        mailoauth_imap_status_name(st), mailoauth_imap_reply(t->imap));
+      return;
+    }
+
+    for (i = 0; i < count; i++) {
+      if (uids[i] < t->next_uid) {
+        continue;
+      }
+
+      if (!ingest_message(ing, t, uids[i])) {
+        return;
+      }
+
+      t->next_uid = uids[i] + 1;
+      if (ingest_state_save(ing, t) < 0) {
+        ingest_error(t, "cannot write the state file: %s", strerror(errno));
+        return;
+      }
+      ingest_ledger_reset(ing, t);
+
+      /* A long backlog must not hold up notifications and the other
+       * tasks: the run goes on at the next tick, where it stopped.
+       */
+      taken++;
+      if (time(NULL) - now >= INGEST_RUN_SLICE ||
+          taken >= INGEST_RUN_SLICE_MSGS) {
+        mailoauth_trace(trace_channel, 8, "task %s: run paused after UID %"
+          PRIu32, t->cfg.name, uids[i]);
+        t->more = 1;
+        return;
+      }
+    }
+
+    if (count < INGEST_SEARCH_BATCH) {
+      break;
+    }
+  }
+
+  ingest_ok(t);
+}
+
+/* The task set
+ */
+
+struct mailoauth_ingest *mailoauth_ingest_create(const char *state_dir,
+    struct mailoauth_registry *reg, int deposit_sock) {
+  struct mailoauth_ingest *ing;
+
+  ing = calloc(1, sizeof(*ing));
+  if (ing == NULL) {
+    return NULL;
+  }
+
+  ing->state_dir = strdup(state_dir);
+  ing->tasks_dir = ingest_path(state_dir, "tasks", "");
+  ing->tmp_dir = ingest_path(state_dir, "tmp", "");
+  if (ing->state_dir == NULL || ing->tasks_dir == NULL ||
+      ing->tmp_dir == NULL) {
+    mailoauth_ingest_destroy(ing);
+    errno = ENOMEM;
+    return NULL;
+  }
+
+  ing->reg = reg;
+  ing->deposit_sock = deposit_sock;
+  return ing;
+}
+
+int mailoauth_ingest_add(struct mailoauth_ingest *ing,
+    const struct mailoauth_ingest_config *cfg) {
+  struct ingest_task *tasks, *t;
+  unsigned int i;
+
+  if (cfg->name == NULL || !mailoauth_ingest_valid_name(cfg->name) ||
+      cfg->account == NULL || cfg->dir == NULL || cfg->dir[0] != '/' ||
+      cfg->uid == 0 || cfg->every == 0 ||
+      cfg->nroutes > MAILOAUTH_INGEST_MAX_ROUTES) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  for (i = 0; i < cfg->nroutes; i++) {
+    if (cfg->routes[i] == NULL || cfg->routes[i]->dir == NULL ||
+        cfg->routes[i]->dir[0] != '/' || cfg->routes[i]->uid == 0) {
+      errno = EINVAL;
+      return -1;
+    }
+  }
+
+  tasks = realloc(ing->tasks, (ing->ntasks + 1) * sizeof(*tasks));
+  if (tasks == NULL) {
+    return -1;
+  }
+  ing->tasks = tasks;
+
+  t = &ing->tasks[ing->ntasks];
+  memset(t, 0, sizeof(*t));
+  t->cfg = *cfg;
+
+  t->dests = calloc(cfg->nroutes + 1, sizeof(*t->dests));
+  if (t->dests == NULL) {
+    return -1;
+  }
+  t->ndests = cfg->nroutes + 1;
+  t->dests[0].dir = cfg->dir;
+  t->dests[0].uid = cfg->uid;
+  t->dests[0].gid = cfg->gid;
+  for (i = 0; i < cfg->nroutes; i++) {
+    t->dests[i + 1].dir = cfg->routes[i]->dir;
+    t->dests[i + 1].uid = cfg->routes[i]->uid;
+    t->dests[i + 1].gid = cfg->routes[i]->gid;
+  }
+
+  if (ingest_state_load(ing, t) < 0) {
+    free(t->dests);
+    return -1;
+  }
+  ing->ntasks++;
+  return 0;
+}
+
+time_t mailoauth_ingest_tick(struct mailoauth_ingest *ing, time_t now) {
+  time_t next = 0;
+  size_t i;
+
+  if (ing == NULL) {
+    return 0;
+  }
+
+  for (i = 0; i < ing->ntasks; i++) {
+    struct ingest_task *t = &ing->tasks[i];
+
+    if (t->next_due <= now) {
+      mailoauth_trace(trace_channel, 9, "task %s: run", t->cfg.name);
+      t->more = 0;
+      ingest_run(ing, t, now);
+
+      /* Counted from the end of the run: a run longer than the interval
+       * does not make the next one start at once, nor overlap.  A run
+       * paused at its slice goes on as soon as the worker is free.
+       */
+      t->next_due = t->more ? time(NULL) : time(NULL) + t->cfg.every;
+    }
+
+    if (next == 0 || t->next_due < next) {
+      next = t->next_due;
+    }
+  }
+
+  return next;
+}
+
+void mailoauth_ingest_destroy(struct mailoauth_ingest *ing) {
+  size_t i;
+
+  if (ing == NULL) {
+    return;
+  }
+
+  for (i = 0; i < ing->ntasks; i++) {
+    mailoauth_imap_destroy(ing->tasks[i].imap);
+    ingest_ledger_forget(&ing->tasks[i]);
+    free(ing->tasks[i].ledger);
+    free(ing->tasks[i].dests);
+  }
+
+  free(ing->tasks);
+  free(ing->state_dir);
+  free(ing->tasks_dir);
+  free(ing->tmp_dir);
+  free(ing);
+}

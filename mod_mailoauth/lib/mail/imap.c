@@ -1,0 +1,2563 @@
+/*
+ * mod_mailoauth - the IMAP side of mail ingestion, over libcurl
+ */
+
+#include "mailoauth/imap.h"
+#include "mailoauth/mailauth.h"
+#include "mailoauth/trace.h"
+
+#include <curl/curl.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+static const char *trace_channel = "mailoauth.imap";
+
+/* libcurl's buffer: response lines up to half of it arrive whole. */
+#define IMAP_BUFFER_SIZE        (64 * 1024L)
+
+/* UIDs per SEARCH: "* SEARCH" and 2000 numbers of up to 10 digits stay
+ * under 23 KB, below both half the buffer and libcurl's 300 KB cap on one
+ * request's response lines.
+ */
+#define IMAP_SEARCH_SPAN        2000u
+
+/* Messages per mailoauth_imap_info() call, and per request.  libcurl
+ * counts the bytes it read after an untagged line again for every such
+ * line, against its 300 KB cap on one request's response lines: N lines of
+ * ~80 bytes arriving together count about N * N * 40 bytes.
+ */
+#define IMAP_INFO_MAX           1000u
+#define IMAP_INFO_CHUNK         50u
+
+#define IMAP_LOW_SPEED_TIME     60L
+#define IMAP_MAX_IDLE_S         118L
+
+struct mailoauth_imap {
+  CURL *curl;
+  char *base_url;               /* imaps://host:port/ */
+  char *mbox_url;               /* base_url + the folder, URL-escaped */
+  char *folder;                 /* as configured (UTF-8) */
+  char *wire;                   /* modified UTF-7 */
+  char *quoted;                 /* the wire name as an IMAP quoted string */
+  char *user;
+  char *ca_file;
+  char *token;
+  long connect_timeout_ms;
+  long timeout_ms;
+  long max_idle_s;
+  int fresh;
+
+  /* From the last successful select; changed: a UIDVALIDITY change was
+   * seen since, so UIDs the caller holds mean other messages now.
+   */
+  int selected;
+  int changed;
+  uint32_t uidvalidity;
+  uint32_t uidnext;
+  uint32_t exists;
+
+  int have_caps;
+  unsigned caps;
+  char *target;                 /* a move target known to exist (wire) */
+
+  unsigned long connections;
+  unsigned long requests;
+
+  char reply[512];
+  const char *hint;
+
+  /* Per request. */
+  struct mailoauth_imap_resp resp;
+  char *line;                   /* a server line being collected */
+  size_t line_len;
+  int line_clipped;
+  char challenge[512];          /* a "+ ..." line of the login, or "" */
+
+  /* Per fetch. */
+  mailoauth_imap_sink_fn sink;
+  void *sink_arg;
+  uint64_t sink_bytes;
+  uint64_t sink_cap;
+  int sink_failed;
+  int sink_toobig;
+  int sink_errno;
+
+  uint32_t search_buf[IMAP_SEARCH_SPAN];
+};
+
+/* What a request is, for classifying its failures. */
+enum imap_kind {
+  IMAP_KIND_SELECT,             /* a NO here means the folder */
+  IMAP_KIND_COMMAND,            /* a NO here means this command */
+  IMAP_KIND_FETCH
+};
+
+const char *mailoauth_imap_status_name(mailoauth_imap_status_t status) {
+  switch (status) {
+    case MAILOAUTH_IMAP_OK:
+      return "ok";
+    case MAILOAUTH_IMAP_TEMPFAIL:
+      return "temporary failure";
+    case MAILOAUTH_IMAP_AUTHFAIL:
+      return "login refused";
+    case MAILOAUTH_IMAP_MAILBOX:
+      return "mailbox problem";
+    case MAILOAUTH_IMAP_PERM:
+      return "refused";
+    case MAILOAUTH_IMAP_CONFIG:
+      return "configuration problem";
+    case MAILOAUTH_IMAP_GONE:
+      return "message gone";
+    case MAILOAUTH_IMAP_TOOBIG:
+      return "message too large";
+  }
+  return "unknown";
+}
+
+/* ------------------------------------------------------------------------
+ * Pure functions: the response parser.
+ */
+
+struct imap_cur {
+  const char *p;
+  const char *end;
+};
+
+void mailoauth_imap_resp_init(struct mailoauth_imap_resp *r) {
+  memset(r, 0, sizeof(*r));
+}
+
+static int imap_at_end(const struct imap_cur *c) {
+  return c->p >= c->end;
+}
+
+static int imap_peek(const struct imap_cur *c) {
+  return c->p < c->end ? (unsigned char) *c->p : -1;
+}
+
+static void imap_skip_spaces(struct imap_cur *c) {
+  while (c->p < c->end && *c->p == ' ') {
+    c->p++;
+  }
+}
+
+/* An atom-ish word: up to a space, a bracket, a parenthesis or the end. */
+static size_t imap_word(struct imap_cur *c, const char **start) {
+  *start = c->p;
+  while (c->p < c->end && *c->p != ' ' && *c->p != '(' && *c->p != ')' &&
+         *c->p != '[' && *c->p != ']') {
+    c->p++;
+  }
+  return (size_t) (c->p - *start);
+}
+
+static int imap_word_is(const char *w, size_t n, const char *s) {
+  return strlen(s) == n && strncasecmp(w, s, n) == 0;
+}
+
+/* A number of at most 64 bits; -1 without digits or on overflow. */
+static int imap_number64(struct imap_cur *c, uint64_t *out) {
+  uint64_t v = 0;
+  const char *start = c->p;
+
+  while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
+    unsigned d = (unsigned) (*c->p - '0');
+
+    if (v > (UINT64_MAX - d) / 10) {
+      return -1;
+    }
+    v = v * 10 + d;
+    c->p++;
+  }
+
+  if (c->p == start) {
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+static int imap_number32(struct imap_cur *c, uint32_t *out) {
+  uint64_t v;
+
+  if (imap_number64(c, &v) < 0 || v > UINT32_MAX) {
+    return -1;
+  }
+  *out = (uint32_t) v;
+  return 0;
+}
+
+/* Skips one value: quoted string, parenthesized list (nested, with quoted
+ * strings inside), or an atom/number/NIL.  A literal ({n}) cannot be
+ * skipped on this line: 1.  -1 when malformed.
+ */
+static int imap_skip_value(struct imap_cur *c) {
+  int depth = 0;
+
+  do {
+    int ch = imap_peek(c);
+
+    if (ch < 0) {
+      return -1;
+    }
+
+    if (ch == '"') {
+      c->p++;
+      while (c->p < c->end && *c->p != '"') {
+        if (*c->p == '\\') {
+          c->p++;
+        }
+        if (c->p < c->end) {
+          c->p++;
+        }
+      }
+      if (c->p >= c->end) {
+        return -1;
+      }
+      c->p++;
+
+    } else if (ch == '(') {
+      depth++;
+      c->p++;
+
+    } else if (ch == ')') {
+      if (depth == 0) {
+        return -1;
+      }
+      depth--;
+      c->p++;
+
+    } else if (ch == '{') {
+      return 1;
+
+    } else if (ch == ' ') {
+      c->p++;
+
+    } else {
+      /* An atom; "BODY[HEADER.FIELDS (A B)]" keeps its brackets. */
+      int bracket = 0;
+
+      while (c->p < c->end) {
+        char x = *c->p;
+
+        if (x == '[') {
+          bracket++;
+        } else if (x == ']' && bracket > 0) {
+          bracket--;
+        } else if (bracket == 0 && (x == ' ' || x == '(' || x == ')' ||
+                   x == '"')) {
+          break;
+        }
+        c->p++;
+      }
+    }
+  } while (depth > 0);
+
+  return 0;
+}
+
+static unsigned imap_flag_bit(const char *w, size_t n) {
+  static const struct {
+    const char *name;
+    unsigned bit;
+  } flags[] = {
+    { "\\Seen", MAILOAUTH_IMAP_FLAG_SEEN },
+    { "\\Deleted", MAILOAUTH_IMAP_FLAG_DELETED },
+    { "\\Flagged", MAILOAUTH_IMAP_FLAG_FLAGGED },
+    { "\\Answered", MAILOAUTH_IMAP_FLAG_ANSWERED },
+    { "\\Draft", MAILOAUTH_IMAP_FLAG_DRAFT }
+  };
+  size_t i;
+
+  for (i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+    if (imap_word_is(w, n, flags[i].name)) {
+      return flags[i].bit;
+    }
+  }
+  return 0;
+}
+
+/* "(\Seen \Deleted ...)" */
+static int imap_flag_list(struct imap_cur *c, unsigned *flags) {
+  *flags = 0;
+
+  if (imap_peek(c) != '(') {
+    return -1;
+  }
+  c->p++;
+
+  for (;;) {
+    const char *w;
+    size_t n;
+
+    imap_skip_spaces(c);
+    if (imap_peek(c) == ')') {
+      c->p++;
+      return 0;
+    }
+
+    n = imap_word(c, &w);
+    if (n == 0) {
+      return -1;
+    }
+    *flags |= imap_flag_bit(w, n);
+  }
+}
+
+/* Capability atoms up to the end or a closing bracket: the last list seen
+ * is the one in force (the greeting's is replaced by the one after login).
+ */
+static void imap_capabilities(struct mailoauth_imap_resp *r,
+    struct imap_cur *c) {
+  unsigned caps = 0;
+
+  for (;;) {
+    const char *w;
+    size_t n;
+
+    imap_skip_spaces(c);
+    if (imap_at_end(c) || imap_peek(c) == ']') {
+      break;
+    }
+
+    n = imap_word(c, &w);
+    if (n == 0) {
+      c->p++;
+      continue;
+    }
+
+    if (imap_word_is(w, n, "IMAP4rev1")) {
+      caps |= MAILOAUTH_IMAP_CAP_IMAP4REV1;
+    } else if (imap_word_is(w, n, "MOVE")) {
+      caps |= MAILOAUTH_IMAP_CAP_MOVE;
+    } else if (imap_word_is(w, n, "UIDPLUS")) {
+      caps |= MAILOAUTH_IMAP_CAP_UIDPLUS;
+    } else if (imap_word_is(w, n, "IDLE")) {
+      caps |= MAILOAUTH_IMAP_CAP_IDLE;
+    } else if (imap_word_is(w, n, "AUTH=XOAUTH2")) {
+      caps |= MAILOAUTH_IMAP_CAP_XOAUTH2;
+    } else if (imap_word_is(w, n, "SASL-IR")) {
+      caps |= MAILOAUTH_IMAP_CAP_SASL_IR;
+    }
+  }
+
+  r->caps = caps;
+  r->have |= MAILOAUTH_IMAP_HAVE_CAPS;
+}
+
+static void imap_copy_text(char *dst, size_t dstlen, const char *src,
+    size_t n) {
+  size_t i, k = 0;
+
+  if (dstlen == 0) {
+    return;
+  }
+  for (i = 0; i < n && k + 1 < dstlen; i++) {
+    unsigned char ch = (unsigned char) src[i];
+
+    dst[k++] = (ch < 0x20 || ch == 0x7f) ? '?' : (char) ch;
+  }
+  dst[k] = '\0';
+}
+
+/* "[CODE args]" at c (optional); the code goes to code (may be NULL).
+ * -1 when a code we use is malformed.
+ */
+static int imap_resp_code(struct mailoauth_imap_resp *r, struct imap_cur *c,
+    char *code, size_t codelen) {
+  const char *w, *close;
+  size_t n;
+  int rc = 0;
+
+  if (code != NULL && codelen > 0) {
+    code[0] = '\0';
+  }
+
+  if (imap_peek(c) != '[') {
+    return 0;
+  }
+  c->p++;
+
+  n = imap_word(c, &w);
+  if (code != NULL) {
+    imap_copy_text(code, codelen, w, n);
+  }
+
+  if (imap_word_is(w, n, "UIDVALIDITY") || imap_word_is(w, n, "UIDNEXT")) {
+    uint32_t v;
+
+    imap_skip_spaces(c);
+    if (imap_number32(c, &v) < 0 || imap_peek(c) != ']') {
+      rc = -1;
+
+    } else if (imap_word_is(w, n, "UIDVALIDITY")) {
+      r->uidvalidity = v;
+      r->have |= MAILOAUTH_IMAP_HAVE_UIDVALIDITY;
+
+    } else {
+      r->uidnext = v;
+      r->have |= MAILOAUTH_IMAP_HAVE_UIDNEXT;
+    }
+
+  } else if (imap_word_is(w, n, "READ-ONLY")) {
+    r->read_only = 1;
+
+  } else if (imap_word_is(w, n, "READ-WRITE")) {
+    r->read_only = 0;
+
+  } else if (imap_word_is(w, n, "CAPABILITY")) {
+    imap_capabilities(r, c);
+
+  } else if (imap_word_is(w, n, "COPYUID")) {
+    uint32_t validity, src, dst;
+
+    /* Only a single message's answer is kept: "COPYUID v 12 345". */
+    imap_skip_spaces(c);
+    if (imap_number32(c, &validity) == 0 && imap_peek(c) == ' ') {
+      imap_skip_spaces(c);
+      if (imap_number32(c, &src) == 0 && imap_peek(c) == ' ') {
+        imap_skip_spaces(c);
+        if (imap_number32(c, &dst) == 0 && imap_peek(c) == ']') {
+          r->copyuid_validity = validity;
+          r->copyuid_uid = dst;
+          r->have |= MAILOAUTH_IMAP_HAVE_COPYUID;
+        }
+      }
+    }
+  }
+
+  close = memchr(c->p, ']', (size_t) (c->end - c->p));
+  if (close == NULL) {
+    r->malformed++;
+    c->p = c->end;
+    return -1;
+  }
+  c->p = close + 1;
+  imap_skip_spaces(c);
+
+  if (rc < 0) {
+    r->malformed++;
+  }
+  return rc;
+}
+
+static int imap_want_index(const struct mailoauth_imap_resp *r, uint32_t uid,
+    size_t *idx) {
+  size_t i;
+
+  if (r->want == NULL || r->info == NULL) {
+    return -1;
+  }
+  for (i = 0; i < r->n_want; i++) {
+    if (r->want[i] == uid) {
+      *idx = i;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* "(UID 5 RFC822.SIZE 1234 FLAGS (\Seen) ...)" after "* n FETCH ". */
+static int imap_fetch(struct mailoauth_imap_resp *r, struct imap_cur *c) {
+  uint32_t uid = 0;
+  uint64_t size = 0;
+  unsigned flags = 0;
+  int have_uid = 0, have_size = 0, have_flags = 0;
+  size_t idx;
+
+  if (imap_peek(c) != '(') {
+    return -1;
+  }
+  c->p++;
+
+  for (;;) {
+    const char *name;
+    size_t n;
+    int skipped;
+
+    imap_skip_spaces(c);
+    if (imap_peek(c) == ')') {
+      c->p++;
+      break;
+    }
+    if (imap_at_end(c)) {
+      return -1;
+    }
+
+    /* The item name, brackets and all ("BODY[HEADER.FIELDS (X)]<0>"). */
+    name = c->p;
+    {
+      int bracket = 0;
+
+      while (c->p < c->end && (bracket > 0 || *c->p != ' ')) {
+        if (*c->p == '[') {
+          bracket++;
+        } else if (*c->p == ']' && bracket > 0) {
+          bracket--;
+        } else if (bracket == 0 && (*c->p == '(' || *c->p == ')')) {
+          break;
+        }
+        c->p++;
+      }
+    }
+    n = (size_t) (c->p - name);
+    if (n == 0 || imap_peek(c) != ' ') {
+      return -1;
+    }
+    imap_skip_spaces(c);
+
+    if (imap_word_is(name, n, "UID")) {
+      if (imap_number32(c, &uid) < 0) {
+        return -1;
+      }
+      have_uid = 1;
+
+    } else if (imap_word_is(name, n, "RFC822.SIZE")) {
+      if (imap_number64(c, &size) < 0) {
+        return -1;
+      }
+      have_size = 1;
+
+    } else if (imap_word_is(name, n, "FLAGS")) {
+      if (imap_flag_list(c, &flags) < 0) {
+        return -1;
+      }
+      have_flags = 1;
+
+    } else {
+      skipped = imap_skip_value(c);
+      if (skipped < 0) {
+        return -1;
+      }
+      if (skipped > 0) {
+        /* A literal follows on the next lines: what came so far counts. */
+        break;
+      }
+    }
+  }
+
+  if (have_uid && uid != 0 && imap_want_index(r, uid, &idx) == 0) {
+    struct mailoauth_imap_msginfo *info = &r->info[idx];
+
+    if (info->uid == 0) {
+      r->fetches++;
+    }
+    info->uid = uid;
+    if (have_size) {
+      info->size = size;
+    }
+    if (have_flags) {
+      info->flags = flags;
+    }
+  }
+  return 0;
+}
+
+/* "* SEARCH 1 2 3" (maybe with "(MODSEQ n)" at the end). */
+static int imap_search(struct mailoauth_imap_resp *r, struct imap_cur *c) {
+  r->have |= MAILOAUTH_IMAP_HAVE_SEARCH;
+
+  for (;;) {
+    uint32_t uid;
+
+    imap_skip_spaces(c);
+    if (imap_at_end(c) || imap_peek(c) == '(') {
+      return 0;
+    }
+
+    if (imap_number32(c, &uid) < 0 || uid == 0 ||
+        (!imap_at_end(c) && imap_peek(c) != ' ')) {
+      return -1;
+    }
+
+    if (uid < r->search_lo || (r->search_hi != 0 && uid > r->search_hi)) {
+      continue;
+    }
+
+    if (r->uids == NULL) {
+      continue;
+    }
+    if (r->n_uids >= r->max_uids) {
+      r->uids_overflow = 1;
+      continue;
+    }
+    r->uids[r->n_uids++] = uid;
+  }
+}
+
+/* A mailbox name: quoted (unescaped into buf) or an atom.  1 for a
+ * literal, which cannot be read on this line; -1 when malformed.
+ */
+static int imap_mailbox(struct imap_cur *c, char *buf, size_t buflen) {
+  size_t k = 0;
+
+  if (imap_peek(c) == '{') {
+    return 1;
+  }
+
+  if (imap_peek(c) == '"') {
+    c->p++;
+    while (c->p < c->end && *c->p != '"') {
+      if (*c->p == '\\') {
+        c->p++;
+        if (c->p >= c->end) {
+          return -1;
+        }
+      }
+      if (k + 1 < buflen) {
+        buf[k++] = *c->p;
+      }
+      c->p++;
+    }
+    if (c->p >= c->end) {
+      return -1;
+    }
+    c->p++;
+
+  } else {
+    const char *w;
+    size_t n = imap_word(c, &w);
+
+    if (n == 0) {
+      return -1;
+    }
+    for (; k < n && k + 1 < buflen; k++) {
+      buf[k] = w[k];
+    }
+  }
+
+  buf[k] = '\0';
+  return 0;
+}
+
+/* "* LIST (\HasNoChildren) "/" name" */
+static int imap_list(struct mailoauth_imap_resp *r, struct imap_cur *c) {
+  char name[MAILOAUTH_IMAP_NAME_MAX + 1];
+  unsigned ignored;
+  int rc;
+
+  r->have |= MAILOAUTH_IMAP_HAVE_LIST;
+
+  if (imap_flag_list(c, &ignored) < 0) {
+    return -1;
+  }
+  imap_skip_spaces(c);
+  if (imap_skip_value(c) != 0) {       /* the delimiter: "/" or NIL */
+    return -1;
+  }
+  imap_skip_spaces(c);
+
+  rc = imap_mailbox(c, name, sizeof(name));
+  if (rc != 0) {
+    return rc < 0 ? -1 : 0;
+  }
+
+  if (r->list_name != NULL &&
+      (strcmp(name, r->list_name) == 0 ||
+       (strcasecmp(name, "INBOX") == 0 &&
+        strcasecmp(r->list_name, "INBOX") == 0))) {
+    r->list_found = 1;
+  }
+  return 0;
+}
+
+/* "* STATUS name (MESSAGES n ...)": only whether it came matters. */
+static int imap_status(struct mailoauth_imap_resp *r, struct imap_cur *c) {
+  if (imap_skip_value(c) != 0) {
+    return -1;
+  }
+  imap_skip_spaces(c);
+  if (imap_peek(c) != '(') {
+    return -1;
+  }
+  r->have |= MAILOAUTH_IMAP_HAVE_STATUS;
+  return 0;
+}
+
+static int imap_untagged(struct mailoauth_imap_resp *r, struct imap_cur *c) {
+  const char *w;
+  size_t n;
+
+  if (imap_peek(c) >= '0' && imap_peek(c) <= '9') {
+    uint32_t num;
+
+    if (imap_number32(c, &num) < 0 || imap_peek(c) != ' ') {
+      return -1;
+    }
+    imap_skip_spaces(c);
+    n = imap_word(c, &w);
+    imap_skip_spaces(c);
+
+    if (imap_word_is(w, n, "EXISTS")) {
+      r->exists = num;
+      r->have |= MAILOAUTH_IMAP_HAVE_EXISTS;
+
+    } else if (imap_word_is(w, n, "EXPUNGE")) {
+      r->expunged++;
+
+    } else if (imap_word_is(w, n, "FETCH")) {
+      return imap_fetch(r, c);
+    }
+    return 0;
+  }
+
+  n = imap_word(c, &w);
+  imap_skip_spaces(c);
+
+  if (imap_word_is(w, n, "OK") || imap_word_is(w, n, "NO") ||
+      imap_word_is(w, n, "BAD") || imap_word_is(w, n, "PREAUTH")) {
+    return imap_resp_code(r, c, NULL, 0);
+  }
+
+  if (imap_word_is(w, n, "BYE")) {
+    r->bye = 1;
+    (void) imap_resp_code(r, c, NULL, 0);
+    imap_copy_text(r->bye_text, sizeof(r->bye_text), c->p,
+      (size_t) (c->end - c->p));
+    return 0;
+  }
+
+  if (imap_word_is(w, n, "CAPABILITY")) {
+    imap_capabilities(r, c);
+    return 0;
+  }
+
+  if (imap_word_is(w, n, "SEARCH")) {
+    return imap_search(r, c);
+  }
+
+  if (imap_word_is(w, n, "STATUS")) {
+    return imap_status(r, c);
+  }
+
+  if (imap_word_is(w, n, "LIST")) {
+    return imap_list(r, c);
+  }
+
+  return 0;
+}
+
+static int imap_tag_char(char ch) {
+  return isalnum((unsigned char) ch) || ch == '.' || ch == '-' || ch == '_';
+}
+
+static void imap_tagged(struct mailoauth_imap_resp *r, struct imap_cur *c,
+    const char *status) {
+  if (r->bye && strcmp(status, "OK") == 0) {
+    /* "* BYE" then a tagged OK: a LOGOUT was answered, nobody hung up. */
+    r->bye = 0;
+    r->bye_text[0] = '\0';
+    r->logouts++;
+    return;
+  }
+
+  snprintf(r->tagged_status, sizeof(r->tagged_status), "%s", status);
+  r->have |= MAILOAUTH_IMAP_HAVE_TAGGED;
+  (void) imap_resp_code(r, c, r->tagged_code, sizeof(r->tagged_code));
+  imap_copy_text(r->tagged_text, sizeof(r->tagged_text), c->p,
+    (size_t) (c->end - c->p));
+}
+
+int mailoauth_imap_parse_line(struct mailoauth_imap_resp *r,
+    const char *line, size_t len) {
+  struct imap_cur c;
+  unsigned before;
+  int rc = 0;
+
+  if (r == NULL || (line == NULL && len > 0)) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
+    len--;
+  }
+  if (len == 0) {
+    return 0;
+  }
+
+  c.p = line;
+  c.end = line + len;
+  before = r->malformed;
+
+  if (len >= 2 && line[0] == '*' && line[1] == ' ') {
+    c.p += 2;
+    imap_skip_spaces(&c);
+    rc = imap_untagged(r, &c);
+    if (rc < 0) {
+      r->malformed++;
+    }
+
+  } else if (imap_tag_char(line[0])) {
+    /* "<tag> OK|NO|BAD ...": anything else (a continuation, a stray
+     * line) says nothing we use.
+     */
+    const char *w;
+    size_t n;
+
+    while (c.p < c.end && imap_tag_char(*c.p)) {
+      c.p++;
+    }
+    if (imap_peek(&c) == ' ' && c.p - line <= 32) {
+      imap_skip_spaces(&c);
+      n = imap_word(&c, &w);
+      if (n > 0 && (imap_at_end(&c) || imap_peek(&c) == ' ')) {
+        imap_skip_spaces(&c);
+        if (imap_word_is(w, n, "OK")) {
+          imap_tagged(r, &c, "OK");
+        } else if (imap_word_is(w, n, "NO")) {
+          imap_tagged(r, &c, "NO");
+        } else if (imap_word_is(w, n, "BAD")) {
+          imap_tagged(r, &c, "BAD");
+        }
+      }
+    }
+  }
+
+  if (rc < 0 || r->malformed != before) {
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Pure functions: folder names.
+ */
+
+static const char imap_b64[] =
+  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+
+static int imap_b64_value(unsigned char ch) {
+  const char *p;
+
+  if (ch == '\0') {
+    return -1;
+  }
+  p = strchr(imap_b64, ch);
+  return p != NULL ? (int) (p - imap_b64) : -1;
+}
+
+struct imap_out {
+  char *buf;
+  size_t len;
+  size_t size;
+  int full;
+};
+
+static void imap_out_init(struct imap_out *o, char *buf, size_t size) {
+  o->buf = buf;
+  o->len = 0;
+  o->size = size;
+  o->full = 0;
+  buf[0] = '\0';
+}
+
+static void imap_put(struct imap_out *o, char ch) {
+  if (o->len + 1 < o->size) {
+    o->buf[o->len++] = ch;
+    o->buf[o->len] = '\0';
+  } else {
+    o->full = 1;
+  }
+}
+
+/* One code point from UTF-8 (strict: no overlongs, no surrogates). */
+static int imap_utf8_next(const unsigned char **pp, uint32_t *cp) {
+  const unsigned char *p = *pp;
+  uint32_t v;
+  int n, i;
+
+  if (p[0] < 0x80) {
+    *cp = p[0];
+    *pp = p + 1;
+    return 0;
+  }
+
+  if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+    v = p[0] & 0x1f;
+    n = 1;
+  } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+    v = p[0] & 0x0f;
+    n = 2;
+  } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+    v = p[0] & 0x07;
+    n = 3;
+  } else {
+    return -1;
+  }
+
+  for (i = 1; i <= n; i++) {
+    if ((p[i] & 0xc0) != 0x80) {
+      return -1;
+    }
+    v = (v << 6) | (p[i] & 0x3f);
+  }
+
+  if ((n == 2 && v < 0x800) || (n == 3 && (v < 0x10000 || v > 0x10ffff)) ||
+      (v >= 0xd800 && v <= 0xdfff)) {
+    return -1;
+  }
+
+  *cp = v;
+  *pp = p + n + 1;
+  return 0;
+}
+
+static void imap_put_utf8(struct imap_out *o, uint32_t cp) {
+  if (cp < 0x80) {
+    imap_put(o, (char) cp);
+  } else if (cp < 0x800) {
+    imap_put(o, (char) (0xc0 | (cp >> 6)));
+    imap_put(o, (char) (0x80 | (cp & 0x3f)));
+  } else if (cp < 0x10000) {
+    imap_put(o, (char) (0xe0 | (cp >> 12)));
+    imap_put(o, (char) (0x80 | ((cp >> 6) & 0x3f)));
+    imap_put(o, (char) (0x80 | (cp & 0x3f)));
+  } else {
+    imap_put(o, (char) (0xf0 | (cp >> 18)));
+    imap_put(o, (char) (0x80 | ((cp >> 12) & 0x3f)));
+    imap_put(o, (char) (0x80 | ((cp >> 6) & 0x3f)));
+    imap_put(o, (char) (0x80 | (cp & 0x3f)));
+  }
+}
+
+int mailoauth_imap_utf7_encode(const char *utf8, char *out, size_t outlen) {
+  const unsigned char *p = (const unsigned char *) utf8;
+  struct imap_out o;
+  uint32_t bits = 0;
+  int nbits = 0, shifted = 0;
+
+  if (utf8 == NULL || out == NULL || outlen == 0) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  imap_out_init(&o, out, outlen);
+
+  while (*p != '\0') {
+    uint32_t cp;
+
+    if (imap_utf8_next(&p, &cp) < 0 || cp < 0x20 || cp == 0x7f) {
+      errno = EILSEQ;
+      return -1;
+    }
+
+    if (cp < 0x7f) {
+      if (shifted) {
+        if (nbits > 0) {
+          imap_put(&o, imap_b64[(bits << (6 - nbits)) & 0x3f]);
+        }
+        imap_put(&o, '-');
+        shifted = 0;
+        nbits = 0;
+        bits = 0;
+      }
+      imap_put(&o, (char) cp);
+      if (cp == '&') {
+        imap_put(&o, '-');
+      }
+      continue;
+    }
+
+    if (!shifted) {
+      imap_put(&o, '&');
+      shifted = 1;
+    }
+
+    {
+      uint32_t units[2];
+      int nunits = 1, i;
+
+      if (cp >= 0x10000) {
+        cp -= 0x10000;
+        units[0] = 0xd800 | (cp >> 10);
+        units[1] = 0xdc00 | (cp & 0x3ff);
+        nunits = 2;
+      } else {
+        units[0] = cp;
+      }
+
+      for (i = 0; i < nunits; i++) {
+        bits = (bits << 16) | units[i];
+        nbits += 16;
+        while (nbits >= 6) {
+          nbits -= 6;
+          imap_put(&o, imap_b64[(bits >> nbits) & 0x3f]);
+        }
+        bits &= (1u << nbits) - 1;
+      }
+    }
+  }
+
+  if (shifted) {
+    if (nbits > 0) {
+      imap_put(&o, imap_b64[(bits << (6 - nbits)) & 0x3f]);
+    }
+    imap_put(&o, '-');
+  }
+
+  if (o.full) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  return 0;
+}
+
+int mailoauth_imap_utf7_decode(const char *mutf7, char *out, size_t outlen) {
+  const unsigned char *p = (const unsigned char *) mutf7;
+  struct imap_out o;
+
+  if (mutf7 == NULL || out == NULL || outlen == 0) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  imap_out_init(&o, out, outlen);
+
+  while (*p != '\0') {
+    uint32_t bits = 0, high = 0;
+    int nbits = 0, units = 0;
+
+    if (*p < 0x20 || *p > 0x7e) {
+      errno = EILSEQ;
+      return -1;
+    }
+
+    if (*p != '&') {
+      imap_put(&o, (char) *p++);
+      continue;
+    }
+    p++;
+
+    if (*p == '-') {
+      imap_put(&o, '&');
+      p++;
+      continue;
+    }
+
+    for (; *p != '-'; p++) {
+      int v = imap_b64_value(*p);
+
+      if (v < 0) {
+        errno = EILSEQ;
+        return -1;
+      }
+      bits = (bits << 6) | (uint32_t) v;
+      nbits += 6;
+
+      if (nbits >= 16) {
+        uint32_t unit;
+
+        nbits -= 16;
+        unit = (bits >> nbits) & 0xffff;
+        bits &= (1u << nbits) - 1;
+        units++;
+
+        if (high != 0) {
+          if (unit < 0xdc00 || unit > 0xdfff) {
+            errno = EILSEQ;
+            return -1;
+          }
+          imap_put_utf8(&o, 0x10000 + ((high - 0xd800) << 10) +
+            (unit - 0xdc00));
+          high = 0;
+
+        } else if (unit >= 0xd800 && unit <= 0xdbff) {
+          high = unit;
+
+        } else if ((unit >= 0xdc00 && unit <= 0xdfff) ||
+                   (unit >= 0x20 && unit < 0x7f) || unit < 0x20 ||
+                   unit == 0x7f) {
+          /* Printable ASCII must stand for itself; controls never. */
+          errno = EILSEQ;
+          return -1;
+
+        } else {
+          imap_put_utf8(&o, unit);
+        }
+      }
+    }
+    p++;
+
+    /* Left-over bits are padding: fewer than 6, all zero. */
+    if (units == 0 || high != 0 || nbits >= 6 || bits != 0) {
+      errno = EILSEQ;
+      return -1;
+    }
+  }
+
+  if (o.full) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  return 0;
+}
+
+int mailoauth_imap_folder_name(const char *name, char *out, size_t outlen) {
+  char decoded[MAILOAUTH_IMAP_NAME_MAX * 2];
+  const char *p;
+  int ascii = 1;
+
+  if (name == NULL || *name == '\0' || out == NULL || outlen == 0) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  for (p = name; *p != '\0'; p++) {
+    if ((unsigned char) *p >= 0x80) {
+      ascii = 0;
+      break;
+    }
+  }
+
+  if (ascii && strchr(name, '&') != NULL &&
+      mailoauth_imap_utf7_decode(name, decoded, sizeof(decoded)) == 0) {
+    if (strlen(name) + 1 > outlen) {
+      errno = ENAMETOOLONG;
+      return -1;
+    }
+    memcpy(out, name, strlen(name) + 1);
+    return 0;
+  }
+
+  return mailoauth_imap_utf7_encode(name, out, outlen);
+}
+
+int mailoauth_imap_quote(const char *s, char *out, size_t outlen) {
+  struct imap_out o;
+  const char *p;
+
+  if (s == NULL || out == NULL || outlen == 0) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  imap_out_init(&o, out, outlen);
+
+  imap_put(&o, '"');
+  for (p = s; *p != '\0'; p++) {
+    unsigned char ch = (unsigned char) *p;
+
+    /* Wire names are modified UTF-7: printable ASCII only. */
+    if (ch < 0x20 || ch > 0x7e) {
+      errno = EINVAL;
+      return -1;
+    }
+    if (ch == '"' || ch == '\\') {
+      imap_put(&o, '\\');
+    }
+    imap_put(&o, (char) ch);
+  }
+  imap_put(&o, '"');
+
+  if (o.full) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The session.
+ */
+
+static void imap_reply(struct mailoauth_imap *s, const char *fmt, ...)
+#ifdef __GNUC__
+  __attribute__((format(printf, 2, 3)))
+#endif
+  ;
+
+static void imap_reply(struct mailoauth_imap *s, const char *fmt, ...) {
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(s->reply, sizeof(s->reply), fmt, ap);
+  va_end(ap);
+}
+
+static char *imap_strdup(const char *s) {
+  return s != NULL ? strdup(s) : NULL;
+}
+
+static void imap_wipe_token(struct mailoauth_imap *s) {
+  if (s->token != NULL) {
+    OPENSSL_cleanse(s->token, strlen(s->token));
+    free(s->token);
+    s->token = NULL;
+  }
+}
+
+/* Base URL and folder of an imap(s):// URL; ";params" and "?query" (IMAP
+ * URL parts libcurl would act on) are refused.
+ */
+static int imap_split_url(const char *url, char **base, char **folder) {
+  CURLU *u;
+  char *path = NULL, *decoded = NULL, *out = NULL, *query = NULL;
+  mailoauth_mailauth_proto_t proto;
+  int rc = -1;
+
+  *base = NULL;
+  *folder = NULL;
+
+  if (mailoauth_mailauth_proto(url, &proto, NULL) < 0 ||
+      proto != MAILOAUTH_MAILAUTH_IMAP) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  u = curl_url();
+  if (u == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+
+  if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
+    errno = EINVAL;
+    goto out;
+  }
+
+  if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK &&
+      query != NULL) {
+    errno = EINVAL;
+    goto out;
+  }
+
+  if (strchr(path, ';') != NULL) {
+    errno = EINVAL;
+    goto out;
+  }
+
+  if (curl_url_get(u, CURLUPART_PATH, &decoded, CURLU_URLDECODE) !=
+      CURLUE_OK) {
+    errno = EINVAL;
+    goto out;
+  }
+
+  {
+    const char *f = decoded[0] == '/' ? decoded + 1 : decoded;
+    size_t n = strlen(f);
+    size_t i;
+
+    if (n > 0 && f[n - 1] == '/') {
+      n--;
+    }
+    for (i = 0; i < n; i++) {
+      if ((unsigned char) f[i] < 0x20 || f[i] == 0x7f) {
+        errno = EINVAL;
+        goto out;
+      }
+    }
+    *folder = n > 0 ? strndup(f, n) : strdup("INBOX");
+  }
+
+  /* The credentials come from the configuration, never from the URL. */
+  if (*folder == NULL ||
+      curl_url_set(u, CURLUPART_PATH, "/", 0) != CURLUE_OK ||
+      curl_url_set(u, CURLUPART_USER, NULL, 0) != CURLUE_OK ||
+      curl_url_set(u, CURLUPART_PASSWORD, NULL, 0) != CURLUE_OK ||
+      curl_url_set(u, CURLUPART_OPTIONS, NULL, 0) != CURLUE_OK ||
+      curl_url_set(u, CURLUPART_FRAGMENT, NULL, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_URL, &out, 0) != CURLUE_OK) {
+    errno = *folder == NULL ? ENOMEM : EINVAL;
+    goto out;
+  }
+
+  *base = strdup(out);
+  if (*base == NULL) {
+    errno = ENOMEM;
+    goto out;
+  }
+  rc = 0;
+
+out:
+  if (rc < 0) {
+    free(*folder);
+    *folder = NULL;
+  }
+  curl_free(path);
+  curl_free(decoded);
+  curl_free(query);
+  curl_free(out);
+  curl_url_cleanup(u);
+  return rc;
+}
+
+/* base + the wire name, escaped as one URL path segment. */
+static char *imap_mailbox_url(CURL *curl, const char *base,
+    const char *wire) {
+  char *esc, *url;
+  size_t n;
+
+  esc = curl_easy_escape(curl, wire, 0);
+  if (esc == NULL) {
+    return NULL;
+  }
+
+  n = strlen(base) + strlen(esc) + 1;
+  url = malloc(n);
+  if (url != NULL) {
+    snprintf(url, n, "%s%s", base, esc);
+  }
+  curl_free(esc);
+  return url;
+}
+
+struct mailoauth_imap *mailoauth_imap_create(const char *url,
+    const char *user, const char *ca_file) {
+  struct mailoauth_imap *s;
+  char wire[MAILOAUTH_IMAP_NAME_MAX + 1];
+  char quoted[2 * MAILOAUTH_IMAP_NAME_MAX + 3];
+
+  if (url == NULL || user == NULL || *user == '\0') {
+    errno = EINVAL;
+    return NULL;
+  }
+
+  s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+
+  if (imap_split_url(url, &s->base_url, &s->folder) < 0) {
+    int xerrno = errno;
+
+    mailoauth_imap_destroy(s);
+    errno = xerrno;
+    return NULL;
+  }
+
+  if (mailoauth_imap_folder_name(s->folder, wire, sizeof(wire)) < 0 ||
+      mailoauth_imap_quote(wire, quoted, sizeof(quoted)) < 0) {
+    mailoauth_imap_destroy(s);
+    errno = EINVAL;
+    return NULL;
+  }
+
+  s->curl = curl_easy_init();
+  s->wire = strdup(wire);
+  s->quoted = strdup(quoted);
+  s->user = strdup(user);
+  s->ca_file = imap_strdup(ca_file);
+  s->line = malloc(IMAP_BUFFER_SIZE + 1);
+  if (s->curl == NULL || s->wire == NULL || s->quoted == NULL ||
+      s->user == NULL || (ca_file != NULL && s->ca_file == NULL) ||
+      s->line == NULL) {
+    mailoauth_imap_destroy(s);
+    errno = ENOMEM;
+    return NULL;
+  }
+
+  s->mbox_url = imap_mailbox_url(s->curl, s->base_url, s->wire);
+  if (s->mbox_url == NULL) {
+    mailoauth_imap_destroy(s);
+    errno = ENOMEM;
+    return NULL;
+  }
+
+  s->max_idle_s = IMAP_MAX_IDLE_S;
+
+  /* One connection: a connection logged in with an old token is closed
+   * when the new one is opened, not kept idle.
+   */
+  curl_easy_setopt(s->curl, CURLOPT_MAXCONNECTS, 1L);
+  curl_easy_setopt(s->curl, CURLOPT_BUFFERSIZE, IMAP_BUFFER_SIZE);
+  return s;
+}
+
+void mailoauth_imap_destroy(struct mailoauth_imap *s) {
+  if (s == NULL) {
+    return;
+  }
+
+  /* Says LOGOUT on a connection still open. */
+  if (s->curl != NULL) {
+    curl_easy_cleanup(s->curl);
+  }
+  imap_wipe_token(s);
+  free(s->base_url);
+  free(s->mbox_url);
+  free(s->folder);
+  free(s->wire);
+  free(s->quoted);
+  free(s->user);
+  free(s->ca_file);
+  free(s->line);
+  free(s->target);
+  free(s);
+}
+
+int mailoauth_imap_set_token(struct mailoauth_imap *s, const char *token) {
+  char *copy;
+
+  if (s == NULL || token == NULL || *token == '\0') {
+    errno = EINVAL;
+    return -1;
+  }
+
+  copy = strdup(token);
+  if (copy == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+  imap_wipe_token(s);
+  s->token = copy;
+  return 0;
+}
+
+void mailoauth_imap_set_timeouts(struct mailoauth_imap *s,
+    long connect_timeout_ms, long timeout_ms, long max_idle_s) {
+  s->connect_timeout_ms = connect_timeout_ms;
+  s->timeout_ms = timeout_ms;
+  s->max_idle_s = max_idle_s > 0 ? max_idle_s : IMAP_MAX_IDLE_S;
+}
+
+void mailoauth_imap_reconnect(struct mailoauth_imap *s) {
+  s->fresh = 1;
+}
+
+const char *mailoauth_imap_folder(const struct mailoauth_imap *s) {
+  return s->folder;
+}
+
+const char *mailoauth_imap_folder_wire(const struct mailoauth_imap *s) {
+  return s->wire;
+}
+
+const char *mailoauth_imap_reply(const struct mailoauth_imap *s) {
+  return s->reply;
+}
+
+const char *mailoauth_imap_hint(const struct mailoauth_imap *s) {
+  return s->hint;
+}
+
+unsigned long mailoauth_imap_connections(const struct mailoauth_imap *s) {
+  return s->connections;
+}
+
+unsigned long mailoauth_imap_requests(const struct mailoauth_imap *s) {
+  return s->requests;
+}
+
+/* ------------------------------------------------------------------------
+ * One request.
+ */
+
+static void imap_server_line(struct mailoauth_imap *s, const char *line,
+    size_t len) {
+  if (len >= 2 && line[0] == '+' && line[1] == ' ') {
+    /* An XOAUTH2 error challenge (server data, not a secret). */
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
+      len--;
+    }
+    imap_copy_text(s->challenge, sizeof(s->challenge), line, len);
+    return;
+  }
+  (void) mailoauth_imap_parse_line(&s->resp, line, len);
+}
+
+/* Every server line, in pieces of up to 16 KB: collected into whole
+ * lines.  libcurl clips lines longer than half its buffer, so a longer one
+ * cannot come; if it did, it is cut.
+ */
+static size_t imap_header_cb(char *data, size_t size, size_t nmemb,
+    void *arg) {
+  struct mailoauth_imap *s = arg;
+  size_t total = size * nmemb, i = 0;
+
+  while (i < total) {
+    const char *nl = memchr(data + i, '\n', total - i);
+    size_t n = nl != NULL ? (size_t) (nl - (data + i)) + 1 : total - i;
+    size_t room = IMAP_BUFFER_SIZE - s->line_len;
+    size_t take = n < room ? n : room;
+
+    memcpy(s->line + s->line_len, data + i, take);
+    s->line_len += take;
+    if (take < n) {
+      s->line_clipped = 1;
+    }
+
+    if (nl != NULL) {
+      if (s->line_clipped) {
+        s->resp.malformed++;
+      } else {
+        imap_server_line(s, s->line, s->line_len);
+      }
+      s->line_len = 0;
+      s->line_clipped = 0;
+    }
+    i += n;
+  }
+  return total;
+}
+
+static size_t imap_discard_cb(char *data, size_t size, size_t nmemb,
+    void *arg) {
+  (void) data;
+  (void) arg;
+  return size * nmemb;
+}
+
+static size_t imap_body_cb(char *data, size_t size, size_t nmemb,
+    void *arg) {
+  struct mailoauth_imap *s = arg;
+  size_t total = size * nmemb;
+
+  if (s->sink_bytes == 0 && s->sink_cap > 0) {
+    curl_off_t announced = -1;
+
+    /* libcurl knows the literal's size before the first byte. */
+    if (curl_easy_getinfo(s->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T,
+        &announced) == CURLE_OK && announced > 0 &&
+        (uint64_t) announced > s->sink_cap) {
+      s->sink_toobig = 1;
+      return 0;
+    }
+  }
+
+  if (s->sink_cap > 0 && s->sink_bytes + total > s->sink_cap) {
+    s->sink_toobig = 1;
+    return 0;
+  }
+
+  if (s->sink(data, total, s->sink_arg) < 0) {
+    s->sink_failed = 1;
+    s->sink_errno = errno;
+    return 0;
+  }
+
+  s->sink_bytes += total;
+  return total;
+}
+
+/* libcurl URL-decodes a custom request: keep '%' literal. */
+static char *imap_custom_escape(const char *cmd) {
+  size_t n = strlen(cmd), extra = 0, i, k = 0;
+  char *out;
+
+  for (i = 0; i < n; i++) {
+    if (cmd[i] == '%') {
+      extra += 2;
+    }
+  }
+
+  out = malloc(n + extra + 1);
+  if (out == NULL) {
+    return NULL;
+  }
+  for (i = 0; i < n; i++) {
+    out[k++] = cmd[i];
+    if (cmd[i] == '%') {
+      out[k++] = '2';
+      out[k++] = '5';
+    }
+  }
+  out[k] = '\0';
+  return out;
+}
+
+static int imap_code_is(const struct mailoauth_imap_resp *r,
+    const char *code) {
+  return strcasecmp(r->tagged_code, code) == 0;
+}
+
+static int imap_text_has(const char *text, const char *needle) {
+  size_t n = strlen(needle);
+
+  for (; *text != '\0'; text++) {
+    if (strncasecmp(text, needle, n) == 0) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* What a tagged NO/BAD means; kind_default when nothing more specific. */
+static mailoauth_imap_status_t imap_classify_tagged(
+    const struct mailoauth_imap_resp *r, mailoauth_imap_status_t dflt) {
+  if (r->bye) {
+    return MAILOAUTH_IMAP_TEMPFAIL;
+  }
+
+  if (imap_code_is(r, "AUTHENTICATIONFAILED") ||
+      imap_code_is(r, "AUTHORIZATIONFAILED") ||
+      imap_code_is(r, "EXPIRED")) {
+    return MAILOAUTH_IMAP_AUTHFAIL;
+  }
+
+  if (imap_code_is(r, "UNAVAILABLE") || imap_code_is(r, "INUSE") ||
+      imap_code_is(r, "SERVERBUG") || imap_code_is(r, "LIMIT") ||
+      imap_text_has(r->tagged_text, "Server Unavailable") ||
+      imap_text_has(r->tagged_text, "try again")) {
+    return MAILOAUTH_IMAP_TEMPFAIL;
+  }
+
+  /* Exchange: logged in, but the mailbox cannot be reached. */
+  if (imap_text_has(r->tagged_text,
+      "User is authenticated but not connected")) {
+    return MAILOAUTH_IMAP_MAILBOX;
+  }
+
+  if (imap_code_is(r, "NONEXISTENT") || imap_code_is(r, "TRYCREATE") ||
+      imap_code_is(r, "NOPERM")) {
+    return MAILOAUTH_IMAP_MAILBOX;
+  }
+
+  return dflt;
+}
+
+/* A reused connection the server had given up on: worth one more try on a
+ * new one.
+ */
+static int imap_dead_connection(CURLcode rc,
+    const struct mailoauth_imap_resp *r) {
+  if (r->bye) {
+    return 1;
+  }
+
+  switch (rc) {
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_WEIRD_SERVER_REPLY:
+      return 1;
+
+    case CURLE_QUOTE_ERROR:
+    case CURLE_LOGIN_DENIED:
+      /* libcurl believed a folder selected that the server did not. */
+      return imap_text_has(r->tagged_text, "No mailbox selected");
+
+    default:
+      return 0;
+  }
+}
+
+static mailoauth_imap_status_t imap_classify(struct mailoauth_imap *s,
+    enum imap_kind kind, CURLcode rc, long connects,
+    const struct mailoauth_mailauth_transcript *tr, const char *curl_err,
+    const char *what) {
+  const struct mailoauth_imap_resp *r = &s->resp;
+  mailoauth_imap_status_t status;
+  char line[400];
+
+  s->hint = NULL;
+  line[0] = '\0';
+  if (r->have & MAILOAUTH_IMAP_HAVE_TAGGED) {
+    snprintf(line, sizeof(line), "%s%s%s%s%s", r->tagged_status,
+      r->tagged_code[0] ? " [" : "", r->tagged_code,
+      r->tagged_code[0] ? "] " : " ", r->tagged_text);
+  }
+
+  switch (rc) {
+    case CURLE_OK:
+      imap_reply(s, "%s: %s", what, line[0] ? line : "OK");
+      return MAILOAUTH_IMAP_OK;
+
+    case CURLE_LOGIN_DENIED:
+      if (tr->auth_sent && !tr->authenticated) {
+        if (s->challenge[0] != '\0') {
+          s->hint = mailoauth_mailauth_hint(s->challenge);
+        }
+        if (tr->challenge[0] != '\0') {
+          imap_reply(s, "XOAUTH2 refused as %s: %s%s%s", s->user,
+            tr->challenge, line[0] ? " / " : "", line);
+        } else {
+          imap_reply(s, "login refused as %s: %s", s->user,
+            line[0] ? line : tr->last_reply);
+        }
+        if (s->hint == NULL) {
+          s->hint = mailoauth_mailauth_hint(line);
+        }
+        return MAILOAUTH_IMAP_AUTHFAIL;
+      }
+
+      if (!tr->auth_sent && !tr->authenticated && connects > 0) {
+        imap_reply(s, "%s does not offer XOAUTH2 (last answer: %s)",
+          s->base_url, tr->last_reply);
+        return MAILOAUTH_IMAP_CONFIG;
+      }
+
+      /* libcurl reports its own failed SELECT as a refused login. */
+      imap_reply(s, "SELECT %s: %s", s->quoted,
+        line[0] ? line : "failed");
+      s->hint = mailoauth_mailauth_hint(line);
+      status = imap_classify_tagged(r, MAILOAUTH_IMAP_MAILBOX);
+      return status == MAILOAUTH_IMAP_PERM ? MAILOAUTH_IMAP_MAILBOX : status;
+
+    case CURLE_QUOTE_ERROR:
+      imap_reply(s, "%s: %s", what, line[0] ? line : "refused");
+      s->hint = mailoauth_mailauth_hint(line);
+      return imap_classify_tagged(r, kind == IMAP_KIND_SELECT ?
+        MAILOAUTH_IMAP_MAILBOX : MAILOAUTH_IMAP_PERM);
+
+    case CURLE_REMOTE_FILE_NOT_FOUND:
+      if ((r->have & MAILOAUTH_IMAP_HAVE_UIDVALIDITY) &&
+          r->uidvalidity != s->uidvalidity) {
+        imap_reply(s, "the UIDVALIDITY of %s changed from %lu to %lu: the "
+          "folder's UIDs start over", s->folder,
+          (unsigned long) s->uidvalidity, (unsigned long) r->uidvalidity);
+        s->selected = 0;
+        s->changed = 1;
+
+      } else {
+        imap_reply(s, "%s: no such message", what);
+      }
+      return MAILOAUTH_IMAP_GONE;
+
+    case CURLE_WRITE_ERROR:
+      if (s->sink_toobig) {
+        imap_reply(s, "%s: larger than %llu bytes", what,
+          (unsigned long long) s->sink_cap);
+        return MAILOAUTH_IMAP_TOOBIG;
+      }
+      if (s->sink_failed) {
+        imap_reply(s, "%s: storing the message failed: %s", what,
+          strerror(s->sink_errno));
+        return MAILOAUTH_IMAP_TEMPFAIL;
+      }
+      break;
+
+    case CURLE_USE_SSL_FAILED:
+      imap_reply(s, "%s does not offer STARTTLS: not logging in without TLS",
+        s->base_url);
+      return MAILOAUTH_IMAP_CONFIG;
+
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+      imap_reply(s, "%s: %s", s->base_url,
+        curl_err[0] ? curl_err : curl_easy_strerror(rc));
+      return MAILOAUTH_IMAP_CONFIG;
+
+    default:
+      break;
+  }
+
+  if (r->bye) {
+    imap_reply(s, "%s: the server closed the connection: BYE %s", what,
+      r->bye_text);
+  } else {
+    imap_reply(s, "%s: %s", what,
+      curl_err[0] ? curl_err : curl_easy_strerror(rc));
+  }
+  return MAILOAUTH_IMAP_TEMPFAIL;
+}
+
+/* One libcurl request: url, and cmd as CURLOPT_CUSTOMREQUEST (NULL: a
+ * fetch through the URL).  The caller set up s->resp's arrays; they are
+ * kept, what was parsed is reset.  Repeated once on a new connection when
+ * a reused one turns out dead.
+ */
+static mailoauth_imap_status_t imap_request(struct mailoauth_imap *s,
+    enum imap_kind kind, const char *url, const char *cmd, const char *what) {
+  struct mailoauth_imap_resp keep = s->resp;
+  mailoauth_imap_status_t status = MAILOAUTH_IMAP_TEMPFAIL;
+  char *custom = NULL;
+  int attempt;
+
+  s->hint = NULL;
+  if (s->token == NULL) {
+    imap_reply(s, "no access token for %s", s->user);
+    return MAILOAUTH_IMAP_AUTHFAIL;
+  }
+
+  if (cmd != NULL) {
+    custom = imap_custom_escape(cmd);
+    if (custom == NULL) {
+      imap_reply(s, "out of memory");
+      return MAILOAUTH_IMAP_TEMPFAIL;
+    }
+  }
+
+  for (attempt = 0; attempt < 2; attempt++) {
+    struct mailoauth_mailauth_config cfg;
+    struct mailoauth_mailauth_transcript tr;
+    char curl_err[CURL_ERROR_SIZE], setup_err[256];
+    long connects = 0;
+    CURLcode rc;
+
+    /* The caller's arrays stay; what the last attempt parsed goes. */
+    mailoauth_imap_resp_init(&s->resp);
+    s->resp.search_lo = keep.search_lo;
+    s->resp.search_hi = keep.search_hi;
+    s->resp.uids = keep.uids;
+    s->resp.max_uids = keep.max_uids;
+    s->resp.want = keep.want;
+    s->resp.info = keep.info;
+    s->resp.n_want = keep.n_want;
+    s->resp.list_name = keep.list_name;
+    if (keep.info != NULL) {
+      memset(keep.info, 0, keep.n_want * sizeof(*keep.info));
+    }
+    s->line_len = 0;
+    s->line_clipped = 0;
+    s->challenge[0] = '\0';
+    s->sink_bytes = 0;
+    s->sink_failed = 0;
+    s->sink_toobig = 0;
+
+    memset(&tr, 0, sizeof(tr));
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.url = url;
+    cfg.username = s->user;
+    cfg.bearer = s->token;
+    cfg.ca_file = s->ca_file;
+    cfg.connect_timeout_ms = s->connect_timeout_ms;
+    cfg.timeout_ms = s->timeout_ms;
+
+    if (mailoauth_mailauth_setup(s->curl, &cfg, &tr, setup_err,
+        sizeof(setup_err)) < 0) {
+      imap_reply(s, "%s", setup_err);
+      free(custom);
+      return MAILOAUTH_IMAP_CONFIG;
+    }
+
+    curl_err[0] = '\0';
+    curl_easy_setopt(s->curl, CURLOPT_CUSTOMREQUEST, custom);
+    curl_easy_setopt(s->curl, CURLOPT_HEADERFUNCTION, imap_header_cb);
+    curl_easy_setopt(s->curl, CURLOPT_HEADERDATA, s);
+    curl_easy_setopt(s->curl, CURLOPT_WRITEFUNCTION,
+      kind == IMAP_KIND_FETCH ? imap_body_cb : imap_discard_cb);
+    curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, curl_err);
+    curl_easy_setopt(s->curl, CURLOPT_MAXAGE_CONN, s->max_idle_s);
+    curl_easy_setopt(s->curl, CURLOPT_FRESH_CONNECT,
+      (s->fresh || attempt > 0) ? 1L : 0L);
+    if (kind == IMAP_KIND_FETCH) {
+      /* A large message must not time out as a whole: watch for stalls. */
+      curl_easy_setopt(s->curl, CURLOPT_TIMEOUT_MS, 0L);
+      curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+      curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_TIME, IMAP_LOW_SPEED_TIME);
+    } else {
+      curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_LIMIT, 0L);
+      curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_TIME, 0L);
+    }
+    s->fresh = 0;
+
+    mailoauth_trace(trace_channel, 9, "%s: %s%s%s", s->base_url,
+      cmd != NULL ? cmd : "fetch ", cmd != NULL ? "" : url,
+      attempt > 0 ? " (new connection)" : "");
+
+    rc = curl_easy_perform(s->curl);
+    s->requests++;
+    curl_easy_getinfo(s->curl, CURLINFO_NUM_CONNECTS, &connects);
+    s->connections += (unsigned long) connects;
+
+    /* A last line without its LF. */
+    if (s->line_len > 0 && !s->line_clipped) {
+      imap_server_line(s, s->line, s->line_len);
+    }
+    s->line_len = 0;
+
+    curl_easy_setopt(s->curl, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, NULL);
+    curl_easy_setopt(s->curl, CURLOPT_DEBUGFUNCTION, NULL);
+    curl_easy_setopt(s->curl, CURLOPT_DEBUGDATA, NULL);
+    curl_easy_setopt(s->curl, CURLOPT_VERBOSE, 0L);
+
+    status = imap_classify(s, kind, rc, connects, &tr, curl_err, what);
+
+    mailoauth_trace(trace_channel, rc == CURLE_OK ? 9 : 4,
+      "%s: %s (curl %d, %ld new connections): %s", what,
+      mailoauth_imap_status_name(status), (int) rc, connects, s->reply);
+
+    if (rc != CURLE_OK && attempt == 0 && connects == 0 &&
+        s->sink_bytes == 0 && !s->sink_toobig && !s->sink_failed &&
+        imap_dead_connection(rc, &s->resp)) {
+      mailoauth_trace(trace_channel, 5, "%s: the reused connection to %s "
+        "is gone (%s): once more on a new one", what, s->base_url,
+        s->reply);
+      mailoauth_mailauth_transcript_clear(&tr);
+      continue;
+    }
+
+    mailoauth_mailauth_transcript_clear(&tr);
+    break;
+  }
+
+  free(custom);
+  return status;
+}
+
+/* The folder's URL, with ";UIDVALIDITY=v" once a select told it, and
+ * ";UID=n" for a fetch.
+ */
+static char *imap_url(struct mailoauth_imap *s, uint32_t uid) {
+  size_t n = strlen(s->mbox_url) + 64;
+  char *url = malloc(n);
+  int k;
+
+  if (url == NULL) {
+    return NULL;
+  }
+
+  k = snprintf(url, n, "%s", s->mbox_url);
+  if (s->selected && s->uidvalidity != 0) {
+    k += snprintf(url + k, n - (size_t) k, ";UIDVALIDITY=%lu",
+      (unsigned long) s->uidvalidity);
+  }
+  if (uid != 0) {
+    snprintf(url + k, n - (size_t) k, ";UID=%lu", (unsigned long) uid);
+  }
+  return url;
+}
+
+/* A command on the selected folder (libcurl selects it when this
+ * connection has not).
+ */
+static mailoauth_imap_status_t imap_folder_command(struct mailoauth_imap *s,
+    const char *cmd, const char *what) {
+  mailoauth_imap_status_t status;
+  char *url = imap_url(s, 0);
+
+  if (url == NULL) {
+    imap_reply(s, "out of memory");
+    return MAILOAUTH_IMAP_TEMPFAIL;
+  }
+  status = imap_request(s, IMAP_KIND_COMMAND, url, cmd, what);
+  free(url);
+  return status;
+}
+
+static void imap_resp_clear_targets(struct mailoauth_imap *s) {
+  mailoauth_imap_resp_init(&s->resp);
+}
+
+/* UIDs mean something only with the UIDVALIDITY a select told: no UID
+ * command before one, none after a change until the caller selected again
+ * (and so learnt of it).
+ */
+static int imap_need_select(struct mailoauth_imap *s,
+    mailoauth_imap_status_t *status) {
+  if (s->selected) {
+    return 0;
+  }
+
+  if (s->changed) {
+    imap_reply(s, "the UIDVALIDITY of %s changed: select it again",
+      s->folder);
+    *status = MAILOAUTH_IMAP_GONE;
+  } else {
+    imap_reply(s, "%s is not selected: select it first", s->folder);
+    *status = MAILOAUTH_IMAP_PERM;
+  }
+  return -1;
+}
+
+mailoauth_imap_status_t mailoauth_imap_select(struct mailoauth_imap *s,
+    struct mailoauth_imap_mailbox *mb) {
+  mailoauth_imap_status_t status;
+  char cmd[2 * MAILOAUTH_IMAP_NAME_MAX + 16];
+
+  if (mb != NULL) {
+    memset(mb, 0, sizeof(*mb));
+  }
+
+  /* On the bare server URL: libcurl's own SELECT would keep the untagged
+   * answers from the write function and report a missing folder as a
+   * refused login.
+   */
+  snprintf(cmd, sizeof(cmd), "SELECT %s", s->quoted);
+  imap_resp_clear_targets(s);
+  status = imap_request(s, IMAP_KIND_SELECT, s->base_url, cmd, cmd);
+
+  if (status != MAILOAUTH_IMAP_OK) {
+    /* A failed SELECT leaves nothing selected, which libcurl's bookkeeping
+     * of this connection would not know.
+     */
+    s->selected = 0;
+    s->fresh = 1;
+    return status;
+  }
+
+  if (!(s->resp.have & MAILOAUTH_IMAP_HAVE_UIDVALIDITY)) {
+    imap_reply(s, "%s: the server sent no UIDVALIDITY", cmd);
+    s->selected = 0;
+    return MAILOAUTH_IMAP_PERM;
+  }
+
+  if (s->selected && s->uidvalidity != s->resp.uidvalidity) {
+    mailoauth_trace(trace_channel, 3, "UIDVALIDITY of %s changed from %lu "
+      "to %lu", s->folder, (unsigned long) s->uidvalidity,
+      (unsigned long) s->resp.uidvalidity);
+  }
+
+  s->selected = 1;
+  s->changed = 0;
+  s->uidvalidity = s->resp.uidvalidity;
+  s->uidnext = (s->resp.have & MAILOAUTH_IMAP_HAVE_UIDNEXT) ?
+    s->resp.uidnext : 0;
+  s->exists = (s->resp.have & MAILOAUTH_IMAP_HAVE_EXISTS) ?
+    s->resp.exists : 0;
+
+  if (mb != NULL) {
+    mb->uidvalidity = s->uidvalidity;
+    mb->uidnext = s->uidnext;
+    mb->exists = s->exists;
+    mb->read_only = s->resp.read_only;
+  }
+  return MAILOAUTH_IMAP_OK;
+}
+
+static int imap_cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+
+  return x < y ? -1 : x > y;
+}
+
+mailoauth_imap_status_t mailoauth_imap_search(struct mailoauth_imap *s,
+    uint32_t from, unsigned flags, uint32_t *uids, size_t max,
+    size_t *count) {
+  mailoauth_imap_status_t status;
+  uint32_t lo, last = 0;
+
+  *count = 0;
+  if (uids == NULL || max == 0) {
+    errno = EINVAL;
+    return MAILOAUTH_IMAP_PERM;
+  }
+
+  if (imap_need_select(s, &status) < 0) {
+    return status;
+  }
+
+  lo = from > 0 ? from : 1;
+
+  /* Nothing new since the select: no request at all. */
+  if (s->exists == 0 || (s->uidnext != 0 && lo >= s->uidnext)) {
+    imap_reply(s, "no UIDs from %lu (UIDNEXT %lu)", (unsigned long) lo,
+      (unsigned long) s->uidnext);
+    return MAILOAUTH_IMAP_OK;
+  }
+
+  for (;;) {
+    char cmd[96];
+    uint32_t hi = 0;
+    size_t i;
+
+    if (s->uidnext != 0) {
+      hi = s->uidnext - 1;
+      if (hi - lo >= IMAP_SEARCH_SPAN) {
+        hi = lo + IMAP_SEARCH_SPAN - 1;
+      }
+      snprintf(cmd, sizeof(cmd), "UID SEARCH UID %lu:%lu%s",
+        (unsigned long) lo, (unsigned long) hi,
+        (flags & MAILOAUTH_IMAP_SEARCH_UNSEEN) ? " UNSEEN" : "");
+
+    } else {
+      /* No UIDNEXT (an IMAP4rev1 server always sends one): one open
+       * range, whose answer is kept only up to the buffer.
+       */
+      snprintf(cmd, sizeof(cmd), "UID SEARCH UID %lu:*%s",
+        (unsigned long) lo,
+        (flags & MAILOAUTH_IMAP_SEARCH_UNSEEN) ? " UNSEEN" : "");
+    }
+
+    imap_resp_clear_targets(s);
+    s->resp.search_lo = lo;
+    s->resp.search_hi = hi;
+    s->resp.uids = s->search_buf;
+    s->resp.max_uids = IMAP_SEARCH_SPAN;
+
+    status = imap_folder_command(s, cmd, cmd);
+    if (status != MAILOAUTH_IMAP_OK) {
+      return status;
+    }
+
+    if (!(s->resp.have & MAILOAUTH_IMAP_HAVE_SEARCH) || s->resp.malformed) {
+      imap_reply(s, "%s: no usable SEARCH answer", cmd);
+      return MAILOAUTH_IMAP_TEMPFAIL;
+    }
+
+    /* Servers answer in ascending order, but need not. */
+    qsort(s->search_buf, s->resp.n_uids, sizeof(uint32_t), imap_cmp_u32);
+    for (i = 0; i < s->resp.n_uids && *count < max; i++) {
+      if (s->search_buf[i] > last) {
+        uids[(*count)++] = s->search_buf[i];
+        last = s->search_buf[i];
+      }
+    }
+
+    if (*count >= max || hi == 0 || hi >= s->uidnext - 1 ||
+        hi == UINT32_MAX) {
+      break;
+    }
+    lo = hi + 1;
+  }
+
+  imap_reply(s, "%lu UIDs from %lu", (unsigned long) *count,
+    (unsigned long) (from > 0 ? from : 1));
+  return MAILOAUTH_IMAP_OK;
+}
+
+/* "5,7:9,12" from UIDs (any order, duplicates allowed). */
+static char *imap_uid_set(const uint32_t *uids, size_t n) {
+  uint32_t *sorted;
+  size_t size = n * 22 + 1, len = 0, i;
+  char *out;
+
+  sorted = malloc(n * sizeof(*sorted));
+  out = malloc(size);
+  if (sorted == NULL || out == NULL) {
+    free(sorted);
+    free(out);
+    return NULL;
+  }
+  memcpy(sorted, uids, n * sizeof(*sorted));
+  qsort(sorted, n, sizeof(*sorted), imap_cmp_u32);
+
+  out[0] = '\0';
+  for (i = 0; i < n; ) {
+    size_t j = i;
+
+    while (j + 1 < n && (sorted[j + 1] == sorted[j] ||
+           sorted[j + 1] == sorted[j] + 1)) {
+      j++;
+    }
+    if (sorted[j] == sorted[i]) {
+      len += (size_t) snprintf(out + len, size - len, "%s%lu",
+        len > 0 ? "," : "", (unsigned long) sorted[i]);
+    } else {
+      len += (size_t) snprintf(out + len, size - len, "%s%lu:%lu",
+        len > 0 ? "," : "", (unsigned long) sorted[i],
+        (unsigned long) sorted[j]);
+    }
+    i = j + 1;
+  }
+
+  free(sorted);
+  return out;
+}
+
+mailoauth_imap_status_t mailoauth_imap_info(struct mailoauth_imap *s,
+    const uint32_t *uids, size_t n, struct mailoauth_imap_msginfo *info,
+    size_t *found) {
+  mailoauth_imap_status_t status = MAILOAUTH_IMAP_OK;
+  size_t i, off, total = 0;
+
+  if (found != NULL) {
+    *found = 0;
+  }
+  if (uids == NULL || info == NULL || n == 0 || n > IMAP_INFO_MAX) {
+    errno = EINVAL;
+    return MAILOAUTH_IMAP_PERM;
+  }
+  for (i = 0; i < n; i++) {
+    if (uids[i] == 0) {
+      errno = EINVAL;
+      return MAILOAUTH_IMAP_PERM;
+    }
+  }
+  memset(info, 0, n * sizeof(*info));
+  if (imap_need_select(s, &status) < 0) {
+    return status;
+  }
+
+  for (off = 0; off < n && status == MAILOAUTH_IMAP_OK;
+       off += IMAP_INFO_CHUNK) {
+    size_t chunk = n - off < IMAP_INFO_CHUNK ? n - off : IMAP_INFO_CHUNK;
+    char *set, *cmd;
+    size_t len;
+
+    set = imap_uid_set(uids + off, chunk);
+    if (set == NULL) {
+      imap_reply(s, "out of memory");
+      return MAILOAUTH_IMAP_TEMPFAIL;
+    }
+    len = strlen(set) + 64;
+    cmd = malloc(len);
+    if (cmd == NULL) {
+      free(set);
+      imap_reply(s, "out of memory");
+      return MAILOAUTH_IMAP_TEMPFAIL;
+    }
+    snprintf(cmd, len, "UID FETCH %s (UID RFC822.SIZE FLAGS)", set);
+    free(set);
+
+    imap_resp_clear_targets(s);
+    s->resp.want = uids + off;
+    s->resp.info = info + off;
+    s->resp.n_want = chunk;
+
+    status = imap_folder_command(s, cmd,
+      n == 1 ? cmd : "UID FETCH (UID RFC822.SIZE FLAGS)");
+    free(cmd);
+    total += s->resp.fetches;
+  }
+
+  if (found != NULL) {
+    *found = total;
+  }
+  return status;
+}
+
+struct imap_fd_sink {
+  int fd;
+};
+
+static int imap_fd_write(const char *data, size_t len, void *arg) {
+  struct imap_fd_sink *sink = arg;
+
+  while (len > 0) {
+    ssize_t n = write(sink->fd, data, len);
+
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return -1;
+    }
+    data += n;
+    len -= (size_t) n;
+  }
+  return 0;
+}
+
+mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
+    uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink, void *arg,
+    struct mailoauth_imap_fetched *out) {
+  struct mailoauth_imap_msginfo info;
+  mailoauth_imap_status_t status;
+  char what[64];
+  size_t found = 0;
+  char *url;
+
+  if (out != NULL) {
+    memset(out, 0, sizeof(*out));
+  }
+  if (uid == 0 || sink == NULL) {
+    errno = EINVAL;
+    return MAILOAUTH_IMAP_PERM;
+  }
+
+  status = mailoauth_imap_info(s, &uid, 1, &info, &found);
+  if (status != MAILOAUTH_IMAP_OK) {
+    return status;
+  }
+  if (found == 0) {
+    imap_reply(s, "UID %lu: no such message in %s", (unsigned long) uid,
+      s->folder);
+    return MAILOAUTH_IMAP_GONE;
+  }
+
+  if (out != NULL) {
+    out->size = info.size;
+    out->was_seen = (info.flags & MAILOAUTH_IMAP_FLAG_SEEN) != 0;
+  }
+
+  if (max_bytes > 0 && info.size > max_bytes) {
+    imap_reply(s, "UID %lu is %llu bytes, over the limit of %llu",
+      (unsigned long) uid, (unsigned long long) info.size,
+      (unsigned long long) max_bytes);
+    return MAILOAUTH_IMAP_TOOBIG;
+  }
+
+  url = imap_url(s, uid);
+  if (url == NULL) {
+    imap_reply(s, "out of memory");
+    return MAILOAUTH_IMAP_TEMPFAIL;
+  }
+
+  snprintf(what, sizeof(what), "UID FETCH %lu BODY[]", (unsigned long) uid);
+  imap_resp_clear_targets(s);
+  s->sink = sink;
+  s->sink_arg = arg;
+  s->sink_cap = max_bytes;
+  status = imap_request(s, IMAP_KIND_FETCH, url, NULL, what);
+  free(url);
+
+  if (out != NULL) {
+    out->bytes = s->sink_bytes;
+  }
+  s->sink = NULL;
+  s->sink_arg = NULL;
+  return status;
+}
+
+mailoauth_imap_status_t mailoauth_imap_fetch_fd(struct mailoauth_imap *s,
+    uint32_t uid, uint64_t max_bytes, int fd,
+    struct mailoauth_imap_fetched *out) {
+  struct imap_fd_sink sink;
+
+  sink.fd = fd;
+  return mailoauth_imap_fetch(s, uid, max_bytes, imap_fd_write, &sink, out);
+}
+
+/* UID STORE, not .SILENT: the FETCH it answers with shows the message is
+ * there.
+ */
+static mailoauth_imap_status_t imap_store(struct mailoauth_imap *s,
+    uint32_t uid, const char *change) {
+  struct mailoauth_imap_msginfo info;
+  mailoauth_imap_status_t status;
+  char cmd[96];
+
+  if (imap_need_select(s, &status) < 0) {
+    return status;
+  }
+
+  snprintf(cmd, sizeof(cmd), "UID STORE %lu %s", (unsigned long) uid,
+    change);
+  imap_resp_clear_targets(s);
+  s->resp.want = &uid;
+  s->resp.info = &info;
+  s->resp.n_want = 1;
+
+  status = imap_folder_command(s, cmd, cmd);
+  if (status == MAILOAUTH_IMAP_OK && s->resp.fetches == 0) {
+    imap_reply(s, "%s: no such message in %s", cmd, s->folder);
+    return MAILOAUTH_IMAP_GONE;
+  }
+  return status;
+}
+
+mailoauth_imap_status_t mailoauth_imap_set_seen(struct mailoauth_imap *s,
+    uint32_t uid, int seen) {
+  if (uid == 0) {
+    errno = EINVAL;
+    return MAILOAUTH_IMAP_PERM;
+  }
+  return imap_store(s, uid, seen ? "+FLAGS (\\Seen)" : "-FLAGS (\\Seen)");
+}
+
+mailoauth_imap_status_t mailoauth_imap_capabilities(struct mailoauth_imap *s,
+    unsigned *caps) {
+  mailoauth_imap_status_t status;
+
+  if (!s->have_caps) {
+    imap_resp_clear_targets(s);
+    status = imap_request(s, IMAP_KIND_COMMAND, s->base_url, "CAPABILITY",
+      "CAPABILITY");
+    if (status != MAILOAUTH_IMAP_OK) {
+      return status;
+    }
+    if (!(s->resp.have & MAILOAUTH_IMAP_HAVE_CAPS)) {
+      imap_reply(s, "CAPABILITY: no capability list in the answer");
+      return MAILOAUTH_IMAP_PERM;
+    }
+    s->caps = s->resp.caps;
+    s->have_caps = 1;
+  }
+
+  if (caps != NULL) {
+    *caps = s->caps;
+  }
+  return MAILOAUTH_IMAP_OK;
+}
+
+/* Whether the folder is there: LIST answers OK either way, where a
+ * refused CREATE or STATUS would make libcurl drop the connection.
+ */
+static mailoauth_imap_status_t imap_folder_listed(struct mailoauth_imap *s,
+    const char *wire, const char *quoted, int *listed) {
+  mailoauth_imap_status_t status;
+  char cmd[2 * MAILOAUTH_IMAP_NAME_MAX + 16];
+
+  *listed = 0;
+  snprintf(cmd, sizeof(cmd), "LIST \"\" %s", quoted);
+  imap_resp_clear_targets(s);
+  s->resp.list_name = wire;
+  status = imap_request(s, IMAP_KIND_COMMAND, s->base_url, cmd, cmd);
+  *listed = s->resp.list_found;
+  return status;
+}
+
+mailoauth_imap_status_t mailoauth_imap_create_folder(struct mailoauth_imap *s,
+    const char *folder) {
+  char wire[MAILOAUTH_IMAP_NAME_MAX + 1];
+  char quoted[2 * MAILOAUTH_IMAP_NAME_MAX + 3];
+  char cmd[sizeof(quoted) + 32], created[sizeof(s->reply)];
+  mailoauth_imap_status_t status;
+  int listed = 0;
+
+  if (folder == NULL ||
+      mailoauth_imap_folder_name(folder, wire, sizeof(wire)) < 0 ||
+      mailoauth_imap_quote(wire, quoted, sizeof(quoted)) < 0) {
+    imap_reply(s, "'%s' is not a folder name",
+      folder != NULL ? folder : "");
+    return MAILOAUTH_IMAP_PERM;
+  }
+
+  status = imap_folder_listed(s, wire, quoted, &listed);
+  if (status != MAILOAUTH_IMAP_OK) {
+    return status;
+  }
+  if (listed) {
+    imap_reply(s, "%s exists", quoted);
+    return MAILOAUTH_IMAP_OK;
+  }
+
+  snprintf(cmd, sizeof(cmd), "CREATE %s", quoted);
+  imap_resp_clear_targets(s);
+  status = imap_request(s, IMAP_KIND_COMMAND, s->base_url, cmd, cmd);
+  if (status != MAILOAUTH_IMAP_PERM && status != MAILOAUTH_IMAP_MAILBOX) {
+    return status;
+  }
+
+  if (imap_code_is(&s->resp, "ALREADYEXISTS")) {
+    return MAILOAUTH_IMAP_OK;
+  }
+
+  /* Someone else may have made it meanwhile. */
+  snprintf(created, sizeof(created), "%s", s->reply);
+  if (imap_folder_listed(s, wire, quoted, &listed) == MAILOAUTH_IMAP_OK &&
+      listed) {
+    imap_reply(s, "%s exists", quoted);
+    return MAILOAUTH_IMAP_OK;
+  }
+
+  snprintf(s->reply, sizeof(s->reply), "%s", created);
+  return status;
+}
+
+static mailoauth_imap_status_t imap_copy_or_move(struct mailoauth_imap *s,
+    const char *verb, uint32_t uid, const char *quoted, uint32_t *new_uid) {
+  mailoauth_imap_status_t status;
+  char cmd[2 * MAILOAUTH_IMAP_NAME_MAX + 64];
+
+  snprintf(cmd, sizeof(cmd), "UID %s %lu %s", verb, (unsigned long) uid,
+    quoted);
+  imap_resp_clear_targets(s);
+  status = imap_folder_command(s, cmd, cmd);
+  if (status == MAILOAUTH_IMAP_OK && new_uid != NULL &&
+      (s->resp.have & MAILOAUTH_IMAP_HAVE_COPYUID)) {
+    *new_uid = s->resp.copyuid_uid;
+  }
+  return status;
+}
+
+static int imap_missing_target(const struct mailoauth_imap *s) {
+  return imap_code_is(&s->resp, "TRYCREATE") ||
+    imap_code_is(&s->resp, "NONEXISTENT");
+}
+
+mailoauth_imap_status_t mailoauth_imap_move(struct mailoauth_imap *s,
+    uint32_t uid, const char *folder, int create, uint32_t *new_uid) {
+  char wire[MAILOAUTH_IMAP_NAME_MAX + 1];
+  char quoted[2 * MAILOAUTH_IMAP_NAME_MAX + 3];
+  mailoauth_imap_status_t status;
+  unsigned caps = 0;
+  int tries;
+
+  if (new_uid != NULL) {
+    *new_uid = 0;
+  }
+  if (uid == 0 || folder == NULL ||
+      mailoauth_imap_folder_name(folder, wire, sizeof(wire)) < 0 ||
+      mailoauth_imap_quote(wire, quoted, sizeof(quoted)) < 0) {
+    imap_reply(s, "cannot move to '%s': not a folder name",
+      folder != NULL ? folder : "");
+    return MAILOAUTH_IMAP_PERM;
+  }
+
+  if (imap_need_select(s, &status) < 0) {
+    return status;
+  }
+
+  status = mailoauth_imap_capabilities(s, &caps);
+  if (status != MAILOAUTH_IMAP_OK) {
+    return status;
+  }
+
+  for (tries = 0; tries < 2; tries++) {
+    /* Made sure of once per target: a move to a missing folder fails,
+     * and libcurl drops the connection after any failed command.
+     */
+    if (create && (s->target == NULL || strcmp(s->target, wire) != 0)) {
+      status = mailoauth_imap_create_folder(s, wire);
+      if (status != MAILOAUTH_IMAP_OK) {
+        return status;
+      }
+      free(s->target);
+      s->target = strdup(wire);
+    }
+
+    if (caps & MAILOAUTH_IMAP_CAP_MOVE) {
+      status = imap_copy_or_move(s, "MOVE", uid, quoted, new_uid);
+      if (status == MAILOAUTH_IMAP_OK && s->resp.expunged == 0 &&
+          !(s->resp.have & MAILOAUTH_IMAP_HAVE_COPYUID)) {
+        imap_reply(s, "UID MOVE %lu: no such message in %s",
+          (unsigned long) uid, s->folder);
+        return MAILOAUTH_IMAP_GONE;
+      }
+
+    } else {
+      status = imap_copy_or_move(s, "COPY", uid, quoted, new_uid);
+      if (status == MAILOAUTH_IMAP_OK) {
+        if ((caps & MAILOAUTH_IMAP_CAP_UIDPLUS) &&
+            !(s->resp.have & MAILOAUTH_IMAP_HAVE_COPYUID)) {
+          imap_reply(s, "UID COPY %lu: no such message in %s",
+            (unsigned long) uid, s->folder);
+          return MAILOAUTH_IMAP_GONE;
+        }
+        return mailoauth_imap_delete(s, uid);
+      }
+    }
+
+    if (status == MAILOAUTH_IMAP_OK || !imap_missing_target(s)) {
+      return status;
+    }
+
+    /* Gone since it was made sure of (or never was): once more. */
+    free(s->target);
+    s->target = NULL;
+    if (!create) {
+      return status;
+    }
+  }
+  return status;
+}
+
+mailoauth_imap_status_t mailoauth_imap_delete(struct mailoauth_imap *s,
+    uint32_t uid) {
+  mailoauth_imap_status_t status;
+  unsigned caps = 0;
+  char cmd[64];
+
+  if (uid == 0) {
+    errno = EINVAL;
+    return MAILOAUTH_IMAP_PERM;
+  }
+
+  if (imap_need_select(s, &status) < 0) {
+    return status;
+  }
+
+  status = mailoauth_imap_capabilities(s, &caps);
+  if (status != MAILOAUTH_IMAP_OK) {
+    return status;
+  }
+
+  status = imap_store(s, uid, "+FLAGS (\\Deleted)");
+  if (status != MAILOAUTH_IMAP_OK) {
+    return status;
+  }
+
+  if (!(caps & MAILOAUTH_IMAP_CAP_UIDPLUS)) {
+    imap_reply(s, "UID %lu marked \\Deleted; the server offers no UID "
+      "EXPUNGE, so it stays until the folder is expunged",
+      (unsigned long) uid);
+    return MAILOAUTH_IMAP_OK;
+  }
+
+  snprintf(cmd, sizeof(cmd), "UID EXPUNGE %lu", (unsigned long) uid);
+  imap_resp_clear_targets(s);
+  return imap_folder_command(s, cmd, cmd);
+}

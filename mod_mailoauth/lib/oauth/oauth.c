@@ -1,0 +1,2568 @@
+/*
+ * mod_mailoauth - OAuth2 token endpoint client
+ */
+
+#include "mailoauth/oauth.h"
+#include "mailoauth/trace.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include "mailoauth/jsonwrap.h"
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+static const char *trace_channel = "mailoauth.oauth";
+
+/* Retry-After values beyond a day are treated as a day: a misbehaving
+ * server must not park an account for weeks.
+ */
+#define MAILOAUTH_OAUTH_RETRY_AFTER_MAX   86400L
+
+/* Error descriptions are logged; Microsoft's run to several lines of ids. */
+#define MAILOAUTH_OAUTH_DESCRIPTION_MAX   300
+
+/* ------------------------------------------------------------------------
+ * Growing buffer that never leaves a copy of its contents behind in freed
+ * memory: request bodies and responses hold secrets.
+ */
+
+struct oauth_buf {
+  char *data;
+  size_t len;
+  size_t size;
+};
+
+static int buf_reserve(struct oauth_buf *b, size_t extra) {
+  size_t need, size;
+  char *data;
+
+  if (extra > SIZE_MAX - b->len - 1) {
+    errno = ENOMEM;
+    return -1;
+  }
+
+  need = b->len + extra + 1;
+  if (need <= b->size) {
+    return 0;
+  }
+
+  size = b->size > 0 ? b->size : 256;
+  while (size < need) {
+    size = size > SIZE_MAX / 2 ? need : size * 2;
+  }
+
+  /* Not realloc(): it may free the old block without wiping it. */
+  data = malloc(size);
+  if (data == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+
+  if (b->data != NULL) {
+    memcpy(data, b->data, b->len + 1);
+    OPENSSL_cleanse(b->data, b->size);
+    free(b->data);
+  }
+
+  b->data = data;
+  b->size = size;
+  return 0;
+}
+
+static int buf_append(struct oauth_buf *b, const char *s, size_t n) {
+  if (buf_reserve(b, n) < 0) {
+    return -1;
+  }
+
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+  return 0;
+}
+
+static int buf_appends(struct oauth_buf *b, const char *s) {
+  return buf_append(b, s, strlen(s));
+}
+
+/* Empty the buffer but keep its memory for the next request. */
+static void buf_wipe(struct oauth_buf *b) {
+  if (b->data != NULL) {
+    OPENSSL_cleanse(b->data, b->size);
+  }
+  b->len = 0;
+}
+
+static void buf_free(struct oauth_buf *b) {
+  buf_wipe(b);
+  free(b->data);
+  b->data = NULL;
+  b->size = 0;
+}
+
+/* Hand the contents to the caller as a plain malloc'd string. */
+static char *buf_take(struct oauth_buf *b) {
+  char *s;
+
+  if (b->data == NULL && buf_reserve(b, 0) < 0) {
+    return NULL;
+  }
+
+  s = b->data;
+  b->data = NULL;
+  b->len = b->size = 0;
+  return s;
+}
+
+/* "name=value", URL-encoded, '&'-separated. */
+static int buf_add_param(struct oauth_buf *b, const char *name,
+    const char *value) {
+  char *esc;
+  int res;
+
+  /* curl_easy_escape() ignores its handle since 7.82.0. */
+  esc = curl_easy_escape(NULL, value, 0);
+  if (esc == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+
+  res = 0;
+  if ((b->len > 0 && buf_append(b, "&", 1) < 0) ||
+      buf_appends(b, name) < 0 ||
+      buf_append(b, "=", 1) < 0 ||
+      buf_appends(b, esc) < 0) {
+    res = -1;
+  }
+
+  OPENSSL_cleanse(esc, strlen(esc));
+  curl_free(esc);
+  return res;
+}
+
+/* ------------------------------------------------------------------------
+ * Small string helpers.
+ */
+
+static void secret_free(char **s) {
+  if (*s != NULL) {
+    OPENSSL_cleanse(*s, strlen(*s));
+    free(*s);
+    *s = NULL;
+  }
+}
+
+static int str_dup(char **dst, const char *src) {
+  if (src == NULL) {
+    *dst = NULL;
+    return 0;
+  }
+
+  *dst = strdup(src);
+  if (*dst == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+  return 0;
+}
+
+static int is_blank(const char *s) {
+  return s == NULL || *s == '\0';
+}
+
+static int has_ctrl(const char *s) {
+  for (; *s != '\0'; s++) {
+    if ((unsigned char) *s < 0x20 || *s == 0x7f) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int is_https(const char *url) {
+  return strncasecmp(url, "https://", 8) == 0 && url[8] != '\0';
+}
+
+/* Replace every occurrence of secret in text (in place) so that a server
+ * echoing a parameter back cannot get it into a log.
+ */
+static void scrub_secret(char *text, const char *secret) {
+  static const char mask[] = "[redacted]";
+  size_t slen, mlen;
+  char *p;
+
+  if (text == NULL || is_blank(secret)) {
+    return;
+  }
+
+  slen = strlen(secret);
+  mlen = sizeof(mask) - 1;
+
+  /* Too short to tell apart from ordinary words. */
+  if (slen < 8) {
+    return;
+  }
+
+  while ((p = strstr(text, secret)) != NULL) {
+    memcpy(p, mask, mlen);
+    memmove(p + mlen, p + slen, strlen(p + slen) + 1);
+  }
+}
+
+/* One line, capped: descriptions go into logs.  Microsoft's carry
+ * "\r\nTrace ID: ...\r\nCorrelation ID: ...", kept as one line.
+ */
+static char *one_line(const char *s, size_t max) {
+  size_t i, n, len;
+  char *out;
+  int space = 0;
+
+  len = strlen(s);
+  out = malloc((len < max ? len : max) + 4);
+  if (out == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+
+  n = 0;
+  for (i = 0; s[i] != '\0' && n < max; i++) {
+    unsigned char c = (unsigned char) s[i];
+
+    if (c < 0x20 || c == 0x7f || c == ' ') {
+      space = (n > 0);
+      continue;
+    }
+
+    if (space) {
+      out[n++] = ' ';
+      space = 0;
+      if (n >= max) {
+        break;
+      }
+    }
+    out[n++] = (char) c;
+  }
+
+  if (s[i] != '\0') {
+    /* Never end inside a UTF-8 sequence: drop the last character whole. */
+    while (n > 0 && ((unsigned char) out[n - 1] & 0xc0) == 0x80) {
+      n--;
+    }
+    if (n > 0 && ((unsigned char) out[n - 1] & 0x80) != 0) {
+      n--;
+    }
+
+    memcpy(out + n, "...", 3);
+    n += 3;
+  }
+  out[n] = '\0';
+  return out;
+}
+
+/* ------------------------------------------------------------------------
+ * Names.
+ */
+
+static const char *class_names[] = {
+  "ok", "reauth", "config", "transient", "pending", "slow_down", "declined",
+  "expired"
+};
+
+const char *mailoauth_oauth_class_name(mailoauth_oauth_class_t oauth_class) {
+  if ((unsigned int) oauth_class >=
+      sizeof(class_names) / sizeof(class_names[0])) {
+    return "unknown";
+  }
+  return class_names[oauth_class];
+}
+
+struct provider_info {
+  const char *name;
+  const char *authority;     /* sign-in host */
+  const char *mail_resource; /* prefix of the delegated mail scopes */
+  const char *app_scope;     /* client credentials scope */
+};
+
+static const struct provider_info providers[] = {
+  { "microsoft", "https://login.microsoftonline.com",
+    "https://outlook.office.com/", "https://outlook.office365.com/.default" },
+  { "microsoft-usgov", "https://login.microsoftonline.us",
+    "https://outlook.office365.us/", "https://outlook.office365.us/.default" },
+  { "microsoft-china", "https://login.partner.microsoftonline.cn",
+    "https://partner.outlook.cn/", "https://partner.outlook.cn/.default" },
+  { "google", "https://accounts.google.com", "https://mail.google.com/",
+    NULL },
+  { "generic", NULL, NULL, NULL }
+};
+
+#define PROVIDER_COUNT (sizeof(providers) / sizeof(providers[0]))
+
+static const char *google_authorize_url =
+  "https://accounts.google.com/o/oauth2/v2/auth";
+static const char *google_token_url = "https://oauth2.googleapis.com/token";
+static const char *google_devicecode_url =
+  "https://oauth2.googleapis.com/device/code";
+
+static int is_microsoft(mailoauth_oauth_provider_t provider) {
+  return provider == MAILOAUTH_OAUTH_PROVIDER_MICROSOFT ||
+    provider == MAILOAUTH_OAUTH_PROVIDER_MICROSOFT_USGOV ||
+    provider == MAILOAUTH_OAUTH_PROVIDER_MICROSOFT_CHINA;
+}
+
+const char *mailoauth_oauth_provider_name(mailoauth_oauth_provider_t provider) {
+  if ((unsigned int) provider >= PROVIDER_COUNT) {
+    return "unknown";
+  }
+  return providers[provider].name;
+}
+
+int mailoauth_oauth_provider_parse(const char *name,
+    mailoauth_oauth_provider_t *provider) {
+  unsigned int i;
+
+  if (name == NULL || provider == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  for (i = 0; i < PROVIDER_COUNT; i++) {
+    if (strcasecmp(name, providers[i].name) == 0) {
+      *provider = (mailoauth_oauth_provider_t) i;
+      return 0;
+    }
+  }
+
+  errno = ENOENT;
+  return -1;
+}
+
+const char *mailoauth_oauth_grant_name(mailoauth_oauth_grant_t grant) {
+  switch (grant) {
+    case MAILOAUTH_OAUTH_GRANT_DELEGATED:
+      return "delegated";
+
+    case MAILOAUTH_OAUTH_GRANT_APP_ONLY:
+      return "app-only";
+  }
+  return "unknown";
+}
+
+int mailoauth_oauth_grant_parse(const char *name,
+    mailoauth_oauth_grant_t *grant) {
+  if (name == NULL || grant == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (strcasecmp(name, "delegated") == 0) {
+    *grant = MAILOAUTH_OAUTH_GRANT_DELEGATED;
+    return 0;
+  }
+
+  if (strcasecmp(name, "app-only") == 0 ||
+      strcasecmp(name, "client_credentials") == 0) {
+    *grant = MAILOAUTH_OAUTH_GRANT_APP_ONLY;
+    return 0;
+  }
+
+  errno = ENOENT;
+  return -1;
+}
+
+/* ------------------------------------------------------------------------
+ * Configuration and endpoints.
+ */
+
+static const char *cfg_tenant(const struct mailoauth_oauth_config *cfg) {
+  return is_blank(cfg->tenant) ? MAILOAUTH_OAUTH_DEFAULT_TENANT : cfg->tenant;
+}
+
+static int valid_tenant(const char *tenant) {
+  size_t i, len;
+
+  len = strlen(tenant);
+  if (len == 0 || len > 253) {
+    return 0;
+  }
+
+  /* It becomes a URL path segment: GUID or DNS name characters only. */
+  for (i = 0; i < len; i++) {
+    char c = tenant[i];
+
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '-' || c == '.')) {
+      return 0;
+    }
+  }
+
+  return tenant[0] != '.';
+}
+
+/* Client credentials are refused on the multi-tenant aliases
+ * (AADSTS9001023); say so before a round trip does.
+ */
+static int is_tenant_alias(const char *tenant) {
+  return strcasecmp(tenant, "common") == 0 ||
+    strcasecmp(tenant, "organizations") == 0 ||
+    strcasecmp(tenant, "consumers") == 0;
+}
+
+static int check_url(const char *what, const char *url, char *errbuf,
+    size_t errlen) {
+  if (url == NULL) {
+    return 0;
+  }
+
+  if (!is_https(url) || has_ctrl(url) || strchr(url, ' ') != NULL) {
+    mailoauth_errf(errbuf, errlen, "%s must be an https:// URL", what);
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+static int check_microsoft(const struct mailoauth_oauth_config *cfg,
+    char *errbuf, size_t errlen) {
+  const char *tenant = cfg_tenant(cfg);
+
+  if (!valid_tenant(tenant)) {
+    mailoauth_errf(errbuf, errlen, "tenant must be a directory (tenant) ID, a domain, "
+      "'organizations' or 'common'");
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (cfg->grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY && is_tenant_alias(tenant)) {
+    mailoauth_errf(errbuf, errlen, "app-only access needs the directory (tenant) ID "
+      "or domain, not '%s'", tenant);
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+int mailoauth_oauth_config_check(const struct mailoauth_oauth_config *cfg,
+    char *errbuf, size_t errlen) {
+  if (cfg == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if ((unsigned int) cfg->provider >= PROVIDER_COUNT) {
+    mailoauth_errf(errbuf, errlen, "unknown OAuth provider");
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (is_blank(cfg->client_id) || has_ctrl(cfg->client_id)) {
+    mailoauth_errf(errbuf, errlen, "a client ID is required");
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (cfg->client_secret != NULL && has_ctrl(cfg->client_secret)) {
+    /* Never quote it: it is a secret. */
+    mailoauth_errf(errbuf, errlen, "the client secret contains control characters "
+      "(a stray line break when it was pasted?)");
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (cfg->scopes != NULL && (is_blank(cfg->scopes) || has_ctrl(cfg->scopes))) {
+    mailoauth_errf(errbuf, errlen, "scopes must be a space-separated list");
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (check_url("the authority", cfg->authority, errbuf, errlen) < 0 ||
+      check_url("the authorize URL", cfg->authorize_url, errbuf, errlen) < 0 ||
+      check_url("the token URL", cfg->token_url, errbuf, errlen) < 0 ||
+      check_url("the device code URL", cfg->devicecode_url, errbuf,
+        errlen) < 0) {
+    return -1;
+  }
+
+  if (cfg->connect_timeout_ms < 0 || cfg->timeout_ms < 0) {
+    mailoauth_errf(errbuf, errlen, "timeouts cannot be negative");
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (is_microsoft(cfg->provider) &&
+      check_microsoft(cfg, errbuf, errlen) < 0) {
+    return -1;
+  }
+
+  if (cfg->grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY) {
+    if (cfg->provider == MAILOAUTH_OAUTH_PROVIDER_GOOGLE) {
+      /* Google's app-only access uses service-account JWTs, not client
+       * credentials.
+       */
+      mailoauth_errf(errbuf, errlen, "Google does not offer app-only access with "
+        "client credentials; use delegated sign-in");
+      errno = EINVAL;
+      return -1;
+    }
+
+    if (is_blank(cfg->client_secret)) {
+      mailoauth_errf(errbuf, errlen, "app-only access needs a client secret");
+      errno = EINVAL;
+      return -1;
+    }
+  }
+
+  if (cfg->provider == MAILOAUTH_OAUTH_PROVIDER_GENERIC) {
+    if (cfg->token_url == NULL) {
+      mailoauth_errf(errbuf, errlen, "the generic provider needs a token URL");
+      errno = EINVAL;
+      return -1;
+    }
+
+    if (cfg->scopes == NULL) {
+      mailoauth_errf(errbuf, errlen, "the generic provider needs explicit scopes");
+      errno = EINVAL;
+      return -1;
+    }
+  }
+
+  return 0;
+}
+
+static int build_scopes(const struct mailoauth_oauth_config *cfg,
+    struct oauth_buf *out) {
+  const struct provider_info *info;
+
+  if (cfg->scopes != NULL) {
+    return buf_appends(out, cfg->scopes);
+  }
+
+  if ((unsigned int) cfg->provider >= PROVIDER_COUNT) {
+    errno = EINVAL;
+    return -1;
+  }
+  info = &providers[cfg->provider];
+
+  if (cfg->grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY) {
+    if (info->app_scope == NULL) {
+      errno = EINVAL;
+      return -1;
+    }
+    return buf_appends(out, info->app_scope);
+  }
+
+  if (info->mail_resource == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (is_microsoft(cfg->provider)) {
+    /* All scopes of one request must belong to one resource. */
+    if (buf_appends(out, info->mail_resource) < 0 ||
+        buf_appends(out, "SMTP.Send ") < 0 ||
+        buf_appends(out, info->mail_resource) < 0 ||
+        buf_appends(out, "IMAP.AccessAsUser.All offline_access") < 0) {
+      return -1;
+    }
+
+  } else if (buf_appends(out, info->mail_resource) < 0) {
+    return -1;
+  }
+
+  if (cfg->want_identity && buf_appends(out, " openid email profile") < 0) {
+    return -1;
+  }
+  return 0;
+}
+
+int mailoauth_oauth_scopes(const struct mailoauth_oauth_config *cfg,
+    char **scopes) {
+  struct oauth_buf b = { NULL, 0, 0 };
+
+  if (cfg == NULL || scopes == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (build_scopes(cfg, &b) < 0) {
+    buf_free(&b);
+    return -1;
+  }
+
+  *scopes = buf_take(&b);
+  return *scopes != NULL ? 0 : -1;
+}
+
+enum endpoint {
+  ENDPOINT_AUTHORIZE,
+  ENDPOINT_TOKEN,
+  ENDPOINT_DEVICECODE
+};
+
+/* The authority without a trailing slash. */
+static int append_authority(struct oauth_buf *out, const char *authority) {
+  size_t len = strlen(authority);
+
+  while (len > 0 && authority[len - 1] == '/') {
+    len--;
+  }
+  return buf_append(out, authority, len);
+}
+
+static int build_endpoint(const struct mailoauth_oauth_config *cfg,
+    enum endpoint which, struct oauth_buf *out) {
+  static const char *ms_names[] = { "authorize", "token", "devicecode" };
+  static const char *google_paths[] = { "/o/oauth2/v2/auth", "/token",
+    "/device/code" };
+  const char *explicit_urls[3];
+
+  explicit_urls[0] = cfg->authorize_url;
+  explicit_urls[1] = cfg->token_url;
+  explicit_urls[2] = cfg->devicecode_url;
+
+  if (explicit_urls[which] != NULL) {
+    return buf_appends(out, explicit_urls[which]);
+  }
+
+  if (is_microsoft(cfg->provider)) {
+    const char *authority = cfg->authority != NULL ? cfg->authority :
+      providers[cfg->provider].authority;
+
+    if (append_authority(out, authority) < 0 ||
+        buf_append(out, "/", 1) < 0 ||
+        buf_appends(out, cfg_tenant(cfg)) < 0 ||
+        buf_appends(out, "/oauth2/v2.0/") < 0) {
+      return -1;
+    }
+    return buf_appends(out, ms_names[which]);
+  }
+
+  if (cfg->provider == MAILOAUTH_OAUTH_PROVIDER_GOOGLE) {
+    const char *defaults[3];
+
+    if (cfg->authority != NULL) {
+      if (append_authority(out, cfg->authority) < 0) {
+        return -1;
+      }
+      return buf_appends(out, google_paths[which]);
+    }
+
+    defaults[0] = google_authorize_url;
+    defaults[1] = google_token_url;
+    defaults[2] = google_devicecode_url;
+    return buf_appends(out, defaults[which]);
+  }
+
+  /* Generic provider without this endpoint configured. */
+  errno = ENOENT;
+  return -1;
+}
+
+static int endpoint_url(const struct mailoauth_oauth_config *cfg,
+    enum endpoint which, char **url) {
+  struct oauth_buf b = { NULL, 0, 0 };
+
+  if (cfg == NULL || url == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (mailoauth_oauth_config_check(cfg, NULL, 0) < 0) {
+    return -1;
+  }
+
+  if (build_endpoint(cfg, which, &b) < 0) {
+    buf_free(&b);
+    return -1;
+  }
+
+  *url = buf_take(&b);
+  return *url != NULL ? 0 : -1;
+}
+
+int mailoauth_oauth_token_url(const struct mailoauth_oauth_config *cfg,
+    char **url) {
+  return endpoint_url(cfg, ENDPOINT_TOKEN, url);
+}
+
+int mailoauth_oauth_devicecode_url(const struct mailoauth_oauth_config *cfg,
+    char **url) {
+  return endpoint_url(cfg, ENDPOINT_DEVICECODE, url);
+}
+
+static int build_authorize_query(const struct mailoauth_oauth_config *cfg,
+    const struct mailoauth_oauth_authorize_params *params,
+    struct oauth_buf *query) {
+  struct oauth_buf scopes = { NULL, 0, 0 };
+  int res = -1;
+
+  if (build_scopes(cfg, &scopes) < 0) {
+    goto out;
+  }
+
+  if (buf_add_param(query, "client_id", cfg->client_id) < 0 ||
+      buf_add_param(query, "response_type", "code") < 0 ||
+      buf_add_param(query, "redirect_uri", params->redirect_uri) < 0 ||
+      buf_add_param(query, "response_mode", "query") < 0 ||
+      buf_add_param(query, "scope", scopes.data) < 0 ||
+      buf_add_param(query, "state", params->state) < 0 ||
+      buf_add_param(query, "code_challenge", params->code_challenge) < 0 ||
+      buf_add_param(query, "code_challenge_method", "S256") < 0) {
+    goto out;
+  }
+
+  /* Google issues a refresh token only for offline access. */
+  if (cfg->provider == MAILOAUTH_OAUTH_PROVIDER_GOOGLE &&
+      buf_add_param(query, "access_type", "offline") < 0) {
+    goto out;
+  }
+
+  if (!is_blank(params->login_hint) &&
+      buf_add_param(query, "login_hint", params->login_hint) < 0) {
+    goto out;
+  }
+
+  if (!is_blank(params->prompt) &&
+      buf_add_param(query, "prompt", params->prompt) < 0) {
+    goto out;
+  }
+
+  res = 0;
+
+out:
+  buf_free(&scopes);
+  return res;
+}
+
+int mailoauth_oauth_authorize_url(const struct mailoauth_oauth_config *cfg,
+    const struct mailoauth_oauth_authorize_params *params, char **url) {
+  struct oauth_buf b = { NULL, 0, 0 }, query = { NULL, 0, 0 };
+  int res = -1;
+
+  if (cfg == NULL || params == NULL || url == NULL ||
+      is_blank(params->redirect_uri) || is_blank(params->state) ||
+      is_blank(params->code_challenge)) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (cfg->grant != MAILOAUTH_OAUTH_GRANT_DELEGATED ||
+      mailoauth_oauth_config_check(cfg, NULL, 0) < 0) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (build_endpoint(cfg, ENDPOINT_AUTHORIZE, &b) < 0 ||
+      build_authorize_query(cfg, params, &query) < 0 ||
+      buf_append(&b, strchr(b.data, '?') != NULL ? "&" : "?", 1) < 0 ||
+      buf_appends(&b, query.data) < 0) {
+    goto out;
+  }
+
+  *url = buf_take(&b);
+  res = *url != NULL ? 0 : -1;
+
+out:
+  buf_free(&query);
+  buf_free(&b);
+  return res;
+}
+
+/* ------------------------------------------------------------------------
+ * PKCE and state.
+ */
+
+/* base64url without padding (RFC 4648 section 5); out must hold
+ * 4 * ceil(inlen / 3) + 1 bytes.
+ */
+static size_t b64url_encode(const unsigned char *in, size_t inlen, char *out) {
+  size_t i, n;
+
+  n = (size_t) EVP_EncodeBlock((unsigned char *) out, in, (int) inlen);
+  while (n > 0 && out[n - 1] == '=') {
+    n--;
+  }
+  out[n] = '\0';
+
+  for (i = 0; i < n; i++) {
+    if (out[i] == '+') {
+      out[i] = '-';
+
+    } else if (out[i] == '/') {
+      out[i] = '_';
+    }
+  }
+  return n;
+}
+
+/* len characters from [A-Za-z0-9-_], each carrying six random bits. */
+static int random_urlsafe(char *buf, size_t bufsz, size_t len) {
+  unsigned char raw[MAILOAUTH_OAUTH_VERIFIER_MAX];
+  char text[4 * (MAILOAUTH_OAUTH_VERIFIER_MAX / 3 + 1) + 1];
+  size_t nbytes;
+
+  if (buf == NULL || len == 0 || len > MAILOAUTH_OAUTH_VERIFIER_MAX ||
+      bufsz <= len) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  nbytes = (len * 3 + 3) / 4;
+  if (RAND_bytes(raw, (int) nbytes) != 1) {
+    errno = EIO;
+    return -1;
+  }
+
+  b64url_encode(raw, nbytes, text);
+  memcpy(buf, text, len);
+  buf[len] = '\0';
+
+  OPENSSL_cleanse(raw, sizeof(raw));
+  OPENSSL_cleanse(text, sizeof(text));
+  return 0;
+}
+
+int mailoauth_oauth_pkce_verifier(char *buf, size_t bufsz, size_t len) {
+  if (len < MAILOAUTH_OAUTH_VERIFIER_MIN || len > MAILOAUTH_OAUTH_VERIFIER_MAX) {
+    errno = EINVAL;
+    return -1;
+  }
+  return random_urlsafe(buf, bufsz, len);
+}
+
+static int valid_verifier(const char *v) {
+  size_t i, len = strlen(v);
+
+  if (len < MAILOAUTH_OAUTH_VERIFIER_MIN || len > MAILOAUTH_OAUTH_VERIFIER_MAX) {
+    return 0;
+  }
+
+  /* RFC 7636 section 4.1: unreserved characters only. */
+  for (i = 0; i < len; i++) {
+    char c = v[i];
+
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+          c == '~')) {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+int mailoauth_oauth_pkce_challenge(const char *verifier, char *buf,
+    size_t bufsz) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  char text[4 * (EVP_MAX_MD_SIZE / 3 + 1) + 1];
+  unsigned int mdlen = 0;
+
+  if (verifier == NULL || buf == NULL ||
+      bufsz <= MAILOAUTH_OAUTH_CHALLENGE_LEN || !valid_verifier(verifier)) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (EVP_Digest(verifier, strlen(verifier), md, &mdlen, EVP_sha256(),
+      NULL) != 1 || mdlen != 32) {
+    errno = EIO;
+    return -1;
+  }
+
+  b64url_encode(md, mdlen, text);
+  memcpy(buf, text, MAILOAUTH_OAUTH_CHALLENGE_LEN + 1);
+  return 0;
+}
+
+int mailoauth_oauth_random_state(char *buf, size_t bufsz) {
+  return random_urlsafe(buf, bufsz, MAILOAUTH_OAUTH_STATE_LEN);
+}
+
+/* ------------------------------------------------------------------------
+ * Retry-After and backoff.
+ */
+
+long mailoauth_oauth_parse_retry_after(const char *value, time_t now) {
+  static const char *formats[] = {
+    "%a, %d %b %Y %H:%M:%S GMT",   /* IMF-fixdate */
+    "%A, %d-%b-%y %H:%M:%S GMT",   /* obsolete RFC 850 */
+    "%a %b %e %H:%M:%S %Y"         /* asctime() */
+  };
+  unsigned int i;
+
+  if (value == NULL) {
+    return -1;
+  }
+
+  while (*value == ' ' || *value == '\t') {
+    value++;
+  }
+
+  if (*value >= '0' && *value <= '9') {
+    char *end;
+    long secs;
+
+    errno = 0;
+    secs = strtol(value, &end, 10);
+    while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n') {
+      end++;
+    }
+
+    if (*end != '\0') {
+      return -1;
+    }
+
+    if (errno == ERANGE || secs > MAILOAUTH_OAUTH_RETRY_AFTER_MAX) {
+      return MAILOAUTH_OAUTH_RETRY_AFTER_MAX;
+    }
+    return secs;
+  }
+
+  for (i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
+    struct tm tm;
+    const char *end;
+    time_t when;
+
+    memset(&tm, 0, sizeof(tm));
+    end = strptime(value, formats[i], &tm);
+    if (end == NULL) {
+      continue;
+    }
+
+    while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n') {
+      end++;
+    }
+
+    if (*end != '\0') {
+      continue;
+    }
+
+    when = timegm(&tm);
+    if (when == (time_t) -1) {
+      return -1;
+    }
+
+    if (when <= now) {
+      return 0;
+    }
+
+    if (when - now > MAILOAUTH_OAUTH_RETRY_AFTER_MAX) {
+      return MAILOAUTH_OAUTH_RETRY_AFTER_MAX;
+    }
+    return (long) (when - now);
+  }
+
+  return -1;
+}
+
+static uint32_t default_rand(void *data) {
+  unsigned char b[4];
+
+  (void) data;
+
+  /* Without randomness the caller still gets a bounded delay. */
+  if (RAND_bytes(b, sizeof(b)) != 1) {
+    return UINT32_MAX;
+  }
+
+  return ((uint32_t) b[0] << 24) | ((uint32_t) b[1] << 16) |
+    ((uint32_t) b[2] << 8) | (uint32_t) b[3];
+}
+
+/* Exponential backoff with "full jitter": a uniform delay in
+ * [0, min(cap, base * 2^attempt)], so that many accounts failing together
+ * do not retry together; a Retry-After from the server is a floor.
+ */
+long mailoauth_oauth_backoff_ms(unsigned int attempt, long base_ms, long cap_ms,
+    long retry_after, mailoauth_oauth_rand_fn rnd, void *rnd_data) {
+  long ceiling, delay;
+  unsigned int i;
+
+  if (base_ms < 1) {
+    base_ms = 1;
+  }
+
+  /* Keeps (ceiling + 1) * 2^32 within 64 bits; about 24 days. */
+  if (cap_ms < 1) {
+    cap_ms = 1;
+
+  } else if (cap_ms > 0x7fffffffL) {
+    cap_ms = 0x7fffffffL;
+  }
+
+  if (base_ms > cap_ms) {
+    base_ms = cap_ms;
+  }
+
+  ceiling = base_ms;
+  for (i = 0; i < attempt && ceiling < cap_ms; i++) {
+    ceiling = ceiling > cap_ms / 2 ? cap_ms : ceiling * 2;
+  }
+
+  if (ceiling > cap_ms) {
+    ceiling = cap_ms;
+  }
+
+  if (rnd == NULL) {
+    rnd = default_rand;
+  }
+
+  delay = (long) (((uint64_t) rnd(rnd_data) * ((uint64_t) ceiling + 1)) >> 32);
+
+  if (retry_after > 0) {
+    long floor_ms;
+
+    if (retry_after > MAILOAUTH_OAUTH_RETRY_AFTER_MAX) {
+      retry_after = MAILOAUTH_OAUTH_RETRY_AFTER_MAX;
+    }
+
+    floor_ms = retry_after * 1000L;
+    if (delay < floor_ms) {
+      delay = floor_ms;
+    }
+  }
+
+  return delay;
+}
+
+/* ------------------------------------------------------------------------
+ * Classification.
+ */
+
+/* What the AADSTS codes mean to an operator.  Classes: REAUTH when a person
+ * signing in again fixes it, CONFIG when someone must change the app
+ * registration, the tenant or this configuration first.
+ *
+ * 65001 (no consent) is REAUTH: signing in again shows the consent prompt.
+ * Where the tenant does not let users consent, the sign-in then fails with
+ * 90094/90095 (admin consent required), which is CONFIG.
+ */
+static const struct mailoauth_oauth_aadsts aadsts_table[] = {
+  { 28000, MAILOAUTH_OAUTH_CONFIG,
+    "the scopes mix more than one resource",
+    "request only the mail scopes of one host (no Graph scopes)" },
+  { 28003, MAILOAUTH_OAUTH_CONFIG,
+    "the request carried no scope",
+    "configure the scopes to request" },
+  { 50000, MAILOAUTH_OAUTH_TRANSIENT,
+    "the sign-in service had an internal error",
+    "nothing to do: the request is retried later" },
+  { 50011, MAILOAUTH_OAUTH_CONFIG,
+    "the redirect URI does not match one registered for the app",
+    "add the exact redirect URI (scheme, host, port, path) under "
+    "Authentication in the app registration" },
+  { 50034, MAILOAUTH_OAUTH_REAUTH,
+    "the account that signed in does not exist in this tenant",
+    "sign in with a mailbox account of this tenant: {cmd}" },
+  { 50053, MAILOAUTH_OAUTH_REAUTH,
+    "the account is locked or the sign-in was blocked as suspicious",
+    "wait for the lock to clear, then sign in again: {cmd}" },
+  { 50055, MAILOAUTH_OAUTH_REAUTH,
+    "the account's password has expired",
+    "change the password, then sign in again: {cmd}" },
+  { 50057, MAILOAUTH_OAUTH_REAUTH,
+    "the account is disabled",
+    "enable the account (or use another), then sign in again: {cmd}" },
+  { 50058, MAILOAUTH_OAUTH_REAUTH,
+    "no one is signed in for a silent request",
+    "sign in again: {cmd}" },
+  { 50059, MAILOAUTH_OAUTH_CONFIG,
+    "the request does not say which tenant it is for",
+    "configure the directory (tenant) ID" },
+  { 50072, MAILOAUTH_OAUTH_REAUTH,
+    "the account must register for multi-factor authentication",
+    "sign in again interactively and complete the registration: {cmd}" },
+  { 50074, MAILOAUTH_OAUTH_REAUTH,
+    "strong authentication is required",
+    "sign in again interactively: {cmd}" },
+  { 50076, MAILOAUTH_OAUTH_REAUTH,
+    "multi-factor authentication is now required for this account",
+    "sign in again interactively: {cmd}" },
+  { 50079, MAILOAUTH_OAUTH_REAUTH,
+    "the account must register for multi-factor authentication",
+    "sign in again interactively and complete the registration: {cmd}" },
+  { 50105, MAILOAUTH_OAUTH_CONFIG,
+    "the account is not assigned to the app",
+    "assign the user to the app under Enterprise applications, or turn "
+    "off 'Assignment required'" },
+  { 50126, MAILOAUTH_OAUTH_REAUTH,
+    "the user name or password is wrong",
+    "sign in again: {cmd}" },
+  { 50132, MAILOAUTH_OAUTH_REAUTH,
+    "the session ended after a password change or expiry",
+    "sign in again: {cmd}" },
+  { 50158, MAILOAUTH_OAUTH_REAUTH,
+    "an external security challenge was not satisfied",
+    "sign in again interactively: {cmd}" },
+  { 50173, MAILOAUTH_OAUTH_REAUTH,
+    "the refresh token was revoked (password change or sign-out by an "
+    "administrator)",
+    "sign in again: {cmd}" },
+  { 50194, MAILOAUTH_OAUTH_CONFIG,
+    "the app is single-tenant but the request used a multi-tenant endpoint",
+    "configure the directory (tenant) ID instead of 'common' or "
+    "'organizations'" },
+  { 50196, MAILOAUTH_OAUTH_TRANSIENT,
+    "the sign-in service saw too many identical requests",
+    "nothing to do: the request is retried later, more slowly" },
+  { 53003, MAILOAUTH_OAUTH_CONFIG,
+    "a Conditional Access policy blocked the sign-in",
+    "an administrator must allow this app or location in Conditional "
+    "Access" },
+  { 54005, MAILOAUTH_OAUTH_REAUTH,
+    "the authorization code was already used",
+    "sign in again: {cmd}" },
+  { 65001, MAILOAUTH_OAUTH_REAUTH,
+    "the app has no consent for the requested permissions",
+    "sign in again and accept the consent prompt: {cmd} (where users may "
+    "not consent, an administrator must grant admin consent first)" },
+  { 65004, MAILOAUTH_OAUTH_DECLINED,
+    "the person declined to consent to the app",
+    "sign in again and accept the consent prompt: {cmd}" },
+  { 70000, MAILOAUTH_OAUTH_REAUTH,
+    "the grant is invalid or no longer covers the requested scopes",
+    "sign in again: {cmd}" },
+  { 70001, MAILOAUTH_OAUTH_CONFIG,
+    "the app is disabled or unknown in this tenant",
+    "check the application (client) ID and that the app is enabled" },
+  { 70002, MAILOAUTH_OAUTH_CONFIG,
+    "the app's client credentials were not accepted",
+    "check the client ID and secret, and whether the app is a public "
+    "client" },
+  { 70003, MAILOAUTH_OAUTH_CONFIG,
+    "the app is not allowed to use this grant type",
+    "check the app registration's platform settings" },
+  { 70008, MAILOAUTH_OAUTH_REAUTH,
+    "the refresh token expired after 90 days unused or was revoked",
+    "sign in again: {cmd}" },
+  { 70011, MAILOAUTH_OAUTH_CONFIG,
+    "the requested scope is invalid",
+    "check the configured scopes (one resource, exact spelling)" },
+  { 70012, MAILOAUTH_OAUTH_TRANSIENT,
+    "the account service had a server error",
+    "nothing to do: the request is retried later" },
+  { 70016, MAILOAUTH_OAUTH_PENDING,
+    "the person has not finished signing in yet",
+    "finish the sign-in in the browser" },
+  { 70019, MAILOAUTH_OAUTH_EXPIRED,
+    "the device code expired before the sign-in finished",
+    "start the sign-in again: {cmd}" },
+  { 70043, MAILOAUTH_OAUTH_REAUTH,
+    "the refresh token expired under a Conditional Access sign-in "
+    "frequency policy",
+    "sign in again: {cmd} (or relax the sign-in frequency for this app)" },
+  { 90002, MAILOAUTH_OAUTH_CONFIG,
+    "the tenant was not found",
+    "check the directory (tenant) ID and the cloud (global, US "
+    "Government, China)" },
+  { 90014, MAILOAUTH_OAUTH_CONFIG,
+    "a required field is missing from the request",
+    "check the client ID, secret and redirect URI configuration" },
+  { 90033, MAILOAUTH_OAUTH_TRANSIENT,
+    "the sign-in service had a transient error",
+    "nothing to do: the request is retried later" },
+  { 90094, MAILOAUTH_OAUTH_CONFIG,
+    "an administrator must consent to the app's permissions",
+    "an administrator must grant admin consent under API permissions" },
+  { 90095, MAILOAUTH_OAUTH_CONFIG,
+    "an administrator must consent to the app's permissions",
+    "an administrator must grant admin consent under API permissions" },
+  { 500011, MAILOAUTH_OAUTH_CONFIG,
+    "the mail service is not present in this tenant or cloud",
+    "check that the tenant has Exchange Online and that the provider "
+    "(global, US Government, China) is right" },
+  { 500113, MAILOAUTH_OAUTH_CONFIG,
+    "the app has no redirect URI registered",
+    "add the redirect URI under Authentication in the app registration" },
+  { 501481, MAILOAUTH_OAUTH_REAUTH,
+    "the PKCE code verifier does not match the sign-in request",
+    "sign in again: {cmd}" },
+  { 650057, MAILOAUTH_OAUTH_CONFIG,
+    "the app does not list the requested permissions",
+    "add the mail permissions (SMTP.Send, IMAP.AccessAsUser.All or the "
+    "app-only ones) under API permissions" },
+  { 700016, MAILOAUTH_OAUTH_CONFIG,
+    "the application (client) ID was not found in the tenant",
+    "check the client ID and the tenant ID; a single-tenant app works only "
+    "in its own tenant" },
+  { 700082, MAILOAUTH_OAUTH_REAUTH,
+    "the refresh token expired after 90 days unused",
+    "sign in again: {cmd}" },
+  { 700084, MAILOAUTH_OAUTH_REAUTH,
+    "the refresh token was issued to a single-page app and expired after "
+    "24 hours",
+    "register the redirect URI as 'Mobile and desktop' or 'Web', not "
+    "'Single-page application', then sign in again: {cmd}" },
+  { 900023, MAILOAUTH_OAUTH_CONFIG,
+    "the tenant identifier is malformed",
+    "configure the directory (tenant) ID or the tenant's domain" },
+  { 900144, MAILOAUTH_OAUTH_CONFIG,
+    "a required parameter is missing from the request",
+    "check the client ID, secret and scopes configuration" },
+  { 7000112, MAILOAUTH_OAUTH_CONFIG,
+    "the app is disabled",
+    "an administrator must enable the app under Enterprise applications" },
+  { 7000215, MAILOAUTH_OAUTH_CONFIG,
+    "the client secret is wrong",
+    "paste the secret's Value, not its Secret ID, from Certificates & "
+    "secrets" },
+  { 7000218, MAILOAUTH_OAUTH_CONFIG,
+    "the app needs a client secret but none was sent",
+    "configure the client secret, or turn on 'Allow public client flows' "
+    "for device code sign-in" },
+  { 7000222, MAILOAUTH_OAUTH_CONFIG,
+    "the client secret has expired",
+    "create a new secret under Certificates & secrets and configure its "
+    "Value" },
+  { 9001023, MAILOAUTH_OAUTH_CONFIG,
+    "this grant is not supported on the 'common' or 'consumers' endpoint",
+    "configure the directory (tenant) ID" },
+  { 9002313, MAILOAUTH_OAUTH_CONFIG,
+    "the request was malformed",
+    "check the configured URLs, client ID and scopes" },
+  { 9002326, MAILOAUTH_OAUTH_CONFIG,
+    "the redirect URI is registered as a single-page app",
+    "register the redirect URI as 'Mobile and desktop' or 'Web', not "
+    "'Single-page application'" }
+};
+
+#define AADSTS_COUNT (sizeof(aadsts_table) / sizeof(aadsts_table[0]))
+
+const struct mailoauth_oauth_aadsts *mailoauth_oauth_aadsts_lookup(long code) {
+  size_t lo = 0, hi = AADSTS_COUNT;
+
+  /* The table is sorted by code. */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+
+    if (aadsts_table[mid].code == code) {
+      return &aadsts_table[mid];
+    }
+
+    if (aadsts_table[mid].code < code) {
+      lo = mid + 1;
+
+    } else {
+      hi = mid;
+    }
+  }
+
+  return NULL;
+}
+
+struct error_info {
+  const char *error;
+  mailoauth_oauth_class_t oauth_class;
+  const char *meaning;
+  const char *remedy;
+};
+
+/* OAuth "error" values (RFC 6749 5.2, RFC 8628 3.5, OpenID Connect), for
+ * servers that send no AADSTS code and for codes not in the table above.
+ */
+static const struct error_info error_table[] = {
+  { "invalid_grant", MAILOAUTH_OAUTH_REAUTH,
+    "the refresh token or code is expired, revoked or invalid",
+    "sign in again: {cmd}" },
+  { "interaction_required", MAILOAUTH_OAUTH_REAUTH,
+    "the account must sign in interactively",
+    "sign in again: {cmd}" },
+  { "login_required", MAILOAUTH_OAUTH_REAUTH,
+    "the account must sign in interactively",
+    "sign in again: {cmd}" },
+  { "consent_required", MAILOAUTH_OAUTH_REAUTH,
+    "the app has no consent for the requested permissions",
+    "sign in again and accept the consent prompt: {cmd}" },
+  { "invalid_client", MAILOAUTH_OAUTH_CONFIG,
+    "the client ID or client secret was not accepted",
+    "check the client ID and secret" },
+  { "unauthorized_client", MAILOAUTH_OAUTH_CONFIG,
+    "the app may not use this grant or is unknown in this tenant",
+    "check the client ID, tenant and the app registration's platforms" },
+  { "invalid_scope", MAILOAUTH_OAUTH_CONFIG,
+    "the requested scopes are invalid",
+    "check the configured scopes" },
+  { "invalid_request", MAILOAUTH_OAUTH_CONFIG,
+    "the token endpoint refused the request as malformed",
+    "check the configured URLs, tenant, client ID and redirect URI" },
+  { "invalid_resource", MAILOAUTH_OAUTH_CONFIG,
+    "the requested resource is unknown",
+    "check the configured scopes" },
+  { "invalid_target", MAILOAUTH_OAUTH_CONFIG,
+    "the requested resource is unknown",
+    "check the configured scopes" },
+  { "unsupported_grant_type", MAILOAUTH_OAUTH_CONFIG,
+    "the server does not support this grant",
+    "check the provider and token URL" },
+  { "unsupported_response_type", MAILOAUTH_OAUTH_CONFIG,
+    "the server does not support this response type",
+    "check the provider and authorize URL" },
+  { "bad_verification_code", MAILOAUTH_OAUTH_CONFIG,
+    "the device code was not recognised",
+    "start the sign-in again: {cmd}" },
+  { "temporarily_unavailable", MAILOAUTH_OAUTH_TRANSIENT,
+    "the token service is temporarily unavailable",
+    "nothing to do: the request is retried later" },
+  { "server_error", MAILOAUTH_OAUTH_TRANSIENT,
+    "the token service had an internal error",
+    "nothing to do: the request is retried later" },
+  { "authorization_pending", MAILOAUTH_OAUTH_PENDING,
+    "the person has not finished signing in yet",
+    "finish the sign-in in the browser" },
+  { "slow_down", MAILOAUTH_OAUTH_SLOW_DOWN,
+    "the device code is being polled too often",
+    "nothing to do: polling slows down" },
+  { "authorization_declined", MAILOAUTH_OAUTH_DECLINED,
+    "the person declined the sign-in",
+    "sign in again and approve it: {cmd}" },
+  { "access_denied", MAILOAUTH_OAUTH_DECLINED,
+    "the person or an administrator declined the sign-in",
+    "sign in again and approve it: {cmd}" },
+  { "expired_token", MAILOAUTH_OAUTH_EXPIRED,
+    "the device code expired before the sign-in finished",
+    "start the sign-in again: {cmd}" },
+  { "code_expired", MAILOAUTH_OAUTH_EXPIRED,
+    "the device code expired before the sign-in finished",
+    "start the sign-in again: {cmd}" }
+};
+
+#define ERROR_COUNT (sizeof(error_table) / sizeof(error_table[0]))
+
+static const struct error_info *error_lookup(const char *error) {
+  size_t i;
+
+  if (error == NULL) {
+    return NULL;
+  }
+
+  for (i = 0; i < ERROR_COUNT; i++) {
+    if (strcmp(error_table[i].error, error) == 0) {
+      return &error_table[i];
+    }
+  }
+  return NULL;
+}
+
+static int is_device_poll_class(mailoauth_oauth_class_t c) {
+  return c == MAILOAUTH_OAUTH_PENDING || c == MAILOAUTH_OAUTH_SLOW_DOWN ||
+    c == MAILOAUTH_OAUTH_DECLINED || c == MAILOAUTH_OAUTH_EXPIRED;
+}
+
+/* errno for a failed request: EAGAIN when waiting helps, EPROTO when the
+ * server said no.
+ */
+static int class_errno(mailoauth_oauth_class_t c) {
+  return c == MAILOAUTH_OAUTH_TRANSIENT || c == MAILOAUTH_OAUTH_PENDING ||
+    c == MAILOAUTH_OAUTH_SLOW_DOWN ? EAGAIN : EPROTO;
+}
+
+static mailoauth_oauth_class_t classify_curl(int curl_code) {
+  switch ((CURLcode) curl_code) {
+    /* Retrying cannot fix these: the URL, the CA bundle or the server's
+     * certificate is wrong (or someone is in the middle).
+     */
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_NOT_BUILT_IN:
+    case CURLE_UNKNOWN_OPTION:
+    case CURLE_BAD_FUNCTION_ARGUMENT:
+      return MAILOAUTH_OAUTH_CONFIG;
+
+    default:
+      return MAILOAUTH_OAUTH_TRANSIENT;
+  }
+}
+
+static mailoauth_oauth_class_t classify_status(long http_status) {
+  if (http_status == 0 || (http_status >= 200 && http_status < 300) ||
+      http_status == 408 || http_status == 425 || http_status == 429 ||
+      http_status >= 500) {
+    /* No answer, a garbled success, or the server asking for patience. */
+    return MAILOAUTH_OAUTH_TRANSIENT;
+  }
+
+  /* Redirects (not followed: the token endpoint never redirects), 401/403
+   * from a proxy, 404 for a wrong tenant or URL: someone must look.
+   */
+  return MAILOAUTH_OAUTH_CONFIG;
+}
+
+/* Only the machine-readable parts count: descriptions are for people and
+ * change wording (and language) without notice.
+ */
+mailoauth_oauth_class_t mailoauth_oauth_classify(mailoauth_oauth_request_t kind,
+    long http_status, int curl_code, const char *error, long error_code) {
+  const struct mailoauth_oauth_aadsts *code_info;
+  const struct error_info *err_info;
+  mailoauth_oauth_class_t c;
+
+  if (curl_code != 0) {
+    return classify_curl(curl_code);
+  }
+
+  err_info = error_lookup(error);
+  code_info = error_code != 0 ? mailoauth_oauth_aadsts_lookup(error_code) :
+    NULL;
+
+  if (err_info != NULL && is_device_poll_class(err_info->oauth_class)) {
+    /* Google answers authorization_pending with 428 and slow_down with 403
+     * or 429: the error decides, not the status.
+     */
+    c = err_info->oauth_class;
+
+  } else if (http_status == 429 || http_status >= 500) {
+    c = MAILOAUTH_OAUTH_TRANSIENT;
+
+  } else if (code_info != NULL) {
+    c = code_info->oauth_class;
+
+  } else if (err_info != NULL) {
+    c = err_info->oauth_class;
+
+  } else if (error != NULL) {
+    /* An error we do not know: retrying blindly would hammer the server. */
+    c = MAILOAUTH_OAUTH_CONFIG;
+
+  } else {
+    c = classify_status(http_status);
+  }
+
+  /* With client credentials nobody can sign in: whatever a person would
+   * have fixed by signing in, the app registration must fix.
+   */
+  if (kind == MAILOAUTH_OAUTH_REQ_CLIENT_CREDENTIALS &&
+      (c == MAILOAUTH_OAUTH_REAUTH || c == MAILOAUTH_OAUTH_DECLINED)) {
+    c = MAILOAUTH_OAUTH_CONFIG;
+  }
+
+  return c;
+}
+
+/* ------------------------------------------------------------------------
+ * Response parsing.
+ */
+
+void mailoauth_oauth_identity_clear(struct mailoauth_oauth_identity *identity) {
+  if (identity == NULL) {
+    return;
+  }
+
+  free(identity->username);
+  free(identity->email);
+  free(identity->name);
+  free(identity->tenant);
+  free(identity->oid);
+  memset(identity, 0, sizeof(*identity));
+}
+
+void mailoauth_oauth_response_clear(struct mailoauth_oauth_response *resp) {
+  if (resp == NULL) {
+    return;
+  }
+
+  secret_free(&resp->access_token);
+  secret_free(&resp->refresh_token);
+  secret_free(&resp->device_code);
+  free(resp->token_type);
+  free(resp->scope);
+  free(resp->user_code);
+  free(resp->verification_uri);
+  free(resp->message);
+  free(resp->error);
+  free(resp->suberror);
+  free(resp->error_description);
+  free(resp->trace_id);
+  free(resp->correlation_id);
+  mailoauth_oauth_identity_clear(&resp->identity);
+
+  memset(resp, 0, sizeof(*resp));
+  resp->retry_after = -1;
+}
+
+static int json_str(json_t *obj, const char *key, char **dst) {
+  json_t *v = json_object_get(obj, key);
+
+  if (v == NULL || !json_is_string(v)) {
+    *dst = NULL;
+    return 0;
+  }
+  return str_dup(dst, json_string_value(v));
+}
+
+/* expires_in and interval: a number, or a numeric string (older Azure AD
+ * endpoints sent strings).
+ */
+static long json_seconds(json_t *obj, const char *key, long fallback) {
+  json_t *v = json_object_get(obj, key);
+
+  if (json_is_integer(v)) {
+    json_int_t n = json_integer_value(v);
+
+    return n >= 0 && n <= LONG_MAX ? (long) n : fallback;
+  }
+
+  if (json_is_string(v)) {
+    const char *s = json_string_value(v);
+    char *end;
+    long n;
+
+    errno = 0;
+    n = strtol(s, &end, 10);
+    if (end != s && *end == '\0' && errno == 0 && n >= 0) {
+      return n;
+    }
+  }
+
+  return fallback;
+}
+
+/* base64url, unpadded, to bytes (NUL-terminated for JSON parsing). */
+static unsigned char *b64url_decode(const char *in, size_t inlen,
+    size_t *outlen) {
+  unsigned char *out;
+  char *std;
+  size_t i, pad, stdlen;
+  int n;
+
+  if (inlen % 4 == 1 || inlen > INT_MAX / 2) {
+    errno = EINVAL;
+    return NULL;
+  }
+
+  pad = (4 - inlen % 4) % 4;
+  stdlen = inlen + pad;
+
+  std = malloc(stdlen + 1);
+  out = malloc(stdlen / 4 * 3 + 1);
+  if (std == NULL || out == NULL) {
+    free(std);
+    free(out);
+    errno = ENOMEM;
+    return NULL;
+  }
+
+  for (i = 0; i < inlen; i++) {
+    char c = in[i];
+
+    if (c == '-') {
+      c = '+';
+
+    } else if (c == '_') {
+      c = '/';
+
+    } else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                 (c >= '0' && c <= '9'))) {
+      free(std);
+      free(out);
+      errno = EINVAL;
+      return NULL;
+    }
+    std[i] = c;
+  }
+  memset(std + inlen, '=', pad);
+  std[stdlen] = '\0';
+
+  n = EVP_DecodeBlock(out, (unsigned char *) std, (int) stdlen);
+  free(std);
+
+  if (n < 0 || (size_t) n < pad) {
+    free(out);
+    errno = EINVAL;
+    return NULL;
+  }
+
+  /* EVP_DecodeBlock() counts the padding as zero bytes. */
+  *outlen = (size_t) n - pad;
+  out[*outlen] = '\0';
+  return out;
+}
+
+static int identity_from_claims(json_t *claims,
+    struct mailoauth_oauth_identity *id) {
+  static const char *user_claims[] = { "preferred_username", "upn", "email",
+    "unique_name" };
+  unsigned int i;
+
+  for (i = 0; i < sizeof(user_claims) / sizeof(user_claims[0]); i++) {
+    if (id->username == NULL &&
+        json_str(claims, user_claims[i], &id->username) < 0) {
+      return -1;
+    }
+  }
+
+  if (json_str(claims, "email", &id->email) < 0 ||
+      json_str(claims, "name", &id->name) < 0 ||
+      json_str(claims, "tid", &id->tenant) < 0 ||
+      json_str(claims, "oid", &id->oid) < 0) {
+    return -1;
+  }
+
+  /* Google: hosted domain and subject instead of tenant and object id. */
+  if ((id->tenant == NULL && json_str(claims, "hd", &id->tenant) < 0) ||
+      (id->oid == NULL && json_str(claims, "sub", &id->oid) < 0)) {
+    return -1;
+  }
+
+  return 0;
+}
+
+/* The id_token's signature is not verified: it came over a verified TLS
+ * connection straight from the token endpoint in answer to our own request
+ * (OpenID Connect Core 3.1.3.7 allows TLS server validation in place of the
+ * signature here), and it is only used to show who signed in, never to
+ * grant anything.
+ */
+int mailoauth_oauth_decode_id_token(const char *id_token,
+    struct mailoauth_oauth_identity *identity) {
+  const char *p1, *p2;
+  unsigned char *payload;
+  size_t len;
+  json_t *claims;
+  json_error_t jerr;
+  int res;
+
+  if (id_token == NULL || identity == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  mailoauth_oauth_identity_clear(identity);
+
+  p1 = strchr(id_token, '.');
+  p2 = p1 != NULL ? strchr(p1 + 1, '.') : NULL;
+  if (p2 == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  payload = b64url_decode(p1 + 1, (size_t) (p2 - p1 - 1), &len);
+  if (payload == NULL) {
+    return -1;
+  }
+
+  claims = json_loadb((const char *) payload, len, 0, &jerr);
+  free(payload);
+
+  if (!json_is_object(claims)) {
+    json_decref(claims);
+    errno = EINVAL;
+    return -1;
+  }
+
+  res = identity_from_claims(claims, identity);
+  json_decref(claims);
+
+  if (res < 0) {
+    mailoauth_oauth_identity_clear(identity);
+  }
+  return res;
+}
+
+static int parse_token_success(json_t *json, time_t now,
+    struct mailoauth_oauth_response *resp) {
+  json_t *id_token;
+
+  if (json_str(json, "access_token", &resp->access_token) < 0 ||
+      json_str(json, "refresh_token", &resp->refresh_token) < 0 ||
+      json_str(json, "token_type", &resp->token_type) < 0 ||
+      json_str(json, "scope", &resp->scope) < 0) {
+    return -1;
+  }
+
+  if (is_blank(resp->access_token)) {
+    snprintf(resp->detail, sizeof(resp->detail),
+      "the token endpoint's answer has no access token");
+    resp->oauth_class = MAILOAUTH_OAUTH_TRANSIENT;
+    return 0;
+  }
+
+  /* An empty refresh token is no refresh token: keep the old one. */
+  if (resp->refresh_token != NULL && resp->refresh_token[0] == '\0') {
+    secret_free(&resp->refresh_token);
+  }
+
+  resp->expires_in = json_seconds(json, "expires_in", 0);
+  resp->expires_at = resp->expires_in > 0 ? now + resp->expires_in : 0;
+
+  id_token = json_object_get(json, "id_token");
+  if (json_is_string(id_token) &&
+      mailoauth_oauth_decode_id_token(json_string_value(id_token),
+        &resp->identity) < 0) {
+    if (errno == ENOMEM) {
+      return -1;
+    }
+    mailoauth_trace(trace_channel, 3,
+      "id_token in the token response is unreadable; signed-in identity "
+      "unknown");
+  }
+
+  resp->oauth_class = MAILOAUTH_OAUTH_OK;
+  return 0;
+}
+
+static int parse_device_success(json_t *json, time_t now,
+    struct mailoauth_oauth_response *resp) {
+  if (json_str(json, "device_code", &resp->device_code) < 0 ||
+      json_str(json, "user_code", &resp->user_code) < 0 ||
+      json_str(json, "verification_uri", &resp->verification_uri) < 0 ||
+      json_str(json, "message", &resp->message) < 0) {
+    return -1;
+  }
+
+  /* Google calls it verification_url. */
+  if (resp->verification_uri == NULL &&
+      json_str(json, "verification_url", &resp->verification_uri) < 0) {
+    return -1;
+  }
+
+  if (is_blank(resp->device_code) || is_blank(resp->user_code) ||
+      is_blank(resp->verification_uri)) {
+    snprintf(resp->detail, sizeof(resp->detail),
+      "the device code endpoint's answer lacks device_code, user_code or "
+      "verification_uri");
+    resp->oauth_class = MAILOAUTH_OAUTH_TRANSIENT;
+    return 0;
+  }
+
+  /* RFC 8628 3.2: five seconds when the server does not say. */
+  resp->interval = json_seconds(json, "interval", 5);
+  if (resp->interval < 1) {
+    resp->interval = 5;
+  }
+
+  resp->expires_in = json_seconds(json, "expires_in", 0);
+  resp->expires_at = resp->expires_in > 0 ? now + resp->expires_in : 0;
+  resp->oauth_class = MAILOAUTH_OAUTH_OK;
+  return 0;
+}
+
+static int parse_error_body(mailoauth_oauth_request_t kind, json_t *json,
+    struct mailoauth_oauth_response *resp) {
+  json_t *codes, *desc;
+
+  if (json_str(json, "error", &resp->error) < 0 ||
+      json_str(json, "suberror", &resp->suberror) < 0 ||
+      json_str(json, "trace_id", &resp->trace_id) < 0 ||
+      json_str(json, "correlation_id", &resp->correlation_id) < 0) {
+    return -1;
+  }
+
+  desc = json_object_get(json, "error_description");
+  if (json_is_string(desc)) {
+    resp->error_description = one_line(json_string_value(desc),
+      MAILOAUTH_OAUTH_DESCRIPTION_MAX);
+    if (resp->error_description == NULL) {
+      return -1;
+    }
+  }
+
+  codes = json_object_get(json, "error_codes");
+  if (json_is_array(codes) && json_is_integer(json_array_get(codes, 0))) {
+    json_int_t code = json_integer_value(json_array_get(codes, 0));
+
+    if (code > 0 && code <= LONG_MAX) {
+      resp->error_code = (long) code;
+    }
+  }
+
+  if (resp->error == NULL) {
+    snprintf(resp->detail, sizeof(resp->detail),
+      "the token endpoint answered HTTP %ld without an OAuth error",
+      resp->http_status);
+  }
+
+  resp->oauth_class = mailoauth_oauth_classify(kind, resp->http_status, 0,
+    resp->error, resp->error_code);
+  return 0;
+}
+
+int mailoauth_oauth_parse_response(mailoauth_oauth_request_t kind,
+    long http_status, const char *body, size_t len, const char *retry_after,
+    time_t now, struct mailoauth_oauth_response *resp) {
+  json_t *json = NULL;
+  json_error_t jerr;
+  int res;
+
+  if (resp == NULL || (body == NULL && len > 0)) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  mailoauth_oauth_response_clear(resp);
+  resp->http_status = http_status;
+  resp->retry_after = mailoauth_oauth_parse_retry_after(retry_after, now);
+
+  if (body != NULL && len > 0) {
+    json = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+  }
+
+  if (!json_is_object(json)) {
+    /* Never quote the body or jansson's message (which quotes the body):
+     * either could hold a token.
+     */
+    snprintf(resp->detail, sizeof(resp->detail),
+      "the token endpoint answered HTTP %ld with %s (%lu bytes)", http_status,
+      len == 0 ? "an empty body" : "a body that is not a JSON object",
+      (unsigned long) len);
+    resp->oauth_class = mailoauth_oauth_classify(kind, http_status, 0, NULL, 0);
+    json_decref(json);
+    errno = class_errno(resp->oauth_class);
+    return -1;
+  }
+
+  if (http_status >= 200 && http_status < 300 &&
+      json_object_get(json, "error") == NULL) {
+    res = kind == MAILOAUTH_OAUTH_REQ_DEVICE_START ?
+      parse_device_success(json, now, resp) :
+      parse_token_success(json, now, resp);
+
+  } else {
+    res = parse_error_body(kind, json, resp);
+  }
+
+  json_decref(json);
+
+  if (res < 0) {
+    int xerrno = errno;
+
+    mailoauth_oauth_response_clear(resp);
+    resp->oauth_class = MAILOAUTH_OAUTH_TRANSIENT;
+    snprintf(resp->detail, sizeof(resp->detail), "out of memory");
+    errno = xerrno;
+    return -1;
+  }
+
+  if (resp->oauth_class != MAILOAUTH_OAUTH_OK) {
+    errno = class_errno(resp->oauth_class);
+    return -1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The log line.
+ */
+
+/* The remedy with "{cmd}" replaced by the caller's sign-in command. */
+static void expand_remedy(const char *remedy, const char *cmd, char *out,
+    size_t outlen) {
+  const char *p = strstr(remedy, "{cmd}");
+
+  if (cmd == NULL) {
+    cmd = "the sign-in command";
+  }
+
+  if (p == NULL) {
+    snprintf(out, outlen, "%s", remedy);
+    return;
+  }
+
+  snprintf(out, outlen, "%.*s%s%s", (int) (p - remedy), remedy, cmd, p + 5);
+}
+
+static void generic_advice(const struct mailoauth_oauth_response *resp,
+    const char **meaning, const char **remedy) {
+  switch (resp->oauth_class) {
+    case MAILOAUTH_OAUTH_REAUTH:
+      *meaning = "the sign-in is no longer valid";
+      *remedy = "sign in again: {cmd}";
+      break;
+
+    case MAILOAUTH_OAUTH_CONFIG:
+      *meaning = resp->curl_code != 0 ?
+        "the token endpoint cannot be reached securely as configured" :
+        "the token endpoint refused the request";
+      *remedy = resp->curl_code != 0 ?
+        "check the authority URL, proxy and CA bundle" :
+        "check the tenant, client ID, client secret, scopes and the app "
+        "registration";
+      break;
+
+    case MAILOAUTH_OAUTH_TRANSIENT:
+      *meaning = "the token endpoint is unreachable or failing";
+      *remedy = "nothing to do: the request is retried later";
+      break;
+
+    default:
+      *meaning = "the sign-in did not complete";
+      *remedy = "sign in again: {cmd}";
+      break;
+  }
+}
+
+static void advice(const struct mailoauth_oauth_response *resp,
+    const char **meaning, const char **remedy) {
+  const struct mailoauth_oauth_aadsts *code_info;
+  const struct error_info *err_info;
+
+  code_info = resp->error_code != 0 ?
+    mailoauth_oauth_aadsts_lookup(resp->error_code) : NULL;
+  err_info = error_lookup(resp->error);
+
+  /* Prefer the entry that agrees with the class actually decided. */
+  if (code_info != NULL && code_info->oauth_class == resp->oauth_class) {
+    *meaning = code_info->meaning;
+    *remedy = code_info->remedy;
+
+  } else if (err_info != NULL && err_info->oauth_class == resp->oauth_class) {
+    *meaning = err_info->meaning;
+    *remedy = err_info->remedy;
+
+  } else {
+    generic_advice(resp, meaning, remedy);
+    if (code_info != NULL) {
+      *meaning = code_info->meaning;
+    }
+  }
+}
+
+int mailoauth_oauth_format_error(const struct mailoauth_oauth_response *resp,
+    const char *signin_cmd, char *buf, size_t buflen) {
+  const char *meaning, *remedy;
+  char remedy_text[512], code_text[32], http_text[32], ids[200];
+
+  if (resp == NULL || buf == NULL || buflen == 0) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (resp->oauth_class == MAILOAUTH_OAUTH_OK) {
+    return snprintf(buf, buflen, "ok");
+  }
+
+  advice(resp, &meaning, &remedy);
+  expand_remedy(remedy, signin_cmd, remedy_text, sizeof(remedy_text));
+
+  code_text[0] = ids[0] = '\0';
+  if (resp->error_code != 0) {
+    snprintf(code_text, sizeof(code_text), "AADSTS%ld ", resp->error_code);
+  }
+
+  if (resp->http_status != 0) {
+    snprintf(http_text, sizeof(http_text), "HTTP %ld", resp->http_status);
+
+  } else {
+    snprintf(http_text, sizeof(http_text), "no HTTP answer");
+  }
+
+  /* Safe to log, and what Microsoft support asks for. */
+  if (resp->trace_id != NULL || resp->correlation_id != NULL) {
+    snprintf(ids, sizeof(ids), "; trace_id=%.64s correlation_id=%.64s",
+      resp->trace_id != NULL ? resp->trace_id : "-",
+      resp->correlation_id != NULL ? resp->correlation_id : "-");
+  }
+
+  /* class: meaning [AADSTSn error, HTTP n]; remedy: ...; detail;
+   * server said: "..."; trace_id=... correlation_id=...
+   */
+  return snprintf(buf, buflen, "%s: %s [%s%s%s%s]; remedy: %s%s%s%s%s%s%s",
+    mailoauth_oauth_class_name(resp->oauth_class), meaning, code_text,
+    resp->error != NULL ? resp->error : "", resp->error != NULL ? ", " : "",
+    http_text, remedy_text,
+    resp->detail[0] != '\0' ? "; " : "", resp->detail,
+    resp->error_description != NULL ? "; server said: \"" : "",
+    resp->error_description != NULL ? resp->error_description : "",
+    resp->error_description != NULL ? "\"" : "", ids);
+}
+
+/* ------------------------------------------------------------------------
+ * jansson memory that is wiped when freed.
+ */
+
+union wipe_header {
+  size_t size;
+  long double align_ld;
+  void *align_p;
+  long long align_ll;
+};
+
+static void *wipe_malloc(size_t size) {
+  union wipe_header *h;
+
+  if (size > SIZE_MAX - sizeof(*h)) {
+    return NULL;
+  }
+
+  h = malloc(sizeof(*h) + size);
+  if (h == NULL) {
+    return NULL;
+  }
+
+  h->size = size;
+  return h + 1;
+}
+
+static void wipe_free(void *ptr) {
+  union wipe_header *h;
+
+  if (ptr == NULL) {
+    return;
+  }
+
+  h = (union wipe_header *) ptr - 1;
+  OPENSSL_cleanse(ptr, h->size);
+  free(h);
+}
+
+/* jansson keeps its own copies of every string it parses or builds; with
+ * this they are wiped when freed.  Process-wide, and must come before any
+ * other jansson use, so only the program's main() may decide it.
+ */
+int mailoauth_oauth_wipe_json_memory(void) {
+  json_malloc_t cur_malloc = NULL;
+  json_free_t cur_free = NULL;
+
+  json_get_alloc_funcs(&cur_malloc, &cur_free);
+  if (cur_malloc == wipe_malloc) {
+    return 0;
+  }
+
+  json_set_alloc_funcs(wipe_malloc, wipe_free);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Requests.
+ */
+
+struct mailoauth_oauth_ctx {
+  struct mailoauth_oauth_config cfg;   /* strings below are ours */
+  char *authority;
+  char *tenant;
+  char *client_id;
+  char *client_secret;
+  char *scopes;
+  char *token_url;
+  char *devicecode_url;
+  char *ca_file;
+  char *proxy;
+  char *user_agent;
+
+  CURL *curl;
+  struct curl_slist *headers;
+  struct oauth_buf body;
+  struct oauth_buf reply;
+  int reply_overflow;
+  char retry_after[64];
+  char curl_err[CURL_ERROR_SIZE];
+};
+
+static size_t write_cb(char *data, size_t size, size_t nmemb, void *user) {
+  struct mailoauth_oauth_ctx *ctx = user;
+  size_t n = size * nmemb;
+
+  if (n > ctx->cfg.max_response - ctx->reply.len ||
+      ctx->reply.len > ctx->cfg.max_response) {
+    ctx->reply_overflow = 1;
+    return 0;
+  }
+
+  if (buf_append(&ctx->reply, data, n) < 0) {
+    return 0;
+  }
+  return n;
+}
+
+/* Keep only Retry-After; every new status line (after a proxy's CONNECT
+ * answer, say) starts over.
+ */
+static size_t header_cb(char *data, size_t size, size_t nitems, void *user) {
+  struct mailoauth_oauth_ctx *ctx = user;
+  size_t n = size * nitems;
+  static const char name[] = "Retry-After:";
+
+  if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+    ctx->retry_after[0] = '\0';
+
+  } else if (n > sizeof(name) - 1 &&
+             strncasecmp(data, name, sizeof(name) - 1) == 0) {
+    size_t vlen = n - (sizeof(name) - 1);
+
+    if (vlen >= sizeof(ctx->retry_after)) {
+      vlen = sizeof(ctx->retry_after) - 1;
+    }
+
+    memcpy(ctx->retry_after, data + sizeof(name) - 1, vlen);
+    ctx->retry_after[vlen] = '\0';
+  }
+
+  return n;
+}
+
+static int ctx_copy_config(struct mailoauth_oauth_ctx *ctx,
+    const struct mailoauth_oauth_config *cfg) {
+  ctx->cfg = *cfg;
+
+  if (str_dup(&ctx->authority, cfg->authority) < 0 ||
+      str_dup(&ctx->tenant, cfg->tenant) < 0 ||
+      str_dup(&ctx->client_id, cfg->client_id) < 0 ||
+      str_dup(&ctx->client_secret, cfg->client_secret) < 0 ||
+      str_dup(&ctx->ca_file, cfg->ca_file) < 0 ||
+      str_dup(&ctx->proxy, cfg->proxy) < 0 ||
+      str_dup(&ctx->user_agent,
+        cfg->user_agent != NULL ? cfg->user_agent : "mod_mailoauth") < 0) {
+    return -1;
+  }
+
+  ctx->cfg.authority = ctx->authority;
+  ctx->cfg.tenant = ctx->tenant;
+  ctx->cfg.client_id = ctx->client_id;
+  ctx->cfg.client_secret = ctx->client_secret;
+  ctx->cfg.ca_file = ctx->ca_file;
+  ctx->cfg.proxy = ctx->proxy;
+  ctx->cfg.user_agent = ctx->user_agent;
+
+  if (mailoauth_oauth_scopes(cfg, &ctx->scopes) < 0 ||
+      mailoauth_oauth_token_url(cfg, &ctx->token_url) < 0) {
+    return -1;
+  }
+  ctx->cfg.scopes = ctx->scopes;
+  ctx->cfg.token_url = ctx->token_url;
+
+  /* Only some providers/configurations have one. */
+  if (mailoauth_oauth_devicecode_url(cfg, &ctx->devicecode_url) < 0) {
+    if (errno != ENOENT) {
+      return -1;
+    }
+    ctx->devicecode_url = NULL;
+  }
+  ctx->cfg.devicecode_url = ctx->devicecode_url;
+
+  /* Not needed after this: the authorize URL is built from a config. */
+  ctx->cfg.authorize_url = NULL;
+
+  if (ctx->cfg.connect_timeout_ms == 0) {
+    ctx->cfg.connect_timeout_ms = MAILOAUTH_OAUTH_DEFAULT_CONNECT_TIMEOUT_MS;
+  }
+
+  if (ctx->cfg.timeout_ms == 0) {
+    ctx->cfg.timeout_ms = MAILOAUTH_OAUTH_DEFAULT_TIMEOUT_MS;
+  }
+
+  if (ctx->cfg.max_response == 0) {
+    ctx->cfg.max_response = MAILOAUTH_OAUTH_DEFAULT_MAX_RESPONSE;
+  }
+
+  return 0;
+}
+
+static int ctx_setup_curl(struct mailoauth_oauth_ctx *ctx) {
+  CURL *c = ctx->curl;
+  CURLcode rc = CURLE_OK;
+
+  ctx->headers = curl_slist_append(NULL, "Accept: application/json");
+
+  /* No "Expect: 100-continue" round trip before a large form body. */
+  if (ctx->headers != NULL) {
+    struct curl_slist *more = curl_slist_append(ctx->headers, "Expect:");
+
+    if (more == NULL) {
+      curl_slist_free_all(ctx->headers);
+    }
+    ctx->headers = more;
+  }
+
+  if (ctx->headers == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+
+#define SETOPT(opt, val) \
+  if (rc == CURLE_OK) rc = curl_easy_setopt(c, opt, val)
+
+#if LIBCURL_VERSION_NUM >= 0x075500
+  SETOPT(CURLOPT_PROTOCOLS_STR, "https");
+#else
+  SETOPT(CURLOPT_PROTOCOLS, (long) CURLPROTO_HTTPS);
+#endif
+  /* Tokens go to the configured endpoint and nowhere else. */
+  SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
+  SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
+  SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
+  SETOPT(CURLOPT_SSLVERSION, (long) CURL_SSLVERSION_TLSv1_2);
+  SETOPT(CURLOPT_NOSIGNAL, 1L);
+  SETOPT(CURLOPT_CONNECTTIMEOUT_MS, ctx->cfg.connect_timeout_ms);
+  SETOPT(CURLOPT_TIMEOUT_MS, ctx->cfg.timeout_ms);
+  SETOPT(CURLOPT_USERAGENT, ctx->cfg.user_agent);
+  SETOPT(CURLOPT_HTTPHEADER, ctx->headers);
+  SETOPT(CURLOPT_POST, 1L);
+  SETOPT(CURLOPT_WRITEFUNCTION, write_cb);
+  SETOPT(CURLOPT_WRITEDATA, ctx);
+  SETOPT(CURLOPT_HEADERFUNCTION, header_cb);
+  SETOPT(CURLOPT_HEADERDATA, ctx);
+  SETOPT(CURLOPT_ERRORBUFFER, ctx->curl_err);
+
+  if (ctx->cfg.ca_file != NULL) {
+    SETOPT(CURLOPT_CAINFO, ctx->cfg.ca_file);
+  }
+
+  if (ctx->cfg.proxy != NULL) {
+    SETOPT(CURLOPT_PROXY, ctx->cfg.proxy);
+  }
+
+#undef SETOPT
+
+  if (rc != CURLE_OK) {
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+struct mailoauth_oauth_ctx *mailoauth_oauth_ctx_create(
+    const struct mailoauth_oauth_config *cfg, char *errbuf, size_t errlen) {
+  struct mailoauth_oauth_ctx *ctx;
+
+  if (mailoauth_oauth_config_check(cfg, errbuf, errlen) < 0) {
+    return NULL;
+  }
+
+  ctx = calloc(1, sizeof(*ctx));
+  if (ctx == NULL) {
+    mailoauth_errf(errbuf, errlen, "out of memory");
+    errno = ENOMEM;
+    return NULL;
+  }
+
+  if (ctx_copy_config(ctx, cfg) < 0) {
+    int xerrno = errno;
+
+    mailoauth_errf(errbuf, errlen, "cannot set up the token client: %s",
+      strerror(xerrno));
+    mailoauth_oauth_ctx_destroy(ctx);
+    errno = xerrno;
+    return NULL;
+  }
+
+  ctx->curl = curl_easy_init();
+  if (ctx->curl == NULL || ctx_setup_curl(ctx) < 0) {
+    mailoauth_errf(errbuf, errlen, "cannot set up libcurl (was curl_global_init() "
+      "called, and does libcurl support HTTPS?)");
+    mailoauth_oauth_ctx_destroy(ctx);
+    errno = EINVAL;
+    return NULL;
+  }
+
+  return ctx;
+}
+
+void mailoauth_oauth_ctx_destroy(struct mailoauth_oauth_ctx *ctx) {
+  if (ctx == NULL) {
+    return;
+  }
+
+  if (ctx->curl != NULL) {
+    curl_easy_cleanup(ctx->curl);
+  }
+  curl_slist_free_all(ctx->headers);
+
+  buf_free(&ctx->body);
+  buf_free(&ctx->reply);
+  secret_free(&ctx->client_secret);
+  free(ctx->authority);
+  free(ctx->tenant);
+  free(ctx->client_id);
+  free(ctx->scopes);
+  free(ctx->token_url);
+  free(ctx->devicecode_url);
+  free(ctx->ca_file);
+  free(ctx->proxy);
+  free(ctx->user_agent);
+  free(ctx);
+}
+
+static const char *request_name(mailoauth_oauth_request_t kind) {
+  switch (kind) {
+    case MAILOAUTH_OAUTH_REQ_REFRESH:
+      return "refresh_token";
+
+    case MAILOAUTH_OAUTH_REQ_CLIENT_CREDENTIALS:
+      return "client_credentials";
+
+    case MAILOAUTH_OAUTH_REQ_AUTH_CODE:
+      return "authorization_code";
+
+    case MAILOAUTH_OAUTH_REQ_DEVICE_START:
+      return "device code start";
+
+    case MAILOAUTH_OAUTH_REQ_DEVICE_POLL:
+      return "device_code";
+  }
+  return "unknown";
+}
+
+static void scrub_response(struct mailoauth_oauth_response *resp,
+    const char *const *secrets) {
+  size_t i;
+
+  for (i = 0; secrets[i] != NULL; i++) {
+    scrub_secret(resp->error_description, secrets[i]);
+    scrub_secret(resp->detail, secrets[i]);
+  }
+}
+
+static void trace_outcome(struct mailoauth_oauth_ctx *ctx,
+    mailoauth_oauth_request_t kind, const struct mailoauth_oauth_response *resp) {
+  char line[1024];
+
+  if (resp->oauth_class == MAILOAUTH_OAUTH_OK) {
+    if (kind == MAILOAUTH_OAUTH_REQ_DEVICE_START) {
+      mailoauth_trace(trace_channel, 8, "device code issued for client %s: "
+        "user code %s at %s, expires in %ld s, poll every %ld s",
+        ctx->cfg.client_id, resp->user_code, resp->verification_uri,
+        resp->expires_in, resp->interval);
+      return;
+    }
+
+    mailoauth_trace(trace_channel, 8, "%s grant for client %s: access token "
+      "valid %ld s, refresh token %s, scope '%s', signed in as %s",
+      request_name(kind), ctx->cfg.client_id, resp->expires_in,
+      resp->refresh_token != NULL ? "issued" : "not issued",
+      resp->scope != NULL ? resp->scope : "",
+      resp->identity.username != NULL ? resp->identity.username : "(unknown)");
+    return;
+  }
+
+  mailoauth_oauth_format_error(resp, NULL, line, sizeof(line));
+  mailoauth_trace(trace_channel, resp->oauth_class == MAILOAUTH_OAUTH_PENDING ?
+    9 : 3, "%s request for client %s failed: %s", request_name(kind),
+    ctx->cfg.client_id, line);
+}
+
+/* POST ctx->body to url and parse the answer.  secrets: NULL-terminated
+ * list of this request's secrets, kept out of error texts.
+ */
+static int perform(struct mailoauth_oauth_ctx *ctx,
+    mailoauth_oauth_request_t kind, const char *url, time_t now,
+    struct mailoauth_oauth_response *resp, const char *const *secrets) {
+  CURLcode rc;
+  long status = 0;
+  int res, xerrno;
+
+  buf_wipe(&ctx->reply);
+  ctx->reply_overflow = 0;
+  ctx->retry_after[0] = '\0';
+  ctx->curl_err[0] = '\0';
+
+  mailoauth_trace(trace_channel, 9, "POST %s (%s, client %s)", url,
+    request_name(kind), ctx->cfg.client_id);
+
+  curl_easy_setopt(ctx->curl, CURLOPT_URL, url);
+  curl_easy_setopt(ctx->curl, CURLOPT_POSTFIELDS, ctx->body.data);
+  curl_easy_setopt(ctx->curl, CURLOPT_POSTFIELDSIZE, (long) ctx->body.len);
+
+  rc = curl_easy_perform(ctx->curl);
+  buf_wipe(&ctx->body);
+  curl_easy_getinfo(ctx->curl, CURLINFO_RESPONSE_CODE, &status);
+
+  if (rc != CURLE_OK) {
+    mailoauth_oauth_response_clear(resp);
+    resp->curl_code = (int) rc;
+    resp->http_status = status;
+    resp->oauth_class = mailoauth_oauth_classify(kind, status, (int) rc, NULL,
+      0);
+
+    if (ctx->reply_overflow) {
+      snprintf(resp->detail, sizeof(resp->detail), "the token endpoint's "
+        "answer is larger than %lu bytes", (unsigned long) ctx->cfg.max_response);
+
+    } else {
+      snprintf(resp->detail, sizeof(resp->detail), "network error (curl %d): "
+        "%.200s", (int) rc, ctx->curl_err[0] != '\0' ? ctx->curl_err :
+        curl_easy_strerror(rc));
+    }
+
+    res = -1;
+    xerrno = class_errno(resp->oauth_class);
+
+  } else {
+    res = mailoauth_oauth_parse_response(kind, status, ctx->reply.data,
+      ctx->reply.len, ctx->retry_after[0] != '\0' ? ctx->retry_after : NULL,
+      now, resp);
+    xerrno = errno;
+  }
+
+  buf_wipe(&ctx->reply);
+  scrub_response(resp, secrets);
+  trace_outcome(ctx, kind, resp);
+
+  errno = xerrno;
+  return res;
+}
+
+static int add_client_auth(struct mailoauth_oauth_ctx *ctx) {
+  if (buf_add_param(&ctx->body, "client_id", ctx->cfg.client_id) < 0) {
+    return -1;
+  }
+
+  /* client_secret_post: accepted by Microsoft and Google alike. */
+  if (!is_blank(ctx->cfg.client_secret) &&
+      buf_add_param(&ctx->body, "client_secret", ctx->cfg.client_secret) < 0) {
+    return -1;
+  }
+  return 0;
+}
+
+static int start_request(struct mailoauth_oauth_ctx *ctx,
+    struct mailoauth_oauth_response *resp) {
+  if (ctx == NULL || resp == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  buf_wipe(&ctx->body);
+  return 0;
+}
+
+static int local_failure(struct mailoauth_oauth_ctx *ctx,
+    struct mailoauth_oauth_response *resp) {
+  int xerrno = errno;
+
+  buf_wipe(&ctx->body);
+  mailoauth_oauth_response_clear(resp);
+  resp->oauth_class = MAILOAUTH_OAUTH_TRANSIENT;
+  snprintf(resp->detail, sizeof(resp->detail), "cannot build the request: %s",
+    strerror(xerrno));
+  errno = xerrno;
+  return -1;
+}
+
+int mailoauth_oauth_refresh(struct mailoauth_oauth_ctx *ctx,
+    const char *refresh_token, time_t now,
+    struct mailoauth_oauth_response *resp) {
+  const char *secrets[3];
+
+  if (start_request(ctx, resp) < 0 || is_blank(refresh_token)) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (add_client_auth(ctx) < 0 ||
+      buf_add_param(&ctx->body, "grant_type", "refresh_token") < 0 ||
+      buf_add_param(&ctx->body, "refresh_token", refresh_token) < 0 ||
+      buf_add_param(&ctx->body, "scope", ctx->cfg.scopes) < 0) {
+    return local_failure(ctx, resp);
+  }
+
+  secrets[0] = refresh_token;
+  secrets[1] = ctx->cfg.client_secret;
+  secrets[2] = NULL;
+  return perform(ctx, MAILOAUTH_OAUTH_REQ_REFRESH, ctx->cfg.token_url, now,
+    resp, secrets);
+}
+
+int mailoauth_oauth_client_credentials(struct mailoauth_oauth_ctx *ctx,
+    time_t now, struct mailoauth_oauth_response *resp) {
+  const char *secrets[2];
+
+  if (start_request(ctx, resp) < 0 || is_blank(ctx->cfg.client_secret)) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (add_client_auth(ctx) < 0 ||
+      buf_add_param(&ctx->body, "grant_type", "client_credentials") < 0 ||
+      buf_add_param(&ctx->body, "scope", ctx->cfg.scopes) < 0) {
+    return local_failure(ctx, resp);
+  }
+
+  secrets[0] = ctx->cfg.client_secret;
+  secrets[1] = NULL;
+  return perform(ctx, MAILOAUTH_OAUTH_REQ_CLIENT_CREDENTIALS,
+    ctx->cfg.token_url, now, resp, secrets);
+}
+
+int mailoauth_oauth_redeem_code(struct mailoauth_oauth_ctx *ctx,
+    const char *code, const char *code_verifier, const char *redirect_uri,
+    time_t now, struct mailoauth_oauth_response *resp) {
+  const char *secrets[4];
+
+  if (start_request(ctx, resp) < 0 || is_blank(code) ||
+      is_blank(code_verifier) || is_blank(redirect_uri)) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  /* No scope: the code already carries the consented ones. */
+  if (add_client_auth(ctx) < 0 ||
+      buf_add_param(&ctx->body, "grant_type", "authorization_code") < 0 ||
+      buf_add_param(&ctx->body, "code", code) < 0 ||
+      buf_add_param(&ctx->body, "redirect_uri", redirect_uri) < 0 ||
+      buf_add_param(&ctx->body, "code_verifier", code_verifier) < 0) {
+    return local_failure(ctx, resp);
+  }
+
+  secrets[0] = code;
+  secrets[1] = code_verifier;
+  secrets[2] = ctx->cfg.client_secret;
+  secrets[3] = NULL;
+  return perform(ctx, MAILOAUTH_OAUTH_REQ_AUTH_CODE, ctx->cfg.token_url, now,
+    resp, secrets);
+}
+
+int mailoauth_oauth_device_start(struct mailoauth_oauth_ctx *ctx, time_t now,
+    struct mailoauth_oauth_response *resp) {
+  const char *secrets[2];
+
+  if (start_request(ctx, resp) < 0) {
+    return -1;
+  }
+
+  if (ctx->cfg.devicecode_url == NULL) {
+    mailoauth_oauth_response_clear(resp);
+    resp->oauth_class = MAILOAUTH_OAUTH_CONFIG;
+    snprintf(resp->detail, sizeof(resp->detail),
+      "no device code URL is configured");
+    errno = ENOENT;
+    return -1;
+  }
+
+  /* The device authorization request identifies the client only; the
+   * secret, where there is one, goes with the polls.
+   */
+  if (buf_add_param(&ctx->body, "client_id", ctx->cfg.client_id) < 0 ||
+      buf_add_param(&ctx->body, "scope", ctx->cfg.scopes) < 0) {
+    return local_failure(ctx, resp);
+  }
+
+  secrets[0] = ctx->cfg.client_secret;
+  secrets[1] = NULL;
+  return perform(ctx, MAILOAUTH_OAUTH_REQ_DEVICE_START,
+    ctx->cfg.devicecode_url, now, resp, secrets);
+}
+
+int mailoauth_oauth_device_poll(struct mailoauth_oauth_ctx *ctx,
+    const char *device_code, time_t now,
+    struct mailoauth_oauth_response *resp) {
+  const char *secrets[3];
+
+  if (start_request(ctx, resp) < 0 || is_blank(device_code)) {
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (add_client_auth(ctx) < 0 ||
+      buf_add_param(&ctx->body, "grant_type",
+        "urn:ietf:params:oauth:grant-type:device_code") < 0 ||
+      buf_add_param(&ctx->body, "device_code", device_code) < 0) {
+    return local_failure(ctx, resp);
+  }
+
+  secrets[0] = device_code;
+  secrets[1] = ctx->cfg.client_secret;
+  secrets[2] = NULL;
+  return perform(ctx, MAILOAUTH_OAUTH_REQ_DEVICE_POLL, ctx->cfg.token_url,
+    now, resp, secrets);
+}

@@ -1,0 +1,281 @@
+/*
+ * mod_mailoauth - the worker's set of OAuth accounts
+ */
+
+#include "mailoauth/registry.h"
+#include "mailoauth/trace.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const char *trace_channel = "mailoauth.registry";
+
+/* How often an account with nothing scheduled checks its token file. */
+#define MAILOAUTH_REGISTRY_RECHECK_SECS 10
+
+struct mailoauth_registry_entry {
+  struct mailoauth_account acct;
+  struct mailoauth_tokens *tokens;
+  time_t next_due;
+  int ready;
+  int broken;               /* its secret could not be loaded */
+  int announced;            /* "token ready" logged */
+  char signin_cmd[512];
+};
+
+struct mailoauth_registry {
+  char *token_dir;
+  uid_t owner;
+  char *signin_cmd_fmt;     /* printf format with one %s: the account */
+  unsigned int n;
+  struct mailoauth_registry_entry entries[MAILOAUTH_REGISTRY_MAX];
+};
+
+struct mailoauth_registry *mailoauth_registry_create(const char *token_dir,
+    uid_t owner, const char *signin_cmd_fmt) {
+  struct mailoauth_registry *reg;
+
+  reg = calloc(1, sizeof(*reg));
+  if (reg == NULL) {
+    return NULL;
+  }
+
+  reg->token_dir = strdup(token_dir);
+  reg->signin_cmd_fmt = strdup(signin_cmd_fmt);
+  reg->owner = owner;
+  if (reg->token_dir == NULL ||
+      reg->signin_cmd_fmt == NULL) {
+    mailoauth_registry_destroy(reg);
+    errno = ENOMEM;
+    return NULL;
+  }
+
+  return reg;
+}
+
+void mailoauth_registry_destroy(struct mailoauth_registry *reg) {
+  unsigned int i;
+
+  if (reg == NULL) {
+    return;
+  }
+
+  for (i = 0; i < reg->n; i++) {
+    mailoauth_tokens_destroy(reg->entries[i].tokens);
+    mailoauth_account_clear(&reg->entries[i].acct);
+  }
+
+  free(reg->token_dir);
+  free(reg->signin_cmd_fmt);
+  free(reg);
+}
+
+static struct mailoauth_registry_entry *mailoauth_registry_find(
+    const struct mailoauth_registry *reg, const char *name) {
+  unsigned int i;
+
+  for (i = 0; i < reg->n; i++) {
+    if (strcmp(reg->entries[i].acct.name, name) == 0) {
+      return (struct mailoauth_registry_entry *) &reg->entries[i];
+    }
+  }
+
+  return NULL;
+}
+
+int mailoauth_registry_add(struct mailoauth_registry *reg, const char *name,
+    int argc, char *const *argv, char *errbuf, size_t errlen) {
+  struct mailoauth_registry_entry *e;
+
+  if (mailoauth_registry_find(reg, name) != NULL) {
+    snprintf(errbuf, errlen, "account '%s' is defined twice", name);
+    errno = EEXIST;
+    return -1;
+  }
+
+  if (reg->n >= MAILOAUTH_REGISTRY_MAX) {
+    snprintf(errbuf, errlen, "too many accounts (at most %d)",
+      MAILOAUTH_REGISTRY_MAX);
+    errno = E2BIG;
+    return -1;
+  }
+
+  e = &reg->entries[reg->n];
+  memset(e, 0, sizeof(*e));
+  if (mailoauth_account_parse(&e->acct, name, argc, argv, errbuf,
+      errlen) < 0) {
+    int xerrno = errno;
+
+    mailoauth_account_clear(&e->acct);
+    errno = xerrno;
+    return -1;
+  }
+
+  reg->n++;
+  return 0;
+}
+
+unsigned int mailoauth_registry_count(const struct mailoauth_registry *reg) {
+  return reg->n;
+}
+
+static void mailoauth_registry_report(struct mailoauth_registry_entry *e,
+    time_t now) {
+  struct mailoauth_tokenstore_record rec;
+  char err[512];
+
+  memset(&rec, 0, sizeof(rec));
+  if (mailoauth_tokens_status(e->tokens, &rec, err, sizeof(err)) < 0) {
+    if (errno == ENOENT &&
+        e->acct.oauth.grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY) {
+      mailoauth_log("account %s (%s, app-only): getting a token with the "
+        "client credentials", e->acct.name, e->acct.mailbox);
+    } else if (errno != ENOENT) {
+      /* No token file of a delegated account: the first token request
+       * says so, with the command to run.
+       */
+      mailoauth_log("account %s: %s", e->acct.name, err);
+    }
+    return;
+  }
+
+  if (rec.username != NULL &&
+      strcasecmp(rec.username, e->acct.mailbox) != 0) {
+    /* Exchange answers 554 5.2.252 SendAsDenied to a From that is not the
+     * signed-in mailbox (unless it is a shared mailbox the user may send
+     * as); say so now rather than at the first upload.
+     */
+    mailoauth_log("account %s: signed in as %s, but mailbox= is %s: Exchange "
+      "refuses mail from another mailbox unless %s has Send As rights on it",
+      e->acct.name, rec.username, e->acct.mailbox, rec.username);
+  }
+
+  if (rec.access_expires > now) {
+    mailoauth_log("account %s (%s, %s): signed in as %s; access token valid "
+      "for %ld more minutes", e->acct.name, e->acct.mailbox,
+      mailoauth_oauth_grant_name(e->acct.oauth.grant),
+      rec.username ? rec.username : "(unknown)",
+      (long) (rec.access_expires - now) / 60);
+  } else {
+    mailoauth_log("account %s (%s, %s): signed in as %s", e->acct.name,
+      e->acct.mailbox, mailoauth_oauth_grant_name(e->acct.oauth.grant),
+      rec.username ? rec.username : "(unknown)");
+  }
+
+  mailoauth_tokenstore_record_free(&rec);
+}
+
+int mailoauth_registry_load_secrets(struct mailoauth_registry *reg) {
+  unsigned int i;
+  int loaded = 0;
+
+  for (i = 0; i < reg->n; i++) {
+    struct mailoauth_registry_entry *e = &reg->entries[i];
+    char err[512];
+
+    if (mailoauth_account_load_secret(&e->acct, err, sizeof(err)) < 0) {
+      mailoauth_log("account %s cannot be used: %s", e->acct.name, err);
+      e->broken = 1;
+      continue;
+    }
+    loaded++;
+  }
+
+  return loaded;
+}
+
+int mailoauth_registry_start(struct mailoauth_registry *reg, time_t now) {
+  unsigned int i;
+  int ready = 0;
+
+  for (i = 0; i < reg->n; i++) {
+    struct mailoauth_registry_entry *e = &reg->entries[i];
+    char err[512];
+
+    if (e->broken) {
+      continue;
+    }
+
+    snprintf(e->signin_cmd, sizeof(e->signin_cmd), reg->signin_cmd_fmt,
+      e->acct.name);
+    e->tokens = mailoauth_tokens_create(&e->acct, reg->token_dir, reg->owner,
+      e->signin_cmd, err, sizeof(err));
+    if (e->tokens == NULL) {
+      mailoauth_log("account %s cannot be used: %s", e->acct.name, err);
+      continue;
+    }
+
+    e->ready = 1;
+    e->next_due = now;
+    mailoauth_registry_report(e, now);
+    ready++;
+  }
+
+  mailoauth_trace(trace_channel, 5, "%d of %u accounts ready", ready, reg->n);
+  return ready;
+}
+
+time_t mailoauth_registry_tick(struct mailoauth_registry *reg, time_t now) {
+  time_t next = 0;
+  unsigned int i;
+
+  for (i = 0; i < reg->n; i++) {
+    struct mailoauth_registry_entry *e = &reg->entries[i];
+
+    if (!e->ready) {
+      continue;
+    }
+
+    if (e->next_due != 0 &&
+        e->next_due <= now) {
+      mailoauth_oauth_class_t cls = MAILOAUTH_OAUTH_OK;
+
+      /* get() refreshes when the token is near expiry or the keep-alive is
+       * due, and logs any change of state itself.
+       */
+      if (mailoauth_tokens_get(e->tokens, now, &cls) == NULL) {
+        mailoauth_trace(trace_channel, 8, "account %s: no token (%s)",
+          e->acct.name, mailoauth_oauth_class_name(cls));
+
+      } else if (!e->announced) {
+        mailoauth_log("account %s (%s, %s): token ready", e->acct.name,
+          e->acct.mailbox, mailoauth_oauth_grant_name(e->acct.oauth.grant));
+        e->announced = 1;
+      }
+
+      e->next_due = mailoauth_tokens_next_due(e->tokens, now);
+
+      /* An account waiting for a person to sign in again has nothing
+       * scheduled; look at its token file now and then, so a new sign-in
+       * is noticed (and announced) without waiting for mail.
+       */
+      if (e->next_due == 0) {
+        e->next_due = now + MAILOAUTH_REGISTRY_RECHECK_SECS;
+      }
+    }
+
+    if (e->next_due != 0 &&
+        (next == 0 || e->next_due < next)) {
+      next = e->next_due;
+    }
+  }
+
+  return next;
+}
+
+const struct mailoauth_account *mailoauth_registry_account(
+    const struct mailoauth_registry *reg, const char *name) {
+  struct mailoauth_registry_entry *e = mailoauth_registry_find(reg, name);
+
+  return e ? &e->acct : NULL;
+}
+
+struct mailoauth_tokens *mailoauth_registry_tokens(
+    struct mailoauth_registry *reg, const char *name) {
+  struct mailoauth_registry_entry *e = mailoauth_registry_find(reg, name);
+
+  return (e && e->ready) ? e->tokens : NULL;
+}

@@ -1,0 +1,261 @@
+/*
+ * mod_mailoauth - the worker process's event loop
+ */
+
+#include "mailoauth/worker.h"
+#include "mailoauth/event.h"
+#include "mailoauth/trace.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __linux__
+# include <sys/inotify.h>
+#endif
+
+static const char *trace_channel = "mailoauth.worker";
+
+static volatile sig_atomic_t mailoauth_worker_stop = 0;
+
+static void mailoauth_worker_sigterm(int signo) {
+  (void) signo;
+  mailoauth_worker_stop = 1;
+}
+
+static long long mailoauth_worker_now_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int mailoauth_worker_watch(const char *spool_dir) {
+#ifdef __linux__
+  int fd;
+
+  fd = inotify_init1(IN_NONBLOCK|IN_CLOEXEC);
+  if (fd < 0) {
+    return -1;
+  }
+
+  if (inotify_add_watch(fd, spool_dir,
+      IN_MODIFY|IN_CLOSE_WRITE|IN_MOVED_TO|IN_CREATE) < 0) {
+    (void) close(fd);
+    return -1;
+  }
+
+  return fd;
+#else
+  (void) spool_dir;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+static void mailoauth_worker_discard(int fd) {
+  char buf[4096];
+
+  while (read(fd, buf, sizeof(buf)) > 0) {
+  }
+}
+
+static void mailoauth_worker_pass(const struct mailoauth_worker_config *cfg) {
+  struct mailoauth_spool_stats stats;
+  int n;
+
+  if (mailoauth_spool_drain(cfg->spool_dir, cfg->queue_dir, &stats) < 0) {
+    mailoauth_trace(trace_channel, 3, "draining '%s' failed: %s",
+      cfg->spool_dir, strerror(errno));
+  }
+
+  if (stats.queued > 0 || stats.removed > 0) {
+    mailoauth_trace(trace_channel, 8,
+      "spool pass: %u journals, %u events queued, %u journals removed",
+      stats.journals, stats.queued, stats.removed);
+  }
+
+  n = cfg->process ? cfg->process(cfg->process_arg) :
+    mailoauth_queue_process(cfg->queue_dir, cfg->deliver, cfg->deliver_arg);
+  if (n > 0) {
+    mailoauth_trace(trace_channel, 8, "delivered %d queued events", n);
+  }
+}
+
+int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
+  struct sigaction sa;
+  sigset_t block, wait_mask;
+  int watch_fd, res = MAILOAUTH_WORKER_STOPPED;
+  long long next_scan;
+  time_t next_tick;
+
+  /* SIGTERM stays blocked except inside ppoll(), so a stop request can
+   * never slip in between the flag check and the wait.
+   */
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = mailoauth_worker_sigterm;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  sigprocmask(SIG_BLOCK, &block, &wait_mask);
+  sigdelset(&wait_mask, SIGTERM);
+
+  watch_fd = mailoauth_worker_watch(cfg->spool_dir);
+  if (watch_fd < 0) {
+    mailoauth_trace(trace_channel, 3,
+      "no change notification for '%s' (%s); scanning every %u ms",
+      cfg->spool_dir, strerror(errno), cfg->scan_interval_ms);
+  }
+
+  /* Journals written while no worker ran are picked up right away. */
+  mailoauth_worker_pass(cfg);
+  next_scan = mailoauth_worker_now_ms() + cfg->scan_interval_ms;
+  next_tick = cfg->tick ? cfg->tick(time(NULL), cfg->tick_arg) : 0;
+
+  while (!mailoauth_worker_stop) {
+    struct pollfd pfds[2];
+    struct timespec timeout;
+    long long wait_ms;
+    nfds_t nfds = 1;
+    int n;
+
+    pfds[0].fd = cfg->master_fd;
+    pfds[0].events = POLLIN;
+    if (watch_fd >= 0) {
+      pfds[1].fd = watch_fd;
+      pfds[1].events = POLLIN;
+      nfds = 2;
+    }
+
+    wait_ms = next_scan - mailoauth_worker_now_ms();
+    if (next_tick != 0) {
+      long long tick_ms = ((long long) next_tick - (long long) time(NULL)) *
+        1000;
+
+      if (tick_ms < wait_ms) {
+        wait_ms = tick_ms;
+      }
+    }
+    if (wait_ms < 0) {
+      wait_ms = 0;
+    }
+    timeout.tv_sec = wait_ms / 1000;
+    timeout.tv_nsec = (wait_ms % 1000) * 1000000L;
+
+    n = ppoll(pfds, nfds, &timeout, &wait_mask);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      mailoauth_log("worker: poll failed: %s", strerror(errno));
+      break;
+    }
+
+    if (pfds[0].revents != 0) {
+      char c;
+      ssize_t r = read(cfg->master_fd, &c, 1);
+
+      if (r == 0 ||
+          (r < 0 && errno != EINTR && errno != EAGAIN)) {
+        res = MAILOAUTH_WORKER_ORPHANED;
+        break;
+      }
+    }
+
+    if (nfds == 2 &&
+        pfds[1].revents != 0) {
+      mailoauth_worker_discard(watch_fd);
+      mailoauth_worker_pass(cfg);
+    }
+
+    if (mailoauth_worker_now_ms() >= next_scan) {
+      mailoauth_worker_pass(cfg);
+      next_scan = mailoauth_worker_now_ms() + cfg->scan_interval_ms;
+    }
+
+    if (next_tick != 0 &&
+        time(NULL) >= next_tick) {
+      next_tick = cfg->tick(time(NULL), cfg->tick_arg);
+    }
+  }
+
+  if (watch_fd >= 0) {
+    (void) close(watch_fd);
+  }
+
+  return res;
+}
+
+const char *mailoauth_worker_printable(const char *s, size_t len, char *buf,
+    size_t bufsz) {
+  static const char hex[] = "0123456789abcdef";
+  size_t i, o = 0;
+
+  for (i = 0; i < len && o + 5 < bufsz; i++) {
+    unsigned char c = (unsigned char) s[i];
+
+    if (c < 0x20 || c >= 0x7f || c == '\\' || c == '"') {
+      buf[o++] = '\\';
+      buf[o++] = 'x';
+      buf[o++] = hex[c >> 4];
+      buf[o++] = hex[c & 0x0f];
+
+    } else {
+      buf[o++] = (char) c;
+    }
+  }
+
+  if (bufsz > 0) {
+    buf[o < bufsz ? o : bufsz - 1] = '\0';
+  }
+
+  return buf;
+}
+
+int mailoauth_worker_log_event(const char *id, const unsigned char *rec,
+    size_t len, void *arg) {
+  static const unsigned char tags[] = {
+    MAILOAUTH_EVENT_F_USER, MAILOAUTH_EVENT_F_PROTOCOL,
+    MAILOAUTH_EVENT_F_REMOTE_ADDR, MAILOAUTH_EVENT_F_PATH,
+    MAILOAUTH_EVENT_F_SIZE, MAILOAUTH_EVENT_F_BYTES, MAILOAUTH_EVENT_F_TIME,
+    MAILOAUTH_EVENT_F_COMMAND
+  };
+  static const char *names[] = {
+    "user", "protocol", "remote", "path", "size", "bytes", "time", "command"
+  };
+  struct mailoauth_event ev;
+  char line[8192], val[4096];
+  size_t off = 0, i;
+
+  (void) arg;
+
+  if (mailoauth_event_parse(rec, len, &ev) <= 0) {
+    mailoauth_log("queued event %s is damaged; discarding it", id);
+    return 0;
+  }
+
+  for (i = 0; i < sizeof(tags); i++) {
+    const struct mailoauth_event_field *f = mailoauth_event_get(&ev, tags[i]);
+
+    if (f == NULL) {
+      continue;
+    }
+
+    mailoauth_worker_printable(f->value, f->len, val, sizeof(val));
+    off += (size_t) snprintf(line + off, sizeof(line) - off, " %s=\"%s\"",
+      names[i], val);
+    if (off >= sizeof(line)) {
+      off = sizeof(line) - 1;
+      break;
+    }
+  }
+
+  mailoauth_log("upload event %s:%s", id, line);
+  return 0;
+}
