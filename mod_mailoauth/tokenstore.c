@@ -284,14 +284,6 @@ static int check_file(struct mailoauth_tokenstore *ts, const struct stat *st,
     return -1;
   }
 
-  if ((st->st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-    mailoauth_errf(errbuf, errlen, "token file %s has mode %04o: it holds secrets "
-      "and must not be open to group or others (chmod 600 it)", ts->path,
-      (unsigned int) (st->st_mode & 07777));
-    errno = EACCES;
-    return -1;
-  }
-
   /* A second name elsewhere would let whoever planted it read or keep the
    * tokens we write through this one.  (0 is a file replaced since we
    * opened it: still the one a rename put here.)
@@ -301,6 +293,14 @@ static int check_file(struct mailoauth_tokenstore *ts, const struct stat *st,
       "to it was made elsewhere): remove it and sign in again", ts->path,
       (unsigned long) st->st_nlink);
     errno = EMLINK;
+    return -1;
+  }
+
+  if ((st->st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+    mailoauth_errf(errbuf, errlen, "token file %s has mode %04o: it holds secrets "
+      "and must not be open to group or others (chmod 600 it)", ts->path,
+      (unsigned int) (st->st_mode & 07777));
+    errno = EACCES;
     return -1;
   }
 
