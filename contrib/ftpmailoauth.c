@@ -25,6 +25,7 @@
 #include "listener.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
 #include <limits.h>
@@ -445,23 +446,98 @@ static int ftpmailoauth_load_account(const struct ftpmailoauth_env *env,
   return 0;
 }
 
-/* A directory of ours: created 0700 for the server's User. */
+/* The top directory (the state directory, or --token-dir), when the server
+ * has never run: made by root in its (root's) parent and handed to User
+ * through the descriptor of the directory just made, never by a path
+ * someone else could swap.
+ */
+static int ftpmailoauth_make_state_dir(const struct ftpmailoauth_env *env) {
+  const char *dir = env->opts->token_dir != NULL ? env->token_dir :
+    env->state_dir;
+  struct stat st;
+  int fd;
+
+  if (geteuid() != 0 ||
+      mkdir(dir, 0700) < 0) {
+    return 0;
+  }
+
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0 ||
+      fstat(fd, &st) < 0) {
+    ftpmailoauth_err("cannot open %s: %s", dir, strerror(errno));
+    if (fd >= 0) {
+      (void) close(fd);
+    }
+    return -1;
+  }
+
+  /* Still the empty directory root just made, not one put in its place. */
+  if (st.st_uid != 0 ||
+      st.st_nlink != 2) {
+    (void) close(fd);
+    ftpmailoauth_err("%s changed while it was being made: look at it, then "
+      "try again", dir);
+    return -1;
+  }
+
+  if (fchown(fd, env->uid, env->gid) < 0) {
+    ftpmailoauth_err("cannot give %s to %s: %s", dir,
+      env->owner_name, strerror(errno));
+    (void) close(fd);
+    return -1;
+  }
+
+  (void) close(fd);
+  return 0;
+}
+
+/* Root only reads the configuration and the client secret: whatever is
+ * done in the state directory, which belongs to User, is done as User.
+ */
+static int ftpmailoauth_become_owner(const struct ftpmailoauth_env *env) {
+  if (geteuid() != 0 ||
+      env->uid == 0) {
+    return 0;
+  }
+
+  if (ftpmailoauth_make_state_dir(env) < 0) {
+    return -1;
+  }
+
+  if (setgroups(1, &env->gid) < 0 ||
+      setresgid(env->gid, env->gid, env->gid) < 0 ||
+      setresuid(env->uid, env->uid, env->uid) < 0) {
+    ftpmailoauth_err("cannot become %s (uid %lu, gid %lu): %s",
+      env->owner_name, (unsigned long) env->uid, (unsigned long) env->gid,
+      strerror(errno));
+    return -1;
+  }
+
+  /* Paranoia: there must be no way back. */
+  if (setuid(0) == 0 ||
+      seteuid(0) == 0) {
+    ftpmailoauth_err("root could be regained after becoming %s: refusing "
+      "to go on", env->owner_name);
+    return -1;
+  }
+
+  return 0;
+}
+
+/* A directory of ours, made 0700 by User itself. */
 static int ftpmailoauth_ensure_dir(const struct ftpmailoauth_env *env,
     const char *dir) {
   struct stat st;
 
   if (mkdir(dir, 0700) == 0) {
-    if (geteuid() == 0 &&
-        chown(dir, env->uid, env->gid) < 0) {
-      ftpmailoauth_err("cannot give %s to %s: %s", dir, env->owner_name,
-        strerror(errno));
-      return -1;
-    }
     return 0;
   }
 
   if (errno != EEXIST) {
-    ftpmailoauth_err("cannot create %s: %s", dir, strerror(errno));
+    ftpmailoauth_err("cannot create %s as %s: %s (the server creates it at "
+      "start; or make its parent writable by %s)", dir, env->owner_name,
+      strerror(errno), env->owner_name);
     return -1;
   }
 
@@ -1322,7 +1398,8 @@ static int ftpmailoauth_cmd_signin(const struct ftpmailoauth_env *env,
     return res;
   }
 
-  if (ftpmailoauth_prepare_dirs(env) < 0) {
+  if (ftpmailoauth_become_owner(env) < 0 ||
+      ftpmailoauth_prepare_dirs(env) < 0) {
     mailoauth_account_clear(&acct);
     return FTPMAILOAUTH_EXIT_FAIL;
   }
@@ -1487,6 +1564,11 @@ static int ftpmailoauth_cmd_status(const struct ftpmailoauth_env *env,
     const char *name) {
   unsigned int i;
   int res = FTPMAILOAUTH_EXIT_OK;
+
+  /* No secret needed: nothing more to do as root. */
+  if (ftpmailoauth_become_owner(env) < 0) {
+    return FTPMAILOAUTH_EXIT_FAIL;
+  }
 
   if (name != NULL) {
     return ftpmailoauth_status_one(env, name);
@@ -1675,7 +1757,8 @@ static int ftpmailoauth_cmd_test(const struct ftpmailoauth_env *env,
     return res;
   }
 
-  if (ftpmailoauth_prepare_dirs(env) < 0 ||
+  if (ftpmailoauth_become_owner(env) < 0 ||
+      ftpmailoauth_prepare_dirs(env) < 0 ||
       (tokens = ftpmailoauth_tokens(env, &acct)) == NULL) {
     mailoauth_account_clear(&acct);
     return FTPMAILOAUTH_EXIT_FAIL;

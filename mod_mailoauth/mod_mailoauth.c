@@ -256,6 +256,25 @@ MODRET set_mailoauthstatedir(cmd_rec *cmd) {
   return PR_HANDLED(cmd);
 }
 
+/* The handler before may have left any effective uid (AuthUserFile and its
+ * kind relinquish to User, which on a restart is no longer root), and the
+ * documented place for a secret is a file only root can read.
+ */
+static int mailoauth_check_secret(const struct mailoauth_account *acct,
+    char *errbuf, size_t errlen) {
+  int res, xerrno;
+
+  pr_signals_block();
+  PRIVS_ROOT
+  res = mailoauth_account_check_secret(acct, errbuf, errlen);
+  xerrno = errno;
+  PRIVS_RELINQUISH
+  pr_signals_unblock();
+
+  errno = xerrno;
+  return res;
+}
+
 /* usage: MailOAuthAccount name key=value ... */
 MODRET set_mailoauthaccount(cmd_rec *cmd) {
   struct mailoauth_account acct;
@@ -283,13 +302,31 @@ MODRET set_mailoauthaccount(cmd_rec *cmd) {
    * is the only process that keeps the secret.
    */
   if (mailoauth_account_parse(&acct, cmd->argv[1], cmd->argc - 2,
-        (char *const *) &cmd->argv[2], err, sizeof(err)) < 0 ||
-      mailoauth_account_load_secret(&acct, err, sizeof(err)) < 0) {
+        (char *const *) &cmd->argv[2], err, sizeof(err)) < 0) {
     mailoauth_account_clear(&acct);
     CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "account '",
       (char *) cmd->argv[1], "': ", err, NULL));
   }
-  mailoauth_account_clear(&acct);
+
+  if (mailoauth_check_secret(&acct, err, sizeof(err)) < 0) {
+    mailoauth_account_clear(&acct);
+
+    /* A secret that went missing must not take the running FTP service
+     * down with it: the worker, which reads the secrets for use, leaves
+     * this account out and says so in MailOAuthLog.
+     */
+    if (getenv(MAILOAUTH_RESTART_ENV) == NULL) {
+      CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "account '",
+        (char *) cmd->argv[1], "': ", err, NULL));
+    }
+
+    pr_log_pri(PR_LOG_WARNING, MOD_MAILOAUTH_VERSION ": MailOAuthAccount: "
+      "account '%s' cannot be used until its secret is fixed: %s on %s",
+      (char *) cmd->argv[1], err, mailoauth_parse_src);
+
+  } else {
+    mailoauth_account_clear(&acct);
+  }
 
   c = add_config_param(cmd->argv[0], 0);
   c->argc = cmd->argc - 1;

@@ -550,6 +550,99 @@ def test_status(env):
     assert re.search(r"last error:\s+reauth AADSTS70008 at ", out)
 
 
+# ------------------------------------------------- the state dir is User's
+
+def canary_state(path):
+    """Everything about a directory and its files that root could change."""
+    def one(p):
+        st = os.lstat(p)
+        with open(p, "rb") if os.path.isfile(p) else open(os.devnull, "rb") \
+                as f:
+            data = f.read()
+        return (st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                st.st_mtime_ns, st.st_ctime_ns, data)
+    return {name: one(os.path.join(path, name))
+            for name in [".", *sorted(os.listdir(path))]}
+
+
+def test_state_dir_tricks_reach_nothing_of_roots(env):
+    """What User controls (the token directory) cannot make the tool, run
+    as root, create, change or chown anything elsewhere."""
+    app, redirect = web_app(env.svc)
+    env.add_account("notify", app, redirect=redirect)
+    os.makedirs(env.state_dir)
+    os.chown(env.state_dir, NOBODY, NOBODY)
+    os.chmod(env.state_dir, 0o700)
+    canary = os.path.join(env.dir, "canary")
+    os.makedirs(canary)
+    os.chmod(canary, 0o755)
+    for name in ("victim", "notify.json", "notify.lock"):
+        with open(os.path.join(canary, name), "w") as f:
+            f.write("root's own %s\n" % name)
+        os.chmod(os.path.join(canary, name), 0o644)
+
+    # As User: the token directory becomes a symlink to the canary.
+    os.symlink(canary, env.token_dir)
+    os.lchown(env.token_dir, NOBODY, NOBODY)
+    before = canary_state(canary)
+    rc, out = env.run("status", "notify")
+    assert rc != 0, out
+    rc, out = env.run("signin", "--device", "notify", timeout=10)
+    assert rc != 0 and "symbolic links are refused" in out, out
+    assert canary_state(canary) == before
+
+    # A real token directory whose lock and token files are hard links to
+    # root's files (planted here as root: protected_hardlinks would stop
+    # User, but not every system has it).
+    os.unlink(env.token_dir)
+    os.makedirs(env.token_dir)
+    os.chown(env.token_dir, NOBODY, NOBODY)
+    os.chmod(env.token_dir, 0o700)
+    os.link(os.path.join(canary, "victim"), env.token_file("notify"))
+    os.link(os.path.join(canary, "notify.lock"),
+            os.path.join(env.token_dir, "notify.lock"))
+    before = canary_state(canary)
+    rc, out = env.run("status", "notify")
+    assert rc != 0 and "links" in out, out
+    proc, url = start_signin(env, "notify")
+    res = env.svc.sign_in(url, follow=True)
+    env.secrets.add(res.code)
+    rc, out = proc.finish()
+    assert rc != 0 and "lock file" in out and "links" in out, out
+    assert canary_state(canary) == before
+
+    # Once User's directory is clean again, signing in works as before.
+    for name in ("notify.json", "notify.lock"):
+        os.unlink(os.path.join(env.token_dir, name))
+    before = canary_state(canary)
+    proc, url = start_signin(env, "notify")
+    res = env.svc.sign_in(url, follow=True)
+    env.secrets.add(res.code)
+    rc, out = proc.finish()
+    assert rc == 0, out
+    for name in ("notify.json", "notify.lock"):
+        st = os.stat(os.path.join(env.token_dir, name))
+        assert (st.st_uid, st.st_nlink, st.st_mode & 0o777) == \
+            (NOBODY, 1, 0o600)
+    assert canary_state(canary) == before
+
+
+def test_run_as_user_just_works(env):
+    signed_in(env)
+
+    def become_nobody():
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    r = subprocess.run(env.cmd("status", "notify"), capture_output=True,
+                       text=True, timeout=30, env=env.env,
+                       preexec_fn=become_nobody)
+    env.outputs.append(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "signed in as:  alice@contoso.test" in r.stdout
+
+
 def write_tokens(path, data):
     tmp = path + ".edit"
     with open(tmp, "w") as f:

@@ -7,6 +7,7 @@
 #include <check.h>
 #include <stdarg.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,6 +196,43 @@ START_TEST(test_secret_from_file_and_env) {
 }
 END_TEST
 
+START_TEST(test_check_secret_keeps_nothing_and_says_what_to_do) {
+  struct mailoauth_account a;
+  char err[512], path[] = "/tmp/mailoauth-secret-XXXXXX", arg[128];
+  int fd;
+
+  fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq((int) write(fd, "s3cret-value\n", 13), 13);
+  close(fd);
+  snprintf(arg, sizeof(arg), "client-secret=file:%s", path);
+
+  ck_assert_int_eq(parse(&a, "f", err, sizeof(err), "tenant=t", "client-id=c",
+    "mailbox=a@b.c", arg, NULL), 0);
+  ck_assert_int_eq(mailoauth_account_check_secret(&a, err, sizeof(err)), 0);
+  ck_assert_ptr_null(a.oauth.client_secret);
+
+  /* Gone: the message names the file and the fix. */
+  ck_assert_int_eq(unlink(path), 0);
+  ck_assert_int_eq(mailoauth_account_check_secret(&a, err, sizeof(err)), -1);
+  ck_assert_int_eq(errno, ENOENT);
+  ck_assert_ptr_nonnull(strstr(err, path));
+  ck_assert_ptr_nonnull(strstr(err, "install -m 0600"));
+  ck_assert_ptr_nonnull(strstr(err, "then reload"));
+
+  /* Empty counts as unusable too. */
+  fd = open(path, O_WRONLY|O_CREAT|O_EXCL, 0600);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq((int) write(fd, "\n", 1), 1);
+  close(fd);
+  ck_assert_int_eq(mailoauth_account_check_secret(&a, err, sizeof(err)), -1);
+  ck_assert_ptr_nonnull(strstr(err, "empty"));
+  ck_assert_ptr_null(a.oauth.client_secret);
+  mailoauth_account_clear(&a);
+  unlink(path);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("account");
   TCase *tc = tcase_create("parse");
@@ -208,6 +246,7 @@ int main(void) {
   tcase_add_test(tc, test_required_and_invalid_values);
   tcase_add_test(tc, test_app_only_needs_secret_and_tenant);
   tcase_add_test(tc, test_secret_from_file_and_env);
+  tcase_add_test(tc, test_check_secret_keeps_nothing_and_says_what_to_do);
   suite_add_tcase(s, tc);
 
   sr = srunner_create(s);

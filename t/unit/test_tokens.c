@@ -483,6 +483,31 @@ START_TEST(test_lock_file_mode) {
   ck_assert_ptr_null(mailoauth_tokens_get(t, now + 100, NULL));
   ck_assert_ptr_nonnull(strstr(logs.text, lock_path));
   mailoauth_tokens_destroy(t);
+
+  /* So is a hard link to another file, which is left as it was. */
+  {
+    char other[sizeof(lock_path) + 8];
+    struct stat before;
+    int fd;
+
+    snprintf(other, sizeof(other), "%s.other", lock_path);
+    fd = open(other, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(stat(other, &before), 0);
+    ck_assert_int_eq(unlink(lock_path), 0);
+    ck_assert_int_eq(link(other, lock_path), 0);
+    rec_reset(&logs);
+    t = make_tokens();
+    ck_assert_ptr_null(mailoauth_tokens_get(t, now + 200, NULL));
+    ck_assert_ptr_nonnull(strstr(logs.text, "links"));
+    mailoauth_tokens_destroy(t);
+    ck_assert_int_eq(stat(other, &st), 0);
+    ck_assert_uint_eq(st.st_mode, before.st_mode);
+    ck_assert_uint_eq(st.st_uid, before.st_uid);
+    ck_assert_int_eq(unlink(lock_path), 0);
+    ck_assert_int_eq(unlink(other), 0);
+  }
 }
 END_TEST
 

@@ -428,6 +428,14 @@ START_TEST(test_refuse_symlink_and_special_files) {
   ck_assert_int_eq(mailoauth_tokenstore_read(ts, &back, err, sizeof(err)), -1);
   ck_assert_ptr_nonnull(strstr(err, "not a regular file"));
 
+  /* A hard link to a file elsewhere: refused, however good the file. */
+  ck_assert_int_eq(rmdir(mailoauth_tokenstore_path(ts)), 0);
+  ck_assert_int_eq(link(mailoauth_tokenstore_path(other),
+    mailoauth_tokenstore_path(ts)), 0);
+  ck_assert_int_eq(mailoauth_tokenstore_read(ts, &back, err, sizeof(err)), -1);
+  ck_assert_int_eq(errno, EMLINK);
+  ck_assert_ptr_nonnull(strstr(err, "2 links"));
+
   /* The record still holds the last good read. */
   ck_assert_str_eq(back.refresh_token, SECRET_REFRESH2);
 
@@ -455,35 +463,21 @@ START_TEST(test_owner_check) {
   ts = mailoauth_tokenstore_create(dir, "sales", geteuid() + 4242, err,
     sizeof(err));
   ck_assert_ptr_nonnull(ts);
-  if (geteuid() != 0) {
-    ck_assert_int_eq(mailoauth_tokenstore_read(ts, &back, err, sizeof(err)),
-      -1);
-    ck_assert_int_eq(errno, EACCES);
-    ck_assert_ptr_nonnull(strstr(err, "owned by uid"));
+  ck_assert_int_eq(mailoauth_tokenstore_read(ts, &back, err, sizeof(err)),
+    -1);
+  ck_assert_int_eq(errno, EACCES);
+  ck_assert_ptr_nonnull(strstr(err, "owned by uid"));
 
-    /* And without root, files cannot be given away. */
-    ck_assert_int_eq(mailoauth_tokenstore_write(ts, &rec, err, sizeof(err)),
-      -1);
-    ck_assert_int_eq(errno, EPERM);
-    ck_assert_str_eq(list_dir(), "sales.json ");
-
-  } else {
-    ck_assert_int_eq(mailoauth_tokenstore_read(ts, &back, err, sizeof(err)),
-      -1);
-    ck_assert_int_eq(errno, EACCES);
-    ck_assert_ptr_nonnull(strstr(err, "owned by uid 0"));
-
-    /* As root (the sign-in tool run by an operator), files are written for
-     * the worker's user, which then reads them.
-     */
-    ck_assert_int_eq(mailoauth_tokenstore_write(ts, &rec, err, sizeof(err)),
-      0);
-    ck_assert_int_eq(stat(mailoauth_tokenstore_path(ts), &st), 0);
-    ck_assert_int_eq(st.st_uid, 4242);
-    ck_assert_int_eq(mailoauth_tokenstore_read(ts, &back, err, sizeof(err)),
-      0);
-    ck_assert_str_eq(back.refresh_token, SECRET_REFRESH);
-  }
+  /* Nobody writes files for another user, root included: the sign-in tool
+   * becomes the worker's user first.
+   */
+  ck_assert_int_eq(mailoauth_tokenstore_write(ts, &rec, err, sizeof(err)),
+    -1);
+  ck_assert_int_eq(errno, EPERM);
+  ck_assert_ptr_nonnull(strstr(err, "must be written by uid"));
+  ck_assert_str_eq(list_dir(), "sales.json ");
+  ck_assert_int_eq(stat(mailoauth_tokenstore_path(ts), &st), 0);
+  ck_assert_int_eq(st.st_uid, geteuid());
 
   mailoauth_tokenstore_record_free(&rec);
   mailoauth_tokenstore_record_free(&back);

@@ -50,6 +50,13 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
 int mailoauth_account_load_secret(struct mailoauth_account *acct,
   char *errbuf, size_t errlen);
 
+/* Checks that the secret can be read and is not empty, as load does, but
+ * keeps nothing: for a process that will not use it.  The error message
+ * says what to do.
+ */
+int mailoauth_account_check_secret(const struct mailoauth_account *acct,
+  char *errbuf, size_t errlen);
+
 /* Frees everything, wiping the client secret. */
 void mailoauth_account_clear(struct mailoauth_account *acct);
 

@@ -61,8 +61,8 @@ struct mailoauth_tokenstore;
 int mailoauth_tokenstore_valid_account(const char *account);
 
 /* A handle for one account's file; no I/O yet.  uid: the owner required
- * when reading and given to files written (chown, when running as root);
- * (uid_t) -1 for "whoever we are".
+ * when reading, and the only uid allowed to write (no process writes token
+ * files for another user); (uid_t) -1 for "whoever we are".
  */
 struct mailoauth_tokenstore *mailoauth_tokenstore_create(const char *dir,
   const char *account, uid_t uid, char *errbuf, size_t errlen);
@@ -72,8 +72,9 @@ void mailoauth_tokenstore_destroy(struct mailoauth_tokenstore *ts);
 const char *mailoauth_tokenstore_path(const struct mailoauth_tokenstore *ts);
 
 /* Read and check the file into rec (replacing its contents only on
- * success).  Refuses symlinks, non-regular files, files readable or
- * writable by group or others, and files of another owner.  errno ENOENT
+ * success).  Refuses symlinks, non-regular files, hard-linked files, files
+ * readable or writable by group or others, and files of another owner.
+ * errno ENOENT
  * when there is no file yet.
  */
 int mailoauth_tokenstore_read(struct mailoauth_tokenstore *ts,

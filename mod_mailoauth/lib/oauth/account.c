@@ -412,6 +412,11 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
   return mailoauth_oauth_config_check(oc, errbuf, errlen);
 }
 
+/* What to do about a secret file that cannot be used, for every message. */
+#define MAILOAUTH_ACCOUNT_SECRET_HOWTO \
+  "create it with install -m 0600 /dev/null FILE, write the secret's value " \
+  "into it (owner root or the server's User), then reload"
+
 static int mailoauth_account_read_secret_file(const char *path, char *buf,
     size_t bufsz, char *errbuf, size_t errlen) {
   struct stat st;
@@ -419,11 +424,13 @@ static int mailoauth_account_read_secret_file(const char *path, char *buf,
   size_t have = 0;
   int fd, xerrno;
 
-  fd = open(path, O_RDONLY|O_NOFOLLOW|O_CLOEXEC);
+  fd = open(path, O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_NOCTTY|O_CLOEXEC);
   if (fd < 0) {
     xerrno = errno;
     mailoauth_errf(errbuf, errlen, "cannot read client secret file "
-      "'%s': %s", path, strerror(xerrno));
+      "'%s': %s (%s)", path, strerror(xerrno),
+      xerrno == ELOOP ? "symbolic links are refused: name the file itself" :
+      MAILOAUTH_ACCOUNT_SECRET_HOWTO);
     errno = xerrno;
     return -1;
   }
@@ -432,7 +439,7 @@ static int mailoauth_account_read_secret_file(const char *path, char *buf,
       !S_ISREG(st.st_mode)) {
     (void) close(fd);
     mailoauth_errf(errbuf, errlen, "client secret file '%s' is not a "
-      "regular file", path);
+      "regular file (%s)", path, MAILOAUTH_ACCOUNT_SECRET_HOWTO);
     errno = EINVAL;
     return -1;
   }
@@ -462,16 +469,11 @@ static int mailoauth_account_read_secret_file(const char *path, char *buf,
   return 0;
 }
 
-int mailoauth_account_load_secret(struct mailoauth_account *acct,
-    char *errbuf, size_t errlen) {
-  char buf[MAILOAUTH_ACCOUNT_SECRET_MAX];
+/* The secret, trimmed, into buf (which the caller wipes). */
+static int mailoauth_account_fetch_secret(const struct mailoauth_account *acct,
+    char *buf, size_t bufsz, char *errbuf, size_t errlen) {
   const char *src = acct->secret_source;
   size_t len;
-  const char *copy;
-
-  if (src == NULL) {
-    return 0;
-  }
 
   if (strncmp(src, "env:", 4) == 0) {
     const char *value = getenv(src + 4);
@@ -479,14 +481,15 @@ int mailoauth_account_load_secret(struct mailoauth_account *acct,
     if (value == NULL ||
         *value == '\0') {
       mailoauth_errf(errbuf, errlen, "client secret variable '%s' is "
-        "not set in proftpd's environment", src + 4);
+        "not set in proftpd's environment (set it where proftpd is started, "
+        "e.g. Environment= in its systemd unit)", src + 4);
       errno = ENOENT;
       return -1;
     }
 
-    snprintf(buf, sizeof(buf), "%s", value);
+    snprintf(buf, bufsz, "%s", value);
 
-  } else if (mailoauth_account_read_secret_file(src + 5, buf, sizeof(buf),
+  } else if (mailoauth_account_read_secret_file(src + 5, buf, bufsz,
       errbuf, errlen) < 0) {
     return -1;
   }
@@ -500,21 +503,56 @@ int mailoauth_account_load_secret(struct mailoauth_account *acct,
   }
 
   if (len == 0) {
-    OPENSSL_cleanse(buf, sizeof(buf));
     mailoauth_errf(errbuf, errlen, "the client secret from '%s' is "
-      "empty", src);
+      "empty (put the application's client secret value there)", src);
     errno = EINVAL;
     return -1;
   }
 
-  copy = mailoauth_account_keep(acct, buf);
-  OPENSSL_cleanse(buf, sizeof(buf));
-  if (copy == NULL) {
-    return -1;
+  return 0;
+}
+
+int mailoauth_account_load_secret(struct mailoauth_account *acct,
+    char *errbuf, size_t errlen) {
+  char buf[MAILOAUTH_ACCOUNT_SECRET_MAX];
+  const char *copy;
+  int res;
+
+  if (acct->secret_source == NULL) {
+    return 0;
   }
 
-  acct->oauth.client_secret = copy;
-  return 0;
+  res = mailoauth_account_fetch_secret(acct, buf, sizeof(buf), errbuf,
+    errlen);
+  if (res == 0) {
+    copy = mailoauth_account_keep(acct, buf);
+    if (copy == NULL) {
+      res = -1;
+
+    } else {
+      acct->oauth.client_secret = copy;
+    }
+  }
+
+  OPENSSL_cleanse(buf, sizeof(buf));
+  return res;
+}
+
+int mailoauth_account_check_secret(const struct mailoauth_account *acct,
+    char *errbuf, size_t errlen) {
+  char buf[MAILOAUTH_ACCOUNT_SECRET_MAX];
+  int res, xerrno;
+
+  if (acct->secret_source == NULL) {
+    return 0;
+  }
+
+  res = mailoauth_account_fetch_secret(acct, buf, sizeof(buf), errbuf,
+    errlen);
+  xerrno = errno;
+  OPENSSL_cleanse(buf, sizeof(buf));
+  errno = xerrno;
+  return res;
 }
 
 void mailoauth_account_clear(struct mailoauth_account *acct) {

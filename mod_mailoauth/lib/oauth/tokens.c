@@ -405,12 +405,13 @@ static int tokens_lock_open(struct mailoauth_tokens *t, char *errbuf,
   /* Read-only is enough for flock(), and lets a process that did not
    * create the file still take the lock.
    */
-  fd = open(t->lock_path, O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
-    O_NOCTTY, 0600);
+  fd = open(t->lock_path, O_RDONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK |
+    O_CLOEXEC | O_NOCTTY, 0600);
   if (fd < 0) {
     xerrno = errno;
-    mailoauth_errf(errbuf, errlen, "cannot open lock file %s: %s", t->lock_path,
-      strerror(xerrno));
+    mailoauth_errf(errbuf, errlen, "cannot open lock file %s: %s%s",
+      t->lock_path, strerror(xerrno), xerrno == ELOOP ?
+      " (a symbolic link: remove it)" : "");
     errno = xerrno;
     return -1;
   }
@@ -424,18 +425,15 @@ static int tokens_lock_open(struct mailoauth_tokens *t, char *errbuf,
     return -1;
   }
 
-  /* Made by root (the sign-in tool): the worker, running as the server's
-   * User, must be able to open it too.
+  /* Only a file of this directory: a hard link would make us create,
+   * lock and keep open some other file.
    */
-  if (t->owner != (uid_t) -1 &&
-      st.st_uid != t->owner &&
-      geteuid() == 0 &&
-      fchown(fd, t->owner, (gid_t) -1) < 0) {
-    xerrno = errno;
+  if (st.st_nlink > 1) {
     close(fd);
-    mailoauth_errf(errbuf, errlen, "cannot give lock file %s to uid %lu: %s",
-      t->lock_path, (unsigned long) t->owner, strerror(xerrno));
-    errno = xerrno;
+    mailoauth_errf(errbuf, errlen, "lock file %s has %lu links (a hard link "
+      "to another file): remove it", t->lock_path,
+      (unsigned long) st.st_nlink);
+    errno = EMLINK;
     return -1;
   }
 

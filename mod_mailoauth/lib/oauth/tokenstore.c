@@ -284,6 +284,18 @@ static int check_file(struct mailoauth_tokenstore *ts, const struct stat *st,
     return -1;
   }
 
+  /* A second name elsewhere would let whoever planted it read or keep the
+   * tokens we write through this one.  (0 is a file replaced since we
+   * opened it: still the one a rename put here.)
+   */
+  if (st->st_nlink > 1) {
+    mailoauth_errf(errbuf, errlen, "token file %s has %lu links (a hard link "
+      "to it was made elsewhere): remove it and sign in again", ts->path,
+      (unsigned long) st->st_nlink);
+    errno = EMLINK;
+    return -1;
+  }
+
   if ((st->st_mode & (S_IRWXG | S_IRWXO)) != 0) {
     mailoauth_errf(errbuf, errlen, "token file %s has mode %04o: it holds secrets "
       "and must not be open to group or others (chmod 600 it)", ts->path,
@@ -910,25 +922,13 @@ static int open_temp(struct mailoauth_tokenstore *ts, char *tmp,
   return -1;
 }
 
-/* Mode 0600 whatever the umask, and the owner the reader will expect. */
-static int fix_owner_mode(struct mailoauth_tokenstore *ts, int fd) {
-  if (fchmod(fd, S_IRUSR | S_IWUSR) < 0) {
-    return -1;
-  }
-
-  if (ts->uid != (uid_t) -1 && ts->uid != geteuid() &&
-      fchown(fd, ts->uid, (gid_t) -1) < 0) {
-    return -1;
-  }
-  return 0;
-}
-
-static int write_temp(struct mailoauth_tokenstore *ts, int fd,
-    const struct dump_buf *data, const char *tmp, struct stat *st) {
-  if (fix_owner_mode(ts, fd) < 0 ||
+static int write_temp(int fd, const struct dump_buf *data, const char *tmp,
+    const char *path, struct stat *st) {
+  /* Mode 0600 whatever the umask. */
+  if (fchmod(fd, S_IRUSR | S_IWUSR) < 0 ||
       write_all(fd, data->data, data->len) < 0 ||
       fsync(fd) < 0 ||
-      rename(tmp, ts->path) < 0 ||
+      rename(tmp, path) < 0 ||
       fstat(fd, st) < 0) {
     return -1;
   }
@@ -945,6 +945,17 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
 
   if (ts == NULL || rec == NULL) {
     errno = EINVAL;
+    return -1;
+  }
+
+  /* Files are written by their owner only: the directory belongs to that
+   * user, and a more privileged writer would act inside it on their terms.
+   */
+  if (ts->uid != (uid_t) -1 && ts->uid != geteuid()) {
+    mailoauth_errf(errbuf, errlen, "token file %s must be written by uid %lu, "
+      "not by uid %lu", ts->path, (unsigned long) ts->uid,
+      (unsigned long) geteuid());
+    errno = EPERM;
     return -1;
   }
 
@@ -967,7 +978,7 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
     return -1;
   }
 
-  if (write_temp(ts, fd, &data, tmp, &st) < 0) {
+  if (write_temp(fd, &data, tmp, ts->path, &st) < 0) {
     xerrno = errno;
     close(fd);
     unlink(tmp);
