@@ -1,5 +1,5 @@
 /*
- * mod_mailoauth - receiving descriptors over a Unix socket
+ * mod_mailoauth - passing descriptors over a Unix socket
  *
  * The worker hands files to its helpers (the deposit helper, the TNEF
  * helper) as descriptors, never as paths a helper would have to trust.
@@ -24,5 +24,12 @@
  */
 ssize_t mailoauth_fdpass_recv(int sock, void *buf, size_t bufsz, int flags,
   int *fds, int maxfds, int *nfds, int *truncated);
+
+/* sendmsg() of one message of len bytes with nfds descriptors (SCM_RIGHTS,
+ * nfds <= MAILOAUTH_FDPASS_MAX, 0 for none); never SIGPIPE.  Returns 0, or
+ * -1 with errno (EIO: the message went out short).
+ */
+int mailoauth_fdpass_send(int sock, const void *buf, size_t len,
+  const int *fds, int nfds);
 
 #endif /* MOD_MAILOAUTH_FDPASS_H */

@@ -1575,16 +1575,9 @@ int mailoauth_deposit_client_send(int sock, int op,
     const struct mailoauth_deposit_request *req, int content_fd,
     uint32_t *id) {
   static uint32_t next_id = 0;
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int))];
-  } control;
   unsigned char buf[DEPOSIT_REQ_MAX];
-  struct msghdr msg;
-  struct iovec iov;
   size_t dlen, nlen;
   const char *name;
-  ssize_t n;
 
   if (req == NULL || req->dir == NULL || id == NULL ||
       (op == MAILOAUTH_DEPOSIT_OP_FILE && (req->name == NULL || content_fd < 0)) ||
@@ -1620,30 +1613,8 @@ int mailoauth_deposit_client_send(int sock, int op,
   memcpy(buf + DEPOSIT_REQ_HDR, req->dir, dlen);
   memcpy(buf + DEPOSIT_REQ_HDR + dlen, name, nlen);
 
-  memset(&msg, 0, sizeof(msg));
-  iov.iov_base = buf;
-  iov.iov_len = DEPOSIT_REQ_HDR + dlen + nlen;
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-
-  if (op == MAILOAUTH_DEPOSIT_OP_FILE) {
-    struct cmsghdr *cmsg;
-
-    memset(&control, 0, sizeof(control));
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof(control.buf);
-    cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &content_fd, sizeof(int));
-  }
-
-  do {
-    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-
-  if (n < 0) {
+  if (mailoauth_fdpass_send(sock, buf, DEPOSIT_REQ_HDR + dlen + nlen,
+      &content_fd, op == MAILOAUTH_DEPOSIT_OP_FILE ? 1 : 0) < 0) {
     return -1;
   }
 

@@ -603,50 +603,11 @@ static uint32_t tnef_helper_verify(pid_t pid) {
 /* Sends one message, with nfds descriptors (SCM_RIGHTS; nfds may be 0). */
 int mailoauth_tnef_sock_send(int sock, const void *buf, size_t len,
     const int *fds, int nfds) {
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int) * TNEF_HELPER_FDS)];
-  } control;
-  struct msghdr msg;
-  struct iovec iov;
-  ssize_t n;
-
-  if (nfds < 0 || nfds > TNEF_HELPER_FDS) {
+  if (nfds > TNEF_HELPER_FDS) {
     errno = EINVAL;
     return -1;
   }
-
-  memset(&msg, 0, sizeof(msg));
-  iov.iov_base = (void *) buf;
-  iov.iov_len = len;
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-
-  if (nfds > 0) {
-    struct cmsghdr *cmsg;
-
-    memset(&control, 0, sizeof(control));
-    msg.msg_control = control.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t) nfds);
-    cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t) nfds);
-    memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t) nfds);
-  }
-
-  do {
-    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-
-  if (n < 0) {
-    return -1;
-  }
-  if ((size_t) n != len) {
-    errno = EIO;
-    return -1;
-  }
-  return 0;
+  return mailoauth_fdpass_send(sock, buf, len, fds, nfds);
 }
 
 static void tnef_close_fds(const int *fds, int nfds) {
