@@ -25,6 +25,7 @@
 #include "mailoauth/notify.h"
 #include "mailoauth/registry.h"
 #include "mailoauth/spool.h"
+#include "mailoauth/imsg.h"
 #include "mailoauth/jsonwrap.h"
 #include "mailoauth/spawn.h"
 #include "mailoauth/trace.h"
@@ -615,22 +616,12 @@ static int mailoauth_supervisor_start(void) {
     return -1;
   }
 
-  if (socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv) < 0) {
+  /* Both ends above 2: with -n, stdin and stdout are closed, and a
+   * descriptor there would be overwritten by each session's client.
+   */
+  if (mailoauth_imsg_socketpair(sv) < 0) {
     (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
       "cannot create the worker's control socket: %s", strerror(errno));
-    destroy_pool(tmp);
-    return -1;
-  }
-
-  /* With -n, stdin and stdout are closed: a descriptor landing on 0 or 1
-   * would be overwritten by each session's client connection.
-   */
-  if (mailoauth_spawn_fd_above_stdio(&sv[0]) < 0 ||
-      mailoauth_spawn_fd_above_stdio(&sv[1]) < 0) {
-    (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
-      "cannot set up the worker's control socket: %s", strerror(errno));
-    (void) close(sv[0]);
-    (void) close(sv[1]);
     destroy_pool(tmp);
     return -1;
   }

@@ -9,6 +9,7 @@
  */
 
 #include "mailoauthd.h"
+#include "mailoauth/imsg.h"
 #include "mailoauth/spawn.h"
 #include "mailoauth/trace.h"
 
@@ -58,7 +59,7 @@ static void supervisor_spawn(struct supervisor *s) {
   pid_t pid;
 
   s->restart_at = 0;
-  if (socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv) < 0) {
+  if (mailoauth_imsg_socketpair(sv) < 0) {
     mailoauth_log("cannot create the worker's control socket: %s",
       strerror(errno));
     s->restart_at = time(NULL) + SUPERVISOR_BACKOFF_MAX_SECS;

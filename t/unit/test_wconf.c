@@ -4,7 +4,10 @@
  * on a socket).
  */
 
+#include "mailoauth/imsg.h"
 #include "mailoauth/wconf.h"
+
+#include <errno.h>
 
 #include <check.h>
 #include <stdlib.h>
@@ -99,11 +102,10 @@ END_TEST
 
 START_TEST(test_framing) {
   int sv[2];
-  size_t len = 0;
-  char *got;
-  unsigned char huge[4] = { 0x7f, 0xff, 0xff, 0xff };
+  size_t len = 0, big_len = 300 * 1024;
+  char *got, *big;
 
-  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  ck_assert_int_eq(mailoauth_imsg_socketpair(sv), 0);
   ck_assert_int_eq(mailoauth_wconf_send(sv[0], doc, strlen(doc)), 0);
   got = mailoauth_wconf_recv(sv[1], &len);
   ck_assert_ptr_nonnull(got);
@@ -111,14 +113,36 @@ START_TEST(test_framing) {
   ck_assert_str_eq(got, doc);
   free(got);
 
-  /* A length past the limit is refused before anything is allocated. */
-  ck_assert_int_eq(write(sv[0], huge, sizeof(huge)), 4);
+  /* Larger than one message: sent in parts, received whole.  A reader
+   * runs alongside, as the socket holds only so much.
+   */
+  big = malloc(big_len);
+  ck_assert_ptr_nonnull(big);
+  memset(big, 'x', big_len);
+  if (fork() == 0) {
+    _exit(mailoauth_wconf_send(sv[0], big, big_len) == 0 ? 0 : 1);
+  }
+  got = mailoauth_wconf_recv(sv[1], &len);
+  ck_assert_ptr_nonnull(got);
+  ck_assert_uint_eq(len, big_len);
+  ck_assert(memcmp(got, big, big_len) == 0);
+  free(got);
+  free(big);
+
+  /* A message of another protocol is refused. */
+  ck_assert_int_eq(mailoauth_imsg_send(sv[0], 77, 0, "{}", 2, NULL, 0), 0);
+  ck_assert_ptr_null(mailoauth_wconf_recv(sv[1], &len));
+  ck_assert_int_eq(errno, EBADMSG);
+
+  /* A datagram shorter than its header says. */
+  ck_assert_int_eq(write(sv[0], "\0\0\0\2\0\0\0\x10", 8), 8);
   ck_assert_ptr_null(mailoauth_wconf_recv(sv[1], &len));
 
   /* The peer going away before the end. */
-  ck_assert_int_eq(write(sv[0], "\0\0\0\x10{", 5), 5);
+  ck_assert_int_eq(mailoauth_imsg_send(sv[0], 1, 0, "{", 1, NULL, 0), 0);
   close(sv[0]);
   ck_assert_ptr_null(mailoauth_wconf_recv(sv[1], &len));
+  ck_assert_int_eq(errno, EPIPE);
   close(sv[1]);
 }
 END_TEST

@@ -18,7 +18,7 @@
  * UID:GID and every= to seconds, so that they mean the same here, where
  * AuthUserFile users cannot be looked up.
  *
- * Framing on the socket: a 4-byte big-endian length, then the document.
+ * On the socket (SOCK_SEQPACKET): the document in imsg messages (imsg.h).
  *
  * No ProFTPD headers.
  */
@@ -74,9 +74,9 @@ void mailoauth_wconf_free(struct mailoauth_wconf *w);
 int mailoauth_wconf_trace_level(const struct mailoauth_wconf *w,
   const char *channel);
 
-/* Sends / receives one framed document.  Receive returns a malloc()ed,
- * NUL-terminated buffer, or NULL with errno (EBADMSG: too large; EPIPE:
- * the peer closed first).
+/* Sends / receives one document.  Receive returns a malloc()ed,
+ * NUL-terminated buffer, or NULL with errno (EBADMSG: too large or not a
+ * configuration message; EPIPE: the peer closed first).
  */
 int mailoauth_wconf_send(int fd, const char *json, size_t len);
 char *mailoauth_wconf_recv(int fd, size_t *len);

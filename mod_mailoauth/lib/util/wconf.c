@@ -3,8 +3,8 @@
  */
 
 #include "mailoauth/wconf.h"
+#include "mailoauth/imsg.h"
 #include "mailoauth/jsonwrap.h"
-#include "mailoauth/spool.h"
 #include "mailoauth/trace.h"
 
 #include <errno.h>
@@ -404,77 +404,85 @@ int mailoauth_wconf_trace_level(const struct mailoauth_wconf *w,
   return 0;
 }
 
+/* The document goes in imsg chunks: a configuration may be larger than
+ * one datagram.
+ */
+#define WCONF_IMSG_PART         1
+#define WCONF_IMSG_END          2
+#define WCONF_CHUNK             (MAILOAUTH_IMSG_MAX - 1024)
+
 int mailoauth_wconf_send(int fd, const char *json, size_t len) {
-  unsigned char hdr[4];
+  size_t off = 0;
 
   if (len > MAILOAUTH_WCONF_MAX) {
     errno = EMSGSIZE;
     return -1;
   }
 
-  hdr[0] = (unsigned char) (len >> 24);
-  hdr[1] = (unsigned char) (len >> 16);
-  hdr[2] = (unsigned char) (len >> 8);
-  hdr[3] = (unsigned char) len;
-  if (mailoauth_spool_write_all(fd, hdr, sizeof(hdr)) < 0 ||
-      mailoauth_spool_write_all(fd, json, len) < 0) {
-    return -1;
-  }
-
-  return 0;
-}
-
-static int wconf_read_all(int fd, void *buf, size_t len) {
-  size_t got = 0;
-
-  while (got < len) {
-    ssize_t n = read(fd, (char *) buf + got, len - got);
-
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n < 0) {
+  while (len - off > WCONF_CHUNK) {
+    if (mailoauth_imsg_send(fd, WCONF_IMSG_PART, 0, json + off, WCONF_CHUNK,
+        NULL, 0) < 0) {
       return -1;
     }
-    if (n == 0) {
-      errno = EPIPE;
-      return -1;
-    }
-    got += (size_t) n;
+    off += WCONF_CHUNK;
   }
 
-  return 0;
+  return mailoauth_imsg_send(fd, WCONF_IMSG_END, 0, json + off, len - off,
+    NULL, 0);
 }
 
 char *mailoauth_wconf_recv(int fd, size_t *len) {
-  unsigned char hdr[4];
-  size_t n;
-  char *buf;
+  unsigned char *buf;
+  char *doc = NULL;
+  size_t have = 0;
+  int xerrno = 0;
 
-  if (wconf_read_all(fd, hdr, sizeof(hdr)) < 0) {
-    return NULL;
-  }
-
-  n = ((size_t) hdr[0] << 24) | ((size_t) hdr[1] << 16) |
-    ((size_t) hdr[2] << 8) | hdr[3];
-  if (n > MAILOAUTH_WCONF_MAX) {
-    errno = EBADMSG;
-    return NULL;
-  }
-
-  buf = malloc(n + 1);
+  buf = malloc(MAILOAUTH_IMSG_HDR + MAILOAUTH_IMSG_MAX);
   if (buf == NULL) {
     return NULL;
   }
-  if (wconf_read_all(fd, buf, n) < 0) {
-    int xerrno = errno;
 
-    free(buf);
-    errno = xerrno;
-    return NULL;
+  for (;;) {
+    struct mailoauth_imsg msg;
+    char *grown;
+    int res;
+
+    res = mailoauth_imsg_recv(fd, &msg, buf,
+      MAILOAUTH_IMSG_HDR + MAILOAUTH_IMSG_MAX, 0);
+    if (res < 0 && errno == EINTR) {
+      continue;
+    }
+    if (res <= 0) {
+      xerrno = res == 0 ? EPIPE : errno;
+      break;
+    }
+    mailoauth_imsg_close_fds(&msg);
+
+    if ((msg.type != WCONF_IMSG_PART && msg.type != WCONF_IMSG_END) ||
+        have + msg.len > MAILOAUTH_WCONF_MAX) {
+      xerrno = EBADMSG;
+      break;
+    }
+
+    grown = realloc(doc, have + msg.len + 1);
+    if (grown == NULL) {
+      xerrno = ENOMEM;
+      break;
+    }
+    doc = grown;
+    memcpy(doc + have, msg.data, msg.len);
+    have += msg.len;
+    doc[have] = '\0';
+
+    if (msg.type == WCONF_IMSG_END) {
+      free(buf);
+      *len = have;
+      return doc;
+    }
   }
 
-  buf[n] = '\0';
-  *len = n;
-  return buf;
+  free(buf);
+  free(doc);
+  errno = xerrno;
+  return NULL;
 }
