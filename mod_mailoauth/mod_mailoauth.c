@@ -19,11 +19,7 @@
 
 #include "mod_mailoauth.h"
 #include "mailoauth/account.h"
-#include "mailoauth/deposit.h"
 #include "mailoauth/event.h"
-#include "mailoauth/ingest.h"
-#include "mailoauth/notify.h"
-#include "mailoauth/registry.h"
 #include "mailoauth/spool.h"
 #include "mailoauth/imsg.h"
 #include "mailoauth/jsonwrap.h"
