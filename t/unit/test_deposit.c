@@ -1199,6 +1199,18 @@ static void helper_alive(struct helper *h, const char *name) {
   close(fd);
 }
 
+static uint32_t be32(const unsigned char *p) {
+  return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) |
+    ((uint32_t) p[2] << 8) | p[3];
+}
+
+static void put_be32(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char) (v >> 24);
+  p[1] = (unsigned char) (v >> 16);
+  p[2] = (unsigned char) (v >> 8);
+  p[3] = (unsigned char) v;
+}
+
 /* Sends raw bytes (and optionally descriptors), returns the reply's errno. */
 static int raw_request(struct helper *h, const void *buf, size_t len,
     const int *fds, int nfds) {
@@ -1231,37 +1243,41 @@ static int raw_request(struct helper *h, const void *buf, size_t len,
   }
   ck_assert_int_eq(sendmsg(h->sock, &msg, MSG_NOSIGNAL), (ssize_t) len);
 
+  /* An imsg reply: 16-byte header, then errno first in the payload. */
   n = recv(h->sock, reply, sizeof(reply), 0);
-  ck_assert_int_ge(n, 34);
-  ck_assert(memcmp(reply, "MDR\x01", 4) == 0);
-  memcpy(&err, reply + 12, sizeof(err));
+  ck_assert_int_ge(n, 16 + 22);
+  ck_assert_uint_eq(be32(reply + 4), (uint32_t) n - 16);
+  memcpy(&err, reply + 16, sizeof(err));
   return err;
 }
 
-/* A well-formed request header for raw_request(). */
+/* A well-formed request for raw_request(): the imsg header (type = op,
+ * payload length, id 77), then the request's fields.
+ */
 static size_t raw_header(unsigned char *buf, uint32_t op, const char *dir,
     const char *name) {
   uint32_t v;
   uint64_t z = 0;
   uint16_t dl = (uint16_t) strlen(dir), nl = (uint16_t) strlen(name);
+  unsigned char *p = buf + 16;
 
-  memcpy(buf, "MDQ\x01", 4);
-  v = 77;
-  memcpy(buf + 4, &v, 4);
-  memcpy(buf + 8, &op, 4);
+  put_be32(buf, op);
+  put_be32(buf + 4, 32 + (uint32_t) dl + nl);
+  put_be32(buf + 8, 77);
+  put_be32(buf + 12, 0);
   v = owner_uid;
-  memcpy(buf + 12, &v, 4);
+  memcpy(p, &v, 4);
   v = owner_gid;
-  memcpy(buf + 16, &v, 4);
+  memcpy(p + 4, &v, 4);
   v = 0644;
-  memcpy(buf + 20, &v, 4);
-  memcpy(buf + 24, &z, 8);
-  memset(buf + 32, 0, 8);
-  memcpy(buf + 40, &dl, 2);
-  memcpy(buf + 42, &nl, 2);
-  memcpy(buf + 44, dir, dl);
-  memcpy(buf + 44 + dl, name, nl);
-  return 44 + (size_t) dl + nl;
+  memcpy(p + 8, &v, 4);
+  memcpy(p + 12, &z, 8);
+  memset(p + 20, 0, 8);
+  memcpy(p + 28, &dl, 2);
+  memcpy(p + 30, &nl, 2);
+  memcpy(p + 32, dir, dl);
+  memcpy(p + 32 + dl, name, nl);
+  return 16 + 32 + (size_t) dl + nl;
 }
 
 START_TEST(test_helper_round_trip) {
@@ -1409,10 +1425,12 @@ START_TEST(test_helper_survives_garbage) {
 
   /* Oversized: truncated by the socket, refused. */
   memset(buf, 'A', sizeof(buf));
-  memcpy(buf, "MDQ\x01", 4);
+  put_be32(buf, MAILOAUTH_DEPOSIT_OP_FILE);
+  put_be32(buf + 4, sizeof(buf) - 16);
+  put_be32(buf + 12, 0);
   ck_assert_int_eq(raw_request(&h, buf, sizeof(buf), NULL, 0), EBADMSG);
 
-  /* Random records, some with our magic. */
+  /* Random records, some with a header that fits their length. */
   srand(12345);
   for (i = 0; i < 300; i++) {
     size_t j, n = 1 + (size_t) rand() % 300;
@@ -1420,8 +1438,10 @@ START_TEST(test_helper_survives_garbage) {
     for (j = 0; j < n; j++) {
       buf[j] = (unsigned char) rand();
     }
-    if (i % 2 == 0 && n >= 4) {
-      memcpy(buf, "MDQ\x01", 4);
+    if (i % 2 == 0 && n >= 16) {
+      put_be32(buf, 1 + (uint32_t) (i % 3));
+      put_be32(buf + 4, (uint32_t) n - 16);
+      put_be32(buf + 12, 0);
     }
     ck_assert_int_ne(raw_request(&h, buf, n, (i % 3 == 0) ? &fd : NULL,
       (i % 3 == 0) ? 1 : 0), 0);

@@ -7,7 +7,7 @@
 #endif
 
 #include "mailoauth/deposit.h"
-#include "mailoauth/fdpass.h"
+#include "mailoauth/imsg.h"
 #include "mailoauth/names.h"
 #include "mailoauth/trace.h"
 
@@ -1184,35 +1184,30 @@ const char *mailoauth_deposit_describe(const struct mailoauth_deposit_result *re
 /* ------------------------------------------------------------------------
  * The helper and its client.
  *
- * One request or reply per SOCK_SEQPACKET record; integers in host byte
- * order (both ends are on the same machine), at fixed offsets:
+ * One request or reply per imsg (imsg.h: type = op, id echoed in the
+ * reply); payload integers in host byte order (both ends are on the same
+ * machine), at fixed offsets:
  *
- * request  0 u8[4] magic "MDQ" + version 1     reply  0 u8[4] "MDR" + 1
- *          4 u32 id (echoed)                          4 u32 id
- *          8 u32 op (1 file, 2 cleanup)               8 u32 op
- *         12 u32 uid                                 12 i32 errno (0: done)
- *         16 u32 gid                                 16 u32 stage
- *         20 u32 mode                                20 u32 files removed
- *         24 u64 min_free                            24 u64 bytes deposited
- *         32 u32 max_age                             32 u16 name length
- *         36 u32 depth                               34 name (no NUL)
- *         40 u16 dir length
- *         42 u16 name length
- *         44 dir, then name (no NULs)
+ * request  0 u32 uid                           reply   0 i32 errno (0: done)
+ *          4 u32 gid                                   4 u32 stage
+ *          8 u32 mode                                  8 u32 files removed
+ *         12 u64 min_free                             12 u64 bytes deposited
+ *         20 u32 max_age                              20 u16 name length
+ *         24 u32 depth                                22 name (no NUL)
+ *         28 u16 dir length
+ *         30 u16 name length
+ *         32 dir, then name (no NULs)
  *
  * A file request carries exactly one descriptor (SCM_RIGHTS), the content;
  * a cleanup request none.  A record of any other shape gets an EBADMSG
  * reply (id 0 when it is too short to hold one).
  */
 
-#define DEPOSIT_REQ_MAGIC       "MDQ\x01"
-#define DEPOSIT_REP_MAGIC       "MDR\x01"
-#define DEPOSIT_REQ_HDR         44
-#define DEPOSIT_REP_HDR         34
+#define DEPOSIT_REQ_HDR         32
+#define DEPOSIT_REP_HDR         22
 #define DEPOSIT_REQ_MAX         (DEPOSIT_REQ_HDR + PATH_MAX + \
   MAILOAUTH_DEPOSIT_NAME_MAX)
 #define DEPOSIT_REP_MAX         (DEPOSIT_REP_HDR + MAILOAUTH_DEPOSIT_NAME_MAX)
-#define DEPOSIT_MAX_FDS         8
 
 static void deposit_put16(unsigned char *p, uint16_t v) {
   memcpy(p, &v, sizeof(v));
@@ -1251,19 +1246,6 @@ int mailoauth_deposit_socketpair(int sv[2]) {
   return socketpair(AF_UNIX, SOCK_SEQPACKET|SOCK_CLOEXEC, 0, sv);
 }
 
-/* Receives one record; descriptors that came with it go to fds (the rest,
- * and all of them on a truncated record, are closed).  Returns the record
- * length, 0 at end of file, -1 with errno; *bad is set for a record that
- * did not fit.
- */
-static void deposit_close_fds(int *fds, int nfds) {
-  int i;
-
-  for (i = 0; i < nfds; i++) {
-    (void) close(fds[i]);
-  }
-}
-
 static const struct mailoauth_deposit_rule *deposit_match_rule(
     const struct mailoauth_deposit_rule *rules, size_t nrules,
     const char *dir, uid_t uid, gid_t gid) {
@@ -1300,35 +1282,36 @@ static const struct mailoauth_deposit_rule *deposit_match_rule(
   return NULL;
 }
 
-/* Handles one received record; fills the reply fields. */
-static void deposit_serve(const unsigned char *buf, size_t len, int bad,
-    int *fds, int nfds, const struct mailoauth_deposit_rule *rules,
-    size_t nrules, uint32_t *id, uint32_t *op,
+/* Handles one received request (msg NULL: a malformed record); fills the
+ * reply fields.
+ */
+static void deposit_serve(const struct mailoauth_imsg *msg,
+    const struct mailoauth_deposit_rule *rules, size_t nrules,
     struct mailoauth_deposit_result *res) {
   char dir[PATH_MAX], name[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
   const struct mailoauth_deposit_rule *rule;
   struct mailoauth_deposit_request req;
-  size_t dlen, nlen;
+  const unsigned char *buf;
+  size_t dlen, nlen, len;
+  uint32_t op;
 
   memset(res, 0, sizeof(*res));
-  *id = 0;
-  *op = 0;
+  res->stage = MAILOAUTH_DEPOSIT_STAGE_REQUEST;
 
-  if (bad || len < DEPOSIT_REQ_HDR ||
-      memcmp(buf, DEPOSIT_REQ_MAGIC, 4) != 0) {
+  if (msg == NULL ||
+      msg->len < DEPOSIT_REQ_HDR) {
     mailoauth_log("deposit helper: ignoring a malformed request of %lu bytes",
-      (unsigned long) len);
+      msg ? (unsigned long) msg->len : 0UL);
     res->error = EBADMSG;
-    res->stage = MAILOAUTH_DEPOSIT_STAGE_REQUEST;
     return;
   }
 
-  *id = deposit_get32(buf + 4);
-  *op = deposit_get32(buf + 8);
-  dlen = deposit_get16(buf + 40);
-  nlen = deposit_get16(buf + 42);
+  buf = msg->data;
+  len = msg->len;
+  op = msg->type;
+  dlen = deposit_get16(buf + 28);
+  nlen = deposit_get16(buf + 30);
 
-  res->stage = MAILOAUTH_DEPOSIT_STAGE_REQUEST;
   if (DEPOSIT_REQ_HDR + dlen + nlen != len ||
       dlen == 0 || dlen >= sizeof(dir) || nlen >= sizeof(name) ||
       memchr(buf + DEPOSIT_REQ_HDR, '\0', dlen + nlen) != NULL) {
@@ -1338,9 +1321,9 @@ static void deposit_serve(const unsigned char *buf, size_t len, int bad,
     return;
   }
 
-  if ((*op == MAILOAUTH_DEPOSIT_OP_FILE && nfds != 1) ||
-      (*op == MAILOAUTH_DEPOSIT_OP_CLEANUP && nfds != 0) ||
-      (*op != MAILOAUTH_DEPOSIT_OP_FILE && *op != MAILOAUTH_DEPOSIT_OP_CLEANUP)) {
+  if ((op == MAILOAUTH_DEPOSIT_OP_FILE && msg->nfds != 1) ||
+      (op == MAILOAUTH_DEPOSIT_OP_CLEANUP && msg->nfds != 0) ||
+      (op != MAILOAUTH_DEPOSIT_OP_FILE && op != MAILOAUTH_DEPOSIT_OP_CLEANUP)) {
     res->error = EINVAL;
     return;
   }
@@ -1353,12 +1336,12 @@ static void deposit_serve(const unsigned char *buf, size_t len, int bad,
   memset(&req, 0, sizeof(req));
   req.dir = dir;
   req.name = name;
-  req.uid = (uid_t) deposit_get32(buf + 12);
-  req.gid = (gid_t) deposit_get32(buf + 16);
-  req.mode = (mode_t) deposit_get32(buf + 20);
-  req.min_free = deposit_get64(buf + 24);
-  req.max_age = deposit_get32(buf + 32);
-  req.depth = deposit_get32(buf + 36);
+  req.uid = (uid_t) deposit_get32(buf);
+  req.gid = (gid_t) deposit_get32(buf + 4);
+  req.mode = (mode_t) deposit_get32(buf + 8);
+  req.min_free = deposit_get64(buf + 12);
+  req.max_age = deposit_get32(buf + 20);
+  req.depth = deposit_get32(buf + 24);
 
   /* Checked before matching: ".." would defeat the prefix test. */
   if (deposit_check_dir(dir) < 0) {
@@ -1378,8 +1361,8 @@ static void deposit_serve(const unsigned char *buf, size_t len, int bad,
   req.groups = rule->groups;
   req.ngroups = rule->ngroups;
 
-  if (*op == MAILOAUTH_DEPOSIT_OP_FILE) {
-    (void) mailoauth_deposit_file(&req, fds[0], res);
+  if (op == MAILOAUTH_DEPOSIT_OP_FILE) {
+    (void) mailoauth_deposit_file(&req, msg->fds[0], res);
 
   } else {
     (void) mailoauth_deposit_cleanup(&req, res);
@@ -1391,23 +1374,16 @@ static int deposit_send_reply(int sock, uint32_t id, uint32_t op,
   unsigned char buf[DEPOSIT_REP_MAX];
   size_t nlen = res->error == 0 || res->stage == MAILOAUTH_DEPOSIT_STAGE_DIRSYNC ?
     strlen(res->name) : 0;
-  ssize_t n;
 
-  memcpy(buf, DEPOSIT_REP_MAGIC, 4);
-  deposit_put32(buf + 4, id);
-  deposit_put32(buf + 8, op);
-  deposit_put32(buf + 12, (uint32_t) res->error);
-  deposit_put32(buf + 16, (uint32_t) res->stage);
-  deposit_put32(buf + 20, res->removed);
-  deposit_put64(buf + 24, res->size);
-  deposit_put16(buf + 32, (uint16_t) nlen);
+  deposit_put32(buf, (uint32_t) res->error);
+  deposit_put32(buf + 4, (uint32_t) res->stage);
+  deposit_put32(buf + 8, res->removed);
+  deposit_put64(buf + 12, res->size);
+  deposit_put16(buf + 20, (uint16_t) nlen);
   memcpy(buf + DEPOSIT_REP_HDR, res->name, nlen);
 
-  do {
-    n = send(sock, buf, DEPOSIT_REP_HDR + nlen, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-
-  return n < 0 ? -1 : 0;
+  return mailoauth_imsg_send(sock, op, id, buf, DEPOSIT_REP_HDR + nlen, NULL,
+    0);
 }
 
 static void deposit_server_setup(void) {
@@ -1507,7 +1483,7 @@ int mailoauth_deposit_server_run(int sock,
   }
 
   /* One byte more than the largest request, to notice longer ones. */
-  buf = malloc(DEPOSIT_REQ_MAX + 1);
+  buf = malloc(MAILOAUTH_IMSG_HDR + DEPOSIT_REQ_MAX + 1);
   if (buf == NULL) {
     errno = ENOMEM;
     return -1;
@@ -1518,18 +1494,17 @@ int mailoauth_deposit_server_run(int sock,
 
   for (;;) {
     struct mailoauth_deposit_result res;
-    int fds[DEPOSIT_MAX_FDS], nfds, bad;
-    uint32_t id, op;
-    ssize_t n;
+    struct mailoauth_imsg msg;
+    int rc;
 
-    n = mailoauth_fdpass_recv(sock, buf, DEPOSIT_REQ_MAX + 1, 0, fds,
-      DEPOSIT_MAX_FDS, &nfds, &bad);
-    if (n < 0) {
+    rc = mailoauth_imsg_recv(sock, &msg, buf,
+      MAILOAUTH_IMSG_HDR + DEPOSIT_REQ_MAX + 1, 0);
+    if (rc < 0 && errno == EINTR) {
+      continue;
+    }
+    if (rc < 0 && errno != EBADMSG) {
       int xerrno = errno;
 
-      if (xerrno == EINTR) {
-        continue;
-      }
       free(buf);
       if (xerrno == ECONNRESET) {
         return 0;
@@ -1538,19 +1513,21 @@ int mailoauth_deposit_server_run(int sock,
       return -1;
     }
 
-    if (n == 0 && nfds == 0) {
+    if (rc == 0) {
       mailoauth_trace(trace_channel, 7, "worker closed, deposit helper ends");
       free(buf);
       return 0;
     }
 
-    if ((size_t) n > DEPOSIT_REQ_MAX) {
-      bad = 1;
+    /* A malformed record is answered (id 0), so the worker is not left
+     * waiting; its descriptors were closed on arrival.
+     */
+    deposit_serve(rc > 0 ? &msg : NULL, rules, nrules, &res);
+    if (rc > 0) {
+      mailoauth_imsg_close_fds(&msg);
+    } else {
+      memset(&msg, 0, sizeof(msg));
     }
-
-    deposit_serve(buf, (size_t) n, bad, fds, nfds, rules, nrules, &id, &op,
-      &res);
-    deposit_close_fds(fds, nfds);
 
     if (!deposit_parent_alive(parent)) {
       mailoauth_trace(trace_channel, 7, "worker gone, deposit helper ends");
@@ -1558,7 +1535,7 @@ int mailoauth_deposit_server_run(int sock,
       return 0;
     }
 
-    if (deposit_send_reply(sock, id, op, &res) < 0) {
+    if (deposit_send_reply(sock, msg.id, msg.type, &res) < 0) {
       int xerrno = errno;
 
       free(buf);
@@ -1599,22 +1576,20 @@ int mailoauth_deposit_client_send(int sock, int op,
   }
   *id = next_id;
 
-  memcpy(buf, DEPOSIT_REQ_MAGIC, 4);
-  deposit_put32(buf + 4, *id);
-  deposit_put32(buf + 8, (uint32_t) op);
-  deposit_put32(buf + 12, (uint32_t) req->uid);
-  deposit_put32(buf + 16, (uint32_t) req->gid);
-  deposit_put32(buf + 20, (uint32_t) req->mode);
-  deposit_put64(buf + 24, req->min_free);
-  deposit_put32(buf + 32, req->max_age);
-  deposit_put32(buf + 36, req->depth);
-  deposit_put16(buf + 40, (uint16_t) dlen);
-  deposit_put16(buf + 42, (uint16_t) nlen);
+  deposit_put32(buf, (uint32_t) req->uid);
+  deposit_put32(buf + 4, (uint32_t) req->gid);
+  deposit_put32(buf + 8, (uint32_t) req->mode);
+  deposit_put64(buf + 12, req->min_free);
+  deposit_put32(buf + 20, req->max_age);
+  deposit_put32(buf + 24, req->depth);
+  deposit_put16(buf + 28, (uint16_t) dlen);
+  deposit_put16(buf + 30, (uint16_t) nlen);
   memcpy(buf + DEPOSIT_REQ_HDR, req->dir, dlen);
   memcpy(buf + DEPOSIT_REQ_HDR + dlen, name, nlen);
 
-  if (mailoauth_fdpass_send(sock, buf, DEPOSIT_REQ_HDR + dlen + nlen,
-      &content_fd, op == MAILOAUTH_DEPOSIT_OP_FILE ? 1 : 0) < 0) {
+  if (mailoauth_imsg_send(sock, (uint32_t) op, *id, buf,
+      DEPOSIT_REQ_HDR + dlen + nlen, &content_fd,
+      op == MAILOAUTH_DEPOSIT_OP_FILE ? 1 : 0) < 0) {
     return -1;
   }
 
@@ -1642,7 +1617,7 @@ static long deposit_ms_left(const struct timespec *deadline) {
 int mailoauth_deposit_client_recv(int sock, uint32_t id, int timeout_ms,
     struct mailoauth_deposit_result *res) {
   struct mailoauth_deposit_result local;
-  unsigned char buf[DEPOSIT_REP_MAX + 1];
+  unsigned char buf[MAILOAUTH_IMSG_HDR + DEPOSIT_REP_MAX + 1];
   struct timespec deadline;
 
   if (res == NULL) {
@@ -1661,9 +1636,9 @@ int mailoauth_deposit_client_recv(int sock, uint32_t id, int timeout_ms,
 
   for (;;) {
     struct pollfd pfd;
-    int fds[DEPOSIT_MAX_FDS], nfds, bad, rc;
+    struct mailoauth_imsg msg;
     size_t nlen;
-    ssize_t n;
+    int rc;
 
     pfd.fd = sock;
     pfd.events = POLLIN;
@@ -1681,42 +1656,43 @@ int mailoauth_deposit_client_recv(int sock, uint32_t id, int timeout_ms,
       return deposit_helper_fail(res, timeout_ms == 0 ? EAGAIN : ETIMEDOUT);
     }
 
-    n = mailoauth_fdpass_recv(sock, buf, sizeof(buf), MSG_DONTWAIT, fds,
-      DEPOSIT_MAX_FDS, &nfds, &bad);
-    deposit_close_fds(fds, nfds);
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) {
-        continue;
-      }
+    rc = mailoauth_imsg_recv(sock, &msg, buf, sizeof(buf), MSG_DONTWAIT);
+    if (rc < 0 && (errno == EINTR || errno == EAGAIN)) {
+      continue;
+    }
+    if (rc < 0 && errno != EBADMSG) {
       return deposit_helper_fail(res, errno);
     }
 
-    if (n == 0) {
+    if (rc == 0) {
       mailoauth_trace(trace_channel, 3, "deposit helper has gone away");
       return deposit_helper_fail(res, ECONNRESET);
     }
+    if (rc > 0) {
+      mailoauth_imsg_close_fds(&msg);
+    }
 
-    if (bad || (size_t) n < DEPOSIT_REP_HDR ||
-        memcmp(buf, DEPOSIT_REP_MAGIC, 4) != 0 ||
-        (nlen = deposit_get16(buf + 32)) != (size_t) n - DEPOSIT_REP_HDR ||
-        memchr(buf + DEPOSIT_REP_HDR, '\0', nlen) != NULL) {
+    if (rc < 0 ||
+        msg.len < DEPOSIT_REP_HDR ||
+        (nlen = deposit_get16(msg.data + 20)) != msg.len - DEPOSIT_REP_HDR ||
+        memchr(msg.data + DEPOSIT_REP_HDR, '\0', nlen) != NULL) {
       mailoauth_trace(trace_channel, 3, "garbled reply from deposit helper");
       return deposit_helper_fail(res, EBADMSG);
     }
 
-    if (deposit_get32(buf + 4) != id) {
+    if (msg.id != id) {
       /* The answer to a request we stopped waiting for. */
       mailoauth_trace(trace_channel, 9, "skipping reply to request %lu",
-        (unsigned long) deposit_get32(buf + 4));
+        (unsigned long) msg.id);
       continue;
     }
 
     memset(res, 0, sizeof(*res));
-    res->error = (int) deposit_get32(buf + 12);
-    res->stage = (int) deposit_get32(buf + 16);
-    res->removed = deposit_get32(buf + 20);
-    res->size = deposit_get64(buf + 24);
-    memcpy(res->name, buf + DEPOSIT_REP_HDR, nlen);
+    res->error = (int) deposit_get32(msg.data);
+    res->stage = (int) deposit_get32(msg.data + 4);
+    res->removed = deposit_get32(msg.data + 8);
+    res->size = deposit_get64(msg.data + 12);
+    memcpy(res->name, msg.data + DEPOSIT_REP_HDR, nlen);
     res->name[nlen] = '\0';
 
     if (res->error != 0) {
