@@ -1292,6 +1292,46 @@ START_TEST(test_decoder_forked_by_helper) {
 }
 END_TEST
 
+/* Every decoder ends by itself with status 0 once its end record is sent,
+ * whatever it decoded: none dies of its own filter on the way out (as
+ * sanitizer builds made them do at _exit()), and one given nothing to
+ * decode still waits for its filter to be verified, so the helper never
+ * finds it gone or dying and unpacking stays on.
+ */
+START_TEST(test_decoder_exits_cleanly) {
+  static const char *const inputs[] = { "", "x", "hello, world\n" };
+  unsigned char *data;
+  unsigned int nfiles = 0;
+  pid_t helper = mailoauth_tnef_helper_pid();
+  struct got g;
+  size_t len, i;
+  int round;
+
+  data = load_sample("one-file.tnef", &len);
+  memset(&g, 0, sizeof(g));
+  ck_assert_int_eq(unpack(data, len, NULL, &g, &nfiles), 0);
+  ck_assert_uint_eq(nfiles, 1);
+
+  for (round = 0; round < 5; round++) {
+    for (i = 0; i < sizeof(inputs) / sizeof(inputs[0]); i++) {
+      memset(&g, 0, sizeof(g));
+      errno = 0;
+      ck_assert_int_eq(unpack(inputs[i], strlen(inputs[i]), NULL, &g,
+        &nfiles), -1);
+      ck_assert_int_eq(errno, EBADMSG);
+    }
+  }
+
+  /* 16 decoders, all through to their end record. */
+  ck_assert_uint_eq(count_str(traces, " unpacking "), 16);
+  ck_assert_msg(strstr(traces, "did not exit cleanly") == NULL, "%s",
+    traces);
+  ck_assert_msg(logs[0] == '\0', "%s", logs);
+  ck_assert_int_eq(mailoauth_tnef_helper_pid(), helper);
+  free(data);
+}
+END_TEST
+
 /* A helper that was killed (a crash, the OOM killer): unpacking fails at
  * once with ESRCH, forking nothing, and the helper is reaped and its
  * socket closed.
@@ -2235,6 +2275,7 @@ int main(void) {
   tcase_add_test(tc, test_child_killed);
   tcase_add_test(tc, test_child_timeout);
   tcase_add_test(tc, test_decoder_forked_by_helper);
+  tcase_add_test(tc, test_decoder_exits_cleanly);
   tcase_add_test(tc, test_helper_killed);
   tcase_add_test(tc, test_helper_killed_mid_unpack);
   tcase_add_test(tc, test_helper_ends_with_its_socket);

@@ -1044,9 +1044,17 @@ int mailoauth_tnef_unpack(int in_fd, const char *tmp_dir,
     known = tnef_helper_collect(seq, grace > 1000 ? grace : 1000, &status);
     if (mailoauth_tnef_reader_finish(r, &count) < 0) {
       xerrno = errno;
-      if (xerrno == ECHILD) {
-        xerrno = tnef_child_error(known, status);
-      }
+    }
+    if (xerrno == ECHILD) {
+      xerrno = tnef_child_error(known, status);
+
+    } else if (known && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) {
+      /* Its records are complete, but a decoder should end by itself once
+       * it sent them: one killed by its filter on the way out tried a
+       * system call it has no business making.
+       */
+      mailoauth_trace(trace_channel, 3, "decoder %ld did not exit cleanly "
+        "after its end record (wait status 0x%x)", (long) pid, status);
     }
   }
 

@@ -21,10 +21,12 @@
  *
  * The decoder is given no input until the helper has seen, from outside,
  * that it runs under a seccomp filter: the child installs its filter, says
- * so on a socket to the helper and waits; the helper reads the child's
- * /proc/PID/status (the child cannot forge it, and cannot be replaced: it
- * is not reaped yet) and only then answers 'P' and sends the input down
- * that socket.  What the child says about itself is never believed.
+ * so on a socket to the helper and waits for a go byte, even for an empty
+ * input, so that it is still there, blocked and filtered, when the helper
+ * reads its /proc/PID/status (the child cannot forge it, and cannot be
+ * replaced: it is not reaped yet); only then does the helper answer 'P'
+ * and send the go byte and the input down that socket.  What the child
+ * says about itself is never believed.
  *
  * The records the child sends down its pipe are described in tnefint.h.
  */
@@ -69,8 +71,11 @@
 #define TNEF_CHILD_IN_FD        3
 #define TNEF_CHILD_OUT_FD       4
 
-/* What the child sends the helper once its filter is installed. */
+/* What the child sends the helper once its filter is installed, and what
+ * the helper sends back, ahead of the input, once it verified the filter.
+ */
 #define TNEF_CHILD_ARMED        'A'
+#define TNEF_CHILD_GO           'G'
 
 /* How long the helper waits for a child to be armed: it has done nothing
  * but set itself up since the fork.
@@ -104,8 +109,8 @@
 static int tnef_test_no_seccomp = 0;
 
 /* ------------------------------------------------------------------------
- * The child.  Everything here runs after fork() and ends in _exit(): no
- * tracing, no exit handlers.
+ * The child.  Everything here runs after fork() and ends in the
+ * exit_group system call (see tnef_child()): no tracing, no exit handlers.
  */
 
 static int tnef_child_send(const struct mailoauth_tnef_file *f, void *arg) {
@@ -385,10 +390,12 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
 #endif
   ;
 
-/* in_fd is the socket to the helper, out_fd the pipe to the parent. */
-static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
+/* The decoder, from its setup to its end record; returns its exit status.
+ * in_fd is the socket to the helper, out_fd the pipe to the parent.
+ */
+static int tnef_child_run(int in_fd, int out_fd, uint64_t in_size,
     const struct mailoauth_tnef_limits *lim, pid_t parent) {
-  unsigned char end[1 + 8], armed = TNEF_CHILD_ARMED;
+  unsigned char end[1 + 8], armed = TNEF_CHILD_ARMED, go = 0;
   unsigned char *buf = NULL;
   int status = TNEF_ST_OK, out = TNEF_CHILD_OUT_FD;
   size_t got = 0;
@@ -399,7 +406,7 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
   /* A helper killed mid-way should not leave a decoder behind. */
   (void) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (getppid() != parent) {
-    _exit(1);
+    return 1;
   }
 #else
   (void) parent;
@@ -410,7 +417,7 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
 #endif
 
   if (tnef_child_fds(in_fd, out_fd) < 0) {
-    _exit(1);
+    return 1;
   }
 
   tnef_child_limits(in_size, lim->timeout_ms);
@@ -425,19 +432,32 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
   /* A helper that kept a saved root identity must not hand it on. */
   if (setresgid(getegid(), getegid(), getegid()) < 0 ||
       setresuid(geteuid(), geteuid(), geteuid()) < 0) {
-    _exit(1);
+    return 1;
   }
 
 #ifdef PR_SET_NO_NEW_PRIVS
   (void) prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 #endif
   if (!tnef_test_no_seccomp && tnef_child_seccomp() < 0) {
-    _exit(TNEF_CHILD_EXIT_FILTER);
+    return TNEF_CHILD_EXIT_FILTER;
   }
 
-  /* The helper checks the filter from outside before any input comes. */
+  /* The helper checks the filter from outside before any input comes;
+   * until it says go, nothing else is done, whatever the input's size.
+   */
   if (mailoauth_spool_write_all(TNEF_CHILD_IN_FD, &armed, 1) < 0) {
-    _exit(1);
+    return 1;
+  }
+  for (;;) {
+    ssize_t n = read(TNEF_CHILD_IN_FD, &go, 1);
+
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n != 1 || go != TNEF_CHILD_GO) {
+      return 1;
+    }
+    break;
   }
 
   buf = malloc(in_size > 0 ? (size_t) in_size : 1);
@@ -462,7 +482,7 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
     if (mailoauth_tnef_decode_mem(buf, (size_t) in_size, lim,
         tnef_child_send, &out, NULL) < 0) {
       if (errno == EPIPE) {
-        _exit(TNEF_CHILD_EXIT_WRITE);
+        return TNEF_CHILD_EXIT_WRITE;
       }
       status = tnef_child_status(errno);
     }
@@ -472,9 +492,27 @@ static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
   mailoauth_tnef_put32(end + 1, (uint32_t) status);
   mailoauth_tnef_put32(end + 5, 0);
   if (mailoauth_spool_write_all(out, end, sizeof(end)) < 0) {
-    _exit(TNEF_CHILD_EXIT_WRITE);
+    return TNEF_CHILD_EXIT_WRITE;
   }
-  _exit(0);
+  return 0;
+}
+
+/* Runs the decoder and ends with its exit status, by the exit_group
+ * system call itself rather than _exit(): builds with AddressSanitizer
+ * run runtime code before any call to a function that does not return (it
+ * asks sigaltstack() about the signal stack), which the filter punishes
+ * with SIGSYS.  The decoder would die of its filter instead of exiting,
+ * and while it dies the kernel shows it as no longer filtered
+ * ("Seccomp: 3").  Hence also no return-less helper for this: the compiler
+ * would see that it does not return.
+ */
+static void tnef_child(int in_fd, int out_fd, uint64_t in_size,
+    const struct mailoauth_tnef_limits *lim, pid_t parent) {
+  int code = tnef_child_run(in_fd, out_fd, in_size, lim, parent);
+
+  for (;;) {
+    (void) syscall(SYS_exit_group, code);
+  }
 }
 
 /* ------------------------------------------------------------------------
@@ -878,14 +916,18 @@ static int tnef_helper_armed(int ctl) {
   return n == 1 && c == TNEF_CHILD_ARMED ? 0 : -1;
 }
 
-/* The input, to a decoder whose filter was verified.  A decoder that
- * stops reading has died: the rest is not sent, and its status says why;
- * input that cannot be read is cut short, which the decoder reports.
+/* The go byte and the input, to a decoder whose filter was verified.  A
+ * decoder that stops reading has died: the rest is not sent, and its
+ * status says why; input that cannot be read is cut short, which the
+ * decoder reports.
  */
 static void tnef_helper_feed(int ctl, int in_fd, uint64_t in_size) {
-  unsigned char buf[64 * 1024];
+  unsigned char buf[64 * 1024], go = TNEF_CHILD_GO;
   uint64_t off = 0;
 
+  if (mailoauth_spool_write_all(ctl, &go, 1) < 0) {
+    return;
+  }
   while (off < in_size) {
     size_t want = in_size - off < sizeof(buf) ? (size_t) (in_size - off) :
       sizeof(buf);
