@@ -41,12 +41,13 @@ def imapctl(tmp_path_factory):
     flags = subprocess.run(
         ["pkg-config", "--cflags", "--libs", "libcurl", "openssl", "jansson"],
         check=True, capture_output=True, text=True).stdout.split()
-    units = ["imap.c", "mailauth.c", "trace.c", "jsonwrap.c"]
+    units = ["mail/imap.c", "mail/mailauth.c", "util/trace.c",
+             "util/jsonwrap.c"]
     cmd = [os.environ.get("CC", "cc"), "-std=gnu99", "-D_GNU_SOURCE",
            "-Wall", "-Wextra", "-O2",
-           "-I" + os.path.join(TOP, "mod_mailoauth"), "-o", out,
+           "-I" + os.path.join(TOP, "mod_mailoauth", "include"), "-o", out,
            os.path.join(TOP, "t", "tools", "imapctl.c")] + \
-        [os.path.join(TOP, "mod_mailoauth", u) for u in units] + flags
+        [os.path.join(TOP, "mod_mailoauth", "lib", u) for u in units] + flags
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, "building imapctl failed:\n%s\n%s" % (
         " ".join(cmd), r.stderr)

@@ -17,9 +17,10 @@ import pytest
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SRC = os.path.join(TOP, "mod_mailoauth")
+INCLUDE = os.path.join(SRC, "include")
 
 HELPER_C = r"""
-#include "message.h"
+#include "mailoauth/message.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,8 +120,9 @@ def helper(tmp_path_factory):
     exe = d / "render"
     subprocess.run(
         [cc, "-std=gnu99", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
-         "-I", SRC, "-o", str(exe), str(src),
-         os.path.join(SRC, "message.c"), os.path.join(SRC, "trace.c"),
+         "-I", INCLUDE, "-o", str(exe), str(src),
+         os.path.join(SRC, "lib", "mail", "message.c"),
+         os.path.join(SRC, "lib", "util", "trace.c"),
          "-lcrypto"],
         check=True)
     return str(exe)
