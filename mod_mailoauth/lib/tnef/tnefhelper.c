@@ -7,8 +7,9 @@
  * (at your option) any later version.
  *
  * The child is forked by the TNEF helper, not by the parent, and the
- * parent talks to the helper over a SOCK_SEQPACKET socket, one message
- * each (little-endian):
+ * parent talks to the helper over a SOCK_SEQPACKET socket in imsg
+ * messages (imsg.h: the kind letter is the type, seq the id, the other
+ * fields little-endian in the payload):
  *   'U' seq:u32 in_size:u64 max_input:u64 max_files:u32 max_file_bytes:u64
  *       max_total_bytes:u64 timeout_ms:u32, with the input and the pipe's
  *       write end (SCM_RIGHTS)                     fork a decoder
@@ -38,7 +39,7 @@
 #include "mailoauth/tnef.h"
 #include "tnefint.h"
 #include "mailoauth/spawn.h"
-#include "mailoauth/fdpass.h"
+#include "mailoauth/imsg.h"
 #include "mailoauth/spool.h"
 #include "mailoauth/trace.h"
 
@@ -638,16 +639,6 @@ static uint32_t tnef_helper_verify(pid_t pid) {
  * Messages on the helper's socket, for both sides.
  */
 
-/* Sends one message, with nfds descriptors (SCM_RIGHTS; nfds may be 0). */
-int mailoauth_tnef_sock_send(int sock, const void *buf, size_t len,
-    const int *fds, int nfds) {
-  if (nfds > TNEF_HELPER_FDS) {
-    errno = EINVAL;
-    return -1;
-  }
-  return mailoauth_fdpass_send(sock, buf, len, fds, nfds);
-}
-
 static void tnef_close_fds(const int *fds, int nfds) {
   int i;
 
@@ -656,25 +647,62 @@ static void tnef_close_fds(const int *fds, int nfds) {
   }
 }
 
+/* Every message is an imsg (imsg.h): its kind byte is the type, its
+ * sequence number the id, the rest the payload.  The buffers here keep the
+ * kind + sequence + payload layout the protocol code reads and writes.
+ */
+
+/* Sends one message, with nfds descriptors (SCM_RIGHTS; nfds may be 0). */
+int mailoauth_tnef_sock_send(int sock, const void *buf, size_t len,
+    const int *fds, int nfds) {
+  const unsigned char *p = buf;
+
+  if (nfds > TNEF_HELPER_FDS ||
+      len < TNEF_KILL_LEN) {
+    errno = EINVAL;
+    return -1;
+  }
+  return mailoauth_imsg_send(sock, p[0], mailoauth_tnef_get32(p + 1),
+    p + TNEF_KILL_LEN, len - TNEF_KILL_LEN, fds, nfds);
+}
+
 /* Receives one message; up to maxfds descriptors that came with it go to
  * fds (any others are closed).  Returns its length, 0 at end of file, or
- * -1 with errno (EMSGSIZE for a message that did not fit, whose
- * descriptors are closed).
+ * -1 with errno (EMSGSIZE for a message that did not fit or is not an
+ * imsg at all, whose descriptors are closed).
  */
 ssize_t mailoauth_tnef_sock_recv(int sock, void *buf, size_t bufsz, int *fds,
     int maxfds, int *nfds) {
-  int truncated = 0;
-  ssize_t n;
+  unsigned char frame[MAILOAUTH_IMSG_HDR + TNEF_UNPACK_LEN + 1];
+  struct mailoauth_imsg msg;
+  unsigned char *p = buf;
+  int i, rc;
 
-  n = mailoauth_fdpass_recv(sock, buf, bufsz, 0, fds, maxfds, nfds,
-    &truncated);
-  if (n >= 0 && truncated) {
-    tnef_close_fds(fds, *nfds);
-    *nfds = 0;
+  *nfds = 0;
+  rc = mailoauth_imsg_recv(sock, &msg, frame, sizeof(frame), 0);
+  if (rc <= 0) {
+    if (rc < 0 && errno == EBADMSG) {
+      errno = EMSGSIZE;
+    }
+    return rc;
+  }
+
+  if (msg.type > 0xff ||
+      TNEF_KILL_LEN + msg.len > bufsz ||
+      msg.nfds > maxfds) {
+    mailoauth_imsg_close_fds(&msg);
     errno = EMSGSIZE;
     return -1;
   }
-  return n;
+
+  p[0] = (unsigned char) msg.type;
+  mailoauth_tnef_put32(p + 1, msg.id);
+  memcpy(p + TNEF_KILL_LEN, msg.data, msg.len);
+  for (i = 0; i < msg.nfds; i++) {
+    fds[i] = msg.fds[i];
+  }
+  *nfds = msg.nfds;
+  return (ssize_t) (TNEF_KILL_LEN + msg.len);
 }
 
 /* ------------------------------------------------------------------------
