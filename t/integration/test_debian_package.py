@@ -211,6 +211,20 @@ class PackagedProFTPD(ProFTPD):
         return text
 
 
+def uncommented_example(snippet):
+    """The snippet's commented <IfModule mod_mailoauth.c> block, with one
+    level of comment taken off (comments within it stay comments)."""
+    out, inside = [], False
+    for line in snippet.splitlines():
+        if line.startswith("#<IfModule mod_mailoauth.c>"):
+            inside = True
+        if inside:
+            out.append(line[1:] if line.startswith("#") else line)
+            if line.startswith("#</IfModule>"):
+                break
+    return "\n".join(out) + "\n"
+
+
 def upload(srv, name, data):
     ftp = ftplib.FTP()
     ftp.connect(srv.host, srv.port, timeout=30)
@@ -291,6 +305,23 @@ def test_install_run_remove_purge(built):
         res = run(["/usr/sbin/proftpd", "-t", "-c", conf], check=False)
         assert res.returncode != 0 and "MailOAuthEngine" in res.stdout, \
             res.stdout
+
+        # The commented example, uncommented, is a working configuration
+        # (with a client secret file of ours and a log in our directory).
+        secret = os.path.join(check_dir, "notify.secret")
+        with open(secret, "w") as f:
+            f.write("not-a-real-secret\n")
+        os.chmod(secret, 0o600)
+        example = uncommented_example(snippet)
+        assert "MailOAuthAccount notify" in example, snippet
+        example = example.replace("/etc/proftpd/notify.secret", secret)
+        example = example.replace("/var/log/proftpd/mailoauth.log",
+                                  os.path.join(check_dir, "example.log"))
+        with open(conf, "w") as f:
+            f.write("Include %s\n%s" % (DEBIAN_CONF, example))
+        res = run(["/usr/sbin/proftpd", "-t", "-c", conf], check=False)
+        assert res.returncode == 0 and "fatal" not in res.stdout, \
+            res.stdout + "\n" + example
 
         # -- a private server: an upload reaches the worker ---------------
         srv_dir = tempfile.mkdtemp(prefix="debian-proftpd.", dir=work)
