@@ -21,7 +21,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import time
 
 import pytest
 
@@ -275,6 +274,7 @@ def test_install_run_remove_purge(built):
             assert PROGRAM.encode() + b"\0" in f.read()
         if not dpkg_excludes(MANPAGE):
             assert mode_owner(MANPAGE) == (0o644, "root", "root")
+        if not dpkg_excludes(MANPAGE) and shutil.which("man"):
             res = run(["man", "-P", "cat", "ftpmailoauth"],
                       env=dict(os.environ, MANWIDTH="80"), check=False)
             assert "signin" in res.stdout, res.stdout
@@ -288,7 +288,6 @@ def test_install_run_remove_purge(built):
 
         # -- proftpd -t: Debian's proftpd.conf (which includes conf.d/),
         # with the engine on -------------------------------------------
-        os.makedirs(WORK_BASE, exist_ok=True)
         check_dir = tempfile.mkdtemp(prefix="debian-check.", dir=work)
         os.chmod(check_dir, 0o755)
         conf = os.path.join(check_dir, "check.conf")
