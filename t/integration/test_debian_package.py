@@ -269,6 +269,8 @@ def test_install_run_remove_purge(built):
         html = os.path.join(DOCDIR, "mod_mailoauth.html")
         if not dpkg_excludes(html):
             assert mode_owner(html) == (0o644, "root", "root")
+        res = run([TOOL, "--help"], check=False)
+        assert res.returncode == 0 and "signin" in res.stdout, res.stdout
         # Where the module looks for mailoauthd by default.
         with open(MODULE, "rb") as f:
             assert PROGRAM.encode() + b"\0" in f.read()
