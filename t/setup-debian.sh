@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs, from Debian 12's archive, everything needed to build mod_mailoauth
-# and to run its tests, sandbox and benchmarks.  Run as root.  Safe to re-run.
+# and its Debian package (dpkg-buildpackage, debhelper, lintian), and to run
+# its tests, sandbox and benchmarks.  Run as root.  Safe to re-run.
 
 set -e
 
@@ -18,7 +19,7 @@ PACKAGES="
   curl openssl openssh-client python3 python3-pytest
   dovecot-core dovecot-imapd dovecot-lmtpd postfix msmtp
   getmail6 mpack time
-  dpkg-dev
+  dpkg-dev debhelper fakeroot lintian man-db
 "
 
 # Skip the network when everything is already there (repeated runs).
