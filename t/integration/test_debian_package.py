@@ -286,7 +286,10 @@ def test_install_run_remove_purge(built):
         assert mode_owner(STATE_DIR) == (0o700, "proftpd", "nogroup")
         with open(CONFFILE) as f:
             snippet = f.read()
-        assert re.search(r"^\s*LoadModule mod_mailoauth\.c$", snippet, re.M)
+        assert "Include /usr/lib/proftpd/mod_mailoauth.loa[d]" in snippet
+        with open("/usr/lib/proftpd/mod_mailoauth.load") as f:
+            assert re.search(r"^\s*LoadModule mod_mailoauth\.c$", f.read(),
+                             re.M)
 
         # -- proftpd -t: Debian's proftpd.conf (which includes conf.d/),
         # with the engine on -------------------------------------------
@@ -350,6 +353,11 @@ def test_install_run_remove_purge(built):
             assert not os.path.lexists(path), path
         assert os.path.isfile(CONFFILE)
         assert mode_owner(STATE_DIR) == (0o700, "proftpd", "nogroup")
+        # The conffile stays, and proftpd still starts: it loads the module
+        # through a file that went with the package.
+        assert not os.path.exists("/usr/lib/proftpd/mod_mailoauth.load")
+        res = run(["/usr/sbin/proftpd", "-t", "-c", DEBIAN_CONF], check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
 
         # -- purge: the conffile goes; the state directory keeps what the
         # server stored (a token file here) and loses its empty
