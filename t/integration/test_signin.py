@@ -455,6 +455,29 @@ def test_device_code_expired(env):
     assert not os.path.exists(env.token_file("notify"))
 
 
+@pytest.mark.parametrize("fault, said", [
+    (dict(fault="html", status=400),
+     "config: the device-code endpoint refused the request [HTTP 400]"),
+    (dict(fault="error", status=400, error="invalid_request", code=4242424,
+          description="Bad request."),
+     "the device-code endpoint refused the request as malformed"),
+])
+def test_device_code_start_refused_names_its_endpoint(env, fault, said):
+    """The device-code endpoint, not the token endpoint, refused: the
+    message says which one did."""
+    env.svc.set_config(device_interval=1)
+    app, redirect = web_app(env.svc)
+    env.add_account("notify", app, redirect=redirect)
+    kind = fault.pop("fault")
+    env.svc.inject(kind, endpoint="devicecode", **fault)
+    rc, out = env.run("signin", "--device", "notify", timeout=20)
+    assert rc != 0, out
+    assert "cannot start the device code sign-in" in out, out
+    assert said in out, out
+    assert "token endpoint" not in out, out
+    assert not os.path.exists(env.token_file("notify"))
+
+
 def test_device_code_slow_down_and_trouble(env):
     # One poll meets a 503, the next a slow_down: the tool keeps polling,
     # five seconds more slowly from then on (RFC 8628 3.5).
