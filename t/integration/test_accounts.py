@@ -235,6 +235,11 @@ def test_new_signin_picked_up_without_restart(account, tokensvc):
     wait_for(lambda: a.refreshes("ok"), timeout=45,
              what="a refresh with the new sign-in")
     assert a.srv.worker_pids() == [worker]
+    # The end of "must sign in again" is logged too, once.
+    line = ("account notify: new sign-in as %s found in %s; the account is "
+            "usable again" % (ALICE, a.token_file))
+    a.srv.wait_log(line)
+    assert a.srv.log_text().count(line) == 1
 
 
 def test_wrong_secret_value_is_a_configuration_error(account, tokensvc,
