@@ -45,6 +45,7 @@ struct mailoauth_notify_rule {
   unsigned char *subject, *body, *line;
   off_t attach_max;             /* -1: never attach */
   long digest_secs;
+  int burst_digest;             /* fold a send-rate backlog into a digest */
   const char *key;              /* where the rule is: groups digests */
 };
 
@@ -297,6 +298,7 @@ static const char *mailoauth_notify_read_file(pool *p, const char *path,
 /* usage: MailOAuthNotify account to=... [cc=...] [bcc=...] [from=...]
  *          [from-name=...] [match=glob] [subject=...] [body=...]
  *          [body-file=...] [digest-line=...] [attach=size] [digest=secs]
+ *          [burst=digest|wait]
  *        MailOAuthNotify none
  */
 modret_t *set_mailoauthnotify(cmd_rec *cmd) {
@@ -407,10 +409,21 @@ modret_t *set_mailoauthnotify(cmd_rec *cmd) {
       }
       rule->digest_secs = secs;
 
+    } else if (strcasecmp(key, "burst") == 0) {
+      if (strcasecmp(value, "digest") == 0) {
+        rule->burst_digest = TRUE;
+      } else if (strcasecmp(value, "wait") == 0) {
+        rule->burst_digest = FALSE;
+      } else {
+        CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "burst '", value, "' is not "
+          "known: write burst=digest (more uploads than the send rate lets "
+          "go become one digest) or burst=wait", NULL));
+      }
+
     } else {
       CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "unknown setting '", key, "' "
         "(known: to, cc, bcc, from, from-name, match, subject, body, "
-        "body-file, digest-line, attach, digest)", NULL));
+        "body-file, digest-line, attach, digest, burst)", NULL));
     }
   }
 
@@ -548,6 +561,13 @@ static int mailoauth_notify_add_rule(pool *p, cmd_rec *cmd,
   } else {
     text = mailoauth_notify_render(p, cmd, rule->body, &len);
     res |= mailoauth_event_add(b, MAILOAUTH_EVENT_F_BODY, text, len);
+
+    /* Its line too, should the worker fold it into a digest. */
+    if (rule->burst_digest) {
+      res |= mailoauth_event_add_str(b, MAILOAUTH_EVENT_F_BURST, "digest");
+      text = mailoauth_notify_render(p, cmd, rule->line, &len);
+      res |= mailoauth_event_add(b, MAILOAUTH_EVENT_F_DIGEST_LINE, text, len);
+    }
   }
 
   if (rule->attach_max >= 0) {
