@@ -125,6 +125,12 @@ def test_restarts_leave_exactly_one_worker(make_proftpd):
     time.sleep(1.5)
     assert len(srv.worker_pids()) == 1
     assert alive(srv.pid)
+    # Each old worker said why it went, and it was the restart.
+    text = srv.log_text()
+    exits = re.findall(r"worker \(pid (\d+)\) exiting: (.*)", text)
+    assert len(exits) == 5, text
+    assert all(why == "the server is restarting" for _, why in exits), exits
+    assert {int(pid) for pid, _ in exits} == seen - set(srv.worker_pids())
 
 
 def test_sigterm_stops_worker_within_5s(make_proftpd):
@@ -135,6 +141,8 @@ def test_sigterm_stops_worker_within_5s(make_proftpd):
     wait_for(lambda: not alive(worker), timeout=5, what="worker exit")
     assert time.monotonic() - start < 5
     srv.proc.wait(5)
+    assert "worker (pid %d) exiting: the server is stopping" % worker \
+        in srv.log_text()
 
 
 def test_worker_exits_when_master_dies(make_proftpd):
@@ -142,6 +150,8 @@ def test_worker_exits_when_master_dies(make_proftpd):
     worker = srv.worker_pids()[0]
     os.kill(srv.pid, signal.SIGKILL)
     wait_for(lambda: not alive(worker), timeout=5, what="orphaned worker exit")
+    srv.wait_log("worker (pid %d) exiting: the master process is gone"
+                 % worker)
 
 
 def test_crashed_worker_is_restarted_with_backoff(make_proftpd):
