@@ -86,6 +86,33 @@ def test_upload_is_notified(notifier, dovecot, pki, proto):
     assert len(dovecot.messages(to)) == 1
 
 
+def test_default_texts_say_the_time_with_its_offset(notifier, dovecot,
+                                                    monkeypatch):
+    """%{iso8601} has no zone; the default body and digest line use
+    %{iso8601-tz}, which has the server's UTC offset."""
+    monkeypatch.setenv("TZ", "XST-5:30")     # POSIX: UTC+05:30
+    one, digest = rcpt("tz"), rcpt("tzdigest")
+    a = notifier("MailOAuthNotify notify to=%s\n"
+                 "MailOAuthNotify notify to=%s digest=1\n"
+                 "MailOAuthNotify notify to=%s \"subject=%%{iso8601-tz}|"
+                 "%%{iso8601}\"" % (one, digest, one))
+    a.srv.start()
+    curl_upload(a.srv, "ftp", "tz.txt", b"x")
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+05:30"
+    msgs = [parse(m) for m in dovecot.wait_for_messages(one, 2, timeout=30)]
+    plain = [m for m in msgs if m["Subject"] == "File received: tz.txt"][0]
+    body = plain.get_body(("plain",)).get_content()
+    assert re.search(r"via ftp at %s\.$" % stamp, body.strip()), body
+    # An explicit one in a subject, next to the zoneless kind.
+    subj = [m["Subject"] for m in msgs if m is not plain][0]
+    assert re.match(r"^%s\|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}$"
+                    % stamp, subj), subj
+    raw = dovecot.wait_for_messages(digest, 1, timeout=30)[0]
+    body = parse(raw).get_body(("plain",)).get_content()
+    assert re.search(r"tz\.txt \(1 bytes\) by alice from \S+ via ftp at %s"
+                     % stamp, body), body
+
+
 def test_utf8_subject_and_names(notifier, dovecot, pki):
     to = rcpt("utf8")
     a = notifier('MailOAuthNotify notify to=%s "from-name=Dépôt FTP" '
