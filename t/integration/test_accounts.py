@@ -178,6 +178,22 @@ def test_refresh_before_expiry_rotates_and_works_with_dovecot(
     assert imap_login(dovecot, pki, ALICE, new["access_token"]) == "OK"
 
 
+def test_refreshed_token_file_gets_the_servers_group(make_proftpd, tokensvc,
+                                                      tokensvc_app, pki):
+    """The worker runs as User and Group: the token file it rewrites is
+    the server's Group's (documented under MailOAuthAccount)."""
+    import grp
+    a = AccountServer(lambda **k: make_proftpd(daemon_group="daemon", **k),
+                      tokensvc, tokensvc_app, pki)
+    seeded = a.seed(expired=True)
+    a.srv.start()
+    wait_for(lambda: a.tokens()["refresh_token"] != seeded["refresh_token"],
+             timeout=20, what="the refreshed token file")
+    st = os.stat(a.token_file)
+    assert (st.st_uid, st.st_gid) == (NOBODY, grp.getgrnam("daemon").gr_gid)
+    assert st.st_mode & 0o777 == 0o600
+
+
 def test_valid_token_is_reused(account, tokensvc):
     a = account()
     a.seed()

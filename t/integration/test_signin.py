@@ -67,6 +67,7 @@ class Tool:
         self.secrets = set()
         self.accounts = {}
         self.procs = []
+        self.group = "nogroup"
         os.makedirs(os.path.join(workdir, "accounts.d"))
         self.env = dict(os.environ, no_proxy="*", NO_PROXY="*")
 
@@ -108,7 +109,7 @@ class Tool:
             f.write("""# written by test_signin.py
 ServerName "ftpmailoauth test"
 User nobody
-Group nogroup
+Group %s
 <IfModule mod_mailoauth.c>
   MailOAuthEngine on
   MailOAuthStateDir %s
@@ -119,7 +120,7 @@ Group nogroup
   User ftp
   Group nogroup
 </Anonymous>
-""" % (self.state_dir, self.dir))
+""" % (self.group, self.state_dir, self.dir))
 
     def token_file(self, name):
         return os.path.join(self.token_dir, name + ".json")
@@ -435,6 +436,20 @@ def test_device_code_signin(env):
     data = env.tokens("notify")
     assert data["identity"]["username"] == ALICE and data["refresh_token"]
     assert os.stat(env.token_file("notify")).st_uid == NOBODY
+
+
+def test_token_file_gets_the_servers_group(env):
+    """The tool writes as User and Group: the token file is the server's
+    Group's, not root's and not User's own group (documented)."""
+    import grp
+    env.group = "daemon"
+    proc, code = device_env(env)
+    env.svc.approve_device(code, ALICE)
+    rc, out = proc.finish()
+    assert rc == 0, out
+    st = os.stat(env.token_file("notify"))
+    assert (st.st_uid, st.st_gid) == (NOBODY, grp.getgrnam("daemon").gr_gid)
+    assert st.st_mode & 0o777 == 0o600
 
 
 def test_device_code_declined(env):
