@@ -540,3 +540,30 @@ def test_module_symbols_bind_to_their_own_libraries(make_proftpd):
     wrong = [sym for to, sym in ours
              if os.path.basename(to) == "proftpd" and sym.startswith("json_")]
     assert wrong == []
+
+
+def test_every_trace_channel_is_documented():
+    """Each channel the code traces on has its row in the Trace table of
+    the module's documentation, and the table names no other."""
+    top = os.path.join(os.path.dirname(__file__), "..", "..")
+    used = set()
+    for d in ("mod_mailoauth", "contrib"):
+        for dirpath, _, names in os.walk(os.path.join(top, d)):
+            for name in names:
+                if not name.endswith(".c"):
+                    continue
+                with open(os.path.join(dirpath, name)) as f:
+                    text = f.read()
+                used.update(re.findall(
+                    r'trace_channel = "(mailoauth[a-z.]*)"', text))
+                used.update(re.findall(
+                    r'(?:mailoauth_trace|pr_trace_msg)\("(mailoauth[a-z.]*)"',
+                    text))
+    with open(os.path.join(top, "doc", "mod_mailoauth.html")) as f:
+        doc = f.read()
+    table = doc[doc.index('<a name="Trace">'):]
+    table = table[:table.index("</table>")]
+    documented = set(re.findall(r"<tr><td><code>(mailoauth[a-z.]*)</code>",
+                                table))
+    assert len(used) >= 17, used
+    assert used == documented, (used - documented, documented - used)
