@@ -662,9 +662,10 @@ static int mailoauth_supervisor_start(void) {
 
 /* Stops the supervisor (which stops the worker first) and waits for it:
  * EOF on its socket says it is gone.  The daemon's SIGCHLD handler may
- * reap it before we do (ECHILD), which is fine.
+ * reap it before we do (ECHILD), which is fine.  why (MAILOAUTH_STOP_*)
+ * travels with the SIGTERM down to the worker, whose last line says it.
  */
-static void mailoauth_supervisor_stop(const char *why) {
+static void mailoauth_supervisor_stop(int why) {
   pid_t pid = mailoauth_supervisor_pid;
   struct pollfd pfd;
   int gone = FALSE;
@@ -675,9 +676,9 @@ static void mailoauth_supervisor_stop(const char *why) {
   mailoauth_supervisor_pid = 0;
 
   pr_trace_msg(trace_channel, 3, "stopping supervisor pid %lu: %s",
-    (unsigned long) pid, why);
+    (unsigned long) pid, mailoauth_stop_reason(why));
 
-  if (kill(pid, SIGTERM) == 0) {
+  if (mailoauth_stop_signal(pid, why) == 0) {
     pfd.fd = mailoauth_supervisor_fd;
     pfd.events = POLLIN;
     for (;;) {
@@ -867,7 +868,7 @@ static void mailoauth_restart_ev(const void *event_data, void *user_data) {
     return;
   }
 
-  mailoauth_supervisor_stop("the server is restarting");
+  mailoauth_supervisor_stop(MAILOAUTH_STOP_RESTART);
   (void) setenv(MAILOAUTH_RESTART_ENV, "1", 1);
 
   if (mailoauth_logfd >= 0) {
@@ -881,7 +882,7 @@ static void mailoauth_shutdown_ev(const void *event_data, void *user_data) {
   (void) user_data;
 
   if (getpid() == mpid) {
-    mailoauth_supervisor_stop("the server is shutting down");
+    mailoauth_supervisor_stop(MAILOAUTH_STOP_SHUTDOWN);
   }
 }
 
@@ -896,7 +897,7 @@ static void mailoauth_exit_ev(const void *event_data, void *user_data) {
     mailoauth_spool_journal_close(&mailoauth_journal);
 
   } else if (getpid() == mpid) {
-    mailoauth_supervisor_stop("the server is exiting");
+    mailoauth_supervisor_stop(MAILOAUTH_STOP_EXIT);
   }
 }
 

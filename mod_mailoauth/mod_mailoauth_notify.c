@@ -27,9 +27,17 @@ static const char *trace_channel = "mailoauth.notify";
 
 #define MAILOAUTH_NOTIFY_DEFAULT_SUBJECT  "File received: %{basename}"
 #define MAILOAUTH_NOTIFY_DEFAULT_BODY \
-  "%u uploaded %f (%b bytes) from %a via %{protocol} at %{iso8601}."
+  "%u uploaded %f (%b bytes) from %a via %{protocol} at %{iso8601-tz}."
 #define MAILOAUTH_NOTIFY_DEFAULT_LINE \
-  "%f (%b bytes) by %u from %a via %{protocol} at %{iso8601}"
+  "%f (%b bytes) by %u from %a via %{protocol} at %{iso8601-tz}"
+
+/* %{iso8601} is local time with no zone: a mail read elsewhere cannot tell
+ * when that was.  %{iso8601-tz} is the same time with its UTC offset (RFC
+ * 3339), rendered by us: the template carries it to us as a %{time:}
+ * variable with this marker for its format.
+ */
+#define MAILOAUTH_NOTIFY_ISO8601_TZ       "%{iso8601-tz}"
+#define MAILOAUTH_NOTIFY_ISO8601_TZ_MARK  "mailoauth-iso8601-tz"
 
 /* Rendered texts longer than this are cut: a subject or a body line made
  * from a hostile file name must not grow without bound.
@@ -45,6 +53,7 @@ struct mailoauth_notify_rule {
   unsigned char *subject, *body, *line;
   off_t attach_max;             /* -1: never attach */
   long digest_secs;
+  int burst_digest;             /* fold a send-rate backlog into a digest */
   const char *key;              /* where the rule is: groups digests */
 };
 
@@ -56,6 +65,44 @@ struct mailoauth_notify_text {
 /* Templates
  */
 
+static const char *mailoauth_notify_iso8601_tz(char *buf, size_t bufsz) {
+  struct timeval now;
+  struct tm tm;
+  char zone[8];
+  size_t len;
+
+  gettimeofday(&now, NULL);
+  if (localtime_r(&now.tv_sec, &tm) == NULL) {
+    return NULL;
+  }
+
+  len = strftime(buf, bufsz, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (len == 0 ||
+      strftime(zone, sizeof(zone), "%z", &tm) != 5) {
+    return NULL;
+  }
+
+  /* +0100 becomes +01:00. */
+  pr_snprintf(buf + len, bufsz - len, ".%03lu%.3s:%.2s",
+    (unsigned long) (now.tv_usec / 1000), zone, zone + 3);
+  return buf;
+}
+
+/* Replaces each %{iso8601-tz} with %{time:MARK}, which Jot parses. */
+static const char *mailoauth_notify_prepare(pool *p, const char *text) {
+  const char *tz = MAILOAUTH_NOTIFY_ISO8601_TZ;
+  const char *repl = "%{time:" MAILOAUTH_NOTIFY_ISO8601_TZ_MARK "}";
+  const char *at;
+  char *out = "";
+
+  while ((at = strstr(text, tz)) != NULL) {
+    out = pstrcat(p, out, pstrndup(p, text, at - text), repl, NULL);
+    text = at + strlen(tz);
+  }
+
+  return pstrcat(p, out, text, NULL);
+}
+
 static unsigned char *mailoauth_notify_compile(pool *p, const char *text,
     char *err, size_t errlen) {
   unsigned char buf[4096];
@@ -64,6 +111,7 @@ static unsigned char *mailoauth_notify_compile(pool *p, const char *text,
   unsigned char *fmt;
   size_t len;
 
+  text = mailoauth_notify_prepare(p, text);
   ctx = pcalloc(p, sizeof(pr_jot_ctx_t));
   parsed = pcalloc(p, sizeof(pr_jot_parsed_t));
   parsed->bufsz = parsed->buflen = sizeof(buf) - 1;
@@ -107,9 +155,16 @@ static int mailoauth_notify_on_meta(pool *p, pr_jot_ctx_t *ctx,
   char buf[256];
   const char *text = NULL;
 
-  (void) hint;
-
   switch (id) {
+    case LOGFMT_META_TIME:
+      if (hint != NULL &&
+          strcmp(hint, MAILOAUTH_NOTIFY_ISO8601_TZ_MARK) == 0) {
+        text = mailoauth_notify_iso8601_tz(buf, sizeof(buf));
+      } else {
+        text = val;
+      }
+      break;
+
     case LOGFMT_META_BYTES_SENT:
     case LOGFMT_META_FILE_OFFSET:
     case LOGFMT_META_FILE_SIZE:
@@ -297,6 +352,7 @@ static const char *mailoauth_notify_read_file(pool *p, const char *path,
 /* usage: MailOAuthNotify account to=... [cc=...] [bcc=...] [from=...]
  *          [from-name=...] [match=glob] [subject=...] [body=...]
  *          [body-file=...] [digest-line=...] [attach=size] [digest=secs]
+ *          [burst=digest|wait]
  *        MailOAuthNotify none
  */
 modret_t *set_mailoauthnotify(cmd_rec *cmd) {
@@ -407,10 +463,21 @@ modret_t *set_mailoauthnotify(cmd_rec *cmd) {
       }
       rule->digest_secs = secs;
 
+    } else if (strcasecmp(key, "burst") == 0) {
+      if (strcasecmp(value, "digest") == 0) {
+        rule->burst_digest = TRUE;
+      } else if (strcasecmp(value, "wait") == 0) {
+        rule->burst_digest = FALSE;
+      } else {
+        CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "burst '", value, "' is not "
+          "known: write burst=digest (more uploads than the send rate lets "
+          "go become one digest) or burst=wait", NULL));
+      }
+
     } else {
       CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "unknown setting '", key, "' "
         "(known: to, cc, bcc, from, from-name, match, subject, body, "
-        "body-file, digest-line, attach, digest)", NULL));
+        "body-file, digest-line, attach, digest, burst)", NULL));
     }
   }
 
@@ -548,6 +615,13 @@ static int mailoauth_notify_add_rule(pool *p, cmd_rec *cmd,
   } else {
     text = mailoauth_notify_render(p, cmd, rule->body, &len);
     res |= mailoauth_event_add(b, MAILOAUTH_EVENT_F_BODY, text, len);
+
+    /* Its line too, should the worker fold it into a digest. */
+    if (rule->burst_digest) {
+      res |= mailoauth_event_add_str(b, MAILOAUTH_EVENT_F_BURST, "digest");
+      text = mailoauth_notify_render(p, cmd, rule->line, &len);
+      res |= mailoauth_event_add(b, MAILOAUTH_EVENT_F_DIGEST_LINE, text, len);
+    }
   }
 
   if (rule->attach_max >= 0) {

@@ -31,6 +31,7 @@
 extern char **environ;
 
 static volatile sig_atomic_t supervisor_stop_req = 0;
+static volatile sig_atomic_t supervisor_stop_why = 0;
 
 struct supervisor {
   struct mailoauthd *d;
@@ -41,9 +42,14 @@ struct supervisor {
   unsigned int backoff;
 };
 
-static void supervisor_sigterm(int signo) {
+static void supervisor_sigterm(int signo, siginfo_t *info, void *ctx) {
   (void) signo;
+  (void) ctx;
   supervisor_stop_req = 1;
+  if (info != NULL &&
+      info->si_code == SI_QUEUE) {
+    supervisor_stop_why = info->si_value.sival_int;
+  }
 }
 
 static long long supervisor_now_ms(void) {
@@ -138,7 +144,8 @@ static void supervisor_stop(struct supervisor *s) {
     return;
   }
 
-  (void) kill(s->pid, SIGTERM);
+  /* Passing on why the master stopped us: the worker's last line says. */
+  (void) mailoauth_stop_signal(s->pid, supervisor_stop_why);
   deadline = supervisor_now_ms() + SUPERVISOR_STOP_TIMEOUT_MS;
   for (;;) {
     struct pollfd pfd;
@@ -169,13 +176,15 @@ int mailoauthd_supervisor_main(struct mailoauthd *d) {
   struct sigaction sa;
   sigset_t block, wait_mask;
   const char *why = "stop requested";
+  pid_t master;
 
   memset(&s, 0, sizeof(s));
   s.d = d;
   s.sock = -1;
 
   memset(&sa, 0, sizeof(sa));
-  sa.sa_handler = supervisor_sigterm;
+  sa.sa_sigaction = supervisor_sigterm;
+  sa.sa_flags = SA_SIGINFO;
   sigemptyset(&sa.sa_mask);
   (void) sigaction(SIGTERM, &sa, NULL);
   (void) signal(SIGPIPE, SIG_IGN);
@@ -192,7 +201,8 @@ int mailoauthd_supervisor_main(struct mailoauthd *d) {
    * this covers a master that is stopped but not dead.
    */
   (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
-  if (getppid() == 1) {
+  master = getppid();
+  if (master == 1) {
     return 0;
   }
 
@@ -239,6 +249,7 @@ int mailoauthd_supervisor_main(struct mailoauthd *d) {
       if (r == 0 ||
           (r < 0 && errno != EINTR && errno != EAGAIN)) {
         why = "the master process is gone";
+        supervisor_stop_why = MAILOAUTH_STOP_MASTER_GONE;
         break;
       }
     }
@@ -257,6 +268,13 @@ int mailoauthd_supervisor_main(struct mailoauthd *d) {
         time(NULL) >= s.restart_at) {
       supervisor_spawn(&s);
     }
+  }
+
+  /* A master killed outright shows as the parent-death SIGTERM. */
+  if (supervisor_stop_why == 0 &&
+      getppid() != master) {
+    supervisor_stop_why = MAILOAUTH_STOP_MASTER_GONE;
+    why = "the master process is gone";
   }
 
   mailoauth_trace("mailoauth", 3, "supervisor exiting: %s", why);

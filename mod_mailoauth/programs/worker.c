@@ -218,6 +218,7 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   struct worker_state state;
   char *spool, *queue, *dead;
   int res, deposit_fd = -1;
+  pid_t supervisor;
   size_t i;
 
   (void) signal(SIGPIPE, SIG_IGN);
@@ -251,7 +252,8 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
 
   /* Set after the identity change, which clears it. */
   (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
-  if (getppid() == 1) {
+  supervisor = getppid();
+  if (supervisor == 1) {
     return 0;
   }
 
@@ -314,9 +316,21 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   mailoauth_notify_destroy(state.notify);
   mailoauth_registry_destroy(state.reg);
 
-  mailoauth_log("worker (pid %lu) exiting: %s", (unsigned long) getpid(),
-    res == MAILOAUTH_WORKER_ORPHANED ? "its supervisor is gone" :
-    "stop requested");
+  {
+    const char *why = mailoauth_stop_reason(mailoauth_worker_stop_code());
+
+    /* Said as it is: stopped for the server's restart or shutdown, left
+     * behind by a supervisor that died, or sent SIGTERM by someone else.
+     */
+    if (res == MAILOAUTH_WORKER_ORPHANED ||
+        (why == NULL && getppid() != supervisor)) {
+      why = "its supervisor is gone";
+    } else if (why == NULL) {
+      why = "stop requested (SIGTERM)";
+    }
+    mailoauth_log("worker (pid %lu) exiting: %s", (unsigned long) getpid(),
+      why);
+  }
   free(spool);
   free(queue);
   free(dead);

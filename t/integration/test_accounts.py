@@ -178,6 +178,22 @@ def test_refresh_before_expiry_rotates_and_works_with_dovecot(
     assert imap_login(dovecot, pki, ALICE, new["access_token"]) == "OK"
 
 
+def test_refreshed_token_file_gets_the_servers_group(make_proftpd, tokensvc,
+                                                      tokensvc_app, pki):
+    """The worker runs as User and Group: the token file it rewrites is
+    the server's Group's (documented under MailOAuthAccount)."""
+    import grp
+    a = AccountServer(lambda **k: make_proftpd(daemon_group="daemon", **k),
+                      tokensvc, tokensvc_app, pki)
+    seeded = a.seed(expired=True)
+    a.srv.start()
+    wait_for(lambda: a.tokens()["refresh_token"] != seeded["refresh_token"],
+             timeout=20, what="the refreshed token file")
+    st = os.stat(a.token_file)
+    assert (st.st_uid, st.st_gid) == (NOBODY, grp.getgrnam("daemon").gr_gid)
+    assert st.st_mode & 0o777 == 0o600
+
+
 def test_valid_token_is_reused(account, tokensvc):
     a = account()
     a.seed()
@@ -235,6 +251,11 @@ def test_new_signin_picked_up_without_restart(account, tokensvc):
     wait_for(lambda: a.refreshes("ok"), timeout=45,
              what="a refresh with the new sign-in")
     assert a.srv.worker_pids() == [worker]
+    # The end of "must sign in again" is logged too, once.
+    line = ("account notify: new sign-in as %s found in %s; the account is "
+            "usable again" % (ALICE, a.token_file))
+    a.srv.wait_log(line)
+    assert a.srv.log_text().count(line) == 1
 
 
 def test_wrong_secret_value_is_a_configuration_error(account, tokensvc,

@@ -125,6 +125,12 @@ def test_restarts_leave_exactly_one_worker(make_proftpd):
     time.sleep(1.5)
     assert len(srv.worker_pids()) == 1
     assert alive(srv.pid)
+    # Each old worker said why it went, and it was the restart.
+    text = srv.log_text()
+    exits = re.findall(r"worker \(pid (\d+)\) exiting: (.*)", text)
+    assert len(exits) == 5, text
+    assert all(why == "the server is restarting" for _, why in exits), exits
+    assert {int(pid) for pid, _ in exits} == seen - set(srv.worker_pids())
 
 
 def test_sigterm_stops_worker_within_5s(make_proftpd):
@@ -135,6 +141,8 @@ def test_sigterm_stops_worker_within_5s(make_proftpd):
     wait_for(lambda: not alive(worker), timeout=5, what="worker exit")
     assert time.monotonic() - start < 5
     srv.proc.wait(5)
+    assert "worker (pid %d) exiting: the server is stopping" % worker \
+        in srv.log_text()
 
 
 def test_worker_exits_when_master_dies(make_proftpd):
@@ -142,6 +150,8 @@ def test_worker_exits_when_master_dies(make_proftpd):
     worker = srv.worker_pids()[0]
     os.kill(srv.pid, signal.SIGKILL)
     wait_for(lambda: not alive(worker), timeout=5, what="orphaned worker exit")
+    srv.wait_log("worker (pid %d) exiting: the master process is gone"
+                 % worker)
 
 
 def test_crashed_worker_is_restarted_with_backoff(make_proftpd):
@@ -530,3 +540,30 @@ def test_module_symbols_bind_to_their_own_libraries(make_proftpd):
     wrong = [sym for to, sym in ours
              if os.path.basename(to) == "proftpd" and sym.startswith("json_")]
     assert wrong == []
+
+
+def test_every_trace_channel_is_documented():
+    """Each channel the code traces on has its row in the Trace table of
+    the module's documentation, and the table names no other."""
+    top = os.path.join(os.path.dirname(__file__), "..", "..")
+    used = set()
+    for d in ("mod_mailoauth", "contrib"):
+        for dirpath, _, names in os.walk(os.path.join(top, d)):
+            for name in names:
+                if not name.endswith(".c"):
+                    continue
+                with open(os.path.join(dirpath, name)) as f:
+                    text = f.read()
+                used.update(re.findall(
+                    r'trace_channel = "(mailoauth[a-z.]*)"', text))
+                used.update(re.findall(
+                    r'(?:mailoauth_trace|pr_trace_msg)\("(mailoauth[a-z.]*)"',
+                    text))
+    with open(os.path.join(top, "doc", "mod_mailoauth.html")) as f:
+        doc = f.read()
+    table = doc[doc.index('<a name="Trace">'):]
+    table = table[:table.index("</table>")]
+    documented = set(re.findall(r"<tr><td><code>(mailoauth[a-z.]*)</code>",
+                                table))
+    assert len(used) >= 17, used
+    assert used == documented, (used - documented, documented - used)

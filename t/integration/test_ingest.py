@@ -304,6 +304,21 @@ def test_name_template_makes_subdirectories(ingester, dovecot):
     assert (st.st_uid, st.st_gid) == (UID, UID)
 
 
+def test_metadata_file_follows_the_name_template(ingester, dovecot):
+    """The metadata file is named through name= like the files, as
+    <Subject>.json: its folder is the one the template makes for that
+    name (documented under metadata=)."""
+    a = ingester("metadata=on name=%Y/%{ext}/%{filename}", start=False)
+    dovecot.deliver(ALICE, make_mail([("t.txt", b"t", "text/plain")],
+                                      subject="Week 49"))
+    a.go()
+    year = time.strftime("%Y")
+    meta = wait_for(lambda: visible(os.path.join(a.inbox, year, "json")),
+                    timeout=20, what="the metadata file")
+    assert meta == ["Week 49.json"], meta
+    assert visible(os.path.join(a.inbox, year, "txt")) == ["t.txt"]
+
+
 def test_max_size_leaves_big_mail_unread(ingester, dovecot):
     a = ingester("max-size=10K", start=False)
     dovecot.deliver(ALICE, make_mail([("big.bin", os.urandom(50000),
@@ -617,6 +632,11 @@ def test_eml_and_metadata_beside_attachments(ingester, dovecot):
     assert files["Lieferschein März_42.eml"]["message"] is True
     st = os.stat(os.path.join(a.inbox, "Lieferschein März_42.json"))
     assert st.st_uid == UID
+    # MailOAuthLog shows names with non-ASCII bytes escaped, as documented.
+    log = a.srv.log_text()
+    assert "deposited %s/Lieferschein M\\xc3\\xa4rz_42.eml (" % a.inbox \
+        in log, log
+    assert "März" not in log
 
 
 def test_eml_takes_a_message_without_attachments(ingester, dovecot):

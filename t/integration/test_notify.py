@@ -86,6 +86,33 @@ def test_upload_is_notified(notifier, dovecot, pki, proto):
     assert len(dovecot.messages(to)) == 1
 
 
+def test_default_texts_say_the_time_with_its_offset(notifier, dovecot,
+                                                    monkeypatch):
+    """%{iso8601} has no zone; the default body and digest line use
+    %{iso8601-tz}, which has the server's UTC offset."""
+    monkeypatch.setenv("TZ", "XST-5:30")     # POSIX: UTC+05:30
+    one, digest = rcpt("tz"), rcpt("tzdigest")
+    a = notifier("MailOAuthNotify notify to=%s\n"
+                 "MailOAuthNotify notify to=%s digest=1\n"
+                 "MailOAuthNotify notify to=%s \"subject=%%{iso8601-tz}|"
+                 "%%{iso8601}\"" % (one, digest, one))
+    a.srv.start()
+    curl_upload(a.srv, "ftp", "tz.txt", b"x")
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+05:30"
+    msgs = [parse(m) for m in dovecot.wait_for_messages(one, 2, timeout=30)]
+    plain = [m for m in msgs if m["Subject"] == "File received: tz.txt"][0]
+    body = plain.get_body(("plain",)).get_content()
+    assert re.search(r"via ftp at %s\.$" % stamp, body.strip()), body
+    # An explicit one in a subject, next to the zoneless kind.
+    subj = [m["Subject"] for m in msgs if m is not plain][0]
+    assert re.match(r"^%s\|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}$"
+                    % stamp, subj), subj
+    raw = dovecot.wait_for_messages(digest, 1, timeout=30)[0]
+    body = parse(raw).get_body(("plain",)).get_content()
+    assert re.search(r"tz\.txt \(1 bytes\) by alice from \S+ via ftp at %s"
+                     % stamp, body), body
+
+
 def test_utf8_subject_and_names(notifier, dovecot, pki):
     to = rcpt("utf8")
     a = notifier('MailOAuthNotify notify to=%s "from-name=Dépôt FTP" '
@@ -214,6 +241,7 @@ def test_unknown_account_fails_syntax_check(notifier):
     ("MailOAuthNotify notify to=a@b.c attach=lots", "write e.g. attach=10M"),
     ("MailOAuthNotify notify to=a@b.c digest=soon", "write e.g. digest=10m"),
     ("MailOAuthNotify notify to=a@b.c colour=red", "unknown setting 'colour'"),
+    ("MailOAuthNotify notify to=a@b.c burst=drop", "write burst=digest"),
 ])
 def test_rule_mistakes_fail_syntax_check(notifier, rule, hint):
     a = notifier(rule, seed=False)
@@ -336,20 +364,73 @@ def test_rejected_recipient_goes_to_dead_letter(notifier, dovecot):
     dovecot.wait_for_messages(good, 1, timeout=30)
 
 
+BACKLOG = re.compile(r"account notify: (\d+) notifications? waits? for the "
+                     r"send rate \((\d+) a minute\); at this rate the last "
+                     r"goes out in about (\d+) minutes?")
+CLEARED = re.compile(r"account notify: send-rate backlog cleared: (\d+) "
+                     r"notifications? sent in \d+ s")
+
+
 def test_rate_limit_makes_mail_wait_not_drop(notifier, dovecot):
     to = rcpt("rate")
     a = notifier("MailOAuthNotify notify to=%s" % to)
     a.srv.extra_conf = a.srv.extra_conf.replace("smtp=", "send-rate=3 smtp=")
     a.srv.start()
+    pids = stopped_worker(a)
     for i in range(5):
-        curl_upload(a.srv, "ftp", "r-%d.txt" % i, b"x")
+        ftp_store(a, "r-%d.txt" % i, b"x")
+    resume(pids)
     dovecot.wait_for_messages(to, 3, timeout=30)
     time.sleep(5)
     assert len(dovecot.messages(to)) == 3
     queue = os.path.join(a.srv.state_dir, "queue")
     assert len([f for f in os.listdir(queue) if f.endswith(".ev")]) == 2
+    # Held back mail is said once, with how long it will take.
+    text = a.srv.log_text()
+    assert [m.groups() for m in BACKLOG.finditer(text)] == \
+        [("2", "3", "1")], text
+    assert not CLEARED.search(text)
     # The window moves on after a minute; nothing was dropped.
     dovecot.wait_for_messages(to, 5, timeout=90)
+    a.srv.wait_log("send-rate backlog cleared", timeout=10)
+    text = a.srv.log_text()
+    assert [m.group(1) for m in CLEARED.finditer(text)] == ["2"], text
+    assert len(BACKLOG.findall(text)) == 1
+
+
+def test_burst_digest_folds_a_backlog_into_one_mail(notifier, dovecot):
+    to = rcpt("burst")
+    a = notifier('MailOAuthNotify notify to=%s burst=digest "subject=Drop"'
+                 % to)
+    a.srv.extra_conf = a.srv.extra_conf.replace("smtp=", "send-rate=2 smtp=")
+    a.srv.start()
+    # Two uploads: the rate lets both go, one mail each.
+    for i in range(2):
+        ftp_store(a, "first-%d.csv" % i, b"x")
+    msgs = [parse(m) for m in dovecot.wait_for_messages(to, 2, timeout=30)]
+    assert sorted(m["Subject"] for m in msgs) == ["Drop", "Drop"]
+    # Six more while the minute's two are spent: one digest, once the
+    # window lets one more mail go.
+    pids = stopped_worker(a)
+    for i in range(6):
+        ftp_store(a, "burst-%d.csv" % i, b"y" * (i + 1))
+    resume(pids)
+    raw = dovecot.wait_for_messages(to, 3, timeout=90)
+    digest = [parse(m) for m in raw if b"burst-0.csv" in m]
+    assert len(digest) == 1
+    assert digest[0]["Subject"] == "Drop (6 uploads)"
+    body = digest[0].get_body(("plain",)).get_content()
+    assert "6 uploads arrived, more than the 2 a minute" in body
+    for i in range(6):
+        assert "burst-%d.csv (%d bytes)" % (i, i + 1) in body
+    time.sleep(3)
+    assert len(dovecot.messages(to)) == 3
+    text = a.srv.log_text()
+    assert "notification for a digest of 6 uploads (burst=digest: the " \
+        "send-rate backlog of the rule at " in text
+    assert [m.groups() for m in BACKLOG.finditer(text)] == \
+        [("1", "2", "1")], text
+    assert [m.group(1) for m in CLEARED.finditer(text)] == ["1"], text
 
 
 def test_from_other_than_mailbox_reported_at_startup(notifier):

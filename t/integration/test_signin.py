@@ -67,6 +67,7 @@ class Tool:
         self.secrets = set()
         self.accounts = {}
         self.procs = []
+        self.group = "nogroup"
         os.makedirs(os.path.join(workdir, "accounts.d"))
         self.env = dict(os.environ, no_proxy="*", NO_PROXY="*")
 
@@ -108,7 +109,7 @@ class Tool:
             f.write("""# written by test_signin.py
 ServerName "ftpmailoauth test"
 User nobody
-Group nogroup
+Group %s
 <IfModule mod_mailoauth.c>
   MailOAuthEngine on
   MailOAuthStateDir %s
@@ -119,7 +120,7 @@ Group nogroup
   User ftp
   Group nogroup
 </Anonymous>
-""" % (self.state_dir, self.dir))
+""" % (self.group, self.state_dir, self.dir))
 
     def token_file(self, name):
         return os.path.join(self.token_dir, name + ".json")
@@ -437,6 +438,20 @@ def test_device_code_signin(env):
     assert os.stat(env.token_file("notify")).st_uid == NOBODY
 
 
+def test_token_file_gets_the_servers_group(env):
+    """The tool writes as User and Group: the token file is the server's
+    Group's, not root's and not User's own group (documented)."""
+    import grp
+    env.group = "daemon"
+    proc, code = device_env(env)
+    env.svc.approve_device(code, ALICE)
+    rc, out = proc.finish()
+    assert rc == 0, out
+    st = os.stat(env.token_file("notify"))
+    assert (st.st_uid, st.st_gid) == (NOBODY, grp.getgrnam("daemon").gr_gid)
+    assert st.st_mode & 0o777 == 0o600
+
+
 def test_device_code_declined(env):
     proc, code = device_env(env)
     env.svc.decline_device(code)
@@ -452,6 +467,29 @@ def test_device_code_expired(env):
     rc, out = proc.finish()
     assert rc == 1, out
     assert "code expired" in out
+    assert not os.path.exists(env.token_file("notify"))
+
+
+@pytest.mark.parametrize("fault, said", [
+    (dict(fault="html", status=400),
+     "config: the device-code endpoint refused the request [HTTP 400]"),
+    (dict(fault="error", status=400, error="invalid_request", code=4242424,
+          description="Bad request."),
+     "the device-code endpoint refused the request as malformed"),
+])
+def test_device_code_start_refused_names_its_endpoint(env, fault, said):
+    """The device-code endpoint, not the token endpoint, refused: the
+    message says which one did."""
+    env.svc.set_config(device_interval=1)
+    app, redirect = web_app(env.svc)
+    env.add_account("notify", app, redirect=redirect)
+    kind = fault.pop("fault")
+    env.svc.inject(kind, endpoint="devicecode", **fault)
+    rc, out = env.run("signin", "--device", "notify", timeout=20)
+    assert rc != 0, out
+    assert "cannot start the device code sign-in" in out, out
+    assert said in out, out
+    assert "token endpoint" not in out, out
     assert not os.path.exists(env.token_file("notify"))
 
 

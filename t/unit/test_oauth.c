@@ -1406,7 +1406,38 @@ START_TEST(test_format_error) {
   ck_assert_int_eq(strncmp(line, "transient: the token endpoint is unreachable "
     "or failing [HTTP 503]; remedy: nothing to do", 88), 0);
 
+  /* Starting a device-code sign-in talks to the device-code endpoint: the
+   * words name that one, never the token endpoint.
+   */
+  body = "{\"error\":\"unauthorized_request\"}";
+  mailoauth_oauth_parse_response(MAILOAUTH_OAUTH_REQ_DEVICE_START, 400,
+    body, strlen(body), NULL, NOW, &resp);
+  mailoauth_oauth_format_error(&resp, "cmd", line, sizeof(line));
+  ck_assert_msg(strncmp(line, "config: the device-code endpoint refused the "
+    "request [unauthorized_request, HTTP 400]", 80) == 0, "%s", line);
+  ck_assert_ptr_null(strstr(line, "token endpoint"));
+  body = "{\"error\":\"invalid_request\"}";
+  mailoauth_oauth_parse_response(MAILOAUTH_OAUTH_REQ_DEVICE_START, 400,
+    body, strlen(body), NULL, NOW, &resp);
+  mailoauth_oauth_format_error(&resp, "cmd", line, sizeof(line));
+  ck_assert_msg(strstr(line, "the device-code endpoint refused the request "
+    "as malformed") != NULL, "%s", line);
+  mailoauth_oauth_parse_response(MAILOAUTH_OAUTH_REQ_DEVICE_START, 502,
+    "", 0, NULL, NOW, &resp);
+  mailoauth_oauth_format_error(&resp, "cmd", line, sizeof(line));
+  ck_assert_msg(strstr(line, "the device-code endpoint is unreachable or "
+    "failing") != NULL && strstr(line, "the device-code endpoint answered "
+    "HTTP 502 with an empty body") != NULL, "%s", line);
+  ck_assert_ptr_null(strstr(line, "token endpoint"));
+  mailoauth_oauth_parse_response(MAILOAUTH_OAUTH_REQ_DEVICE_POLL, 400,
+    body, strlen(body), NULL, NOW, &resp);
+  mailoauth_oauth_format_error(&resp, "cmd", line, sizeof(line));
+  ck_assert_msg(strstr(line, "the token endpoint refused the request as "
+    "malformed") != NULL, "%s", line);
+
   /* Truncation is safe. */
+  mailoauth_oauth_parse_response(MAILOAUTH_OAUTH_REQ_REFRESH, 503,
+    "<html>", 6, "17", NOW, &resp);
   ck_assert_int_gt(mailoauth_oauth_format_error(&resp, "cmd", line, 10), 10);
   ck_assert_uint_eq(strlen(line), 9);
 

@@ -58,6 +58,8 @@
 #define MAILOAUTH_EVENT_F_ATTACH_MAX    'L' /* attach the file up to N bytes */
 #define MAILOAUTH_EVENT_F_DIGEST_SECS   'D' /* collect for N seconds */
 #define MAILOAUTH_EVENT_F_RULE          'K' /* which rule: groups digests */
+#define MAILOAUTH_EVENT_F_BURST         'W' /* "digest": fold a send-rate
+                                               backlog into one digest */
 
 struct mailoauth_event_field {
   unsigned char tag;

@@ -141,6 +141,7 @@ struct mailoauth_oauth_identity {
  */
 struct mailoauth_oauth_response {
   mailoauth_oauth_class_t oauth_class;
+  mailoauth_oauth_request_t request;  /* which request this answers */
   long http_status;          /* 0 when no HTTP answer came */
   int curl_code;             /* CURLcode; 0 when the transfer succeeded */
   long retry_after;          /* seconds from Retry-After; -1 when absent */
@@ -282,6 +283,11 @@ int mailoauth_oauth_parse_response(mailoauth_oauth_request_t kind,
 
 /* The table entry for an AADSTS code, or NULL. */
 const struct mailoauth_oauth_aadsts *mailoauth_oauth_aadsts_lookup(long code);
+
+/* "the token endpoint", or "the device-code endpoint" for the request
+ * that starts a device-code sign-in: errors name the one that answered.
+ */
+const char *mailoauth_oauth_endpoint_name(mailoauth_oauth_request_t kind);
 
 /* One log line for a failed request:
  *   class: meaning [AADSTSn error, HTTP n]; remedy: ...; detail;

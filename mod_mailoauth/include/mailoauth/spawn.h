@@ -49,4 +49,19 @@ void mailoauth_spawn_close_from(int lowfd);
  */
 int mailoauth_spawn_fd_above_stdio(int *fd);
 
+/* Why a process is being stopped: the value its SIGTERM carries
+ * (sigqueue), passed down from the master to the worker, so that the
+ * worker's last line can say.  0: a plain SIGTERM, reason unknown.
+ */
+#define MAILOAUTH_STOP_RESTART      1   /* the server is restarting */
+#define MAILOAUTH_STOP_SHUTDOWN     2   /* the server is shutting down */
+#define MAILOAUTH_STOP_EXIT         3   /* the server is stopping */
+#define MAILOAUTH_STOP_MASTER_GONE  4   /* the supervisor lost the master */
+
+/* "the server is restarting" etc.; NULL for 0 or an unknown value. */
+const char *mailoauth_stop_reason(int code);
+
+/* Sends pid SIGTERM carrying code.  0, or -1 with errno. */
+int mailoauth_stop_signal(pid_t pid, int code);
+
 #endif /* MOD_MAILOAUTH_SPAWN_H */

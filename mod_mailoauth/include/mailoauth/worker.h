@@ -48,6 +48,11 @@ struct mailoauth_worker_config {
 
 int mailoauth_worker_run(const struct mailoauth_worker_config *cfg);
 
+/* What the SIGTERM that stopped the loop carried (MAILOAUTH_STOP_*), 0 when
+ * it carried nothing.
+ */
+int mailoauth_worker_stop_code(void);
+
 /* The default delivery: one MailOAuthLog line per upload event. */
 int mailoauth_worker_log_event(const char *id, const unsigned char *rec,
   size_t len, void *arg);

@@ -25,6 +25,7 @@
 #include "mailoauth/spool.h"
 #include "mailoauth/tnef.h"
 #include "mailoauth/trace.h"
+#include "mailoauth/worker.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -744,6 +745,17 @@ static void ingest_error(struct ingest_task *t, const char *fmt, ...) {
   }
 }
 
+/* A name a sender chose, as MailOAuthLog shows it: control characters,
+ * quotes, backslashes and non-ASCII bytes as \xNN, as in upload lines, so
+ * that no name can forge or garble a line.  Sanitizing has removed most
+ * of these already; the log does not rely on it.
+ */
+#define INGEST_SHOWN_MAX  (MAILOAUTH_DEPOSIT_NAME_MAX * 4 + 1)
+
+static const char *ingest_shown(const char *name, char *buf, size_t bufsz) {
+  return mailoauth_worker_printable(name, strlen(name), buf, bufsz);
+}
+
 static void ingest_ok(struct ingest_task *t) {
   if (t->last_error[0] != '\0') {
     mailoauth_log("ingest %s: working again", t->cfg.name);
@@ -1032,6 +1044,7 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
   struct mailoauth_deposit_request req;
   struct mailoauth_deposit_result res;
   char desc[512], found[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
+  char shown[INGEST_SHOWN_MAX];
   struct stat st;
 
   if (fstat(fd, &st) < 0) {
@@ -1049,10 +1062,10 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
      */
     mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s was deposited before "
       "a restart; not deposited again", t->cfg.name, m->uid, dest->dir,
-      found);
+      ingest_shown(found, shown, sizeof(shown)));
     if (ingest_ledger_append(m->ing, t, m->uid, key, found, 0, 0, 0) < 0) {
       ingest_error(t, "cannot record the deposit of '%s' in the ledger: "
-        "%s", found, strerror(errno));
+        "%s", shown, strerror(errno));
       m->stop_run = 1;
       return -1;
     }
@@ -1083,7 +1096,8 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
   if (mailoauth_deposit_client_file(m->ing->deposit_sock, &req, fd,
       INGEST_DEPOSIT_TIMEOUT_MS, &res) < 0) {
     ingest_error(t, "cannot deposit '%s' (UID %" PRIu32 ") into %s: %s; "
-      "the message stays in %s and is tried again next run", name, m->uid,
+      "the message stays in %s and is tried again next run",
+      ingest_shown(name, shown, sizeof(shown)), m->uid,
       dest->dir, mailoauth_deposit_describe(&res, desc, sizeof(desc)),
       t->cfg.folder);
     /* Disk full, quota, permissions, a missing directory or a gone helper
@@ -1098,13 +1112,14 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
      * so that at worst it is deposited once more, never lost.
      */
     ingest_error(t, "cannot record the deposit of '%s' in the ledger: %s",
-      res.name, strerror(errno));
+      ingest_shown(res.name, shown, sizeof(shown)), strerror(errno));
     m->stop_run = 1;
     return -1;
   }
 
   mailoauth_log("ingest %s: UID %" PRIu32 ": deposited %s/%s (%" PRIu64
-    " bytes)", t->cfg.name, m->uid, dest->dir, res.name, res.size);
+    " bytes)", t->cfg.name, m->uid, dest->dir,
+    ingest_shown(res.name, shown, sizeof(shown)), res.size);
   snprintf(final, finalsz, "%s", res.name);
   m->deposited++;
   return 0;
@@ -1188,14 +1203,18 @@ static int ingest_unpack_tnef(struct ingest_msg *m,
      * it came.  When unpacking is off altogether (no helper, or no
      * verified sandbox), that was logged once, not for every message.
      */
-    if (errno == ESRCH || errno == ENOTSUP) {
+    int xerrno = errno;
+    char shown[INGEST_SHOWN_MAX];
+
+    ingest_shown(m->part_name, shown, sizeof(shown));
+    if (xerrno == ESRCH || xerrno == ENOTSUP) {
       mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 ": '%s' "
         "deposited as it is: unpacking is off", m->t->cfg.name, m->uid,
-        m->part_name);
+        shown);
     } else {
       mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' cannot be unpacked "
-        "(%s); deposited as it is", m->t->cfg.name, m->uid, m->part_name,
-        strerror(errno));
+        "(%s); deposited as it is", m->t->cfg.name, m->uid, shown,
+        strerror(xerrno));
     }
     m->wanted = before;
     return 1;
@@ -1376,8 +1395,11 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
 
   } else if (status & (MAILOAUTH_MIME_ST_TRUNCATED|MAILOAUTH_MIME_ST_ABORTED)) {
     /* A part cut at a limit is not the file that was sent. */
+    char shown[INGEST_SHOWN_MAX];
+
     ingest_error(t, "UID %" PRIu32 ": attachment '%s' exceeds the parser's "
-      "limits; not deposited", m->uid, m->part_name);
+      "limits; not deposited", m->uid,
+      ingest_shown(m->part_name, shown, sizeof(shown)));
     m->failed = 1;
     res = -1;
 
@@ -1406,9 +1428,11 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
         /* What could be decoded is kept (it is often all of it), but the
          * recipient should know to check it.
          */
+        char shown[INGEST_SHOWN_MAX];
+
         mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s may be incomplete: "
           "%s; deposited as received", t->cfg.name, m->uid, m->dest->dir,
-          final, (status & MAILOAUTH_MIME_ST_BAD_ENCODING) ?
+          ingest_shown(final, shown, sizeof(shown)), (status & MAILOAUTH_MIME_ST_BAD_ENCODING) ?
           "its base64 encoding is broken" :
           "the message ends before its MIME parts are closed");
       }

@@ -40,6 +40,16 @@ struct mailoauth_notify_account {
   unsigned int rate;            /* mails a minute */
   time_t sends[MAILOAUTH_NOTIFY_RATE_MAX];  /* ring of recent send times */
   unsigned int send_head, send_count;
+
+  /* This pass: mails the rate held back, and mails left queued for any
+   * reason (rate, backoff, no token).
+   */
+  int rate_blocked;
+  unsigned int held, waiting;
+
+  /* A send-rate backlog was logged: since when, and the sends then. */
+  time_t backlog_since;
+  unsigned long sent, backlog_sent;
 };
 
 struct mailoauth_notify_group {
@@ -184,8 +194,31 @@ static int mailoauth_notify_rate_ok(struct mailoauth_notify *n,
   }
 
   a->blocked_until = a->sends[oldest] + 60;
+  a->rate_blocked = 1;
   mailoauth_notify_due(n, a->blocked_until);
   return 0;
+}
+
+/* How many mails the account may send right now. */
+static unsigned int mailoauth_notify_rate_free(
+    const struct mailoauth_notify_account *a, time_t now) {
+  unsigned int i, recent = 0;
+
+  if (a->retry_at > now ||
+      a->blocked_until > now) {
+    return 0;
+  }
+
+  for (i = 0; i < a->send_count; i++) {
+    unsigned int k = (a->send_head + MAILOAUTH_NOTIFY_RATE_MAX - 1 - i) %
+      MAILOAUTH_NOTIFY_RATE_MAX;
+
+    if (a->sends[k] + 60 > now) {
+      recent++;
+    }
+  }
+
+  return recent < a->rate ? a->rate - recent : 0;
 }
 
 static void mailoauth_notify_rate_note(struct mailoauth_notify_account *a,
@@ -201,15 +234,51 @@ static int mailoauth_notify_can_send(struct mailoauth_notify *n,
     struct mailoauth_notify_account *a, time_t now) {
   if (a->retry_at > now) {
     mailoauth_notify_due(n, a->retry_at);
+    a->waiting++;
     return 0;
   }
 
   if (a->blocked_until > now) {
     mailoauth_notify_due(n, a->blocked_until);
+    a->waiting++;
+    a->held += a->rate_blocked ? 1 : 0;
     return 0;
   }
 
-  return mailoauth_notify_rate_ok(n, a, now);
+  if (!mailoauth_notify_rate_ok(n, a, now)) {
+    a->waiting++;
+    a->held++;
+    return 0;
+  }
+
+  return 1;
+}
+
+/* One line when the send rate starts holding mail back (how many, and
+ * when the last of them goes at this rate), one when nothing waits any
+ * more: a thousand uploads take over half an hour at 30 a minute.
+ */
+static void mailoauth_notify_backlog(struct mailoauth_notify_account *a,
+    time_t now) {
+  if (a->held > 0 &&
+      a->backlog_since == 0) {
+    unsigned int mins = (a->held + a->rate - 1) / a->rate;
+
+    a->backlog_since = now;
+    a->backlog_sent = a->sent;
+    mailoauth_log("account %s: %u notification%s wait%s for the send rate "
+      "(%u a minute); at this rate the last goes out in about %u minute%s",
+      a->name, a->held, a->held == 1 ? "" : "s", a->held == 1 ? "s" : "",
+      a->rate, mins, mins == 1 ? "" : "s");
+
+  } else if (a->waiting == 0 &&
+             a->backlog_since != 0) {
+    mailoauth_log("account %s: send-rate backlog cleared: %lu notification%s "
+      "sent in %ld s", a->name, a->sent - a->backlog_sent,
+      a->sent - a->backlog_sent == 1 ? "" : "s",
+      (long) (now - a->backlog_since));
+    a->backlog_since = 0;
+  }
 }
 
 static void mailoauth_notify_remove(struct mailoauth_notify *n,
@@ -534,6 +603,7 @@ static int mailoauth_notify_outcome(struct mailoauth_notify *n,
       a->failures = 0;
       a->retry_at = 0;
       mailoauth_notify_rate_note(a, now);
+      a->sent++;
       n->stats.sent++;
       mailoauth_log("notification for %s sent to %s through %s", what,
         rcpt_desc, acct->smtp_url);
@@ -550,6 +620,7 @@ static int mailoauth_notify_outcome(struct mailoauth_notify *n,
     case MAILOAUTH_SMTP_TEMPFAIL: {
       long delay_ms;
 
+      a->waiting++;
       if (strncmp(reply, "no access token", 15) == 0) {
         n->stats.deferred++;
         return 0;
@@ -689,14 +760,14 @@ static struct mailoauth_notify_group *mailoauth_notify_group(
  * subject, then one line per upload.
  */
 static void mailoauth_notify_digest(struct mailoauth_notify *n,
-    struct mailoauth_notify_group *g, time_t now) {
+    struct mailoauth_notify_group *g, int burst, time_t now) {
   struct mailoauth_notify_account *a;
   const struct mailoauth_account *acct;
   struct mailoauth_message *msg = NULL;
   struct mailoauth_event ev;
   unsigned char *first = NULL;
   char **lines;
-  char reply[1024], rcpts[1024], what[128], subject[2200], intro[128];
+  char reply[1024], rcpts[1024], what[512], subject[2200], intro[160];
   const struct mailoauth_event_field *f;
   mailoauth_smtp_status_t status;
   unsigned int i, nlines = 0;
@@ -761,7 +832,13 @@ static void mailoauth_notify_digest(struct mailoauth_notify *n,
     mailoauth_event_str(&ev, MAILOAUTH_EVENT_F_SUBJECT, buf, sizeof(buf));
     snprintf(subject, sizeof(subject), "%s (%u uploads)",
       buf[0] ? buf : "Files received", nlines);
-    snprintf(intro, sizeof(intro), "%u uploads arrived:", nlines);
+    if (burst) {
+      snprintf(intro, sizeof(intro), "%u uploads arrived, more than the "
+        "%u a minute this mailbox may send; here they are in one mail:",
+        nlines, a->rate);
+    } else {
+      snprintf(intro, sizeof(intro), "%u uploads arrived:", nlines);
+    }
     (void) mailoauth_message_set_subject(msg, subject,
       MAILOAUTH_MESSAGE_STRLEN);
     (void) mailoauth_message_set_digest_body(msg, intro,
@@ -776,7 +853,13 @@ static void mailoauth_notify_digest(struct mailoauth_notify *n,
 
   if (msg != NULL) {
     mailoauth_notify_describe_rcpts(&ev, rcpts, sizeof(rcpts));
-    snprintf(what, sizeof(what), "a digest of %u uploads", nlines);
+    if (burst) {
+      snprintf(what, sizeof(what), "a digest of %u uploads (burst=digest: "
+        "the send-rate backlog of the rule at %s, folded into one mail)",
+        nlines, g->rule);
+    } else {
+      snprintf(what, sizeof(what), "a digest of %u uploads", nlines);
+    }
     status = mailoauth_notify_send(n, a, msg, now, reply, sizeof(reply));
     res = mailoauth_notify_outcome(n, a, status, what, rcpts, reply, now);
 
@@ -804,6 +887,53 @@ static void mailoauth_notify_digest(struct mailoauth_notify *n,
   free(first);
 }
 
+static void mailoauth_notify_one_file(struct mailoauth_notify *n,
+    const char *name, time_t now) {
+  struct mailoauth_event ev;
+  unsigned char *data;
+  size_t len = 0;
+
+  data = mailoauth_queue_read(n->queue_dir, name, &len);
+  if (data != NULL &&
+      mailoauth_event_parse(data, len, &ev) > 0) {
+    mailoauth_notify_one(n, name, &ev, now);
+  }
+  free(data);
+}
+
+/* burst=digest: the uploads of one rule go one mail each while the
+ * account's send rate lets them all go now; when more wait than that,
+ * all of them go as one digest instead of waiting in line.
+ */
+static void mailoauth_notify_burst(struct mailoauth_notify *n,
+    struct mailoauth_notify_group *g, time_t now) {
+  struct mailoauth_notify_account *a;
+  unsigned int i;
+
+  a = mailoauth_notify_account(n, g->account);
+  if (a != NULL &&
+      (g->n == 1 || g->n <= mailoauth_notify_rate_free(a, now))) {
+    for (i = 0; i < g->n; i++) {
+      mailoauth_notify_one_file(n, g->names[i], now);
+    }
+    return;
+  }
+
+  mailoauth_trace(trace_channel, 5, "account %s: %u notifications of the "
+    "rule at %s wait for the send rate: one digest (burst=digest)",
+    g->account, g->n, g->rule);
+  mailoauth_notify_digest(n, g, 1, now);
+}
+
+static void mailoauth_notify_group_free(struct mailoauth_notify_group *g) {
+  unsigned int j;
+
+  for (j = 0; j < g->n; j++) {
+    free(g->names[j]);
+  }
+  free(g->names);
+}
+
 static int mailoauth_notify_select(const struct dirent *d) {
   size_t len = strlen(d->d_name), slen = strlen(MAILOAUTH_SPOOL_QUEUE_SUFFIX);
 
@@ -812,15 +942,18 @@ static int mailoauth_notify_select(const struct dirent *d) {
 }
 
 int mailoauth_notify_process(struct mailoauth_notify *n, time_t now) {
-  struct mailoauth_notify_group *groups;
+  struct mailoauth_notify_group *groups, *bursts;
   struct dirent **names = NULL;
-  unsigned int ngroups = 0, i, j;
+  unsigned int ngroups = 0, nbursts = 0, i;
   unsigned long sent_before = n->stats.sent;
   int count, k;
 
   n->next_due = 0;
   for (i = 0; i < n->naccounts; i++) {
     n->accounts[i].blocked_until = 0;
+    n->accounts[i].rate_blocked = 0;
+    n->accounts[i].held = 0;
+    n->accounts[i].waiting = 0;
   }
 
   count = scandir(n->queue_dir, &names, mailoauth_notify_select, alphasort);
@@ -829,6 +962,7 @@ int mailoauth_notify_process(struct mailoauth_notify *n, time_t now) {
   }
 
   groups = calloc(MAILOAUTH_NOTIFY_MAX_GROUPS, sizeof(*groups));
+  bursts = calloc(MAILOAUTH_NOTIFY_MAX_GROUPS, sizeof(*bursts));
 
   for (k = 0; k < count; k++) {
     struct mailoauth_event ev;
@@ -870,6 +1004,16 @@ int mailoauth_notify_process(struct mailoauth_notify *n, time_t now) {
         }
       }
 
+    } else if (mailoauth_event_get(&ev, MAILOAUTH_EVENT_F_BURST) != NULL &&
+               bursts != NULL) {
+      struct mailoauth_notify_group *g = mailoauth_notify_group(bursts,
+        &nbursts, &ev);
+
+      if (g != NULL &&
+          g->n < MAILOAUTH_NOTIFY_DIGEST_MAX) {
+        g->names[g->n++] = strdup(names[k]->d_name);
+      }
+
     } else {
       mailoauth_notify_one(n, names[k]->d_name, &ev, now);
     }
@@ -877,23 +1021,31 @@ int mailoauth_notify_process(struct mailoauth_notify *n, time_t now) {
     free(data);
   }
 
+  /* After the single mails: they were there first. */
+  for (i = 0; bursts != NULL && i < nbursts; i++) {
+    mailoauth_notify_burst(n, &bursts[i], now);
+    mailoauth_notify_group_free(&bursts[i]);
+  }
+
   for (i = 0; groups != NULL && i < ngroups; i++) {
     struct mailoauth_notify_group *g = &groups[i];
 
     if (g->oldest + g->window <= now ||
         g->n >= MAILOAUTH_NOTIFY_DIGEST_MAX) {
-      mailoauth_notify_digest(n, g, now);
+      mailoauth_notify_digest(n, g, 0, now);
     } else {
       mailoauth_notify_due(n, g->oldest + g->window);
     }
 
-    for (j = 0; j < g->n; j++) {
-      free(g->names[j]);
-    }
-    free(g->names);
+    mailoauth_notify_group_free(g);
+  }
+
+  for (i = 0; i < n->naccounts; i++) {
+    mailoauth_notify_backlog(&n->accounts[i], now);
   }
 
   free(groups);
+  free(bursts);
   for (k = 0; k < count; k++) {
     free(names[k]);
   }

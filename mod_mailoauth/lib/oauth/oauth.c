@@ -1289,7 +1289,7 @@ static const struct error_info error_table[] = {
     "the requested scopes are invalid",
     "check the configured scopes" },
   { "invalid_request", MAILOAUTH_OAUTH_CONFIG,
-    "the token endpoint refused the request as malformed",
+    "{endpoint} refused the request as malformed",
     "check the configured URLs, tenant, client ID and redirect URI" },
   { "invalid_resource", MAILOAUTH_OAUTH_CONFIG,
     "the requested resource is unknown",
@@ -1779,8 +1779,8 @@ static int parse_error_body(mailoauth_oauth_request_t kind, json_t *json,
 
   if (resp->error == NULL) {
     snprintf(resp->detail, sizeof(resp->detail),
-      "the token endpoint answered HTTP %ld without an OAuth error",
-      resp->http_status);
+      "%s answered HTTP %ld without an OAuth error",
+      mailoauth_oauth_endpoint_name(kind), resp->http_status);
   }
 
   resp->oauth_class = mailoauth_oauth_classify(kind, resp->http_status, 0,
@@ -1801,6 +1801,7 @@ int mailoauth_oauth_parse_response(mailoauth_oauth_request_t kind,
   }
 
   mailoauth_oauth_response_clear(resp);
+  resp->request = kind;
   resp->http_status = http_status;
   resp->retry_after = mailoauth_oauth_parse_retry_after(retry_after, now);
 
@@ -1813,7 +1814,8 @@ int mailoauth_oauth_parse_response(mailoauth_oauth_request_t kind,
      * either could hold a token.
      */
     snprintf(resp->detail, sizeof(resp->detail),
-      "the token endpoint answered HTTP %ld with %s (%lu bytes)", http_status,
+      "%s answered HTTP %ld with %s (%lu bytes)",
+      mailoauth_oauth_endpoint_name(kind), http_status,
       len == 0 ? "an empty body" : "a body that is not a JSON object",
       (unsigned long) len);
     resp->oauth_class = mailoauth_oauth_classify(kind, http_status, 0, NULL, 0);
@@ -1872,6 +1874,26 @@ static void expand_remedy(const char *remedy, const char *cmd, char *out,
   snprintf(out, outlen, "%.*s%s%s", (int) (p - remedy), remedy, cmd, p + 5);
 }
 
+/* Which endpoint answered: a device-code sign-in starts at its own. */
+const char *mailoauth_oauth_endpoint_name(mailoauth_oauth_request_t kind) {
+  return kind == MAILOAUTH_OAUTH_REQ_DEVICE_START ?
+    "the device-code endpoint" : "the token endpoint";
+}
+
+/* The meaning with "{endpoint}" replaced by the endpoint that answered. */
+static void expand_endpoint(const char *meaning,
+    mailoauth_oauth_request_t kind, char *out, size_t outlen) {
+  const char *p = strstr(meaning, "{endpoint}");
+
+  if (p == NULL) {
+    snprintf(out, outlen, "%s", meaning);
+    return;
+  }
+
+  snprintf(out, outlen, "%.*s%s%s", (int) (p - meaning), meaning,
+    mailoauth_oauth_endpoint_name(kind), p + 10);
+}
+
 static void generic_advice(const struct mailoauth_oauth_response *resp,
     const char **meaning, const char **remedy) {
   switch (resp->oauth_class) {
@@ -1882,8 +1904,8 @@ static void generic_advice(const struct mailoauth_oauth_response *resp,
 
     case MAILOAUTH_OAUTH_CONFIG:
       *meaning = resp->curl_code != 0 ?
-        "the token endpoint cannot be reached securely as configured" :
-        "the token endpoint refused the request";
+        "{endpoint} cannot be reached securely as configured" :
+        "{endpoint} refused the request";
       *remedy = resp->curl_code != 0 ?
         "check the authority URL, proxy and CA bundle" :
         "check the tenant, client ID, client secret, scopes and the app "
@@ -1891,7 +1913,7 @@ static void generic_advice(const struct mailoauth_oauth_response *resp,
       break;
 
     case MAILOAUTH_OAUTH_TRANSIENT:
-      *meaning = "the token endpoint is unreachable or failing";
+      *meaning = "{endpoint} is unreachable or failing";
       *remedy = "nothing to do: the request is retried later";
       break;
 
@@ -1931,7 +1953,8 @@ static void advice(const struct mailoauth_oauth_response *resp,
 int mailoauth_oauth_format_error(const struct mailoauth_oauth_response *resp,
     const char *signin_cmd, char *buf, size_t buflen) {
   const char *meaning, *remedy;
-  char remedy_text[512], code_text[32], http_text[32], ids[200];
+  char remedy_text[512], meaning_text[256], code_text[32], http_text[32],
+    ids[200];
 
   if (resp == NULL || buf == NULL || buflen == 0) {
     errno = EINVAL;
@@ -1944,6 +1967,7 @@ int mailoauth_oauth_format_error(const struct mailoauth_oauth_response *resp,
 
   advice(resp, &meaning, &remedy);
   expand_remedy(remedy, signin_cmd, remedy_text, sizeof(remedy_text));
+  expand_endpoint(meaning, resp->request, meaning_text, sizeof(meaning_text));
 
   code_text[0] = ids[0] = '\0';
   if (resp->error_code != 0) {
@@ -1968,7 +1992,7 @@ int mailoauth_oauth_format_error(const struct mailoauth_oauth_response *resp,
    * server said: "..."; trace_id=... correlation_id=...
    */
   return snprintf(buf, buflen, "%s: %s [%s%s%s%s]; remedy: %s%s%s%s%s%s%s",
-    mailoauth_oauth_class_name(resp->oauth_class), meaning, code_text,
+    mailoauth_oauth_class_name(resp->oauth_class), meaning_text, code_text,
     resp->error != NULL ? resp->error : "", resp->error != NULL ? ", " : "",
     http_text, remedy_text,
     resp->detail[0] != '\0' ? "; " : "", resp->detail,
@@ -2369,14 +2393,16 @@ static int perform(struct mailoauth_oauth_ctx *ctx,
 
   if (rc != CURLE_OK) {
     mailoauth_oauth_response_clear(resp);
+    resp->request = kind;
     resp->curl_code = (int) rc;
     resp->http_status = status;
     resp->oauth_class = mailoauth_oauth_classify(kind, status, (int) rc, NULL,
       0);
 
     if (ctx->reply_overflow) {
-      snprintf(resp->detail, sizeof(resp->detail), "the token endpoint's "
-        "answer is larger than %lu bytes", (unsigned long) ctx->cfg.max_response);
+      snprintf(resp->detail, sizeof(resp->detail), "%s's answer is larger "
+        "than %lu bytes", mailoauth_oauth_endpoint_name(kind),
+        (unsigned long) ctx->cfg.max_response);
 
     } else {
       snprintf(resp->detail, sizeof(resp->detail), "network error (curl %d): "

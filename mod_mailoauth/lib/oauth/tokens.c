@@ -344,12 +344,17 @@ static void tokens_not_signed_in(struct mailoauth_tokens *t) {
 static void tokens_reload(struct mailoauth_tokens *t) {
   struct mailoauth_tokenstore_record fresh;
   char err[1024];
-  int changed;
+  int changed, had_signin;
+  mailoauth_oauth_class_t was;
 
   changed = mailoauth_tokenstore_changed(t->ts);
   if (changed == 0) {
     return;
   }
+
+  /* What the person may just have fixed: said again below once it is. */
+  was = t->blocked;
+  had_signin = t->rec.refresh_token != NULL;
 
   t->looked = 1;
   if (changed < 0) {
@@ -380,6 +385,18 @@ static void tokens_reload(struct mailoauth_tokens *t) {
   t->rec = fresh;
   mailoauth_trace(trace_channel, 9, "account %s: token file %s (re)read",
     tokens_name(t), mailoauth_tokenstore_path(t->ts));
+
+  /* The "must sign in" line was logged once; its end is too, or the log
+   * would leave the account broken.
+   */
+  if (was == MAILOAUTH_OAUTH_REAUTH &&
+      t->rec.refresh_token != NULL &&
+      t->rec.error_class == NULL) {
+    mailoauth_log("account %s: new sign-in%s%s found in %s; the account is "
+      "usable %s", tokens_name(t), t->rec.username ? " as " : "",
+      t->rec.username ? t->rec.username : "",
+      mailoauth_tokenstore_path(t->ts), had_signin ? "again" : "now");
+  }
 }
 
 /* Writes the cached record.  A failure is logged, not returned: the tokens

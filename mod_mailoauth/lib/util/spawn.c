@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -120,4 +121,30 @@ pid_t mailoauth_spawn(const char *path, char *const argv[],
   }
 
   return pid;
+}
+
+const char *mailoauth_stop_reason(int code) {
+  switch (code) {
+    case MAILOAUTH_STOP_RESTART:
+      return "the server is restarting";
+
+    case MAILOAUTH_STOP_SHUTDOWN:
+      return "the server is shutting down";
+
+    case MAILOAUTH_STOP_EXIT:
+      return "the server is stopping";
+
+    case MAILOAUTH_STOP_MASTER_GONE:
+      return "the master process is gone";
+  }
+
+  return NULL;
+}
+
+int mailoauth_stop_signal(pid_t pid, int code) {
+  union sigval val;
+
+  memset(&val, 0, sizeof(val));
+  val.sival_int = code;
+  return sigqueue(pid, SIGTERM, val);
 }

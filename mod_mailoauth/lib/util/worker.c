@@ -21,10 +21,20 @@
 static const char *trace_channel = "mailoauth.worker";
 
 static volatile sig_atomic_t mailoauth_worker_stop = 0;
+static volatile sig_atomic_t mailoauth_worker_stop_why = 0;
 
-static void mailoauth_worker_sigterm(int signo) {
+static void mailoauth_worker_sigterm(int signo, siginfo_t *info, void *ctx) {
   (void) signo;
+  (void) ctx;
   mailoauth_worker_stop = 1;
+  if (info != NULL &&
+      info->si_code == SI_QUEUE) {
+    mailoauth_worker_stop_why = info->si_value.sival_int;
+  }
+}
+
+int mailoauth_worker_stop_code(void) {
+  return mailoauth_worker_stop_why;
 }
 
 static long long mailoauth_worker_now_ms(void) {
@@ -97,7 +107,8 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
    * never slip in between the flag check and the wait.
    */
   memset(&sa, 0, sizeof(sa));
-  sa.sa_handler = mailoauth_worker_sigterm;
+  sa.sa_sigaction = mailoauth_worker_sigterm;
+  sa.sa_flags = SA_SIGINFO;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
 
