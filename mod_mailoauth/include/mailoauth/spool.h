@@ -120,11 +120,6 @@ unsigned char *mailoauth_queue_read(const char *dir, const char *name,
 /* Number of events waiting in the queue, or -1. */
 int mailoauth_queue_count(const char *queue_dir);
 
-/* write() until all of data is written (EINTR and short writes retried).
- * 0, or -1 with errno.
- */
-int mailoauth_spool_write_all(int fd, const void *data, size_t len);
-
 /* Writes data to dir/name atomically: temp file, fsync, rename, fsync of the
  * directory.  mode is applied to the new file.
  */

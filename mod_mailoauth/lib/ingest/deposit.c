@@ -6,6 +6,7 @@
 # define _GNU_SOURCE
 #endif
 
+#include "mailoauth/io.h"
 #include "mailoauth/deposit.h"
 #include "mailoauth/imsg.h"
 #include "mailoauth/names.h"
@@ -469,24 +470,6 @@ static int deposit_is_temp_name(const char *name) {
   return 1;
 }
 
-static int deposit_write_all(int fd, const char *p, size_t len) {
-  while (len > 0) {
-    ssize_t n = write(fd, p, len);
-
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return -1;
-    }
-
-    p += n;
-    len -= (size_t) n;
-  }
-
-  return 0;
-}
-
 /* Copies size bytes from offset 0 of in to out.  In-kernel copies first
  * (copy_file_range(), then sendfile()), plain pread()/write() where the
  * kernel or the file systems cannot.  Explicit offsets: the descriptor's
@@ -548,7 +531,7 @@ static int deposit_copy(int in, int out, uint64_t size, int *stage) {
       }
 
       if (n > 0 &&
-          deposit_write_all(out, buf, (size_t) n) < 0) {
+          mailoauth_io_write_all(out, buf, (size_t) n) < 0) {
         *stage = MAILOAUTH_DEPOSIT_STAGE_WRITE;
         return -1;
       }

@@ -14,6 +14,7 @@
  * there is nothing to do).
  */
 
+#include "mailoauth/io.h"
 #include "mailoauth/ingest.h"
 #include "mailoauth/deposit.h"
 #include "mailoauth/imap.h"
@@ -1317,7 +1318,7 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
 
 static int ingest_part_flush(struct ingest_msg *m) {
   if (m->wlen > 0 &&
-      mailoauth_spool_write_all(m->part_fd, m->wbuf, m->wlen) < 0) {
+      mailoauth_io_write_all(m->part_fd, m->wbuf, m->wlen) < 0) {
     m->part_write_error = errno;
     m->wlen = 0;
     return -1;
@@ -1350,7 +1351,7 @@ static int ingest_part_data(const struct mailoauth_mime_part *part,
   }
 
   if (len >= INGEST_WRITE_BUF) {
-    if (mailoauth_spool_write_all(m->part_fd, data, len) < 0) {
+    if (mailoauth_io_write_all(m->part_fd, data, len) < 0) {
       m->part_write_error = errno;
       return -1;
     }
@@ -1561,7 +1562,7 @@ static int ingest_save_metadata(struct ingest_msg *m) {
   }
 
   fd = ingest_tmpfile(m->ing);
-  if (fd >= 0 && mailoauth_spool_write_all(fd, doc, len) < 0) {
+  if (fd >= 0 && mailoauth_io_write_all(fd, doc, len) < 0) {
     (void) close(fd);
     fd = -1;
   }

@@ -18,6 +18,7 @@
 # define _GNU_SOURCE
 #endif
 
+#include "mailoauth/buf.h"
 #include "mailoauth/message.h"
 #include "mailoauth/trace.h"
 
@@ -80,11 +81,12 @@ struct mailoauth_message_mailbox {
  * folding) and whether an allocation failed (checked once at the end, which
  * keeps the header code free of error plumbing).
  */
+/* The message being built, and where its current line began (for
+ * folding).
+ */
 struct mailoauth_message_buf {
-  char *data;
-  size_t len, size;
+  struct mailoauth_buf out;
   size_t bol;
-  int oom;
 };
 
 struct mailoauth_message {
@@ -138,81 +140,34 @@ struct mailoauth_message {
 
 static int mailoauth_message_buf_grow(struct mailoauth_message_buf *b,
     size_t more) {
-  size_t size;
-  char *data;
-
-  if (b->oom) {
-    return -1;
-  }
-
-  if (b->size - b->len > more) {
-    return 0;
-  }
-
-  size = b->size ? b->size : 1024;
-  while (size - b->len <= more) {
-    if (size > SIZE_MAX / 2) {
-      b->oom = 1;
-      return -1;
-    }
-    size *= 2;
-  }
-
-  data = realloc(b->data, size);
-  if (data == NULL) {
-    b->oom = 1;
-    return -1;
-  }
-
-  b->data = data;
-  b->size = size;
-  return 0;
+  return mailoauth_buf_reserve(&b->out, more);
 }
 
 static void mailoauth_message_buf_add(struct mailoauth_message_buf *b,
     const void *s, size_t n) {
-  if (mailoauth_message_buf_grow(b, n) < 0) {
-    return;
-  }
-
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  b->data[b->len] = '\0';
+  (void) mailoauth_buf_add(&b->out, s, n);
 }
 
 static void mailoauth_message_buf_str(struct mailoauth_message_buf *b,
     const char *s) {
-  mailoauth_message_buf_add(b, s, strlen(s));
+  (void) mailoauth_buf_adds(&b->out, s);
 }
 
 static void mailoauth_message_buf_char(struct mailoauth_message_buf *b,
     char c) {
-  mailoauth_message_buf_add(b, &c, 1);
+  (void) mailoauth_buf_addc(&b->out, c);
 }
 
 static void mailoauth_message_buf_free(struct mailoauth_message_buf *b) {
-  free(b->data);
-  memset(b, 0, sizeof(*b));
+  mailoauth_buf_free(&b->out);
+  b->bol = 0;
 }
 
 /* Hands the contents over as a NUL-terminated malloc'd string. */
 static char *mailoauth_message_buf_take(struct mailoauth_message_buf *b,
     size_t *len) {
-  char *data;
-
-  if (mailoauth_message_buf_grow(b, 0) < 0) {
-    mailoauth_message_buf_free(b);
-    errno = ENOMEM;
-    return NULL;
-  }
-
-  b->data[b->len] = '\0';
-  data = b->data;
-  if (len != NULL) {
-    *len = b->len;
-  }
-  memset(b, 0, sizeof(*b));
-  return data;
+  b->bol = 0;
+  return mailoauth_buf_take(&b->out, len);
 }
 
 /* UTF-8
@@ -366,7 +321,7 @@ static char *mailoauth_message_clean(const char *s, size_t len, int mode,
         if (cp == '\r' && i + 1 < len && p[i + 1] == '\n') {
           n = 2;
         }
-        if (b.len + 2 > max) {
+        if (b.out.len + 2 > max) {
           break;
         }
         mailoauth_message_buf_add(&b, "\r\n", 2);
@@ -384,7 +339,7 @@ static char *mailoauth_message_clean(const char *s, size_t len, int mode,
           /* Runs of white space become one space, and none is kept at
            * either end: folding must never produce a blank line.
            */
-          pending_space = b.len > 0;
+          pending_space = b.out.len > 0;
           i += n;
           continue;
         }
@@ -400,21 +355,21 @@ static char *mailoauth_message_clean(const char *s, size_t len, int mode,
       }
     }
 
-    before = b.len;
+    before = b.out.len;
     if (pending_space) {
       mailoauth_message_buf_char(&b, ' ');
       pending_space = 0;
     }
     mailoauth_message_utf8_put(&b, cp);
-    if (b.len > max) {
-      b.len = before;
+    if (b.out.len > max) {
+      b.out.len = before;
       break;
     }
     i += n;
   }
 
-  if (mode == MAILOAUTH_MESSAGE_CLEAN_BODY && b.len > 0 &&
-      (b.len < 2 || memcmp(b.data + b.len - 2, "\r\n", 2) != 0)) {
+  if (mode == MAILOAUTH_MESSAGE_CLEAN_BODY && b.out.len > 0 &&
+      (b.out.len < 2 || memcmp(b.out.data + b.out.len - 2, "\r\n", 2) != 0)) {
     mailoauth_message_buf_add(&b, "\r\n", 2);
   }
 
@@ -487,24 +442,24 @@ char *mailoauth_message_escape(const char *s, size_t len, size_t *out_len) {
  */
 
 static size_t mailoauth_message_col(const struct mailoauth_message_buf *b) {
-  return b->len - b->bol;
+  return b->out.len - b->bol;
 }
 
 static void mailoauth_message_hdr_begin(struct mailoauth_message_buf *b,
     const char *name) {
-  b->bol = b->len;
+  b->bol = b->out.len;
   mailoauth_message_buf_str(b, name);
   mailoauth_message_buf_char(b, ':');
 }
 
 static void mailoauth_message_hdr_end(struct mailoauth_message_buf *b) {
   mailoauth_message_buf_add(b, "\r\n", 2);
-  b->bol = b->len;
+  b->bol = b->out.len;
 }
 
 static void mailoauth_message_fold(struct mailoauth_message_buf *b) {
   mailoauth_message_buf_add(b, "\r\n", 2);
-  b->bol = b->len;
+  b->bol = b->out.len;
 }
 
 /* Appends " token", first folding the line if the token would not fit. */
@@ -1104,7 +1059,7 @@ int mailoauth_message_set_digest_body(struct mailoauth_message *msg,
   memset(&b, 0, sizeof(b));
   if (intro != NULL && *intro != '\0') {
     mailoauth_message_buf_str(&b, intro);
-    if (!b.oom && b.data[b.len - 1] != '\n') {
+    if (!b.out.failed && b.out.data[b.out.len - 1] != '\n') {
       mailoauth_message_buf_char(&b, '\n');
     }
   }
@@ -1136,14 +1091,14 @@ int mailoauth_message_set_digest_body(struct mailoauth_message *msg,
     mailoauth_message_buf_str(&b, outro);
   }
 
-  if (b.oom) {
+  if (b.out.failed) {
     mailoauth_message_buf_free(&b);
     errno = ENOMEM;
     return -1;
   }
 
-  text = b.data != NULL ? b.data : (char *) "";
-  len = b.len;
+  text = b.out.data != NULL ? b.out.data : (char *) "";
+  len = b.out.len;
   res = mailoauth_message_replace(&msg->body, &msg->body_len, text, len,
     MAILOAUTH_MESSAGE_CLEAN_BODY, SIZE_MAX);
   mailoauth_message_buf_free(&b);
@@ -1555,7 +1510,7 @@ static void mailoauth_message_fallback_name(const char *name, size_t len,
     freelocale(loc);
   }
 
-  if (b.data == NULL || b.oom) {
+  if (b.out.data == NULL || b.out.failed) {
     /* No locale or no memory: one '_' per character. */
     mailoauth_message_buf_free(&b);
     for (i = 0; i < len; i += mailoauth_message_utf8_len(
@@ -1565,30 +1520,30 @@ static void mailoauth_message_fallback_name(const char *name, size_t len,
     }
   }
 
-  for (i = 0; i < b.len && b.data != NULL; i++) {
-    unsigned char c = (unsigned char) b.data[i];
+  for (i = 0; i < b.out.len && b.out.data != NULL; i++) {
+    unsigned char c = (unsigned char) b.out.data[i];
 
     if (c < 0x20 || c > 0x7e || strchr("\"\\/:*?<>|", c) != NULL) {
-      b.data[i] = '_';
+      b.out.data[i] = '_';
     }
     if (c == '.') {
       ext = i;
     }
   }
 
-  n = b.data != NULL ? b.len : 0;
+  n = b.out.data != NULL ? b.out.len : 0;
   if (n >= outsz) {
     size_t ext_len = n - ext;
 
     if (ext == 0 || ext_len > 12) {
       ext_len = 0;
     }
-    memcpy(out, b.data, outsz - 1 - ext_len);
-    memcpy(out + outsz - 1 - ext_len, b.data + n - ext_len, ext_len);
+    memcpy(out, b.out.data, outsz - 1 - ext_len);
+    memcpy(out + outsz - 1 - ext_len, b.out.data + n - ext_len, ext_len);
     out[outsz - 1] = '\0';
 
   } else if (n > 0) {
-    memcpy(out, b.data, n);
+    memcpy(out, b.out.data, n);
     out[n] = '\0';
 
   } else {
@@ -2010,7 +1965,7 @@ int mailoauth_message_prepare(struct mailoauth_message *msg) {
       msg->boundary);
   }
 
-  if (b.oom) {
+  if (b.out.failed) {
     mailoauth_message_buf_free(&b);
     errno = ENOMEM;
     return -1;
@@ -2022,7 +1977,7 @@ int mailoauth_message_prepare(struct mailoauth_message *msg) {
 
   mailoauth_trace(trace_channel, 9, "message <%s>: %lu envelope recipients, "
     "%lu header and text octets, attachment %lld octets", msg->msgid,
-    (unsigned long) msg->nenvelope, (unsigned long) msg->head.len,
+    (unsigned long) msg->nenvelope, (unsigned long) msg->head.out.len,
     (long long) (msg->att_fd >= 0 ? msg->att_size : 0));
   return 0;
 }
@@ -2133,8 +2088,8 @@ size_t mailoauth_message_read(char *buf, size_t size, size_t nitems,
 
     switch (msg->state) {
       case MAILOAUTH_MESSAGE_ST_HEAD:
-        src = msg->head.data;
-        avail = msg->head.len;
+        src = msg->head.out.data;
+        avail = msg->head.out.len;
         off = &msg->head_off;
         if (*off == avail) {
           if (msg->att_fd >= 0) {
@@ -2248,7 +2203,7 @@ int mailoauth_message_render(struct mailoauth_message *msg, char **out,
       return -1;
     }
 
-    n = mailoauth_message_read(b.data + b.len, 1, 65536, msg);
+    n = mailoauth_message_read(b.out.data + b.out.len, 1, 65536, msg);
     if (n == MAILOAUTH_MESSAGE_READ_ABORT) {
       xerrno = msg->err;
       (void) mailoauth_message_rewind(msg);
@@ -2259,7 +2214,7 @@ int mailoauth_message_render(struct mailoauth_message *msg, char **out,
     if (n == 0) {
       break;
     }
-    b.len += n;
+    b.out.len += n;
   }
 
   if (mailoauth_message_rewind(msg) < 0) {

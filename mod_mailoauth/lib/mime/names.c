@@ -2,6 +2,7 @@
  * mod_mailoauth - names for files deposited from mail
  */
 
+#include "mailoauth/buf.h"
 #include "mailoauth/names.h"
 #include "mailoauth/trace.h"
 
@@ -404,36 +405,8 @@ ssize_t mailoauth_names_sanitize(const char *name, size_t len,
  * Templates.
  */
 
-struct names_buf {
-  char *data;
-  size_t len, size;
-};
-
-static int names_buf_add(struct names_buf *b, const char *s, size_t n) {
-  if (b->len + n + 1 > b->size) {
-    size_t size = b->size ? b->size : 256;
-    char *data;
-
-    while (size < b->len + n + 1) {
-      size *= 2;
-    }
-    data = realloc(b->data, size);
-    if (data == NULL) {
-      errno = ENOMEM;
-      return -1;
-    }
-    b->data = data;
-    b->size = size;
-  }
-
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 0;
-}
-
 /* A field value: no character in it may act as a separator. */
-static int names_add_field(struct names_buf *b, const char *v) {
+static int names_add_field(struct mailoauth_buf *b, const char *v) {
   size_t len = v ? strlen(v) : 0;
   char *tmp;
   size_t n;
@@ -454,7 +427,7 @@ static int names_add_field(struct names_buf *b, const char *v) {
     return -1;
   }
   n = names_clean(v, len, tmp);
-  rc = names_buf_add(b, tmp, n);
+  rc = mailoauth_buf_add(b, tmp, n);
   free(tmp);
   return rc;
 }
@@ -548,7 +521,7 @@ struct names_ctx {
 };
 
 static int names_expand_directive(struct names_ctx *c, const char *t,
-    size_t n, struct names_buf *b) {
+    size_t n, struct mailoauth_buf *b) {
   const struct tm *tm = c->f->tm;
   char num[32];
 
@@ -557,7 +530,7 @@ static int names_expand_directive(struct names_ctx *c, const char *t,
 
     switch (t[1]) {
       case '%':
-        return names_buf_add(b, "%", 1);
+        return mailoauth_buf_add(b, "%", 1);
       case 'Y':
         v = tm ? tm->tm_year + 1900 : 0;
         width = 4;
@@ -601,19 +574,19 @@ static int names_expand_directive(struct names_ctx *c, const char *t,
     return names_add_field(b, c->f->uid);
   }
   if (names_is(t, n, "filename")) {
-    return names_buf_add(b, c->filename, strlen(c->filename));
+    return mailoauth_buf_add(b, c->filename, strlen(c->filename));
   }
   if (names_is(t, n, "basename")) {
-    return names_buf_add(b, c->filename, c->ext);
+    return mailoauth_buf_add(b, c->filename, c->ext);
   }
   if (names_is(t, n, "ext")) {
     size_t len = strlen(c->filename);
 
     return c->ext < len ?
-      names_buf_add(b, c->filename + c->ext + 1, len - c->ext - 1) : 0;
+      mailoauth_buf_add(b, c->filename + c->ext + 1, len - c->ext - 1) : 0;
   }
   snprintf(num, sizeof(num), "%lu", c->f->counter);
-  return names_buf_add(b, num, strlen(num));
+  return mailoauth_buf_add(b, num, strlen(num));
 }
 
 /* Appends the sanitized component to out. */
@@ -649,7 +622,7 @@ static int names_put_component(struct names_ctx *c, const char *comp,
 ssize_t mailoauth_names_expand(const char *tmpl,
     const struct mailoauth_names_fields *fields, char *out, size_t outsz) {
   struct names_ctx ctx;
-  struct names_buf comp = { NULL, 0, 0 };
+  struct mailoauth_buf comp = { NULL, 0, 0, 0, 0 };
   const char *t;
   size_t olen = 0;
   ssize_t n;
@@ -670,7 +643,7 @@ ssize_t mailoauth_names_expand(const char *tmpl,
   }
   ctx.ext = names_ext_pos(ctx.filename, (size_t) n);
 
-  if (names_buf_add(&comp, "", 0) < 0) {
+  if (mailoauth_buf_add(&comp, "", 0) < 0) {
     return -1;
   }
 
@@ -691,12 +664,12 @@ ssize_t mailoauth_names_expand(const char *tmpl,
       t += len;
 
     } else {
-      rc = names_buf_add(&comp, t, 1);
+      rc = mailoauth_buf_add(&comp, t, 1);
       t++;
     }
   }
 
-  free(comp.data);
+  mailoauth_buf_free(&comp);
   if (rc < 0) {
     return -1;
   }

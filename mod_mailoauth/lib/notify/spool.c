@@ -2,6 +2,7 @@
  * mod_mailoauth - the hand-over of upload events from sessions to the worker
  */
 
+#include "mailoauth/io.h"
 #include "mailoauth/spool.h"
 #include "mailoauth/event.h"
 #include "mailoauth/trace.h"
@@ -34,41 +35,6 @@ static int mailoauth_spool_has_suffix(const char *name, const char *suffix) {
     strcmp(name + nlen - slen, suffix) == 0;
 }
 
-static int mailoauth_spool_fsync_dir(const char *dir) {
-  int fd, res, xerrno;
-
-  fd = open(dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
-  if (fd < 0) {
-    return -1;
-  }
-
-  res = fsync(fd);
-  xerrno = errno;
-  (void) close(fd);
-  errno = xerrno;
-  return res;
-}
-
-int mailoauth_spool_write_all(int fd, const void *data, size_t len) {
-  const unsigned char *p = data;
-
-  while (len > 0) {
-    ssize_t n = write(fd, p, len);
-
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return -1;
-    }
-
-    p += n;
-    len -= (size_t) n;
-  }
-
-  return 0;
-}
-
 int mailoauth_spool_write_atomic(const char *dir, const char *name,
     const void *data, size_t len, mode_t mode) {
   char tmp[4096], dst[4096];
@@ -89,7 +55,7 @@ int mailoauth_spool_write_atomic(const char *dir, const char *name,
     return -1;
   }
 
-  if (mailoauth_spool_write_all(fd, data, len) < 0 ||
+  if (mailoauth_io_write_all(fd, data, len) < 0 ||
       fsync(fd) < 0) {
     xerrno = errno;
     (void) close(fd);
@@ -106,7 +72,7 @@ int mailoauth_spool_write_atomic(const char *dir, const char *name,
     return -1;
   }
 
-  return mailoauth_spool_fsync_dir(dir);
+  return mailoauth_io_fsync_dir(dir);
 }
 
 /* A process whose stdin, stdout or stderr was closed gets those numbers
@@ -255,7 +221,7 @@ int mailoauth_spool_journal_open(struct mailoauth_journal *j,
    * without its key.
    */
   if (flock(fd, LOCK_EX|LOCK_NB) < 0 ||
-      mailoauth_spool_write_all(fd, header, sizeof(header)) < 0 ||
+      mailoauth_io_write_all(fd, header, sizeof(header)) < 0 ||
       renameat(dfd, tmp, dfd, dst) < 0) {
     xerrno = errno;
     (void) close(fd);
@@ -311,7 +277,7 @@ int mailoauth_spool_journal_append(struct mailoauth_journal *j,
     return -1;
   }
 
-  if (mailoauth_spool_write_all(j->fd, frame, frame_len) < 0) {
+  if (mailoauth_io_write_all(j->fd, frame, frame_len) < 0) {
     /* Never leave part of a frame behind (disk full): the reader could not
      * step over it to the records after it.
      */
@@ -578,7 +544,7 @@ static int mailoauth_spool_drain_journal(const char *spool_dir,
     /* The queue entries must be durable before the offset says they
      * exist; the offset must be durable before any of them is delivered.
      */
-    if (mailoauth_spool_fsync_dir(queue_dir) < 0 ||
+    if (mailoauth_io_fsync_dir(queue_dir) < 0 ||
         mailoauth_spool_write_atomic(spool_dir, oname, stamp, (size_t) len,
           0600) < 0) {
       mailoauth_log("cannot record progress of journal '%s': %s", path,

@@ -2,6 +2,7 @@
  * mod_mailoauth - OAuth2 token endpoint client
  */
 
+#include "mailoauth/buf.h"
 #include "mailoauth/oauth.h"
 #include "mailoauth/trace.h"
 
@@ -35,95 +36,8 @@ static const char *trace_channel = "mailoauth.oauth";
  * memory: request bodies and responses hold secrets.
  */
 
-struct oauth_buf {
-  char *data;
-  size_t len;
-  size_t size;
-};
-
-static int buf_reserve(struct oauth_buf *b, size_t extra) {
-  size_t need, size;
-  char *data;
-
-  if (extra > SIZE_MAX - b->len - 1) {
-    errno = ENOMEM;
-    return -1;
-  }
-
-  need = b->len + extra + 1;
-  if (need <= b->size) {
-    return 0;
-  }
-
-  size = b->size > 0 ? b->size : 256;
-  while (size < need) {
-    size = size > SIZE_MAX / 2 ? need : size * 2;
-  }
-
-  /* Not realloc(): it may free the old block without wiping it. */
-  data = malloc(size);
-  if (data == NULL) {
-    errno = ENOMEM;
-    return -1;
-  }
-
-  if (b->data != NULL) {
-    memcpy(data, b->data, b->len + 1);
-    OPENSSL_cleanse(b->data, b->size);
-    free(b->data);
-  }
-
-  b->data = data;
-  b->size = size;
-  return 0;
-}
-
-static int buf_append(struct oauth_buf *b, const char *s, size_t n) {
-  if (buf_reserve(b, n) < 0) {
-    return -1;
-  }
-
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 0;
-}
-
-static int buf_appends(struct oauth_buf *b, const char *s) {
-  return buf_append(b, s, strlen(s));
-}
-
-/* Empty the buffer but keep its memory for the next request. */
-static void buf_wipe(struct oauth_buf *b) {
-  if (b->data != NULL) {
-    OPENSSL_cleanse(b->data, b->size);
-  }
-  b->len = 0;
-}
-
-static void buf_free(struct oauth_buf *b) {
-  buf_wipe(b);
-  free(b->data);
-  b->data = NULL;
-  b->size = 0;
-}
-
-/* Hand the contents to the caller as a plain malloc'd string. */
-static char *buf_take(struct oauth_buf *b) {
-  char *s;
-
-  if (b->data == NULL && buf_reserve(b, 0) < 0) {
-    return NULL;
-  }
-
-  s = b->data;
-  b->data = NULL;
-  b->len = b->size = 0;
-  return s;
-}
-
 /* "name=value", URL-encoded, '&'-separated. */
-static int buf_add_param(struct oauth_buf *b, const char *name,
+static int buf_add_param(struct mailoauth_buf *b, const char *name,
     const char *value) {
   char *esc;
   int res;
@@ -136,10 +50,10 @@ static int buf_add_param(struct oauth_buf *b, const char *name,
   }
 
   res = 0;
-  if ((b->len > 0 && buf_append(b, "&", 1) < 0) ||
-      buf_appends(b, name) < 0 ||
-      buf_append(b, "=", 1) < 0 ||
-      buf_appends(b, esc) < 0) {
+  if ((b->len > 0 && mailoauth_buf_add(b, "&", 1) < 0) ||
+      mailoauth_buf_adds(b, name) < 0 ||
+      mailoauth_buf_add(b, "=", 1) < 0 ||
+      mailoauth_buf_adds(b, esc) < 0) {
     res = -1;
   }
 
@@ -537,11 +451,11 @@ int mailoauth_oauth_config_check(const struct mailoauth_oauth_config *cfg,
 }
 
 static int build_scopes(const struct mailoauth_oauth_config *cfg,
-    struct oauth_buf *out) {
+    struct mailoauth_buf *out) {
   const struct provider_info *info;
 
   if (cfg->scopes != NULL) {
-    return buf_appends(out, cfg->scopes);
+    return mailoauth_buf_adds(out, cfg->scopes);
   }
 
   if ((unsigned int) cfg->provider >= PROVIDER_COUNT) {
@@ -555,7 +469,7 @@ static int build_scopes(const struct mailoauth_oauth_config *cfg,
       errno = EINVAL;
       return -1;
     }
-    return buf_appends(out, info->app_scope);
+    return mailoauth_buf_adds(out, info->app_scope);
   }
 
   if (info->mail_resource == NULL) {
@@ -565,18 +479,18 @@ static int build_scopes(const struct mailoauth_oauth_config *cfg,
 
   if (is_microsoft(cfg->provider)) {
     /* All scopes of one request must belong to one resource. */
-    if (buf_appends(out, info->mail_resource) < 0 ||
-        buf_appends(out, "SMTP.Send ") < 0 ||
-        buf_appends(out, info->mail_resource) < 0 ||
-        buf_appends(out, "IMAP.AccessAsUser.All offline_access") < 0) {
+    if (mailoauth_buf_adds(out, info->mail_resource) < 0 ||
+        mailoauth_buf_adds(out, "SMTP.Send ") < 0 ||
+        mailoauth_buf_adds(out, info->mail_resource) < 0 ||
+        mailoauth_buf_adds(out, "IMAP.AccessAsUser.All offline_access") < 0) {
       return -1;
     }
 
-  } else if (buf_appends(out, info->mail_resource) < 0) {
+  } else if (mailoauth_buf_adds(out, info->mail_resource) < 0) {
     return -1;
   }
 
-  if (cfg->want_identity && buf_appends(out, " openid email profile") < 0) {
+  if (cfg->want_identity && mailoauth_buf_adds(out, " openid email profile") < 0) {
     return -1;
   }
   return 0;
@@ -584,7 +498,7 @@ static int build_scopes(const struct mailoauth_oauth_config *cfg,
 
 int mailoauth_oauth_scopes(const struct mailoauth_oauth_config *cfg,
     char **scopes) {
-  struct oauth_buf b = { NULL, 0, 0 };
+  struct mailoauth_buf b = MAILOAUTH_BUF_SECRET;
 
   if (cfg == NULL || scopes == NULL) {
     errno = EINVAL;
@@ -592,11 +506,11 @@ int mailoauth_oauth_scopes(const struct mailoauth_oauth_config *cfg,
   }
 
   if (build_scopes(cfg, &b) < 0) {
-    buf_free(&b);
+    mailoauth_buf_free(&b);
     return -1;
   }
 
-  *scopes = buf_take(&b);
+  *scopes = mailoauth_buf_take(&b, NULL);
   return *scopes != NULL ? 0 : -1;
 }
 
@@ -607,17 +521,17 @@ enum endpoint {
 };
 
 /* The authority without a trailing slash. */
-static int append_authority(struct oauth_buf *out, const char *authority) {
+static int append_authority(struct mailoauth_buf *out, const char *authority) {
   size_t len = strlen(authority);
 
   while (len > 0 && authority[len - 1] == '/') {
     len--;
   }
-  return buf_append(out, authority, len);
+  return mailoauth_buf_add(out, authority, len);
 }
 
 static int build_endpoint(const struct mailoauth_oauth_config *cfg,
-    enum endpoint which, struct oauth_buf *out) {
+    enum endpoint which, struct mailoauth_buf *out) {
   static const char *ms_names[] = { "authorize", "token", "devicecode" };
   static const char *google_paths[] = { "/o/oauth2/v2/auth", "/token",
     "/device/code" };
@@ -628,7 +542,7 @@ static int build_endpoint(const struct mailoauth_oauth_config *cfg,
   explicit_urls[2] = cfg->devicecode_url;
 
   if (explicit_urls[which] != NULL) {
-    return buf_appends(out, explicit_urls[which]);
+    return mailoauth_buf_adds(out, explicit_urls[which]);
   }
 
   if (is_microsoft(cfg->provider)) {
@@ -636,12 +550,12 @@ static int build_endpoint(const struct mailoauth_oauth_config *cfg,
       providers[cfg->provider].authority;
 
     if (append_authority(out, authority) < 0 ||
-        buf_append(out, "/", 1) < 0 ||
-        buf_appends(out, cfg_tenant(cfg)) < 0 ||
-        buf_appends(out, "/oauth2/v2.0/") < 0) {
+        mailoauth_buf_add(out, "/", 1) < 0 ||
+        mailoauth_buf_adds(out, cfg_tenant(cfg)) < 0 ||
+        mailoauth_buf_adds(out, "/oauth2/v2.0/") < 0) {
       return -1;
     }
-    return buf_appends(out, ms_names[which]);
+    return mailoauth_buf_adds(out, ms_names[which]);
   }
 
   if (cfg->provider == MAILOAUTH_OAUTH_PROVIDER_GOOGLE) {
@@ -651,13 +565,13 @@ static int build_endpoint(const struct mailoauth_oauth_config *cfg,
       if (append_authority(out, cfg->authority) < 0) {
         return -1;
       }
-      return buf_appends(out, google_paths[which]);
+      return mailoauth_buf_adds(out, google_paths[which]);
     }
 
     defaults[0] = google_authorize_url;
     defaults[1] = google_token_url;
     defaults[2] = google_devicecode_url;
-    return buf_appends(out, defaults[which]);
+    return mailoauth_buf_adds(out, defaults[which]);
   }
 
   /* Generic provider without this endpoint configured. */
@@ -667,7 +581,7 @@ static int build_endpoint(const struct mailoauth_oauth_config *cfg,
 
 static int endpoint_url(const struct mailoauth_oauth_config *cfg,
     enum endpoint which, char **url) {
-  struct oauth_buf b = { NULL, 0, 0 };
+  struct mailoauth_buf b = MAILOAUTH_BUF_SECRET;
 
   if (cfg == NULL || url == NULL) {
     errno = EINVAL;
@@ -679,11 +593,11 @@ static int endpoint_url(const struct mailoauth_oauth_config *cfg,
   }
 
   if (build_endpoint(cfg, which, &b) < 0) {
-    buf_free(&b);
+    mailoauth_buf_free(&b);
     return -1;
   }
 
-  *url = buf_take(&b);
+  *url = mailoauth_buf_take(&b, NULL);
   return *url != NULL ? 0 : -1;
 }
 
@@ -699,8 +613,8 @@ int mailoauth_oauth_devicecode_url(const struct mailoauth_oauth_config *cfg,
 
 static int build_authorize_query(const struct mailoauth_oauth_config *cfg,
     const struct mailoauth_oauth_authorize_params *params,
-    struct oauth_buf *query) {
-  struct oauth_buf scopes = { NULL, 0, 0 };
+    struct mailoauth_buf *query) {
+  struct mailoauth_buf scopes = MAILOAUTH_BUF_SECRET;
   int res = -1;
 
   if (build_scopes(cfg, &scopes) < 0) {
@@ -737,13 +651,13 @@ static int build_authorize_query(const struct mailoauth_oauth_config *cfg,
   res = 0;
 
 out:
-  buf_free(&scopes);
+  mailoauth_buf_free(&scopes);
   return res;
 }
 
 int mailoauth_oauth_authorize_url(const struct mailoauth_oauth_config *cfg,
     const struct mailoauth_oauth_authorize_params *params, char **url) {
-  struct oauth_buf b = { NULL, 0, 0 }, query = { NULL, 0, 0 };
+  struct mailoauth_buf b = MAILOAUTH_BUF_SECRET, query = MAILOAUTH_BUF_SECRET;
   int res = -1;
 
   if (cfg == NULL || params == NULL || url == NULL ||
@@ -761,17 +675,17 @@ int mailoauth_oauth_authorize_url(const struct mailoauth_oauth_config *cfg,
 
   if (build_endpoint(cfg, ENDPOINT_AUTHORIZE, &b) < 0 ||
       build_authorize_query(cfg, params, &query) < 0 ||
-      buf_append(&b, strchr(b.data, '?') != NULL ? "&" : "?", 1) < 0 ||
-      buf_appends(&b, query.data) < 0) {
+      mailoauth_buf_add(&b, strchr(b.data, '?') != NULL ? "&" : "?", 1) < 0 ||
+      mailoauth_buf_adds(&b, query.data) < 0) {
     goto out;
   }
 
-  *url = buf_take(&b);
+  *url = mailoauth_buf_take(&b, NULL);
   res = *url != NULL ? 0 : -1;
 
 out:
-  buf_free(&query);
-  buf_free(&b);
+  mailoauth_buf_free(&query);
+  mailoauth_buf_free(&b);
   return res;
 }
 
@@ -2076,8 +1990,8 @@ struct mailoauth_oauth_ctx {
 
   CURL *curl;
   struct curl_slist *headers;
-  struct oauth_buf body;
-  struct oauth_buf reply;
+  struct mailoauth_buf body;
+  struct mailoauth_buf reply;
   int reply_overflow;
   char retry_after[64];
   char curl_err[CURL_ERROR_SIZE];
@@ -2093,7 +2007,7 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *user) {
     return 0;
   }
 
-  if (buf_append(&ctx->reply, data, n) < 0) {
+  if (mailoauth_buf_add(&ctx->reply, data, n) < 0) {
     return 0;
   }
   return n;
@@ -2259,6 +2173,9 @@ struct mailoauth_oauth_ctx *mailoauth_oauth_ctx_create(
     errno = ENOMEM;
     return NULL;
   }
+  /* Request bodies carry secrets and refresh tokens, replies tokens. */
+  mailoauth_buf_init(&ctx->body, 1);
+  mailoauth_buf_init(&ctx->reply, 1);
 
   if (ctx_copy_config(ctx, cfg) < 0) {
     int xerrno = errno;
@@ -2292,8 +2209,8 @@ void mailoauth_oauth_ctx_destroy(struct mailoauth_oauth_ctx *ctx) {
   }
   curl_slist_free_all(ctx->headers);
 
-  buf_free(&ctx->body);
-  buf_free(&ctx->reply);
+  mailoauth_buf_free(&ctx->body);
+  mailoauth_buf_free(&ctx->reply);
   secret_free(&ctx->client_secret);
   free(ctx->authority);
   free(ctx->tenant);
@@ -2375,7 +2292,7 @@ static int perform(struct mailoauth_oauth_ctx *ctx,
   long status = 0;
   int res, xerrno;
 
-  buf_wipe(&ctx->reply);
+  mailoauth_buf_clear(&ctx->reply);
   ctx->reply_overflow = 0;
   ctx->retry_after[0] = '\0';
   ctx->curl_err[0] = '\0';
@@ -2388,7 +2305,7 @@ static int perform(struct mailoauth_oauth_ctx *ctx,
   curl_easy_setopt(ctx->curl, CURLOPT_POSTFIELDSIZE, (long) ctx->body.len);
 
   rc = curl_easy_perform(ctx->curl);
-  buf_wipe(&ctx->body);
+  mailoauth_buf_clear(&ctx->body);
   curl_easy_getinfo(ctx->curl, CURLINFO_RESPONSE_CODE, &status);
 
   if (rc != CURLE_OK) {
@@ -2420,7 +2337,7 @@ static int perform(struct mailoauth_oauth_ctx *ctx,
     xerrno = errno;
   }
 
-  buf_wipe(&ctx->reply);
+  mailoauth_buf_clear(&ctx->reply);
   scrub_response(resp, secrets);
   trace_outcome(ctx, kind, resp);
 
@@ -2448,7 +2365,7 @@ static int start_request(struct mailoauth_oauth_ctx *ctx,
     return -1;
   }
 
-  buf_wipe(&ctx->body);
+  mailoauth_buf_clear(&ctx->body);
   return 0;
 }
 
@@ -2456,7 +2373,7 @@ static int local_failure(struct mailoauth_oauth_ctx *ctx,
     struct mailoauth_oauth_response *resp) {
   int xerrno = errno;
 
-  buf_wipe(&ctx->body);
+  mailoauth_buf_clear(&ctx->body);
   mailoauth_oauth_response_clear(resp);
   resp->oauth_class = MAILOAUTH_OAUTH_TRANSIENT;
   snprintf(resp->detail, sizeof(resp->detail), "cannot build the request: %s",

@@ -2,6 +2,8 @@
  * mod_mailoauth - token file per account
  */
 
+#include "mailoauth/buf.h"
+#include "mailoauth/io.h"
 #include "mailoauth/tokenstore.h"
 #include "mailoauth/trace.h"
 
@@ -716,55 +718,18 @@ int mailoauth_tokenstore_read(struct mailoauth_tokenstore *ts,
  * Writing.
  */
 
-struct dump_buf {
-  char *data;
-  size_t len;
-  size_t size;
-};
-
+/* jansson's dump callback: the document grows in a secret buffer, up to
+ * the size a token file may have.
+ */
 static int dump_cb(const char *buffer, size_t size, void *data) {
-  struct dump_buf *b = data;
+  struct mailoauth_buf *b = data;
 
   if (size > MAILOAUTH_TOKENSTORE_MAX_SIZE ||
       b->len + size + 1 > MAILOAUTH_TOKENSTORE_MAX_SIZE) {
     return -1;
   }
 
-  if (b->len + size + 1 > b->size) {
-    size_t nsize = b->size > 0 ? b->size : 4096;
-    char *bigger;
-
-    while (nsize < b->len + size + 1) {
-      nsize *= 2;
-    }
-
-    /* Not realloc(): the old block holds tokens. */
-    bigger = malloc(nsize);
-    if (bigger == NULL) {
-      return -1;
-    }
-
-    if (b->data != NULL) {
-      memcpy(bigger, b->data, b->len);
-      OPENSSL_cleanse(b->data, b->size);
-      free(b->data);
-    }
-    b->data = bigger;
-    b->size = nsize;
-  }
-
-  memcpy(b->data + b->len, buffer, size);
-  b->len += size;
-  b->data[b->len] = '\0';
-  return 0;
-}
-
-static void dump_free(struct dump_buf *b) {
-  if (b->data != NULL) {
-    OPENSSL_cleanse(b->data, b->size);
-    free(b->data);
-  }
-  memset(b, 0, sizeof(*b));
+  return mailoauth_buf_add(b, buffer, size);
 }
 
 /* json_object_set_new() only when value is set. */
@@ -836,7 +801,7 @@ static json_t *encode_record(const struct mailoauth_tokenstore *ts,
 }
 
 static int serialize(const struct mailoauth_tokenstore *ts,
-    const struct mailoauth_tokenstore_record *rec, struct dump_buf *out) {
+    const struct mailoauth_tokenstore_record *rec, struct mailoauth_buf *out) {
   json_t *root;
   int res;
 
@@ -855,39 +820,6 @@ static int serialize(const struct mailoauth_tokenstore *ts,
     return -1;
   }
   return 0;
-}
-
-static int write_all(int fd, const char *data, size_t len) {
-  while (len > 0) {
-    ssize_t n = write(fd, data, len);
-
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return -1;
-    }
-
-    data += n;
-    len -= (size_t) n;
-  }
-  return 0;
-}
-
-/* The rename is only durable once the directory entry is. */
-static int sync_dir(const char *dir) {
-  int fd, res, xerrno;
-
-  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    return -1;
-  }
-
-  res = fsync(fd);
-  xerrno = errno;
-  close(fd);
-  errno = xerrno;
-  return res;
 }
 
 /* ".<account>.json.tmp.<pid>.<random>", created exclusively. */
@@ -922,11 +854,11 @@ static int open_temp(struct mailoauth_tokenstore *ts, char *tmp,
   return -1;
 }
 
-static int write_temp(int fd, const struct dump_buf *data, const char *tmp,
+static int write_temp(int fd, const struct mailoauth_buf *data, const char *tmp,
     const char *path, struct stat *st) {
   /* Mode 0600 whatever the umask. */
   if (fchmod(fd, S_IRUSR | S_IWUSR) < 0 ||
-      write_all(fd, data->data, data->len) < 0 ||
+      mailoauth_io_write_all(fd, data->data, data->len) < 0 ||
       fsync(fd) < 0 ||
       rename(tmp, path) < 0 ||
       fstat(fd, st) < 0) {
@@ -938,7 +870,7 @@ static int write_temp(int fd, const struct dump_buf *data, const char *tmp,
 int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
     const struct mailoauth_tokenstore_record *rec, char *errbuf,
     size_t errlen) {
-  struct dump_buf data = { NULL, 0, 0 };
+  struct mailoauth_buf data = MAILOAUTH_BUF_SECRET;
   char tmp[PATH_MAX];
   struct stat st;
   int fd, xerrno;
@@ -961,7 +893,7 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
 
   if (serialize(ts, rec, &data) < 0) {
     xerrno = errno;
-    dump_free(&data);
+    mailoauth_buf_free(&data);
     mailoauth_errf(errbuf, errlen, "cannot encode token file %s: %s", ts->path,
       strerror(xerrno));
     errno = xerrno;
@@ -971,7 +903,7 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
   fd = open_temp(ts, tmp, sizeof(tmp));
   if (fd < 0) {
     xerrno = errno;
-    dump_free(&data);
+    mailoauth_buf_free(&data);
     mailoauth_errf(errbuf, errlen, "cannot create a temporary file in %s for token "
       "file %s: %s", ts->dir, ts->path, strerror(xerrno));
     errno = xerrno;
@@ -982,7 +914,7 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
     xerrno = errno;
     close(fd);
     unlink(tmp);
-    dump_free(&data);
+    mailoauth_buf_free(&data);
     mailoauth_errf(errbuf, errlen, "cannot write token file %s: %s", ts->path,
       strerror(xerrno));
     errno = xerrno;
@@ -990,10 +922,10 @@ int mailoauth_tokenstore_write(struct mailoauth_tokenstore *ts,
   }
 
   close(fd);
-  dump_free(&data);
+  mailoauth_buf_free(&data);
   stamp_set(&ts->stamp, &st);
 
-  if (sync_dir(ts->dir) < 0) {
+  if (mailoauth_io_fsync_dir(ts->dir) < 0) {
     xerrno = errno;
     mailoauth_errf(errbuf, errlen, "token file %s was replaced but directory %s "
       "could not be synced: %s", ts->path, ts->dir, strerror(xerrno));
@@ -1025,7 +957,7 @@ int mailoauth_tokenstore_remove(struct mailoauth_tokenstore *ts, char *errbuf,
 
   stamp_set(&ts->stamp, NULL);
 
-  if (sync_dir(ts->dir) < 0) {
+  if (mailoauth_io_fsync_dir(ts->dir) < 0) {
     xerrno = errno;
     mailoauth_errf(errbuf, errlen, "token file %s was removed but directory %s "
       "could not be synced: %s", ts->path, ts->dir, strerror(xerrno));

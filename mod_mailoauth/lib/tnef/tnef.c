@@ -17,6 +17,7 @@
 # define _GNU_SOURCE
 #endif
 
+#include "mailoauth/io.h"
 #include "mailoauth/tnef.h"
 #include "tnefint.h"
 #include "mailoauth/mime.h"
@@ -438,7 +439,7 @@ int mailoauth_tnef_reader_feed(struct mailoauth_tnef_reader *r,
 
       case TNEF_R_DATA:
         n = r->left < len ? (size_t) r->left : len;
-        if (mailoauth_spool_write_all(r->fd, p, n) < 0) {
+        if (mailoauth_io_write_all(r->fd, p, n) < 0) {
           int xerrno = errno;
 
           mailoauth_trace(trace_channel, 3, "cannot write a temporary file in "

@@ -36,6 +36,7 @@
 # define _GNU_SOURCE
 #endif
 
+#include "mailoauth/io.h"
 #include "mailoauth/tnef.h"
 #include "tnefint.h"
 #include "mailoauth/spawn.h"
@@ -124,10 +125,10 @@ static int tnef_child_send(const struct mailoauth_tnef_file *f, void *arg) {
   mailoauth_tnef_put32(hdr + 5, (uint32_t) f->name_len);
   mailoauth_tnef_put64(size, f->size);
 
-  if (mailoauth_spool_write_all(fd, hdr, sizeof(hdr)) < 0 ||
-      mailoauth_spool_write_all(fd, f->name, f->name_len) < 0 ||
-      mailoauth_spool_write_all(fd, size, sizeof(size)) < 0 ||
-      mailoauth_spool_write_all(fd, f->data, (size_t) f->size) < 0) {
+  if (mailoauth_io_write_all(fd, hdr, sizeof(hdr)) < 0 ||
+      mailoauth_io_write_all(fd, f->name, f->name_len) < 0 ||
+      mailoauth_io_write_all(fd, size, sizeof(size)) < 0 ||
+      mailoauth_io_write_all(fd, f->data, (size_t) f->size) < 0) {
     return -1;
   }
   return 0;
@@ -446,7 +447,7 @@ static int tnef_child_run(int in_fd, int out_fd, uint64_t in_size,
   /* The helper checks the filter from outside before any input comes;
    * until it says go, nothing else is done, whatever the input's size.
    */
-  if (mailoauth_spool_write_all(TNEF_CHILD_IN_FD, &armed, 1) < 0) {
+  if (mailoauth_io_write_all(TNEF_CHILD_IN_FD, &armed, 1) < 0) {
     return 1;
   }
   for (;;) {
@@ -492,7 +493,7 @@ static int tnef_child_run(int in_fd, int out_fd, uint64_t in_size,
   end[0] = TNEF_REC_END;
   mailoauth_tnef_put32(end + 1, (uint32_t) status);
   mailoauth_tnef_put32(end + 5, 0);
-  if (mailoauth_spool_write_all(out, end, sizeof(end)) < 0) {
+  if (mailoauth_io_write_all(out, end, sizeof(end)) < 0) {
     return TNEF_CHILD_EXIT_WRITE;
   }
   return 0;
@@ -953,7 +954,7 @@ static void tnef_helper_feed(int ctl, int in_fd, uint64_t in_size) {
   unsigned char buf[64 * 1024], go = TNEF_CHILD_GO;
   uint64_t off = 0;
 
-  if (mailoauth_spool_write_all(ctl, &go, 1) < 0) {
+  if (mailoauth_io_write_all(ctl, &go, 1) < 0) {
     return;
   }
   while (off < in_size) {
@@ -964,7 +965,7 @@ static void tnef_helper_feed(int ctl, int in_fd, uint64_t in_size) {
     if (n < 0 && errno == EINTR) {
       continue;
     }
-    if (n <= 0 || mailoauth_spool_write_all(ctl, buf, (size_t) n) < 0) {
+    if (n <= 0 || mailoauth_io_write_all(ctl, buf, (size_t) n) < 0) {
       return;
     }
     off += (uint64_t) n;

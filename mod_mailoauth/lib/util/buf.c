@@ -1,0 +1,131 @@
+/*
+ * mod_mailoauth - the one growable buffer
+ */
+
+#include "mailoauth/buf.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+void mailoauth_buf_init(struct mailoauth_buf *b, int secret) {
+  memset(b, 0, sizeof(*b));
+  b->secret = secret;
+}
+
+int mailoauth_buf_reserve(struct mailoauth_buf *b, size_t extra) {
+  size_t need, size;
+  char *data;
+
+  if (b->failed) {
+    errno = ENOMEM;
+    return -1;
+  }
+
+  if (extra > SIZE_MAX / 2 - b->len) {
+    b->failed = 1;
+    errno = ENOMEM;
+    return -1;
+  }
+
+  need = b->len + extra + 1;
+  if (need <= b->size) {
+    return 0;
+  }
+
+  size = b->size > 0 ? b->size : 256;
+  while (size < need) {
+    size *= 2;
+  }
+
+  if (b->secret) {
+    /* Not realloc(): it may give the old block up without wiping it. */
+    data = malloc(size);
+    if (data != NULL && b->data != NULL) {
+      memcpy(data, b->data, b->len + 1);
+      OPENSSL_cleanse(b->data, b->size);
+      free(b->data);
+    }
+
+  } else {
+    data = realloc(b->data, size);
+  }
+
+  if (data == NULL) {
+    b->failed = 1;
+    errno = ENOMEM;
+    return -1;
+  }
+
+  if (b->data == NULL) {
+    data[0] = '\0';
+  }
+  b->data = data;
+  b->size = size;
+  return 0;
+}
+
+int mailoauth_buf_add(struct mailoauth_buf *b, const void *data, size_t len) {
+  if (mailoauth_buf_reserve(b, len) < 0) {
+    return -1;
+  }
+
+  if (len > 0) {
+    memcpy(b->data + b->len, data, len);
+  }
+  b->len += len;
+  b->data[b->len] = '\0';
+  return 0;
+}
+
+int mailoauth_buf_adds(struct mailoauth_buf *b, const char *s) {
+  return mailoauth_buf_add(b, s, strlen(s));
+}
+
+int mailoauth_buf_addc(struct mailoauth_buf *b, char c) {
+  return mailoauth_buf_add(b, &c, 1);
+}
+
+void mailoauth_buf_clear(struct mailoauth_buf *b) {
+  if (b->data != NULL) {
+    if (b->secret) {
+      OPENSSL_cleanse(b->data, b->size);
+    }
+    b->data[0] = '\0';
+  }
+  b->len = 0;
+}
+
+void mailoauth_buf_free(struct mailoauth_buf *b) {
+  int secret = b->secret;
+
+  if (b->data != NULL && secret) {
+    OPENSSL_cleanse(b->data, b->size);
+  }
+  free(b->data);
+  mailoauth_buf_init(b, secret);
+}
+
+char *mailoauth_buf_take(struct mailoauth_buf *b, size_t *len) {
+  int secret = b->secret;
+  char *s;
+
+  if (b->failed ||
+      mailoauth_buf_reserve(b, 0) < 0) {
+    mailoauth_buf_free(b);
+    errno = ENOMEM;
+    return NULL;
+  }
+
+  /* Writers that filled data directly (after a reserve) leave no NUL. */
+  b->data[b->len] = '\0';
+  s = b->data;
+  if (len != NULL) {
+    *len = b->len;
+  }
+  mailoauth_buf_init(b, secret);
+  return s;
+}
