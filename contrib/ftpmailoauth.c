@@ -1570,8 +1570,7 @@ static int ftpmailoauth_status_json(const struct ftpmailoauth_env *env) {
   json_error_t jerr;
   json_t *doc;
   struct stat st;
-  char *text;
-  int fd;
+  int fd, res;
 
   snprintf(path, sizeof(path), "%s/%s", env->state_dir,
     MAILOAUTH_STATUS_FILE);
@@ -1600,14 +1599,16 @@ static int ftpmailoauth_status_json(const struct ftpmailoauth_env *env) {
     return FTPMAILOAUTH_EXIT_FAIL;
   }
 
-  text = json_dumps(doc, JSON_INDENT(2)|JSON_SORT_KEYS);
+  /* To stdout directly: jansson allocates with our wiping allocator here
+   * (mailoauth_oauth_wipe_json_memory()), whose blocks free() must not see.
+   */
+  res = json_dumpf(doc, stdout, JSON_INDENT(2)|JSON_SORT_KEYS);
   json_decref(doc);
-  if (text == NULL) {
-    ftpmailoauth_err("out of memory");
+  if (res < 0 ||
+      printf("\n") < 0) {
+    ftpmailoauth_err("cannot write the status: %s", strerror(errno));
     return FTPMAILOAUTH_EXIT_FAIL;
   }
-  printf("%s\n", text);
-  free(text);
   return FTPMAILOAUTH_EXIT_OK;
 }
 

@@ -19,6 +19,7 @@
 
 #include "mod_mailoauth.h"
 #include "mailoauth/control.h"
+#include "mailoauth/ingest.h"
 #include "mailoauth/jsonwrap.h"
 
 #if defined(PR_USE_CTRLS)
@@ -226,7 +227,9 @@ static int mailoauth_ctrls_task_known(const char *name) {
        c != NULL;
        c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthIngest",
          FALSE)) {
-    if (strcmp(c->argv[0], name) == 0) {
+    const struct mailoauth_ingest_config *cfg = c->argv[0];
+
+    if (strcmp(cfg->name, name) == 0) {
       return TRUE;
     }
   }
