@@ -99,6 +99,18 @@ def test_acls_refuse_what_is_not_allowed(notifier):
         assert "access denied" in out, out
     assert "on request" not in a.srv.log_text()
 
+    # After a restart (the module is loaded again) the control is still
+    # there, with the ACLs as the configuration now says.
+    with open(a.srv.conf, "a") as f:
+        f.write("\nMailOAuthControlsACLs retry allow user root\n")
+    a.srv.restart()
+    a.srv.wait_log("worker started", count=2, timeout=20)
+    code, out = a.srv.ftpdctl("mailoauth", "retry")
+    assert "asked the worker to move the dead letters" in out, out
+    code, out = a.srv.ftpdctl("mailoauth", "run", "t1")
+    assert "access denied" in out, out
+    a.srv.wait_log("no dead letters to retry")
+
 
 def test_no_acl_denies_everything(notifier):
     a = notifier("MailOAuthNotify notify to=%s" % rcpt("acl"))
