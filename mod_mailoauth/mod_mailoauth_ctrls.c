@@ -137,10 +137,25 @@ static long long mailoauth_ctrls_int(json_t *obj, const char *key) {
   return json_is_integer(v) ? (long long) json_integer_value(v) : 0;
 }
 
-static const char *mailoauth_ctrls_str(json_t *obj, const char *key) {
+/* A string of the document, with control characters shown as '?': the
+ * file is User's, the output goes to root's terminal.
+ */
+static const char *mailoauth_ctrls_str(pool *p, json_t *obj,
+    const char *key) {
   const char *s = json_string_value(json_object_get(obj, key));
+  char *copy, *c;
 
-  return s != NULL ? s : "-";
+  if (s == NULL) {
+    return "-";
+  }
+
+  copy = pstrdup(p, s);
+  for (c = copy; *c != '\0'; c++) {
+    if ((unsigned char) *c < 0x20 || *c == 0x7f) {
+      *c = '?';
+    }
+  }
+  return copy;
 }
 
 static int mailoauth_ctrls_status(pr_ctrls_t *ctrl) {
@@ -175,8 +190,9 @@ static int mailoauth_ctrls_status(pr_ctrls_t *ctrl) {
 
     pr_ctrls_add_response(ctrl, "account %s (%s): %s; access token expires "
       "%s; next refresh %s; refresh token lapses %s; %lld refreshes, %lld "
-      "failed", mailoauth_ctrls_str(item, "name"),
-      mailoauth_ctrls_str(item, "grant"), mailoauth_ctrls_str(item, "state"),
+      "failed", mailoauth_ctrls_str(p, item, "name"),
+      mailoauth_ctrls_str(p, item, "grant"),
+      mailoauth_ctrls_str(p, item, "state"),
       mailoauth_ctrls_when(p, json_object_get(item, "access_expires"), now),
       mailoauth_ctrls_when(p, json_object_get(item, "next_refresh"), now),
       mailoauth_ctrls_when(p, json_object_get(item, "refresh_token_lapses"),
@@ -184,12 +200,12 @@ static int mailoauth_ctrls_status(pr_ctrls_t *ctrl) {
       mailoauth_ctrls_int(item, "refreshes"),
       mailoauth_ctrls_int(item, "refresh_failures"));
     pr_ctrls_add_response(ctrl, "  last error: %s%s%s%s%s",
-      json_is_object(err) ? mailoauth_ctrls_str(err, "class") : "none",
+      json_is_object(err) ? mailoauth_ctrls_str(p, err, "class") : "none",
       json_is_object(err) ? " " : "",
       json_is_object(err) ? mailoauth_ctrls_when(p,
         json_object_get(err, "at"), now) : "",
       json_is_object(err) ? ": " : "",
-      json_is_object(err) ? mailoauth_ctrls_str(err, "message") : "");
+      json_is_object(err) ? mailoauth_ctrls_str(p, err, "message") : "");
   }
 
   v = json_object_get(doc, "notifications");
@@ -203,8 +219,9 @@ static int mailoauth_ctrls_status(pr_ctrls_t *ctrl) {
   json_array_foreach(json_object_get(doc, "tasks"), i, item) {
     pr_ctrls_add_response(ctrl, "task %s (account %s, every %llds): last run "
       "%s, next run %s, last success %s; %lld messages, %lld bytes, %lld "
-      "errors", mailoauth_ctrls_str(item, "name"),
-      mailoauth_ctrls_str(item, "account"), mailoauth_ctrls_int(item, "every"),
+      "errors", mailoauth_ctrls_str(p, item, "name"),
+      mailoauth_ctrls_str(p, item, "account"),
+      mailoauth_ctrls_int(item, "every"),
       mailoauth_ctrls_when(p, json_object_get(item, "last_run"), now),
       mailoauth_ctrls_when(p, json_object_get(item, "next_run"), now),
       mailoauth_ctrls_when(p, json_object_get(item, "last_success"), now),
@@ -212,7 +229,7 @@ static int mailoauth_ctrls_status(pr_ctrls_t *ctrl) {
       mailoauth_ctrls_int(item, "errors"));
     pr_ctrls_add_response(ctrl, "  last error: %s",
       json_is_string(json_object_get(item, "last_error")) ?
-        mailoauth_ctrls_str(item, "last_error") : "none");
+        mailoauth_ctrls_str(p, item, "last_error") : "none");
   }
 
   json_decref(doc);
