@@ -15,6 +15,7 @@
  */
 
 #include "mailoauth/account.h"
+#include "mailoauth/control.h"
 #include "mailoauth/mailauth.h"
 #include "mailoauth/oauth.h"
 #include "mailoauth/tokens.h"
@@ -68,6 +69,7 @@ struct ftpmailoauth_opts {
   int device;
   int no_listen;
   int verbose;
+  int json;
   long timeout;
 
   /* Account settings from flags, as key=value words for the parser. */
@@ -1560,6 +1562,56 @@ static int ftpmailoauth_status_one(const struct ftpmailoauth_env *env,
   return bad ? FTPMAILOAUTH_EXIT_FAIL : FTPMAILOAUTH_EXIT_OK;
 }
 
+/* status --json: the worker's own status document (control.h), as it last
+ * wrote it, for monitoring other than Prometheus.
+ */
+static int ftpmailoauth_status_json(const struct ftpmailoauth_env *env) {
+  char path[PATH_MAX];
+  json_error_t jerr;
+  json_t *doc;
+  struct stat st;
+  int fd, res;
+
+  snprintf(path, sizeof(path), "%s/%s", env->state_dir,
+    MAILOAUTH_STATUS_FILE);
+  fd = open(path, O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC);
+  if (fd < 0) {
+    ftpmailoauth_err("cannot read %s: %s%s", path, strerror(errno),
+      errno == ENOENT ? " (the worker writes it while the server runs with "
+      "MailOAuthEngine on)" : "");
+    return FTPMAILOAUTH_EXIT_FAIL;
+  }
+
+  if (fstat(fd, &st) < 0 ||
+      !S_ISREG(st.st_mode) ||
+      st.st_size > MAILOAUTH_STATUS_MAX) {
+    (void) close(fd);
+    ftpmailoauth_err("%s is not the worker's status file (not a regular "
+      "file, or too large)", path);
+    return FTPMAILOAUTH_EXIT_FAIL;
+  }
+
+  doc = json_loadfd(fd, 0, &jerr);
+  (void) close(fd);
+  if (!json_is_object(doc)) {
+    json_decref(doc);
+    ftpmailoauth_err("%s: not a status document: %s", path, jerr.text);
+    return FTPMAILOAUTH_EXIT_FAIL;
+  }
+
+  /* To stdout directly: jansson allocates with our wiping allocator here
+   * (mailoauth_oauth_wipe_json_memory()), whose blocks free() must not see.
+   */
+  res = json_dumpf(doc, stdout, JSON_INDENT(2)|JSON_SORT_KEYS);
+  json_decref(doc);
+  if (res < 0 ||
+      printf("\n") < 0) {
+    ftpmailoauth_err("cannot write the status: %s", strerror(errno));
+    return FTPMAILOAUTH_EXIT_FAIL;
+  }
+  return FTPMAILOAUTH_EXIT_OK;
+}
+
 static int ftpmailoauth_cmd_status(const struct ftpmailoauth_env *env,
     const char *name) {
   unsigned int i;
@@ -1568,6 +1620,15 @@ static int ftpmailoauth_cmd_status(const struct ftpmailoauth_env *env,
   /* No secret needed: nothing more to do as root. */
   if (ftpmailoauth_become_owner(env) < 0) {
     return FTPMAILOAUTH_EXIT_FAIL;
+  }
+
+  if (env->opts->json) {
+    if (name != NULL) {
+      ftpmailoauth_err("status --json shows every account; leave out '%s'",
+        name);
+      return FTPMAILOAUTH_EXIT_USAGE;
+    }
+    return ftpmailoauth_status_json(env);
   }
 
   if (name != NULL) {
@@ -1811,6 +1872,8 @@ static void ftpmailoauth_usage(FILE *fh) {
 "                   ssh -L 9090:localhost:9090 this-server).  App-only\n"
 "                   accounts need no sign-in: the settings are checked.\n"
 "  status [ACCOUNT] who is signed in, token expiry, last error, token file\n"
+"  status --json    the running worker's status (accounts, notification\n"
+"                   queue, tasks, counters) as JSON, as its metrics show it\n"
 "  test ACCOUNT [smtp|imap|both]\n"
 "                   log in to the account's SMTP and IMAP servers with\n"
 "                   XOAUTH2 (refreshing the token first if needed), show\n"
@@ -1828,6 +1891,7 @@ static void ftpmailoauth_usage(FILE *fh) {
 "                        /tokens, i.e. " FTPMAILOAUTH_DEFAULT_STATEDIR
   "/tokens)\n"
 "      --owner USER      who owns token files (default: proftpd.conf's User)\n"
+"      --json            status: the worker's status document\n"
 "  -v, --verbose         show trace lines (repeat for more)\n"
 "  -h, --help            this text\n"
 "\n"
@@ -1842,6 +1906,7 @@ static void ftpmailoauth_usage(FILE *fh) {
 
 enum {
   OPT_DEVICE = 256, OPT_NO_LISTEN, OPT_TIMEOUT, OPT_TOKEN_DIR, OPT_OWNER,
+  OPT_JSON,
   OPT_ACCOUNT_FLAG
 };
 
@@ -1923,6 +1988,7 @@ static int ftpmailoauth_parse_args(int argc, char **argv,
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { "token-dir", required_argument, NULL, OPT_TOKEN_DIR },
     { "owner", required_argument, NULL, OPT_OWNER },
+    { "json", no_argument, NULL, OPT_JSON },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' }
   };
@@ -1989,6 +2055,10 @@ static int ftpmailoauth_parse_args(int argc, char **argv,
 
       case OPT_OWNER:
         o->owner = optarg;
+        break;
+
+      case OPT_JSON:
+        o->json = 1;
         break;
 
       case OPT_ACCOUNT_FLAG:

@@ -65,6 +65,7 @@ static gid_t mailoauth_gid = 0;
 
 /* The program every role runs (MailOAuthProgram). */
 static const char *mailoauth_program = MAILOAUTH_PROGRAM_PATH;
+static const char *mailoauth_metrics_file = NULL;
 
 /* TraceLog, seen while parsing: ProFTPD keeps the path to itself. */
 static char mailoauth_trace_log[PR_TUNABLE_PATH_MAX + 1];
@@ -84,6 +85,29 @@ static char mailoauth_main_conf[PR_TUNABLE_PATH_MAX + 1];
 
 const char *mailoauth_config_location(void) {
   return mailoauth_parse_src;
+}
+
+const char *mailoauth_get_state_dir(void) {
+  return mailoauth_engine ? mailoauth_state_dir : NULL;
+}
+
+uid_t mailoauth_get_uid(void) {
+  return mailoauth_uid;
+}
+
+int mailoauth_supervisor_request(uint32_t type, const void *data,
+    size_t len) {
+  if (mailoauth_supervisor_fd < 0 ||
+      mailoauth_supervisor_pid <= 0) {
+    errno = ESRCH;
+    return -1;
+  }
+
+  /* Non-blocking socket: a supervisor that does not read makes this fail
+   * (EAGAIN), never the master wait.
+   */
+  return mailoauth_imsg_send(mailoauth_supervisor_fd, type, 0, data, len,
+    NULL, 0);
 }
 
 config_rec *mailoauth_account_find(const char *name) {
@@ -206,6 +230,26 @@ MODRET set_mailoauthlog(cmd_rec *cmd) {
   }
 
   add_config_param_str(cmd->argv[0], 1, path);
+  return PR_HANDLED(cmd);
+}
+
+/* usage: MailOAuthMetricsFile path|none */
+MODRET set_mailoauthmetricsfile(cmd_rec *cmd) {
+  const char *path;
+
+  CHECK_ARGS(cmd, 1);
+  CHECK_CONF(cmd, CONF_ROOT);
+
+  path = cmd->argv[1];
+  if (strcasecmp(path, "none") != 0 &&
+      (pr_fs_valid_path(path) < 0 ||
+       path[strlen(path) - 1] == '/')) {
+    CONF_ERROR(cmd, pstrcat(cmd->tmp_pool, "'", path, "' is not an absolute "
+      "file path: write e.g. MailOAuthMetricsFile "
+      "/var/lib/prometheus/node-exporter/mailoauth.prom", NULL));
+  }
+
+  add_config_param_str(cmd->argv[0], 2, path, mailoauth_parse_src);
   return PR_HANDLED(cmd);
 }
 
@@ -447,6 +491,60 @@ static int mailoauth_check_program(void) {
   return 0;
 }
 
+/* The worker writes the metrics file as User, by temp file and rename in
+ * its directory: that directory must be one User can write.
+ */
+static int mailoauth_check_metrics_file(void) {
+  const char *where, *dir, *slash;
+  config_rec *c;
+  struct stat st;
+  int res, xerrno;
+
+  mailoauth_metrics_file = NULL;
+  c = find_config(main_server->conf, CONF_PARAM, "MailOAuthMetricsFile",
+    FALSE);
+  if (c == NULL ||
+      strcasecmp(c->argv[0], "none") == 0) {
+    return 0;
+  }
+  where = pstrdup(mailoauth_pool, c->argv[1]);
+
+  slash = strrchr(c->argv[0], '/');
+  dir = slash == c->argv[0] ? "/" :
+    pstrndup(mailoauth_pool, c->argv[0], slash - (char *) c->argv[0]);
+
+  PRIVS_ROOT
+  res = stat(dir, &st);
+  xerrno = errno;
+  PRIVS_RELINQUISH
+
+  if (res < 0) {
+    mailoauth_config_fatal(where, "MailOAuthMetricsFile: cannot use the "
+      "directory '%s': %s (create it, writable by the server's User, uid "
+      "%lu)", dir, strerror(xerrno), (unsigned long) mailoauth_uid);
+    return -1;
+  }
+
+  if (!S_ISDIR(st.st_mode) ||
+      !((st.st_uid == mailoauth_uid && (st.st_mode & S_IWUSR)) ||
+        (st.st_gid == mailoauth_gid && (st.st_mode & S_IWGRP)) ||
+        (st.st_mode & S_IWOTH))) {
+    mailoauth_config_fatal(where, "MailOAuthMetricsFile: the worker writes "
+      "'%s' as the server's User (uid %lu), by a temporary file and a rename "
+      "in '%s', which User cannot write (owner uid %lu, group %lu, mode "
+      "%04o); use a directory of User's (e.g. install -d -o %lu -g %lu -m "
+      "0755 '%s') and point node_exporter's "
+      "--collector.textfile.directory at it", (char *) c->argv[0],
+      (unsigned long) mailoauth_uid, dir, (unsigned long) st.st_uid,
+      (unsigned long) st.st_gid, (unsigned int) (st.st_mode & 07777),
+      (unsigned long) mailoauth_uid, (unsigned long) mailoauth_gid, dir);
+    return -1;
+  }
+
+  mailoauth_metrics_file = pstrdup(mailoauth_pool, c->argv[0]);
+  return 0;
+}
+
 /* Worker lifecycle (master side)
  *
  * The master starts one supervisor (mailoauthd, by fork+exec) and stops it
@@ -535,6 +633,10 @@ static char *mailoauth_worker_conf(pool *p) {
   (void) json_object_set_new(root, "signin", json_string(signin_fmt));
   (void) json_object_set_new(root, "program",
     json_string(mailoauth_program));
+  if (mailoauth_metrics_file != NULL) {
+    (void) json_object_set_new(root, "metrics_file",
+      json_string(mailoauth_metrics_file));
+  }
 
   trace = json_object();
   mailoauth_trace_levels(trace);
@@ -651,6 +753,9 @@ static int mailoauth_supervisor_start(void) {
     (void) pr_log_writefile(mailoauth_logfd, MOD_MAILOAUTH_VERSION,
       "cannot hand the configuration to the worker: %s", strerror(errno));
   }
+
+  /* Later messages are ftpdctl's requests: the master never waits on them. */
+  (void) fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
   destroy_pool(tmp);
 
   mailoauth_supervisor_fd = sv[0];
@@ -807,7 +912,8 @@ static void mailoauth_postparse_ev(const void *event_data, void *user_data) {
     return;
   }
 
-  if (mailoauth_check_program() < 0) {
+  if (mailoauth_check_program() < 0 ||
+      mailoauth_check_metrics_file() < 0) {
     return;
   }
 
@@ -863,6 +969,9 @@ static void mailoauth_startup_ev(const void *event_data, void *user_data) {
 static void mailoauth_restart_ev(const void *event_data, void *user_data) {
   (void) event_data;
   (void) user_data;
+
+  /* The ACLs are set again as the configuration is read again. */
+  mailoauth_ctrls_restart();
 
   if (mailoauth_engine == FALSE) {
     return;
@@ -999,6 +1108,7 @@ static int mailoauth_init(void) {
   pr_event_register(&mailoauth_module, "core.exit",
     mailoauth_exit_ev, NULL);
 
+  mailoauth_ctrls_init(mailoauth_pool);
   return 0;
 }
 
@@ -1131,7 +1241,9 @@ static conftable mailoauth_conftab[] = {
   { "MailOAuthEngine",          set_mailoauthengine,    NULL },
   { "MailOAuthIngest",          set_mailoauthingest,    NULL },
   { "MailOAuthIngestRoute",     set_mailoauthingestroute, NULL },
+  { "MailOAuthControlsACLs",    set_mailoauthcontrolsacls, NULL },
   { "MailOAuthLog",             set_mailoauthlog,       NULL },
+  { "MailOAuthMetricsFile",     set_mailoauthmetricsfile, NULL },
   { "MailOAuthNotify",          set_mailoauthnotify,    NULL },
   { "MailOAuthProgram",         set_mailoauthprogram,   NULL },
   { "MailOAuthStateDir",        set_mailoauthstatedir,  NULL },

@@ -20,6 +20,21 @@
 /* Shared by the glue files. */
 const char *mailoauth_config_location(void);
 
+/* The state directory when the engine is on, else NULL; the User. */
+const char *mailoauth_get_state_dir(void);
+uid_t mailoauth_get_uid(void);
+
+/* Passes a request (control.h) to the supervisor without waiting: 0, or -1
+ * with errno (ESRCH: no worker running; EAGAIN: it is not reading).
+ */
+int mailoauth_supervisor_request(uint32_t type, const void *data,
+  size_t len);
+
+/* ftpdctl mailoauth (mod_mailoauth_ctrls.c). */
+modret_t *set_mailoauthcontrolsacls(cmd_rec *cmd);
+void mailoauth_ctrls_init(pool *p);
+void mailoauth_ctrls_restart(void);
+
 /* The MailOAuthAccount of that name, or NULL. */
 config_rec *mailoauth_account_find(const char *name);
 

@@ -9,11 +9,13 @@
  */
 
 #include "mailoauthd.h"
+#include "mailoauth/control.h"
 #include "mailoauth/imsg.h"
 #include "mailoauth/spawn.h"
 #include "mailoauth/trace.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -95,6 +97,39 @@ static void supervisor_spawn(struct supervisor *s) {
 
   /* A worker that dies before reading it shows as EOF in the loop. */
   (void) mailoauth_wconf_send(s->sock, s->d->conf_json, s->d->conf_len);
+
+  /* From now on only requests go to it, never waiting for a busy worker. */
+  (void) fcntl(s->sock, F_SETFL, fcntl(s->sock, F_GETFL) | O_NONBLOCK);
+}
+
+/* A message from the master.  -1: it is gone. */
+static int supervisor_request(struct supervisor *s) {
+  unsigned char buf[MAILOAUTH_IMSG_HDR + 1024];
+  struct mailoauth_imsg msg;
+  int res;
+
+  res = mailoauth_imsg_recv(MAILOAUTHD_CONTROL_FD, &msg, buf, sizeof(buf),
+    MSG_DONTWAIT);
+  if (res == 0) {
+    return -1;
+  }
+  if (res < 0) {
+    return errno == EINTR || errno == EAGAIN || errno == EBADMSG ? 0 : -1;
+  }
+  mailoauth_imsg_close_fds(&msg);
+
+  if (msg.type != MAILOAUTH_CTL_RUN_TASK &&
+      msg.type != MAILOAUTH_CTL_RETRY) {
+    return 0;
+  }
+
+  if (s->pid == 0 ||
+      mailoauth_imsg_send(s->sock, msg.type, msg.id, msg.data, msg.len,
+        NULL, 0) < 0) {
+    mailoauth_log("supervisor: request from ftpdctl not passed on: %s",
+      s->pid == 0 ? "the worker is not running" : strerror(errno));
+  }
+  return 0;
 }
 
 static void supervisor_reap(struct supervisor *s, int *status) {
@@ -242,16 +277,11 @@ int mailoauthd_supervisor_main(struct mailoauthd *d) {
       break;
     }
 
-    if (pfds[0].revents != 0) {
-      char c;
-      ssize_t r = read(MAILOAUTHD_CONTROL_FD, &c, 1);
-
-      if (r == 0 ||
-          (r < 0 && errno != EINTR && errno != EAGAIN)) {
-        why = "the master process is gone";
-        supervisor_stop_why = MAILOAUTH_STOP_MASTER_GONE;
-        break;
-      }
+    if (pfds[0].revents != 0 &&
+        supervisor_request(&s) < 0) {
+      why = "the master process is gone";
+      supervisor_stop_why = MAILOAUTH_STOP_MASTER_GONE;
+      break;
     }
 
     if (nfds == 2 &&

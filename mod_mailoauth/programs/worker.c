@@ -9,11 +9,15 @@
  */
 
 #include "mailoauthd.h"
+#include "mailoauth/control.h"
 #include "mailoauth/deposit.h"
 #include "mailoauth/ingest.h"
+#include "mailoauth/jsonwrap.h"
+#include "mailoauth/metrics.h"
 #include "mailoauth/notify.h"
 #include "mailoauth/registry.h"
 #include "mailoauth/spawn.h"
+#include "mailoauth/spool.h"
 #include "mailoauth/tnef.h"
 #include "mailoauth/trace.h"
 #include "mailoauth/worker.h"
@@ -24,6 +28,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <libgen.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -32,10 +37,19 @@
 
 static const char *trace_channel = "mailoauth";
 
+/* Rewrite an unchanged status at least this often (ages in the metrics). */
+#define WORKER_REPORT_REFRESH_SECS 15
+
 struct worker_state {
+  const struct mailoauth_wconf *conf;
   struct mailoauth_registry *reg;
   struct mailoauth_notify *notify;
   struct mailoauth_ingest *ingest;
+
+  time_t started;
+  char *last_status;            /* the last document written, sans time */
+  time_t last_written;
+  int status_errno, metrics_errno;  /* logged once until it changes */
 };
 
 static char *worker_path(const char *dir, const char *name) {
@@ -212,6 +226,136 @@ static int worker_process(void *arg) {
   return mailoauth_notify_process(st->notify, time(NULL));
 }
 
+/* ftpdctl's requests, passed on by the supervisor. */
+static void worker_request(uint32_t type, const unsigned char *data,
+    size_t len, void *arg) {
+  struct worker_state *st = arg;
+  time_t now = time(NULL);
+
+  if (type == MAILOAUTH_CTL_RUN_TASK) {
+    char name[256], shown[1024];
+
+    if (len == 0 || len >= sizeof(name)) {
+      return;
+    }
+    memcpy(name, data, len);
+    name[len] = '\0';
+    mailoauth_worker_printable(name, len, shown, sizeof(shown));
+
+    if (mailoauth_ingest_run_now(st->ingest, name, now) < 0) {
+      mailoauth_log("ftpdctl: no ingest task '%s' is running; nothing to run",
+        shown);
+    } else {
+      mailoauth_log("ingest %s: run now, as asked with ftpdctl", shown);
+    }
+
+  } else if (type == MAILOAUTH_CTL_RETRY) {
+    int moved = st->notify ? mailoauth_notify_retry_dead(st->notify, now) : 0;
+
+    if (moved == 0) {
+      mailoauth_log("ftpdctl: no dead letters to retry");
+    } else if (moved < 0) {
+      mailoauth_log("ftpdctl: cannot move the dead letters back: %s",
+        strerror(errno));
+    }
+  }
+}
+
+static json_t *worker_status(struct worker_state *st, time_t now) {
+  json_t *doc, *notify;
+
+  notify = st->notify ? mailoauth_notify_status(st->notify, now) :
+    json_pack("{s:i, s:i, s:i, s:i, s:i, s:n}", "sent", 0, "failed", 0,
+      "dead_lettered", 0, "queued", 0, "dead_letters", 0, "oldest_queued");
+
+  doc = json_pack("{s:i, s:I, s:I, s:o, s:o, s:o}",
+    "version", 1,
+    "pid", (json_int_t) getpid(),
+    "started", (json_int_t) st->started,
+    "accounts", st->reg ? mailoauth_registry_status(st->reg, now) :
+      json_array(),
+    "notifications", notify ? notify : json_object(),
+    "tasks", mailoauth_ingest_status(st->ingest, now));
+  return doc;
+}
+
+/* Logs a failure to write once, until it changes or goes away. */
+static void worker_write_failed(int *last, int xerrno, const char *what,
+    const char *path) {
+  if (xerrno != *last &&
+      xerrno != 0) {
+    mailoauth_log("worker: cannot write the %s '%s': %s", what, path,
+      strerror(xerrno));
+  }
+  *last = xerrno;
+}
+
+static void worker_write(const char *path, const char *text, mode_t mode,
+    int *last, const char *what) {
+  char *d = strdup(path), *b = strdup(path);
+  int xerrno = ENOMEM;
+
+  if (d != NULL && b != NULL) {
+    xerrno = mailoauth_spool_write_atomic(dirname(d), basename(b), text,
+      strlen(text), mode) < 0 ? errno : 0;
+  }
+  worker_write_failed(last, xerrno, what, path);
+  free(d);
+  free(b);
+}
+
+/* The status file and the metrics: rewritten when something changed, and
+ * every WORKER_REPORT_REFRESH_SECS in any case.
+ */
+static void worker_report(time_t now, void *arg) {
+  struct worker_state *st = arg;
+  char *text, *metrics, *path;
+  json_t *doc;
+
+  doc = worker_status(st, now);
+  if (doc == NULL) {
+    return;
+  }
+
+  text = json_dumps(doc, JSON_COMPACT|JSON_SORT_KEYS);
+  if (text == NULL) {
+    json_decref(doc);
+    return;
+  }
+  if (st->last_status != NULL &&
+      strcmp(text, st->last_status) == 0 &&
+      now - st->last_written < WORKER_REPORT_REFRESH_SECS) {
+    free(text);
+    json_decref(doc);
+    return;
+  }
+  free(st->last_status);
+  st->last_status = text;
+  st->last_written = now;
+
+  (void) json_object_set_new(doc, "written", json_integer((json_int_t) now));
+  text = json_dumps(doc, JSON_INDENT(2)|JSON_SORT_KEYS);
+  path = worker_path(st->conf->state_dir, MAILOAUTH_STATUS_FILE);
+  if (text != NULL &&
+      path != NULL) {
+    worker_write(path, text, 0600, &st->status_errno, "status file");
+  }
+  free(path);
+  free(text);
+
+  if (st->conf->metrics_file != NULL) {
+    metrics = mailoauth_metrics_render(doc, now);
+    if (metrics != NULL) {
+      /* Readable by node_exporter, which runs as a user of its own. */
+      worker_write(st->conf->metrics_file, metrics, 0644,
+        &st->metrics_errno, "metrics file");
+      free(metrics);
+    }
+  }
+
+  json_decref(doc);
+}
+
 int mailoauthd_worker_main(struct mailoauthd *d) {
   const struct mailoauth_wconf *conf = &d->conf;
   struct mailoauth_worker_config cfg;
@@ -227,6 +371,8 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
 
   curl_global_init(CURL_GLOBAL_DEFAULT);
   memset(&state, 0, sizeof(state));
+  state.conf = conf;
+  state.started = time(NULL);
   state.reg = worker_registry(conf);
 
   /* Helpers first: they must never see a secret, and the deposit helper
@@ -304,6 +450,10 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   }
   cfg.tick = worker_tick;
   cfg.tick_arg = &state;
+  cfg.request = worker_request;
+  cfg.request_arg = &state;
+  cfg.report = worker_report;
+  cfg.report_arg = &state;
 
   mailoauth_trace(trace_channel, 3, "worker running");
   res = mailoauth_worker_run(&cfg);
@@ -315,6 +465,7 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   }
   mailoauth_notify_destroy(state.notify);
   mailoauth_registry_destroy(state.reg);
+  free(state.last_status);
 
   {
     const char *why = mailoauth_stop_reason(mailoauth_worker_stop_code());

@@ -74,7 +74,8 @@ class ProFTPD:
     users: {name: uid}; each gets a home directory and the password
     DEFAULT_PASSWORD.  sftp/tls add an SFTP virtual host / FTPS on the main
     port.  extra_conf is appended inside the main server context; global_conf
-    is appended at the end of the file (vhosts, <Global> ...).
+    is appended at the end of the file (vhosts, <Global> ...).  controls:
+    mod_ctrls on, with its socket in the work directory (see ftpdctl()).
     """
 
     def __init__(self, workdir, module, proftpd="/usr/sbin/proftpd",
@@ -82,7 +83,7 @@ class ProFTPD:
                  default_root=False, root_revoke=False, engine=True,
                  extra_conf="", global_conf="", trace_level=20,
                  daemon_user="nobody", daemon_group="nogroup",
-                 load_module=True, modules=()):
+                 load_module=True, modules=(), controls=False):
         self.dir = workdir
         self.module = module
         # mailoauthd is built beside the module.
@@ -103,6 +104,8 @@ class ProFTPD:
         self.daemon_group = daemon_group
         self.load_module = load_module
         self.modules = list(modules)
+        self.controls = controls
+        self.ctrls_socket = os.path.join(workdir, "ctrls.sock")
         self.host = "127.0.0.1"
         self.port = free_port()
         self.sftp_port = free_port() if sftp else None
@@ -242,6 +245,14 @@ Trace {trace}
   TLSOptions NoSessionReuseRequired
 </IfModule>
 """.format(d=d, cert=self.pki.cert, key=self.pki.key))
+        if self.controls:
+            c.append("""<IfModule mod_ctrls.c>
+  ControlsEngine on
+  ControlsSocket {sock}
+  ControlsLog {d}/controls.log
+  ControlsACLs all allow user root
+</IfModule>
+""".format(sock=self.ctrls_socket, d=d))
         c.append(self.extra_conf + "\n")
         if self.sftp:
             c.append("""<VirtualHost {host}>
@@ -365,6 +376,16 @@ Trace {trace}
             pass
 
     # -- observation ---------------------------------------------------
+    def ftpdctl(self, *args, timeout=30):
+        """Runs ftpdctl against this server; returns (exit code, output
+        without ftpdctl's "ftpdctl: " prefixes)."""
+        r = subprocess.run(["ftpdctl", "-s", self.ctrls_socket] + list(args),
+                           capture_output=True, text=True, timeout=timeout)
+        out = "\n".join(line[len("ftpdctl: "):] if
+                        line.startswith("ftpdctl: ") else line
+                        for line in (r.stdout + r.stderr).splitlines())
+        return r.returncode, out
+
     def read(self, path):
         try:
             with open(path, errors="replace") as f:

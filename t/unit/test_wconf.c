@@ -63,7 +63,32 @@ START_TEST(test_parse) {
   ck_assert_str_eq(t->routes[1]->subject, "Inv*");
   /* A route takes the task's authserv-id=, as the directive does. */
   ck_assert_str_eq(t->routes[1]->authserv_id, "mx.contoso.com");
+  /* No MailOAuthMetricsFile: no metrics. */
+  ck_assert_ptr_null(w.metrics_file);
   mailoauth_wconf_free(&w);
+}
+END_TEST
+
+START_TEST(test_metrics_file) {
+  static const char *with =
+    "{\"version\": 1, \"state_dir\": \"/x\", \"signin\": \"s\", "
+    "\"program\": \"/p\", \"uid\": 1, \"gid\": 1, \"accounts\": [], "
+    "\"tasks\": [], \"metrics_file\": \"/var/lib/node/mailoauth.prom\"}";
+  static const char *relative =
+    "{\"version\": 1, \"state_dir\": \"/x\", \"signin\": \"s\", "
+    "\"program\": \"/p\", \"uid\": 1, \"gid\": 1, \"accounts\": [], "
+    "\"tasks\": [], \"metrics_file\": \"m.prom\"}";
+  struct mailoauth_wconf w;
+  char err[256];
+
+  ck_assert_int_eq(mailoauth_wconf_parse(&w, with, strlen(with), err,
+    sizeof(err)), 0);
+  ck_assert_str_eq(w.metrics_file, "/var/lib/node/mailoauth.prom");
+  mailoauth_wconf_free(&w);
+
+  ck_assert_int_eq(mailoauth_wconf_parse(&w, relative, strlen(relative), err,
+    sizeof(err)), -1);
+  ck_assert_ptr_nonnull(strstr(err, "metrics_file"));
 }
 END_TEST
 
@@ -154,6 +179,7 @@ int main(void) {
   int failed;
 
   tcase_add_test(tc, test_parse);
+  tcase_add_test(tc, test_metrics_file);
   tcase_add_test(tc, test_refused);
   tcase_add_test(tc, test_framing);
   suite_add_tcase(s, tc);

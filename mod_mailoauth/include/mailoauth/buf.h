@@ -40,6 +40,13 @@ int mailoauth_buf_add(struct mailoauth_buf *b, const void *data, size_t len);
 int mailoauth_buf_adds(struct mailoauth_buf *b, const char *s);
 int mailoauth_buf_addc(struct mailoauth_buf *b, char c);
 
+/* printf() into the buffer. */
+int mailoauth_buf_addf(struct mailoauth_buf *b, const char *fmt, ...)
+#ifdef __GNUC__
+  __attribute__((format(printf, 2, 3)))
+#endif
+  ;
+
 /* Empties it, keeping the memory (wiped if secret). */
 void mailoauth_buf_clear(struct mailoauth_buf *b);
 

@@ -119,4 +119,13 @@ time_t mailoauth_ingest_tick(struct mailoauth_ingest *ing, time_t now);
 
 void mailoauth_ingest_destroy(struct mailoauth_ingest *ing);
 
+/* Makes the task of that name due now (ENOENT: no such task). */
+int mailoauth_ingest_run_now(struct mailoauth_ingest *ing, const char *name,
+  time_t now);
+
+/* Each task's schedule and counters as a JSON array (a new reference). */
+struct json_t;
+struct json_t *mailoauth_ingest_status(const struct mailoauth_ingest *ing,
+  time_t now);
+
 #endif /* MOD_MAILOAUTH_INGEST_H */

@@ -15,4 +15,9 @@
 #include <jansson.h>
 #undef json_delete
 
+/* s as a JSON string, its non-UTF-8 bytes as \\xNN; null for NULL.  Never
+ * NULL.
+ */
+json_t *mailoauth_json_text(const char *s);
+
 #endif /* MOD_MAILOAUTH_JSONWRAP_H */

@@ -44,4 +44,17 @@ struct mailoauth_notify_stats {
 void mailoauth_notify_get_stats(const struct mailoauth_notify *n,
   struct mailoauth_notify_stats *st);
 
+/* Moves the dead letters back to the queue and makes a pass due now.
+ * Returns how many moved, or -1.
+ */
+int mailoauth_notify_retry_dead(struct mailoauth_notify *n, time_t now);
+
+/* Counters and the queue's state as a JSON object (a new reference, NULL
+ * when out of memory): sent, failed (attempts that will be retried),
+ * dead_lettered, queued, dead_letters, oldest_queued (a time, or null).
+ */
+struct json_t;
+struct json_t *mailoauth_notify_status(const struct mailoauth_notify *n,
+  time_t now);
+
 #endif /* MOD_MAILOAUTH_NOTIFY_H */

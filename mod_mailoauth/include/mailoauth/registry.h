@@ -51,4 +51,11 @@ const struct mailoauth_account *mailoauth_registry_account(
 struct mailoauth_tokens *mailoauth_registry_tokens(
   struct mailoauth_registry *reg, const char *name);
 
+/* Each account's token state and counters, as a JSON array (a new
+ * reference, NULL when out of memory); see mailoauth_worker_status().
+ */
+struct json_t;
+struct json_t *mailoauth_registry_status(
+  const struct mailoauth_registry *reg, time_t now);
+
 #endif /* MOD_MAILOAUTH_REGISTRY_H */

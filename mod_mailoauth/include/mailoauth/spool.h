@@ -39,6 +39,7 @@
 
 #include <stddef.h>
 #include <sys/types.h>
+#include <time.h>
 
 #define MAILOAUTH_SPOOL_JOURNAL_SUFFIX  ".j"
 #define MAILOAUTH_SPOOL_QUEUE_SUFFIX    ".ev"
@@ -119,6 +120,16 @@ unsigned char *mailoauth_queue_read(const char *dir, const char *name,
 
 /* Number of events waiting in the queue, or -1. */
 int mailoauth_queue_count(const char *queue_dir);
+
+/* Number of events in the queue, or -1; *oldest: the modification time
+ * of the oldest (0 when there is none).
+ */
+int mailoauth_queue_oldest(const char *queue_dir, time_t *oldest);
+
+/* Moves every event of from_dir to to_dir (dead letters back to the queue),
+ * never over one of the same name.  Returns how many moved, or -1.
+ */
+int mailoauth_queue_move_all(const char *from_dir, const char *to_dir);
 
 /* Writes data to dir/name atomically: temp file, fsync, rename, fsync of the
  * directory.  mode is applied to the new file.

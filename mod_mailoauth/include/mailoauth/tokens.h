@@ -81,4 +81,29 @@ int mailoauth_tokens_store_signin(struct mailoauth_tokens *t,
 int mailoauth_tokens_status(struct mailoauth_tokens *t,
   struct mailoauth_tokenstore_record *rec, char *errbuf, size_t errlen);
 
+/* A delegated refresh token lapses after this long unused. */
+#define MAILOAUTH_TOKENS_REFRESH_LIFETIME (90 * 24 * 3600)
+
+/* What the handle knows now, without reading the file (for the status file
+ * and the metrics).  The strings point into the handle: valid until its next
+ * call.
+ */
+struct mailoauth_tokens_info {
+  int delegated;
+  int signed_in;                /* app-only: always */
+  mailoauth_oauth_class_t blocked;  /* OK: nothing holds requests back */
+  time_t retry_at;              /* when blocked ends (0: a sign-in does) */
+  time_t next_due;              /* next refresh (0: none scheduled) */
+  time_t access_expires;        /* 0: no access token */
+  time_t last_use;              /* of the refresh token; 0: none */
+  unsigned long refreshes;      /* successful refreshes since start */
+  unsigned long refresh_failures;
+  const char *error_class;      /* the token file's last error, or NULL */
+  const char *error_message;
+  time_t error_at;
+};
+
+void mailoauth_tokens_info(const struct mailoauth_tokens *t, time_t now,
+  struct mailoauth_tokens_info *info);
+
 #endif /* MOD_MAILOAUTH_TOKENS_H */

@@ -8,6 +8,7 @@
  *
  *   {"version": 1, "state_dir": "...", "uid": N, "gid": N,
  *    "signin": "ftpmailoauth signin %s", "program": "/path/mailoauthd",
+ *    "metrics_file": "/path/mailoauth.prom" (optional),
  *    "trace": {"mailoauth.smtp": 10, ...},
  *    "accounts": [["NAME", "arg", ...], ...],
  *    "tasks": [{"args": ["NAME", "key=value", ...],
@@ -46,6 +47,7 @@ struct mailoauth_wconf {
   gid_t gid;
   const char *signin_fmt;
   const char *program;
+  const char *metrics_file;     /* MailOAuthMetricsFile, NULL: none */
 
   struct mailoauth_wconf_account *accounts;
   size_t naccounts;

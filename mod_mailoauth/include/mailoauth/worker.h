@@ -13,6 +13,8 @@
 
 #include "mailoauth/spool.h"
 
+#include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 struct mailoauth_worker_config {
@@ -40,6 +42,19 @@ struct mailoauth_worker_config {
    */
   time_t (*tick)(time_t now, void *arg);
   void *tick_arg;
+
+  /* A request from the supervisor on master_fd (an imsg: type, payload);
+   * the tick runs right after it.
+   */
+  void (*request)(uint32_t type, const unsigned char *data, size_t len,
+    void *arg);
+  void *request_arg;
+
+  /* Writes the status report: after anything happened, at most once a
+   * second, and every 15 seconds regardless.
+   */
+  void (*report)(time_t now, void *arg);
+  void *report_arg;
 };
 
 /* Why mailoauth_worker_run() returned. */

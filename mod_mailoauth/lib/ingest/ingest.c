@@ -94,6 +94,11 @@ struct ingest_task {
   char last_error[512];         /* logged once until it changes */
   int more;                     /* the run stopped at its time slice */
 
+  /* Since the worker started, for the status file and the metrics. */
+  time_t last_run, last_success;
+  unsigned long errors, messages;
+  uint64_t bytes;
+
   struct ingest_dest *dests;    /* [0]: dir=/owner=, then one per route */
   size_t ndests;
 
@@ -735,6 +740,7 @@ static void ingest_error(struct ingest_task *t, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
+  t->errors++;
 
   /* A task failing the same way every minute would flood the log. */
   if (strcmp(msg, t->last_error) != 0) {
@@ -1838,6 +1844,8 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     return 0;
   }
 
+  t->messages++;
+  t->bytes += fetched.bytes;
   return 1;
 }
 
@@ -2049,6 +2057,7 @@ static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
         mailoauth_trace(trace_channel, 8, "task %s: run paused after UID %"
           PRIu32, t->cfg.name, uids[i]);
         t->more = 1;
+        t->last_success = time(NULL);
         return;
       }
     }
@@ -2058,6 +2067,7 @@ static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
     }
   }
 
+  t->last_success = time(NULL);
   ingest_ok(t);
 }
 
@@ -2155,6 +2165,7 @@ time_t mailoauth_ingest_tick(struct mailoauth_ingest *ing, time_t now) {
     if (t->next_due <= now) {
       mailoauth_trace(trace_channel, 9, "task %s: run", t->cfg.name);
       t->more = 0;
+      t->last_run = now;
       ingest_run(ing, t, now);
 
       /* Counted from the end of the run: a run longer than the interval
@@ -2191,4 +2202,50 @@ void mailoauth_ingest_destroy(struct mailoauth_ingest *ing) {
   free(ing->tasks_dir);
   free(ing->tmp_dir);
   free(ing);
+}
+
+int mailoauth_ingest_run_now(struct mailoauth_ingest *ing, const char *name,
+    time_t now) {
+  size_t i;
+
+  for (i = 0; ing != NULL && i < ing->ntasks; i++) {
+    if (strcmp(ing->tasks[i].cfg.name, name) == 0) {
+      ing->tasks[i].next_due = now;
+      return 0;
+    }
+  }
+
+  errno = ENOENT;
+  return -1;
+}
+
+static json_t *ingest_time(time_t t) {
+  return t != 0 ? json_integer((json_int_t) t) : json_null();
+}
+
+struct json_t *mailoauth_ingest_status(const struct mailoauth_ingest *ing,
+    time_t now) {
+  json_t *list = json_array();
+  size_t i;
+
+  (void) now;
+  for (i = 0; list != NULL && ing != NULL && i < ing->ntasks; i++) {
+    const struct ingest_task *t = &ing->tasks[i];
+
+    (void) json_array_append_new(list, json_pack(
+      "{s:s, s:s, s:I, s:o, s:o, s:o, s:o, s:I, s:I, s:I}",
+      "name", t->cfg.name,
+      "account", t->cfg.account,
+      "every", (json_int_t) t->cfg.every,
+      "last_run", ingest_time(t->last_run),
+      "next_run", ingest_time(t->next_due),
+      "last_success", ingest_time(t->last_success),
+      "last_error", t->last_error[0] != '\0' ?
+        mailoauth_json_text(t->last_error) : json_null(),
+      "errors", (json_int_t) t->errors,
+      "messages", (json_int_t) t->messages,
+      "bytes", (json_int_t) t->bytes));
+  }
+
+  return list;
 }

@@ -4,6 +4,7 @@
 
 #include "mailoauth/notify.h"
 #include "mailoauth/event.h"
+#include "mailoauth/jsonwrap.h"
 #include "mailoauth/mailauth.h"
 #include "mailoauth/message.h"
 #include "mailoauth/safeopen.h"
@@ -1052,4 +1053,34 @@ int mailoauth_notify_process(struct mailoauth_notify *n, time_t now) {
   free(names);
 
   return (int) (n->stats.sent - sent_before);
+}
+
+int mailoauth_notify_retry_dead(struct mailoauth_notify *n, time_t now) {
+  int moved = mailoauth_queue_move_all(n->dead_dir, n->queue_dir);
+
+  if (moved > 0) {
+    mailoauth_log("%d dead letter%s moved back to the queue (%s) on request",
+      moved, moved == 1 ? "" : "s", n->queue_dir);
+    mailoauth_notify_due(n, now);
+  }
+  return moved;
+}
+
+struct json_t *mailoauth_notify_status(const struct mailoauth_notify *n,
+    time_t now) {
+  time_t oldest = 0;
+  int queued, dead;
+
+  (void) now;
+  queued = mailoauth_queue_oldest(n->queue_dir, &oldest);
+  dead = mailoauth_queue_count(n->dead_dir);
+
+  return json_pack("{s:I, s:I, s:I, s:i, s:i, s:o}",
+    "sent", (json_int_t) n->stats.sent,
+    "failed", (json_int_t) n->stats.deferred,
+    "dead_lettered", (json_int_t) n->stats.dead,
+    "queued", queued < 0 ? 0 : queued,
+    "dead_letters", dead < 0 ? 0 : dead,
+    "oldest_queued", oldest != 0 ? json_integer((json_int_t) oldest) :
+      json_null());
 }

@@ -18,6 +18,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -55,7 +56,9 @@ int mailoauth_spool_write_atomic(const char *dir, const char *name,
     return -1;
   }
 
-  if (mailoauth_io_write_all(fd, data, len) < 0 ||
+  /* The mode as asked, whatever the umask (a metrics file is 0644). */
+  if (fchmod(fd, mode) < 0 ||
+      mailoauth_io_write_all(fd, data, len) < 0 ||
       fsync(fd) < 0) {
     xerrno = errno;
     (void) close(fd);
@@ -730,4 +733,72 @@ int mailoauth_queue_count(const char *queue_dir) {
   }
   free(names);
   return n;
+}
+
+int mailoauth_queue_oldest(const char *queue_dir, time_t *oldest) {
+  struct dirent **names = NULL;
+  int i, n, dfd;
+
+  *oldest = 0;
+  dfd = open(queue_dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
+  if (dfd < 0) {
+    return -1;
+  }
+
+  n = scandir(queue_dir, &names, mailoauth_spool_select_queued, NULL);
+  if (n < 0) {
+    int xerrno = errno;
+
+    (void) close(dfd);
+    errno = xerrno;
+    return -1;
+  }
+
+  for (i = 0; i < n; i++) {
+    struct stat st;
+
+    if (fstatat(dfd, names[i]->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        (*oldest == 0 || st.st_mtime < *oldest)) {
+      *oldest = st.st_mtime;
+    }
+    free(names[i]);
+  }
+  free(names);
+  (void) close(dfd);
+  return n;
+}
+
+int mailoauth_queue_move_all(const char *from_dir, const char *to_dir) {
+  struct dirent **names = NULL;
+  int i, n, moved = 0;
+
+  n = scandir(from_dir, &names, mailoauth_spool_select_queued, alphasort);
+  if (n < 0) {
+    return -1;
+  }
+
+  for (i = 0; i < n; i++) {
+    char from[4096], to[4096];
+
+    if ((size_t) snprintf(from, sizeof(from), "%s/%s", from_dir,
+          names[i]->d_name) < sizeof(from) &&
+        (size_t) snprintf(to, sizeof(to), "%s/%s", to_dir,
+          names[i]->d_name) < sizeof(to)) {
+      /* Never over an event of the same name: both are kept. */
+      if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0) {
+        moved++;
+      } else {
+        mailoauth_log("cannot move '%s' back to '%s': %s", from, to,
+          strerror(errno));
+      }
+    }
+    free(names[i]);
+  }
+  free(names);
+
+  if (moved > 0) {
+    (void) mailoauth_io_fsync_dir(to_dir);
+    (void) mailoauth_io_fsync_dir(from_dir);
+  }
+  return moved;
 }

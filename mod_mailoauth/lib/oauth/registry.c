@@ -3,6 +3,7 @@
  */
 
 #include "mailoauth/registry.h"
+#include "mailoauth/jsonwrap.h"
 #include "mailoauth/trace.h"
 
 #include <errno.h>
@@ -278,4 +279,69 @@ struct mailoauth_tokens *mailoauth_registry_tokens(
   struct mailoauth_registry_entry *e = mailoauth_registry_find(reg, name);
 
   return (e && e->ready) ? e->tokens : NULL;
+}
+
+/* A time as a JSON integer, null for "none". */
+static json_t *mailoauth_registry_time(time_t t) {
+  return t != 0 ? json_integer((json_int_t) t) : json_null();
+}
+
+static const char *mailoauth_registry_state(
+    const struct mailoauth_registry_entry *e,
+    const struct mailoauth_tokens_info *info) {
+  if (e->broken) {
+    return "no-secret";
+  }
+  if (e->tokens == NULL) {
+    return "not-started";
+  }
+  if (!info->signed_in) {
+    return "not-signed-in";
+  }
+
+  switch (info->blocked) {
+    case MAILOAUTH_OAUTH_OK:
+      return "ok";
+    case MAILOAUTH_OAUTH_REAUTH:
+      return "sign-in-needed";
+    case MAILOAUTH_OAUTH_CONFIG:
+      return "config-error";
+    default:
+      return "retrying";
+  }
+}
+
+struct json_t *mailoauth_registry_status(const struct mailoauth_registry *reg,
+    time_t now) {
+  json_t *list = json_array();
+  unsigned int i;
+
+  for (i = 0; list != NULL && i < reg->n; i++) {
+    const struct mailoauth_registry_entry *e = &reg->entries[i];
+    struct mailoauth_tokens_info info;
+    json_t *acct, *err = json_null();
+
+    mailoauth_tokens_info(e->tokens, now, &info);
+    if (info.error_class != NULL) {
+      err = json_pack("{s:o, s:o, s:o}", "class",
+        mailoauth_json_text(info.error_class), "message",
+        mailoauth_json_text(info.error_message),
+        "at", mailoauth_registry_time(info.error_at));
+    }
+
+    acct = json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:I, s:I, s:o}",
+      "name", e->acct.name,
+      "grant", mailoauth_oauth_grant_name(e->acct.oauth.grant),
+      "state", mailoauth_registry_state(e, &info),
+      "access_expires", mailoauth_registry_time(info.access_expires),
+      "next_refresh", mailoauth_registry_time(info.next_due),
+      "refresh_token_lapses", mailoauth_registry_time(info.last_use != 0 ?
+        info.last_use + MAILOAUTH_TOKENS_REFRESH_LIFETIME : 0),
+      "refreshes", (json_int_t) info.refreshes,
+      "refresh_failures", (json_int_t) info.refresh_failures,
+      "last_error", err ? err : json_null());
+    (void) json_array_append_new(list, acct);
+  }
+
+  return list;
 }

@@ -78,6 +78,9 @@ struct mailoauth_tokens {
   /* The access token a server refused (its SHA-256, not the token). */
   unsigned char rejected[TOKENS_DIGEST_LEN];
   int have_rejected;
+
+  /* Since the worker started, for the metrics. */
+  unsigned long refreshes, refresh_failures;
 };
 
 static const char *tokens_name(const struct mailoauth_tokens *t) {
@@ -723,6 +726,7 @@ static mailoauth_oauth_class_t tokens_refresh_locked(
      */
     tokens_write(t);
     mailoauth_oauth_response_clear(&resp);
+    t->refreshes++;
     tokens_log_recovery(t);
     mailoauth_trace(trace_channel, 7, "account %s: access token valid until "
       "%lld", tokens_name(t), (long long) t->rec.access_expires);
@@ -734,6 +738,7 @@ static mailoauth_oauth_class_t tokens_refresh_locked(
     resp.oauth_class = MAILOAUTH_OAUTH_TRANSIENT;
   }
 
+  t->refresh_failures++;
   mailoauth_oauth_format_error(&resp, t->signin_cmd, text, sizeof(text));
   tokens_record_error(t, &resp, text, now);
   tokens_failed(t, &resp, text, now);
@@ -755,6 +760,7 @@ static mailoauth_oauth_class_t tokens_refresh(struct mailoauth_tokens *t,
       memset(&resp, 0, sizeof(resp));
       resp.oauth_class = MAILOAUTH_OAUTH_TRANSIENT;
       resp.retry_after = -1;
+      t->refresh_failures++;
       tokens_failed(t, &resp, err, now);
       return MAILOAUTH_OAUTH_TRANSIENT;
     }
@@ -994,4 +1000,29 @@ int mailoauth_tokens_status(struct mailoauth_tokens *t,
   mailoauth_tokenstore_destroy(ts);
   errno = xerrno;
   return res;
+}
+
+void mailoauth_tokens_info(const struct mailoauth_tokens *t, time_t now,
+    struct mailoauth_tokens_info *info) {
+  memset(info, 0, sizeof(*info));
+  if (t == NULL) {
+    return;
+  }
+
+  info->delegated = tokens_delegated(t);
+  info->signed_in = !info->delegated || tokens_signed_in(t);
+  info->blocked = t->blocked;
+  info->retry_at = t->retry_at;
+  info->next_due = mailoauth_tokens_next_due(t, now);
+  info->access_expires = t->rec.access_token != NULL ?
+    t->rec.access_expires : 0;
+  if (info->delegated &&
+      t->rec.refresh_token != NULL) {
+    info->last_use = tokens_last_use(t);
+  }
+  info->refreshes = t->refreshes;
+  info->refresh_failures = t->refresh_failures;
+  info->error_class = t->rec.error_class;
+  info->error_message = t->rec.error_message;
+  info->error_at = t->rec.error_at;
 }

@@ -5,6 +5,8 @@
 #include "mailoauth/buf.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +89,30 @@ int mailoauth_buf_adds(struct mailoauth_buf *b, const char *s) {
 
 int mailoauth_buf_addc(struct mailoauth_buf *b, char c) {
   return mailoauth_buf_add(b, &c, 1);
+}
+
+int mailoauth_buf_addf(struct mailoauth_buf *b, const char *fmt, ...) {
+  va_list ap;
+  int n;
+
+  va_start(ap, fmt);
+  n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n < 0) {
+    b->failed = 1;
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (mailoauth_buf_reserve(b, (size_t) n) < 0) {
+    return -1;
+  }
+
+  va_start(ap, fmt);
+  (void) vsnprintf(b->data + b->len, b->size - b->len, fmt, ap);
+  va_end(ap);
+  b->len += (size_t) n;
+  return 0;
 }
 
 void mailoauth_buf_clear(struct mailoauth_buf *b) {

@@ -350,6 +350,17 @@ int mailoauth_wconf_parse(struct mailoauth_wconf *w, const char *json,
     goto out;
   }
 
+  v = json_object_get(root, "metrics_file");
+  if (v != NULL) {
+    w->metrics_file = wconf_str(w, root, "metrics_file");
+    if (w->metrics_file == NULL ||
+        w->metrics_file[0] != '/') {
+      mailoauth_errf(errbuf, errlen, "configuration: metrics_file must be "
+        "an absolute path");
+      goto out;
+    }
+  }
+
   if (wconf_id(root, "uid", &id) < 0) {
     mailoauth_errf(errbuf, errlen, "configuration: bad uid");
     goto out;

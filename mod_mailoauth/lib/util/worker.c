@@ -4,6 +4,7 @@
 
 #include "mailoauth/worker.h"
 #include "mailoauth/event.h"
+#include "mailoauth/imsg.h"
 #include "mailoauth/trace.h"
 
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +44,39 @@ static long long mailoauth_worker_now_ms(void) {
 
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Status reports: at most one a second, and one at least this often so
+ * that ages in them stay current.
+ */
+#define MAILOAUTH_WORKER_REPORT_MIN_MS      1000
+#define MAILOAUTH_WORKER_REPORT_MAX_MS      15000
+
+/* A request on the control socket.  0: handled (or ignored); -1: the
+ * master is gone.
+ */
+static int mailoauth_worker_request(const struct mailoauth_worker_config *cfg) {
+  unsigned char buf[MAILOAUTH_IMSG_HDR + 1024];
+  struct mailoauth_imsg msg;
+  int res;
+
+  res = mailoauth_imsg_recv(cfg->master_fd, &msg, buf, sizeof(buf),
+    MSG_DONTWAIT);
+  if (res == 0) {
+    return -1;
+  }
+  if (res < 0) {
+    if (errno == EINTR || errno == EAGAIN || errno == EBADMSG) {
+      return 0;
+    }
+    return -1;
+  }
+
+  mailoauth_imsg_close_fds(&msg);
+  if (cfg->request != NULL) {
+    cfg->request(msg.type, msg.data, msg.len, cfg->request_arg);
+  }
+  return 0;
 }
 
 static int mailoauth_worker_watch(const char *spool_dir) {
@@ -99,8 +134,8 @@ static void mailoauth_worker_pass(const struct mailoauth_worker_config *cfg) {
 int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
   struct sigaction sa;
   sigset_t block, wait_mask;
-  int watch_fd, res = MAILOAUTH_WORKER_STOPPED;
-  long long next_scan;
+  int watch_fd, res = MAILOAUTH_WORKER_STOPPED, dirty = 1;
+  long long next_scan, last_report = 0;
   time_t next_tick;
 
   /* SIGTERM stays blocked except inside ppoll(), so a stop request can
@@ -145,6 +180,15 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
     }
 
     wait_ms = next_scan - mailoauth_worker_now_ms();
+    if (cfg->report != NULL) {
+      long long report_ms = last_report + (dirty ?
+        MAILOAUTH_WORKER_REPORT_MIN_MS : MAILOAUTH_WORKER_REPORT_MAX_MS) -
+        mailoauth_worker_now_ms();
+
+      if (report_ms < wait_ms) {
+        wait_ms = report_ms;
+      }
+    }
     if (next_tick != 0) {
       long long tick_ms = ((long long) next_tick - (long long) time(NULL)) *
         1000;
@@ -169,30 +213,46 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
     }
 
     if (pfds[0].revents != 0) {
-      char c;
-      ssize_t r = read(cfg->master_fd, &c, 1);
-
-      if (r == 0 ||
-          (r < 0 && errno != EINTR && errno != EAGAIN)) {
+      if (mailoauth_worker_request(cfg) < 0) {
         res = MAILOAUTH_WORKER_ORPHANED;
         break;
       }
+
+      /* A request may have made scheduled work due now. */
+      if (cfg->tick != NULL) {
+        next_tick = time(NULL);
+      }
+      dirty = 1;
     }
 
     if (nfds == 2 &&
         pfds[1].revents != 0) {
       mailoauth_worker_discard(watch_fd);
       mailoauth_worker_pass(cfg);
+      dirty = 1;
     }
 
     if (mailoauth_worker_now_ms() >= next_scan) {
       mailoauth_worker_pass(cfg);
       next_scan = mailoauth_worker_now_ms() + cfg->scan_interval_ms;
+      dirty = 1;
     }
 
     if (next_tick != 0 &&
         time(NULL) >= next_tick) {
       next_tick = cfg->tick(time(NULL), cfg->tick_arg);
+      dirty = 1;
+    }
+
+    if (cfg->report != NULL) {
+      long long now_ms = mailoauth_worker_now_ms();
+
+      if (now_ms - last_report >= (dirty ? MAILOAUTH_WORKER_REPORT_MIN_MS :
+          MAILOAUTH_WORKER_REPORT_MAX_MS)) {
+        cfg->report(time(NULL), cfg->report_arg);
+        last_report = now_ms;
+        dirty = 0;
+      }
     }
   }
 
