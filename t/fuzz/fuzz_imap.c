@@ -11,7 +11,7 @@
  *
  * Build (clang 14):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Imod_mailoauth/include \
- *     t/fuzz/fuzz_imap.c mod_mailoauth/lib/mail/imap.c mod_mailoauth/lib/util/trace.c \
+ *     t/fuzz/fuzz_imap.c mod_mailoauth/lib/mail/imap*.c mod_mailoauth/lib/util/trace.c \
  *     mod_mailoauth/lib/mail/mailauth.c mod_mailoauth/lib/util/jsonwrap.c \
  *     $(pkg-config --cflags --libs libcurl openssl jansson)
  */

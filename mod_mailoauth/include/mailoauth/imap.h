@@ -349,4 +349,10 @@ int mailoauth_imap_folder_name(const char *name, char *out, size_t outlen);
  */
 int mailoauth_imap_quote(const char *s, char *out, size_t outlen);
 
+/* Copies n bytes of server text into dst as one printable line (control
+ * characters become '?'), always NUL-terminated (imapresp.c).
+ */
+void mailoauth_imap_copy_text(char *dst, size_t dstlen, const char *src,
+  size_t n);
+
 #endif /* MOD_MAILOAUTH_IMAP_H */
