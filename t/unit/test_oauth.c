@@ -1,5 +1,5 @@
 /*
- * Unit tests for mod_mailoauth/lib/oauth/oauth.c: endpoints, PKCE, parsing,
+ * Unit tests for mod_mailoauth/lib/oauth/oauth.c, oautherr.c, pkce.c: endpoints, PKCE, parsing,
  * classification, the log line, backoff, and the request paths against a
  * small HTTPS token endpoint run in a child process.
  */
