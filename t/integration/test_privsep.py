@@ -163,6 +163,8 @@ def test_parser_holds_no_token(ingester, dovecot):
     assert st["Gid"].split()[0] == str(pwd.getpwnam("nobody").pw_gid)
     assert st["Groups"].split() in ([], [st["Gid"].split()[0]]), st["Groups"]
     assert st["NoNewPrivs"] == "1"
+    if os.uname().machine in ("x86_64", "aarch64"):
+        assert st["Seccomp"] == "2", st["Seccomp"]
     assert st["CapEff"] == "0000000000000000"
     assert sorted(fd_targets(parser)) == [0, 1, 2, 3]
     with open("/proc/%d/environ" % parser, "rb") as f:
