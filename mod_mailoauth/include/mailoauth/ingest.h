@@ -22,7 +22,10 @@
  *                age is the one deposited) instead of depositing twice.
  *
  * Messages are fetched into anonymous files in <statedir>/tmp and parsed
- * from there, so nothing is held in memory and a crash leaves nothing.
+ * from there, by the parser process (mimeproc.h), which writes the parts
+ * asked for into anonymous files beside them: nothing is held in memory, a
+ * crash leaves nothing, and hostile mail is never parsed where the tokens
+ * are.
  *
  * No ProFTPD headers.
  */
