@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -39,10 +41,28 @@
   BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, (nr), 0, 1), \
   BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ALLOW)
 
+# define PARSER_DENY    (SECCOMP_RET_ERRNO|(EPERM & SECCOMP_RET_DATA))
+
+/* The low 32 bits of a system call argument. */
+# if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#  define PARSER_ARG_LO(n)      (offsetof(struct seccomp_data, args[n]) + 4)
+# else
+#  define PARSER_ARG_LO(n)      offsetof(struct seccomp_data, args[n])
+# endif
+
+/* Mappings, but never executable ones: no new code. */
+# define PARSER_ALLOW_NOEXEC(nr) \
+  BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, (nr), 0, 4), \
+  BPF_STMT(BPF_LD|BPF_W|BPF_ABS, PARSER_ARG_LO(2)), \
+  BPF_JUMP(BPF_JMP|BPF_JSET|BPF_K, PROT_EXEC, 1, 0), \
+  BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ALLOW), \
+  BPF_STMT(BPF_RET|BPF_K, PARSER_DENY)
+
 /* What parsing needs: its socket and the descriptors it is handed, new
- * anonymous files in the directory it is handed (openat(), which iconv
- * also needs to load its converters), memory, and exit.  No socket(),
- * connect(), execve(), kill(), ptrace() or fork: a parser taken over by
+ * anonymous files (openat() with O_TMPFILE only: the parser runs as the
+ * worker's uid, and must open no existing file, such as a token file),
+ * memory that is never executable, and exit.  No socket(), connect(),
+ * execve(), kill(), ptrace(), fork, link or unlink: a parser taken over by
  * a message reaches nothing beyond what it was given.  Anything else
  * fails with EPERM rather than killing, so that a call a library version
  * makes and this list misses costs one message, not every one.
@@ -63,16 +83,13 @@ static int parser_seccomp(void) {
     PARSER_ALLOW(__NR_lseek),
     PARSER_ALLOW(__NR_recvmsg),
     PARSER_ALLOW(__NR_sendmsg),
-    PARSER_ALLOW(__NR_openat),
     PARSER_ALLOW(__NR_close),
     PARSER_ALLOW(__NR_fstat),
     PARSER_ALLOW(__NR_newfstatat),
     PARSER_ALLOW(__NR_fcntl),
-    PARSER_ALLOW(__NR_unlinkat),
-    PARSER_ALLOW(__NR_getrandom),
     PARSER_ALLOW(__NR_brk),
-    PARSER_ALLOW(__NR_mmap),
-    PARSER_ALLOW(__NR_mprotect),
+    PARSER_ALLOW_NOEXEC(__NR_mmap),
+    PARSER_ALLOW_NOEXEC(__NR_mprotect),
     PARSER_ALLOW(__NR_munmap),
     PARSER_ALLOW(__NR_mremap),
     PARSER_ALLOW(__NR_madvise),
@@ -81,7 +98,12 @@ static int parser_seccomp(void) {
     PARSER_ALLOW(__NR_rt_sigreturn),
     PARSER_ALLOW(__NR_exit),
     PARSER_ALLOW(__NR_exit_group),
-    BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ERRNO|(EPERM & SECCOMP_RET_DATA))
+    /* Last: it overwrites the system call number. */
+    BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, __NR_openat, 0, 3),
+    BPF_STMT(BPF_LD|BPF_W|BPF_ABS, PARSER_ARG_LO(2)),
+    BPF_JUMP(BPF_JMP|BPF_JSET|BPF_K, O_TMPFILE & ~O_DIRECTORY, 0, 1),
+    BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ALLOW),
+    BPF_STMT(BPF_RET|BPF_K, PARSER_DENY)
   };
   struct sock_fprog prog;
 
@@ -147,6 +169,7 @@ int mailoauthd_parser_main(int argc, char **argv) {
    * narrows what a parser taken over could do from there, where the
    * machine has one.
    */
+  (void) mailoauth_mime_preload();
   (void) parser_seccomp();
 
   return mailoauth_mimeproc_serve(MAILOAUTHD_CONTROL_FD, NULL) == 0 ? 0 : 1;
