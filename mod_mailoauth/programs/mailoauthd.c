@@ -1,7 +1,7 @@
 /*
  * mailoauthd - the programs of mod_mailoauth's roles: entry point, logging
  *
- * Usage (by the module only): mailoauthd supervisor|worker|deposit|tnef
+ * Usage (by the module only): mailoauthd supervisor|worker|deposit|parser|tnef
  * with argv[0] the process title.
  */
 
@@ -131,7 +131,7 @@ static int mailoauthd_load(struct mailoauthd *d) {
 
 static int mailoauthd_usage(void) {
   fprintf(stderr, "mailoauthd is started by mod_mailoauth, not by hand "
-    "(roles: supervisor, worker, deposit, tnef)\n");
+    "(roles: supervisor, worker, deposit, parser, tnef)\n");
   return 2;
 }
 
@@ -152,6 +152,9 @@ int main(int argc, char **argv) {
   }
   if (strcmp(role, "tnef") == 0) {
     return mailoauthd_tnef_main(argc - 2, argv + 2);
+  }
+  if (strcmp(role, "parser") == 0) {
+    return mailoauthd_parser_main(argc - 2, argv + 2);
   }
 
   /* The others need what the module hands them on descriptor 3. */

@@ -3,9 +3,9 @@
  *
  * proftpd's master starts "mailoauthd supervisor" by fork+exec; the
  * supervisor starts and restarts the worker ("mailoauthd worker"), which
- * starts its two helpers ("mailoauthd deposit", root, writing files as
- * their owners; "mailoauthd tnef", unpacking winmail.dat in sandboxed
- * children).  Each is a fresh image holding only what its role needs.
+ * starts its helpers ("mailoauthd deposit", root, writing files as
+ * their owners; "mailoauthd parser", User, parsing the fetched mail;
+ * "mailoauthd tnef", unpacking winmail.dat in sandboxed children).  Each is a fresh image holding only what its role needs.
  *
  * Descriptors of the supervisor and the worker:
  *   3  control socket: the configuration (wconf.h), then EOF when the
@@ -41,5 +41,6 @@ int mailoauthd_supervisor_main(struct mailoauthd *d);
 int mailoauthd_worker_main(struct mailoauthd *d);
 int mailoauthd_deposit_main(int argc, char **argv);
 int mailoauthd_tnef_main(int argc, char **argv);
+int mailoauthd_parser_main(int argc, char **argv);
 
 #endif /* MAILOAUTHD_H */

@@ -3,8 +3,9 @@
  *
  * Started (as root) by the supervisor.  While still root and before any
  * secret is in memory it starts its helpers, each a fresh exec: the
- * deposit helper (keeps root, serves only the configured destinations)
- * and the TNEF helper (drops to User).  Then it reads the client secrets,
+ * deposit helper (keeps root, serves only the configured destinations),
+ * the parser (drops to User; parses the fetched mail, which is hostile
+ * input, where no token is) and the TNEF helper (drops to User).  Then it reads the client secrets,
  * drops to User and Group for good, and runs the event loop (worker.h).
  */
 
@@ -12,6 +13,7 @@
 #include "mailoauth/control.h"
 #include "mailoauth/deposit.h"
 #include "mailoauth/ingest.h"
+#include "mailoauth/imsg.h"
 #include "mailoauth/jsonwrap.h"
 #include "mailoauth/metrics.h"
 #include "mailoauth/notify.h"
@@ -31,6 +33,7 @@
 #include <libgen.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define WORKER_SCAN_INTERVAL_MS  5000
@@ -40,8 +43,18 @@ static const char *trace_channel = "mailoauth";
 /* Rewrite an unchanged status at least this often (ages in the metrics). */
 #define WORKER_REPORT_REFRESH_SECS 15
 
+/* The parser process: started before the secrets are read, started
+ * again (a fresh exec, as User) when one died or misbehaved.
+ */
+struct worker_parser {
+  const struct mailoauth_wconf *conf;
+  pid_t pid;
+  int sock;
+};
+
 struct worker_state {
   const struct mailoauth_wconf *conf;
+  struct worker_parser parser;
   struct mailoauth_registry *reg;
   struct mailoauth_notify *notify;
   struct mailoauth_ingest *ingest;
@@ -152,6 +165,67 @@ static int worker_deposit_helper(const struct mailoauth_wconf *conf) {
   mailoauth_trace("mailoauth.ingest", 3, "started deposit helper pid %lu",
     (unsigned long) pid);
   return sv[0];
+}
+
+static void worker_parser_stop(struct worker_parser *p) {
+  int status;
+
+  if (p->sock >= 0) {
+    (void) close(p->sock);
+    p->sock = -1;
+  }
+  if (p->pid > 0) {
+    /* Only this process reaps it: the pid cannot be another's yet. */
+    (void) kill(p->pid, SIGKILL);
+    while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    p->pid = 0;
+  }
+}
+
+static int worker_parser_start(struct worker_parser *p) {
+  char uid_arg[32], gid_arg[32];
+  char *argv[] = { "mailoauth parser", "parser", uid_arg, gid_arg, NULL };
+  int sv[2];
+
+  snprintf(uid_arg, sizeof(uid_arg), "%lu", (unsigned long) p->conf->uid);
+  snprintf(gid_arg, sizeof(gid_arg), "%lu", (unsigned long) p->conf->gid);
+  if (mailoauth_imsg_socketpair(sv) < 0) {
+    return -1;
+  }
+
+  p->pid = mailoauth_spawn(p->conf->program, argv, NULL, &sv[1], 1);
+  (void) close(sv[1]);
+  if (p->pid < 0) {
+    int xerrno = errno;
+
+    (void) close(sv[0]);
+    p->pid = 0;
+    errno = xerrno;
+    return -1;
+  }
+
+  p->sock = sv[0];
+  mailoauth_trace("mailoauth.ingest", 3, "started parser pid %lu",
+    (unsigned long) p->pid);
+  return 0;
+}
+
+/* For ingest: the parser's socket, from a new parser if the last one
+ * broke.
+ */
+static int worker_parser_get(int restart, void *arg) {
+  struct worker_parser *p = arg;
+
+  if (restart) {
+    worker_parser_stop(p);
+  }
+  if (p->sock < 0 &&
+      worker_parser_start(p) < 0) {
+    mailoauth_log("worker: cannot start the parser: %s", strerror(errno));
+    return -1;
+  }
+  return p->sock;
 }
 
 static void worker_tnef_helper(const struct mailoauth_wconf *conf) {
@@ -373,6 +447,8 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   memset(&state, 0, sizeof(state));
   state.conf = conf;
   state.started = time(NULL);
+  state.parser.conf = conf;
+  state.parser.sock = -1;
   state.reg = worker_registry(conf);
 
   /* Helpers first: they must never see a secret, and the deposit helper
@@ -382,6 +458,11 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
       state.reg != NULL) {
     deposit_fd = worker_deposit_helper(conf);
     if (deposit_fd >= 0) {
+      if (worker_parser_start(&state.parser) < 0) {
+        /* Tried again at the first message, as User. */
+        mailoauth_log("worker: cannot start the parser: %s",
+          strerror(errno));
+      }
       worker_tnef_helper(conf);
     }
   }
@@ -441,6 +522,10 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   if (deposit_fd >= 0) {
     state.ingest = mailoauth_ingest_create(conf->state_dir, state.reg,
       deposit_fd);
+    if (state.ingest != NULL) {
+      mailoauth_ingest_set_parser(state.ingest, worker_parser_get,
+        &state.parser);
+    }
     for (i = 0; state.ingest != NULL && i < conf->ntasks; i++) {
       if (mailoauth_ingest_add(state.ingest, conf->tasks[i]) < 0) {
         mailoauth_log("ingest %s: cannot start: %s", conf->tasks[i]->name,
@@ -459,6 +544,7 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   res = mailoauth_worker_run(&cfg);
 
   mailoauth_ingest_destroy(state.ingest);
+  worker_parser_stop(&state.parser);
   (void) mailoauth_tnef_helper_stop();
   if (deposit_fd >= 0) {
     (void) close(deposit_fd);

@@ -42,8 +42,8 @@ from test_ingest import (  # noqa: F401  (ingester is a fixture)
 
 CRLF = b"\r\n"
 
-# Peak resident memory allowed for the worker (and its deposit helper),
-# whatever the message.  Measured after the 1 GiB message: under 10 MiB for
+# Peak resident memory allowed for the worker (and its deposit helper and
+# parser), whatever the message.  Measured after the 1 GiB message: under 10 MiB for
 # the worker, under 5 MiB for the helper (the worker streams the fetch into
 # a file, parses it through a 64 KiB buffer, decodes base64 in 1 KiB blocks
 # and hands the part's file descriptor to the helper).  64 MiB leaves room
@@ -301,6 +301,12 @@ class Scene:
         assert "exited unexpectedly" not in log, log
         assert hwm_kb(self.worker) < WORKER_HWM_LIMIT_KB, \
             proc_status(self.worker)
+        # The parser took the hostile input without dying or misbehaving,
+        # in as little memory.
+        assert "the parser " not in log, log
+        parser = helper_of(self.worker, "mailoauth parser")
+        assert parser is not None
+        assert hwm_kb(parser) < WORKER_HWM_LIMIT_KB, proc_status(parser)
 
     def next_mail_still_works(self, existing=()):
         """A normal message sent now is deposited and flagged."""
@@ -783,12 +789,15 @@ def test_1gib_attachment_deposited_in_constant_memory(ingester, dovecot,
     assert "\\Seen" in flags(dovecot, uid)
     assert problem_lines(a, uid) == []
     assert len(deposited_lines(a, uid)) == 1
+    parser = helper_of(s.worker, "mailoauth parser")
     worker_kb = hwm_kb(s.worker)
     helper_kb = hwm_kb(helper) if helper else 0
-    print("VmHWM after 1 GiB: worker %d kB, helper %d kB"
-          % (worker_kb, helper_kb))
+    parser_kb = hwm_kb(parser) if parser else 0
+    print("VmHWM after 1 GiB: worker %d kB, helper %d kB, parser %d kB"
+          % (worker_kb, helper_kb, parser_kb))
     assert worker_kb < WORKER_HWM_LIMIT_KB
     assert helper_kb < WORKER_HWM_LIMIT_KB
+    assert 0 < parser_kb < WORKER_HWM_LIMIT_KB
     name, d = s.next_mail_still_works()
     s.no_strays({HUGE_NAME, name})
     s.worker_unchanged()

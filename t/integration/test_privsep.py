@@ -7,7 +7,9 @@ service stand-in.
 """
 
 import os
+import pwd
 import re
+import signal
 import shutil
 import stat
 import time
@@ -17,8 +19,9 @@ import pytest
 
 from proftpd import alive, pids_of, proc_status
 from test_accounts import wait_for
+from test_accounts import NOBODY
 from test_ingest import (  # noqa: F401  (ingester is a fixture)
-    ingester, make_mail)
+    flags, ingester, make_mail, uids, visible)
 from test_ingest_hostile import helper_of, save, wait_handled
 
 
@@ -58,6 +61,7 @@ def roles(a):
     sup = a.srv.supervisor_pids()
     found = {"supervisor": sup[0] if sup else None, "worker": worker,
              "deposit": helper_of(worker),
+             "parser": helper_of(worker, "mailoauth parser"),
              "tnef": helper_of(worker, "mailoauth TNEF helper")}
     assert None not in found.values(), found
     return found
@@ -84,7 +88,7 @@ def test_no_role_holds_the_masters_memory(ingester, dovecot):
             "%s (pid %d) holds the master's configuration" % (role, pid)
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             assert f.read().split(b"\0")[1] in (
-                b"supervisor", b"worker", b"deposit", b"tnef")
+                b"supervisor", b"worker", b"deposit", b"parser", b"tnef")
 
 
 def test_each_role_has_only_its_descriptors(ingester, dovecot):
@@ -126,9 +130,91 @@ def test_each_role_has_only_its_descriptors(ingester, dovecot):
     assert dep[3].startswith("socket:")
     tnef = fd_targets(pids["tnef"])
     assert sorted(tnef) == [0, 1, 2, 3], tnef
-    for p in (pids["deposit"], pids["tnef"]):
+    parser = fd_targets(pids["parser"])
+    assert sorted(parser) == [0, 1, 2, 3], parser
+    assert all(is_null(parser[fd]) for fd in (0, 1, 2)), parser
+    assert parser[3].startswith("socket:"), parser
+    for p in (pids["deposit"], pids["tnef"], pids["parser"]):
         with open("/proc/%d/environ" % p, "rb") as f:
             assert f.read().strip(b"\0") == b""
+
+
+def test_parser_holds_no_token(ingester, dovecot):
+    """The process that parses the mail runs as User, with nothing of the
+    worker's: no token in its memory, no descriptor but its socket while
+    idle, no environment, no way to gain privileges."""
+    a = ingester("metadata=on", start=False)
+    uid = save(dovecot, make_mail([("p.pdf", b"%PDF-1.4 x", "application/pdf")]))
+    a.go()
+    wait_handled(a, uid)
+    pids = roles(a)
+    parser = pids["parser"]
+    toks = a.tokens()
+    secrets = [toks["access_token"].encode(), toks["refresh_token"].encode()]
+
+    # The check can see a token where it is.
+    assert any(secrets[0] in r for r in read_memory(pids["worker"]))
+    for needle in secrets:
+        assert not any(needle in r for r in read_memory(parser)), \
+            "the parser holds a token"
+
+    st = proc_status(parser)
+    assert st["Uid"].split() == [str(NOBODY)] * 4, st["Uid"]
+    assert st["Gid"].split()[0] == str(pwd.getpwnam("nobody").pw_gid)
+    assert st["Groups"].split() in ([], [st["Gid"].split()[0]]), st["Groups"]
+    assert st["NoNewPrivs"] == "1"
+    if os.uname().machine in ("x86_64", "aarch64"):
+        assert st["Seccomp"] == "2", st["Seccomp"]
+    assert st["CapEff"] == "0000000000000000"
+    assert sorted(fd_targets(parser)) == [0, 1, 2, 3]
+    with open("/proc/%d/environ" % parser, "rb") as f:
+        assert f.read().strip(b"\0") == b""
+    # The worker reads the mail only through it.
+    assert "started parser pid %d" % parser in a.srv.read(a.srv.tracelog)
+
+
+def test_parser_killed_mid_run_loses_nothing(ingester, dovecot):
+    """A parser that dies, idle or in the middle of a message: the message
+    stays for the next run and is taken then, each file exactly once, by a
+    new parser of the same worker."""
+    a = ingester()
+    worker = a.srv.worker_pids()[0]
+    first = wait_for(lambda: helper_of(worker, "mailoauth parser"),
+                     timeout=15, what="parser")
+    deposit = helper_of(worker)
+    # A second run has begun: the first one's cleanup, its only use of the
+    # deposit helper on an empty folder, is over.
+    wait_for(lambda: a.srv.read(a.srv.tracelog).count("task t1: run") >= 2,
+             timeout=15, what="two runs")
+
+    # Idle: the next message finds it gone.
+    os.kill(first, signal.SIGKILL)
+    # The deposit of a.bin will wait, with the parser in the middle of the
+    # message (b.bin next).
+    os.kill(deposit, signal.SIGSTOP)
+    try:
+        small, big = os.urandom(1000), os.urandom(4 * 1024 * 1024)
+        uid = save(dovecot, make_mail([("a.bin", small, "application/pdf"),
+                                       ("b.bin", big, "application/pdf")]))
+        a.srv.wait_log("UID %d: the parser died" % uid, timeout=30)
+        wait_for(lambda: re.search(r"sent request \d+ \(op 1\)",
+                                   a.srv.read(a.srv.tracelog)),
+                 timeout=30, what="the deposit of a.bin")
+        second = helper_of(worker, "mailoauth parser")
+        assert second not in (None, first)
+        os.kill(second, signal.SIGKILL)
+    finally:
+        os.kill(deposit, signal.SIGCONT)
+
+    wait_handled(a, uid, timeout=90)
+    assert a.srv.log_text().count("UID %d: the parser died" % uid) == 2
+    assert sorted(os.listdir(a.inbox)) == ["a.bin", "b.bin"]
+    for name, data in (("a.bin", small), ("b.bin", big)):
+        with open(os.path.join(a.inbox, name), "rb") as f:
+            assert f.read() == data, name
+    assert "\\Seen" in flags(dovecot, uid)
+    assert a.srv.worker_pids() == [worker]
+    assert helper_of(worker, "mailoauth parser") not in (None, first, second)
 
 
 def test_master_runs_no_timer(make_proftpd):

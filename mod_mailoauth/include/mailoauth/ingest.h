@@ -22,7 +22,10 @@
  *                age is the one deposited) instead of depositing twice.
  *
  * Messages are fetched into anonymous files in <statedir>/tmp and parsed
- * from there, so nothing is held in memory and a crash leaves nothing.
+ * from there, by the parser process (mimeproc.h), which writes the parts
+ * asked for into anonymous files beside them: nothing is held in memory, a
+ * crash leaves nothing, and hostile mail is never parsed where the tokens
+ * are.
  *
  * No ProFTPD headers.
  */
@@ -109,6 +112,14 @@ struct mailoauth_ingest;
  */
 struct mailoauth_ingest *mailoauth_ingest_create(const char *state_dir,
   struct mailoauth_registry *reg, int deposit_sock);
+
+/* Where messages are parsed: get(restart, arg) returns the socket of a
+ * parser process (mimeproc.h), after replacing the one it gave last when
+ * restart is set (that one broke), or -1.  Without it no message is
+ * taken: mail is never parsed in the process that holds the tokens.
+ */
+void mailoauth_ingest_set_parser(struct mailoauth_ingest *ing,
+  int (*get)(int restart, void *arg), void *arg);
 
 /* cfg is copied (not its strings). */
 int mailoauth_ingest_add(struct mailoauth_ingest *ing,

@@ -253,4 +253,11 @@ char *mailoauth_mime_decode_header(const char *value, size_t len,
 char *mailoauth_mime_header_param(const char *value, size_t len,
   const char *name, const char *fallback_charset, int *bad);
 
+/* Loads the character set converters mail commonly needs, for a process
+ * about to lose the right to open files (iconv loads them on first use);
+ * a charset not among them then converts as an unknown one.  Returns how
+ * many were loaded.
+ */
+int mailoauth_mime_preload(void);
+
 #endif /* MOD_MAILOAUTH_MIME_H */

@@ -20,6 +20,7 @@
 #include "mailoauth/imap.h"
 #include "mailoauth/jsonwrap.h"
 #include "mailoauth/mime.h"
+#include "mailoauth/mimeproc.h"
 #include "mailoauth/meta.h"
 #include "mailoauth/names.h"
 #include "mailoauth/route.h"
@@ -51,10 +52,10 @@ static const char *trace_channel = "mailoauth.ingest";
 /* The helper may have to write a large file to a slow disk. */
 #define INGEST_DEPOSIT_TIMEOUT_MS  (10 * 60 * 1000)
 
-/* The decoder hands over a few hundred bytes at a time: written as they
- * come, a 1 GiB attachment would cost over a million write() calls.
+/* A message that made the parser die or misbehave this many times in a
+ * row is handled as failed=, so that it cannot hold up the task forever.
  */
-#define INGEST_WRITE_BUF        (256 * 1024)
+#define INGEST_PARSER_TRIES     3
 
 /* A run lets the worker do other work after this many seconds or this
  * many messages, whichever comes first: the count keeps a backlog of small
@@ -104,6 +105,9 @@ struct ingest_task {
 
   struct ingest_ledger_entry *ledger;
   size_t nledger, ledger_size;
+
+  uint32_t broke_uid;           /* the last message the parser broke on */
+  unsigned int broke_count;
 };
 
 struct mailoauth_ingest {
@@ -112,6 +116,9 @@ struct mailoauth_ingest {
   char *tmp_dir;
   struct mailoauth_registry *reg;
   int deposit_sock;
+  int (*parser)(int restart, void *arg);
+  void *parser_arg;
+  int parser_broken;            /* replace it before the next message */
   struct ingest_task *tasks;
   size_t ntasks;
 };
@@ -798,17 +805,14 @@ struct ingest_msg {
   struct mailoauth_meta_file *files;
   size_t nfiles;
 
-  /* The part being written (part_fd), or only hashed (hash_only: it was
+  /* The part asked for: its decoded body (part_fd, the parser's file,
+   * during part_end only) is deposited, or only hashed (hash_only: it was
    * deposited before a restart, and metadata wants its digest).
    */
   int part_fd;
-  unsigned char *wbuf;          /* decoded bytes not yet written */
-  size_t wlen;
   int hash_only;
   unsigned int part_index;
-  int part_write_error;
   uint64_t part_bytes;
-  EVP_MD_CTX *sha;
   char part_name[MAILOAUTH_NAMES_MAX + 1];
   char *orig_name;
   char *done_name;              /* hash_only: the name it has */
@@ -1269,7 +1273,6 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
 
   m->wanted++;
   m->part_index = part->index;
-  m->part_write_error = 0;
   m->part_bytes = 0;
   m->hash_only = 0;
   free(m->orig_name);
@@ -1287,120 +1290,62 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
     free(m->done_name);
     m->done_name = strdup(done);
     m->hash_only = 1;
-
-  } else {
-    if (m->wbuf == NULL) {
-      m->wbuf = malloc(INGEST_WRITE_BUF);
-      if (m->wbuf == NULL) {
-        ingest_error(t, "out of memory reading UID %" PRIu32, m->uid);
-        m->failed = m->stop_run = 1;
-        return -1;
-      }
-    }
-    m->wlen = 0;
-    m->part_fd = ingest_tmpfile(m->ing);
-    if (m->part_fd < 0) {
-      ingest_error(t, "cannot create a temporary file in %s: %s",
-        m->ing->tmp_dir, strerror(errno));
-      m->failed = m->stop_run = 1;
-      return -1;
-    }
-  }
-
-  if (t->cfg.metadata) {
-    if (m->sha == NULL) {
-      m->sha = EVP_MD_CTX_new();
-    }
-    if (m->sha == NULL ||
-        EVP_DigestInit_ex(m->sha, EVP_sha256(), NULL) != 1) {
-      ingest_error(t, "cannot compute digests: out of memory");
-      m->failed = m->stop_run = 1;
-      return -1;
-    }
   }
 
   return MAILOAUTH_MIME_BODY;
 }
 
-static int ingest_part_flush(struct ingest_msg *m) {
-  if (m->wlen > 0 &&
-      mailoauth_io_write_all(m->part_fd, m->wbuf, m->wlen) < 0) {
-    m->part_write_error = errno;
-    m->wlen = 0;
-    return -1;
-  }
-  m->wlen = 0;
-  return 0;
-}
-
-static int ingest_part_data(const struct mailoauth_mime_part *part,
-    const unsigned char *data, size_t len, void *arg) {
-  struct ingest_msg *m = arg;
-
-  if (part->index != m->part_index ||
-      (m->part_fd < 0 && !m->hash_only)) {
-    return 1;
-  }
-
-  if (m->t->cfg.metadata) {
-    (void) EVP_DigestUpdate(m->sha, data, len);
-  }
-  m->part_bytes += len;
-
-  if (m->part_fd < 0) {
-    return 0;
-  }
-
-  if (m->wlen + len > INGEST_WRITE_BUF &&
-      ingest_part_flush(m) < 0) {
-    return -1;
-  }
-
-  if (len >= INGEST_WRITE_BUF) {
-    if (mailoauth_io_write_all(m->part_fd, data, len) < 0) {
-      m->part_write_error = errno;
-      return -1;
-    }
-    return 0;
-  }
-
-  memcpy(m->wbuf + m->wlen, data, len);
-  m->wlen += len;
-  return 0;
-}
-
+/* The parser's decoded body of a part asked for.  The digest and the
+ * size are this process's own reading of the file, never the parser's.
+ */
 static int ingest_part_end(const struct mailoauth_mime_part *part,
-    unsigned int status, void *arg) {
+    unsigned int status, const struct mailoauth_mimeproc_body *body,
+    void *arg) {
   struct ingest_msg *m = arg;
   struct ingest_task *t = m->t;
   unsigned char digest[MAILOAUTH_META_SHA256_LEN];
   char want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
   char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
-  int res = 0;
+  int res = 0, hash_only = m->hash_only;
 
-  if (part->index != m->part_index ||
-      (m->part_fd < 0 && !m->hash_only)) {
+  m->hash_only = 0;
+  if (part->index != m->part_index) {
     return 0;
   }
 
-  if (t->cfg.metadata) {
-    (void) EVP_DigestFinal_ex(m->sha, digest, NULL);
+  if (body->error != 0) {
+    /* A parser that broke is reported once, by ingest_parse(). */
+    if (body->error != EPIPE && body->error != EPROTO &&
+        body->error != ETIMEDOUT) {
+      ingest_error(t, "the parser cannot write a temporary file in %s: %s",
+        m->ing->tmp_dir, strerror(body->error));
+    }
+    m->failed = m->stop_run = 1;
+    return -1;
   }
 
-  if (m->hash_only) {
-    m->hash_only = 0;
+  memset(digest, 0, sizeof(digest));
+  m->part_bytes = body->size;
+  if (t->cfg.metadata) {
+    uint64_t hashed = 0;
+
+    if (ingest_hash_fd(body->fd, digest, &hashed) < 0 ||
+        hashed != body->size) {
+      ingest_error(t, "UID %" PRIu32 ": cannot read back the decoded part "
+        "'%s' (%s)", m->uid, m->part_name, hashed != body->size ?
+        "its size changed" : strerror(errno));
+      m->failed = m->stop_run = 1;
+      return -1;
+    }
+  }
+
+  if (hash_only) {
     return ingest_note_file(m, m->done_name, m->orig_name,
       part->content_type, m->part_bytes, digest, 0);
   }
 
-  (void) ingest_part_flush(m);
-  if (m->part_write_error != 0) {
-    ingest_error(t, "cannot write a temporary file in %s: %s",
-      m->ing->tmp_dir, strerror(m->part_write_error));
-    m->failed = m->stop_run = 1;
-    res = -1;
-
-  } else if (status & (MAILOAUTH_MIME_ST_TRUNCATED|MAILOAUTH_MIME_ST_ABORTED)) {
+  m->part_fd = body->fd;
+  if (status & (MAILOAUTH_MIME_ST_TRUNCATED|MAILOAUTH_MIME_ST_ABORTED)) {
     /* A part cut at a limit is not the file that was sent. */
     char shown[INGEST_SHOWN_MAX];
 
@@ -1446,7 +1391,7 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
     }
   }
 
-  (void) close(m->part_fd);
+  /* The client closes it. */
   m->part_fd = -1;
   return res;
 }
@@ -1597,65 +1542,106 @@ static void ingest_msg_clear(struct ingest_msg *m) {
   free(m->message_id);
   free(m->orig_name);
   free(m->done_name);
-  free(m->wbuf);
-  EVP_MD_CTX_free(m->sha);
   mailoauth_meta_free_files(m->files, m->nfiles);
-  if (m->part_fd >= 0) {
-    (void) close(m->part_fd);
-  }
   memset(m, 0, sizeof(*m));
   m->part_fd = -1;
 }
 
-/* Parses the fetched message from fd and deposits its wanted parts. */
+/* The fetched message, read-only for the parser. */
+static int ingest_reopen_rdonly(int fd) {
+  char path[64];
+  int ro;
+
+  snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  ro = open(path, O_RDONLY|O_CLOEXEC);
+  return ro >= 0 ? ro : dup(fd);
+}
+
+/* Has the parser process parse the fetched message in fd; deposits its
+ * wanted parts.  0, or -1 (m says why).
+ */
 static int ingest_parse(struct ingest_msg *m, int fd) {
-  struct mailoauth_mime_callbacks cb;
-  struct mailoauth_mime *p;
-  char buf[65536];
-  off_t off = 0;
-  int res = 0;
+  struct mailoauth_ingest *ing = m->ing;
+  struct ingest_task *t = m->t;
+  struct mailoauth_mimeproc_callbacks cb;
+  int sock, ro, dirfd, res, code = MAILOAUTH_MIME_OK;
+
+  sock = ing->parser ? ing->parser(ing->parser_broken, ing->parser_arg) :
+    -1;
+  ing->parser_broken = 0;
+  if (sock < 0) {
+    ingest_error(t, "UID %" PRIu32 " not read: no parser process; it "
+      "stays for the next run", m->uid);
+    m->failed = m->stop_run = 1;
+    return -1;
+  }
+
+  dirfd = open(ing->tmp_dir, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
+  ro = ingest_reopen_rdonly(fd);
+  if (dirfd < 0 || ro < 0) {
+    ingest_error(t, "cannot open %s: %s", ing->tmp_dir, strerror(errno));
+    if (dirfd >= 0) {
+      (void) close(dirfd);
+    }
+    if (ro >= 0) {
+      (void) close(ro);
+    }
+    m->failed = m->stop_run = 1;
+    return -1;
+  }
 
   memset(&cb, 0, sizeof(cb));
   cb.part_begin = ingest_part_begin;
-  cb.part_data = ingest_part_data;
   cb.part_end = ingest_part_end;
   cb.error = ingest_mime_error;
   cb.arg = m;
 
-  p = mailoauth_mime_create(NULL, &cb);
-  if (p == NULL) {
+  res = mailoauth_mimeproc_parse(sock, ro, dirfd, &cb, &code);
+  (void) close(ro);
+  (void) close(dirfd);
+  free(m->orig_name);
+  m->orig_name = NULL;
+  m->part_fd = -1;
+
+  if (res == MAILOAUTH_MIMEPROC_BROKEN) {
+    int xerrno = errno;
+
+    /* Whatever it said of this message is not to be trusted, and the
+     * process is replaced.  The message stays where it is, unless it is
+     * the one that keeps breaking it.
+     */
+    ing->parser_broken = 1;
+    if (t->broke_uid == m->uid) {
+      t->broke_count++;
+    } else {
+      t->broke_uid = m->uid;
+      t->broke_count = 1;
+    }
+    m->failed = 1;
+    if (t->broke_count >= INGEST_PARSER_TRIES) {
+      mailoauth_log("ingest %s: UID %" PRIu32 ": the parser %s (%s), %u "
+        "times on this message; it is handled as failed=", t->cfg.name,
+        m->uid, xerrno == EPROTO ? "sent what it may not" : "died",
+        strerror(xerrno), t->broke_count);
+      t->broke_count = 0;
+    } else {
+      mailoauth_log("ingest %s: UID %" PRIu32 ": the parser %s (%s); it is "
+        "restarted, the message stays for the next run", t->cfg.name,
+        m->uid, xerrno == EPROTO ? "sent what it may not" : "died",
+        strerror(xerrno));
+      m->stop_run = 1;
+    }
     return -1;
   }
 
-  for (;;) {
-    ssize_t n = pread(fd, buf, sizeof(buf), off);
-
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      res = -1;
-      break;
+  if (res != MAILOAUTH_MIMEPROC_OK) {
+    if (MAILOAUTH_MIME_IS_FATAL(code) && code != MAILOAUTH_MIME_E_ABORTED &&
+        m->mime_error == 0) {
+      m->mime_error = code;
     }
-    if (n == 0) {
-      res = mailoauth_mime_finish(p);
-      break;
-    }
-    off += n;
-    if (mailoauth_mime_feed(p, buf, (size_t) n) < 0) {
-      res = -1;
-      break;
-    }
+    return -1;
   }
-
-  mailoauth_mime_destroy(p);
-  if (m->part_fd >= 0) {
-    (void) close(m->part_fd);
-    m->part_fd = -1;
-  }
-  free(m->orig_name);
-  m->orig_name = NULL;
-  return res;
+  return 0;
 }
 
 /* IMAP
@@ -2096,6 +2082,12 @@ struct mailoauth_ingest *mailoauth_ingest_create(const char *state_dir,
   ing->reg = reg;
   ing->deposit_sock = deposit_sock;
   return ing;
+}
+
+void mailoauth_ingest_set_parser(struct mailoauth_ingest *ing,
+    int (*get)(int restart, void *arg), void *arg) {
+  ing->parser = get;
+  ing->parser_arg = arg;
 }
 
 int mailoauth_ingest_add(struct mailoauth_ingest *ing,

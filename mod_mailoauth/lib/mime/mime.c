@@ -288,6 +288,41 @@ static const struct {
   { NULL, NULL }
 };
 
+/* The converters mail commonly needs, loaded ahead by a process that
+ * cannot open files later (mailoauth_mime_preload()).
+ */
+static const char *mime_preload_names[] = {
+  "WINDOWS-1250", "WINDOWS-1251", "WINDOWS-1252", "WINDOWS-1253",
+  "WINDOWS-1254", "WINDOWS-1255", "WINDOWS-1256", "WINDOWS-1257",
+  "WINDOWS-1258", "WINDOWS-874", "ISO-8859-2", "ISO-8859-3", "ISO-8859-4",
+  "ISO-8859-5", "ISO-8859-6", "ISO-8859-7", "ISO-8859-8", "ISO-8859-9",
+  "ISO-8859-10", "ISO-8859-11", "ISO-8859-13", "ISO-8859-14",
+  "ISO-8859-15", "ISO-8859-16", "KOI8-R", "KOI8-U", "GB18030", "GBK",
+  "EUC-CN", "BIG5", "BIG5-HKSCS", "CP932", "CP949", "EUC-JP", "EUC-KR",
+  "EUC-TW", "ISO-2022-JP", "ISO-2022-JP-2", "ISO-2022-KR", "ISO-2022-CN",
+  "SHIFT_JIS", "UTF-7", "UTF-16", "UTF-16LE", "UTF-16BE", "UTF-32",
+  "IBM437", "IBM850", "IBM852", "IBM866", "MACINTOSH", "TIS-620", "VISCII",
+  "CP1125", NULL
+};
+
+int mailoauth_mime_preload(void) {
+  static iconv_t kept[sizeof(mime_preload_names) /
+    sizeof(mime_preload_names[0])];
+  int n = 0;
+  size_t i;
+
+  for (i = 0; mime_preload_names[i] != NULL; i++) {
+    if (kept[i] == NULL || kept[i] == (iconv_t) -1) {
+      /* Kept open: a converter in use is never unloaded. */
+      kept[i] = iconv_open("UTF-8", mime_preload_names[i]);
+    }
+    if (kept[i] != (iconv_t) -1) {
+      n++;
+    }
+  }
+  return n;
+}
+
 /* Normalises a label (case, quotes, RFC 2231 "*language" suffix) into buf
  * and returns the iconv name, or NULL to guess.
  */
