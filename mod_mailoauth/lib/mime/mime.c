@@ -15,6 +15,7 @@
  * multipart's boundaries are still seen first.
  */
 
+#include "mailoauth/buf.h"
 #include "mailoauth/mime.h"
 #include "mailoauth/trace.h"
 
@@ -60,64 +61,6 @@ static const char *trace_channel = "mailoauth.mime";
 /* ------------------------------------------------------------------------
  * Growing byte buffer, always NUL-terminated.
  */
-
-struct mime_buf {
-  char *data;
-  size_t len, size;
-};
-
-static int mime_buf_grow(struct mime_buf *b, size_t extra) {
-  size_t need, size;
-  char *data;
-
-  if (extra > SIZE_MAX / 2 - b->len) {
-    errno = ENOMEM;
-    return -1;
-  }
-
-  need = b->len + extra + 1;
-  if (need <= b->size) {
-    return 0;
-  }
-
-  size = b->size ? b->size : 64;
-  while (size < need) {
-    size *= 2;
-  }
-
-  data = realloc(b->data, size);
-  if (data == NULL) {
-    errno = ENOMEM;
-    return -1;
-  }
-
-  b->data = data;
-  b->size = size;
-  return 0;
-}
-
-static int mime_buf_add(struct mime_buf *b, const void *d, size_t n) {
-  if (mime_buf_grow(b, n) < 0) {
-    return -1;
-  }
-
-  if (n > 0) {
-    memcpy(b->data + b->len, d, n);
-  }
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 0;
-}
-
-static int mime_buf_addc(struct mime_buf *b, char c) {
-  return mime_buf_add(b, &c, 1);
-}
-
-static void mime_buf_free(struct mime_buf *b) {
-  free(b->data);
-  b->data = NULL;
-  b->len = b->size = 0;
-}
 
 static int mime_hexval(int c) {
   if (c >= '0' && c <= '9') {
@@ -186,11 +129,11 @@ static size_t mime_utf8_cut(const char *s, size_t len) {
  * UTF-8 boundary.
  */
 static char *mime_field_str(const char *d, size_t n) {
-  struct mime_buf out = { NULL, 0, 0 };
+  struct mailoauth_buf out = { NULL, 0, 0, 0, 0 };
   size_t i = 0;
   int cut = 0;
 
-  if (mime_buf_grow(&out, n < MAILOAUTH_MIME_MAX_FIELD ? n :
+  if (mailoauth_buf_reserve(&out, n < MAILOAUTH_MIME_MAX_FIELD ? n :
       MAILOAUTH_MIME_MAX_FIELD) < 0) {
     return NULL;
   }
@@ -203,8 +146,8 @@ static char *mime_field_str(const char *d, size_t n) {
       run = MAILOAUTH_MIME_MAX_FIELD - out.len;
       cut = 1;
     }
-    if (mime_buf_add(&out, d + i, run) < 0) {
-      mime_buf_free(&out);
+    if (mailoauth_buf_add(&out, d + i, run) < 0) {
+      mailoauth_buf_free(&out);
       return NULL;
     }
     i += run;
@@ -212,8 +155,8 @@ static char *mime_field_str(const char *d, size_t n) {
     if (!cut && i < n) {
       if (out.len + 3 > MAILOAUTH_MIME_MAX_FIELD) {
         cut = 1;
-      } else if (mime_buf_add(&out, "\xef\xbf\xbd", 3) < 0) {
-        mime_buf_free(&out);
+      } else if (mailoauth_buf_add(&out, "\xef\xbf\xbd", 3) < 0) {
+        mailoauth_buf_free(&out);
         return NULL;
       } else {
         i++;
@@ -364,7 +307,7 @@ static const char *mime_charset_resolve(const char *label, char *buf,
  * replaced (strict: stops at the first invalid byte), or -1 (ENOMEM).
  */
 static int mime_iconv(iconv_t cd, const char *in, size_t len,
-    struct mime_buf *out, int strict) {
+    struct mailoauth_buf *out, int strict) {
   char *ip = (char *) in;
   size_t il = len;
   int bad = 0, flushing = 0;
@@ -373,7 +316,7 @@ static int mime_iconv(iconv_t cd, const char *in, size_t len,
     char *op;
     size_t ol, before, r;
 
-    if (mime_buf_grow(out, (il < 16384 ? il : 16384) * 4 + 32) < 0) {
+    if (mailoauth_buf_reserve(out, (il < 16384 ? il : 16384) * 4 + 32) < 0) {
       return -1;
     }
 
@@ -397,7 +340,7 @@ static int mime_iconv(iconv_t cd, const char *in, size_t len,
     }
 
     if (errno == E2BIG) {
-      if (mime_buf_grow(out, out->size) < 0) {
+      if (mailoauth_buf_reserve(out, out->size) < 0) {
         return -1;
       }
       continue;
@@ -411,7 +354,7 @@ static int mime_iconv(iconv_t cd, const char *in, size_t len,
     if (strict) {
       return 1;
     }
-    if (mime_buf_add(out, "\xef\xbf\xbd", 3) < 0) {
+    if (mailoauth_buf_add(out, "\xef\xbf\xbd", 3) < 0) {
       return -1;
     }
 
@@ -426,7 +369,7 @@ static int mime_iconv(iconv_t cd, const char *in, size_t len,
 }
 
 static int mime_iconv_from(const char *from, const char *in, size_t len,
-    struct mime_buf *out, int strict) {
+    struct mailoauth_buf *out, int strict) {
   iconv_t cd;
   int rc;
 
@@ -455,14 +398,14 @@ static int mime_is_ascii(const char *in, size_t len) {
  * modern mailers), else the fallback, else windows-1252.
  */
 static int mime_guess_to_utf8(const char *fallback, const char *in,
-    size_t len, struct mime_buf *out, int *bad) {
+    size_t len, struct mailoauth_buf *out, int *bad) {
   size_t start = out->len;
   char norm[64];
   const char *cs;
   int rc;
 
   if (mime_is_ascii(in, len)) {
-    return mime_buf_add(out, in, len);
+    return mailoauth_buf_add(out, in, len);
   }
 
   rc = mime_iconv_from("UTF-8", in, len, out, 1);
@@ -498,7 +441,7 @@ static int mime_guess_to_utf8(const char *fallback, const char *in,
 }
 
 static int mime_convert(const char *charset, const char *in, size_t len,
-    struct mime_buf *out, int *bad) {
+    struct mailoauth_buf *out, int *bad) {
   char norm[64];
   const char *cs;
   int rc;
@@ -509,7 +452,7 @@ static int mime_convert(const char *charset, const char *in, size_t len,
   }
 
   if (strcmp(cs, "UTF-8") == 0 && mime_is_ascii(in, len)) {
-    return mime_buf_add(out, in, len);
+    return mailoauth_buf_add(out, in, len);
   }
 
   rc = mime_iconv_from(cs, in, len, out, 0);
@@ -532,21 +475,21 @@ static int mime_convert(const char *charset, const char *in, size_t len,
 /* The field string of what a conversion filled into out (freed);
  * filled < 0: it ran out of memory.
  */
-static char *mime_buf_field(struct mime_buf *out, int filled) {
+static char *mime_buf_field(struct mailoauth_buf *out, int filled) {
   char *res = NULL;
 
-  if (filled < 0 || mime_buf_grow(out, 0) < 0) {
+  if (filled < 0 || mailoauth_buf_reserve(out, 0) < 0) {
     errno = ENOMEM;
   } else {
     res = mime_field_str(out->data, out->len);
   }
-  mime_buf_free(out);
+  mailoauth_buf_free(out);
   return res;
 }
 
 char *mailoauth_mime_to_utf8(const char *charset, const char *in, size_t len,
     int *bad) {
-  struct mime_buf out = { NULL, 0, 0 };
+  struct mailoauth_buf out = { NULL, 0, 0, 0, 0 };
   int dummy = 0;
 
   return mime_buf_field(&out, mime_convert(charset, in, len, &out,
@@ -729,7 +672,7 @@ static int mime_b64_final(struct mime_b64 *b, mime_out_fn fn, void *arg) {
 }
 
 static int mime_buf_out(void *arg, const unsigned char *d, size_t n) {
-  return mime_buf_add(arg, d, n);
+  return mailoauth_buf_add(arg, d, n);
 }
 
 /* ------------------------------------------------------------------------
@@ -790,8 +733,8 @@ static int mime_parse_ew(const char *s, size_t n, struct mime_ew *ew) {
 struct mime_ewrun {
   char charset[68];
   int active;
-  struct mime_buf bytes;
-  struct mime_buf b64;
+  struct mailoauth_buf bytes;
+  struct mailoauth_buf b64;
   int bad;
 };
 
@@ -816,7 +759,7 @@ static int mime_ewrun_b64_flush(struct mime_ewrun *run) {
   return rc;
 }
 
-static int mime_ewrun_flush(struct mime_ewrun *run, struct mime_buf *out,
+static int mime_ewrun_flush(struct mime_ewrun *run, struct mailoauth_buf *out,
     int *bad) {
   if (!run->active) {
     return 0;
@@ -837,7 +780,7 @@ static int mime_ewrun_flush(struct mime_ewrun *run, struct mime_buf *out,
 }
 
 static int mime_ewrun_add(struct mime_ewrun *run, const struct mime_ew *ew,
-    struct mime_buf *out, int *bad) {
+    struct mailoauth_buf *out, int *bad) {
   size_t i;
 
   if (run->active &&
@@ -856,14 +799,14 @@ static int mime_ewrun_add(struct mime_ewrun *run, const struct mime_ew *ew,
 
   if (ew->enc == 'B') {
     /* Words are joined before decoding: some mailers split a quantum. */
-    return mime_buf_add(&run->b64, ew->text, ew->text_len);
+    return mailoauth_buf_add(&run->b64, ew->text, ew->text_len);
   }
 
   if (mime_ewrun_b64_flush(run) < 0) {
     return -1;
   }
 
-  if (mime_buf_grow(&run->bytes, ew->text_len) < 0) {
+  if (mailoauth_buf_reserve(&run->bytes, ew->text_len) < 0) {
     return -1;
   }
 
@@ -887,9 +830,9 @@ static int mime_ewrun_add(struct mime_ewrun *run, const struct mime_ew *ew,
 }
 
 static int mime_decode_words(const char *v, size_t n, const char *fallback,
-    struct mime_buf *out, int *bad) {
+    struct mailoauth_buf *out, int *bad) {
   struct mime_ewrun run;
-  struct mime_buf raw = { NULL, 0, 0 };
+  struct mailoauth_buf raw = { NULL, 0, 0, 0, 0 };
   size_t i = 0;
   int last_ew = 0, rc = -1;
 
@@ -933,7 +876,7 @@ static int mime_decode_words(const char *v, size_t n, const char *fallback,
         }
         last_ew = 0;
       }
-      if (mime_buf_add(&raw, v + i, j - i) < 0) {
+      if (mailoauth_buf_add(&raw, v + i, j - i) < 0) {
         goto done;
       }
       i = j;
@@ -954,7 +897,7 @@ static int mime_decode_words(const char *v, size_t n, const char *fallback,
           v[j] != '\r' && v[j] != '\n') {
         j++;
       }
-      if (mime_buf_add(&raw, v + i, j - i) < 0) {
+      if (mailoauth_buf_add(&raw, v + i, j - i) < 0) {
         goto done;
       }
       i = j;
@@ -971,15 +914,15 @@ static int mime_decode_words(const char *v, size_t n, const char *fallback,
   rc = 0;
 
 done:
-  mime_buf_free(&raw);
-  mime_buf_free(&run.bytes);
-  mime_buf_free(&run.b64);
+  mailoauth_buf_free(&raw);
+  mailoauth_buf_free(&run.bytes);
+  mailoauth_buf_free(&run.b64);
   return rc;
 }
 
 char *mailoauth_mime_decode_header(const char *value, size_t len,
     const char *fallback_charset, int *bad) {
-  struct mime_buf out = { NULL, 0, 0 };
+  struct mailoauth_buf out = { NULL, 0, 0, 0, 0 };
   int dummy = 0;
 
   return mime_buf_field(&out, mime_decode_words(value, len,
@@ -1067,7 +1010,7 @@ typedef int (*mime_param_fn)(const char *attr, size_t alen, const char *val,
  */
 static int mime_params_scan(const char *s, size_t n, mime_param_fn fn,
     void *arg) {
-  struct mime_buf val = { NULL, 0, 0 };
+  struct mailoauth_buf val = { NULL, 0, 0, 0, 0 };
   size_t i;
   int rc = 0;
 
@@ -1091,7 +1034,7 @@ static int mime_params_scan(const char *s, size_t n, mime_param_fn fn,
 
     /* A value is never longer than what is left of the header. */
     val.len = 0;
-    if (mime_buf_grow(&val, n - i) < 0) {
+    if (mailoauth_buf_reserve(&val, n - i) < 0) {
       rc = -1;
       break;
     }
@@ -1131,7 +1074,7 @@ static int mime_params_scan(const char *s, size_t n, mime_param_fn fn,
     }
   }
 
-  mime_buf_free(&val);
+  mailoauth_buf_free(&val);
   return rc;
 }
 
@@ -1242,10 +1185,10 @@ static int mime_pget_cb(const char *attr, size_t alen, const char *val,
   return 0;
 }
 
-static int mime_pct_decode(const char *s, size_t n, struct mime_buf *out) {
+static int mime_pct_decode(const char *s, size_t n, struct mailoauth_buf *out) {
   size_t i;
 
-  if (mime_buf_grow(out, n) < 0) {
+  if (mailoauth_buf_reserve(out, n) < 0) {
     return -1;
   }
 
@@ -1296,8 +1239,8 @@ static int mime_seg_cmp(const void *a, const void *b) {
 }
 
 static int mime_pget_decode(struct mime_pget *g, const char *fallback,
-    struct mime_buf *out, int *bad) {
-  struct mime_buf bytes = { NULL, 0, 0 };
+    struct mailoauth_buf *out, int *bad) {
+  struct mailoauth_buf bytes = { NULL, 0, 0, 0, 0 };
   char charset[68];
   const char *cs = NULL;
   int rc = -1;
@@ -1311,7 +1254,7 @@ static int mime_pget_decode(struct mime_pget *g, const char *fallback,
       size_t vlen = g->seg[k].len, skip = 0;
 
       if (!g->seg[k].encoded) {
-        if (mime_buf_add(&bytes, v, vlen) < 0) {
+        if (mailoauth_buf_add(&bytes, v, vlen) < 0) {
           goto done;
         }
         continue;
@@ -1352,7 +1295,7 @@ static int mime_pget_decode(struct mime_pget *g, const char *fallback,
   }
 
 done:
-  mime_buf_free(&bytes);
+  mailoauth_buf_free(&bytes);
   return rc;
 }
 
@@ -1370,7 +1313,7 @@ static void mime_pget_free(struct mime_pget *g) {
 char *mailoauth_mime_header_param(const char *value, size_t len,
     const char *name, const char *fallback_charset, int *bad) {
   struct mime_pget pg, *g = &pg;
-  struct mime_buf out = { NULL, 0, 0 };
+  struct mailoauth_buf out = { NULL, 0, 0, 0, 0 };
   int dummy = 0;
   char *res = NULL;
 
@@ -1393,14 +1336,14 @@ char *mailoauth_mime_header_param(const char *value, size_t len,
   }
 
   if (mime_pget_decode(g, fallback_charset, &out, bad) < 0 ||
-      mime_buf_grow(&out, 0) < 0) {
+      mailoauth_buf_reserve(&out, 0) < 0) {
     errno = ENOMEM;
     goto done;
   }
   res = mime_field_str(out.data, out.len);
 
 done:
-  mime_buf_free(&out);
+  mailoauth_buf_free(&out);
   mime_pget_free(g);
   return res;
 }
@@ -1509,7 +1452,7 @@ struct mailoauth_mime {
   int pending_eol;
 
   /* header block of the innermost frame */
-  struct mime_buf hbuf;
+  struct mailoauth_buf hbuf;
   size_t line_start;
   int lkind;
   char lname[8];
@@ -2349,7 +2292,7 @@ static char *mime_param(const char *v, size_t n, const char *name,
 
 static char *mime_section(struct mailoauth_mime *p, int multipart) {
   char buf[32];
-  struct mime_buf s = { NULL, 0, 0 };
+  struct mailoauth_buf s = { NULL, 0, 0, 0, 0 };
   const char *base;
 
   if (p->nframes == 1) {
@@ -2366,10 +2309,10 @@ static char *mime_section(struct mailoauth_mime *p, int multipart) {
   }
 
   if ((base[0] != '\0' &&
-       (mime_buf_add(&s, base, strlen(base)) < 0 ||
-        mime_buf_addc(&s, '.') < 0)) ||
-      mime_buf_add(&s, buf, strlen(buf)) < 0) {
-    mime_buf_free(&s);
+       (mailoauth_buf_add(&s, base, strlen(base)) < 0 ||
+        mailoauth_buf_addc(&s, '.') < 0)) ||
+      mailoauth_buf_add(&s, buf, strlen(buf)) < 0) {
+    mailoauth_buf_free(&s);
     return NULL;
   }
   return s.data;
@@ -2386,7 +2329,7 @@ static void mime_parse_headers(struct mailoauth_mime *p,
   char *cs, *name, *fname = NULL;
   int bad = 0, is_root = p->nframes == 1, no_boundary = 0;
 
-  if (mime_buf_grow(&p->hbuf, 0) < 0) {
+  if (mailoauth_buf_reserve(&p->hbuf, 0) < 0) {
     mime_fail(p, MAILOAUTH_MIME_E_NOMEM);
     return;
   }
@@ -2565,7 +2508,7 @@ static void mime_headers_done(struct mailoauth_mime *p) {
   mime_parse_headers(p, f);
 
   if (p->hbuf.size > MIME_HBUF_KEEP) {
-    mime_buf_free(&p->hbuf);
+    mailoauth_buf_free(&p->hbuf);
   }
   p->hbuf.len = 0;
   p->line_start = 0;
@@ -3031,7 +2974,7 @@ static void mime_header_data(struct mailoauth_mime *p,
     mime_fail(p, MAILOAUTH_MIME_E_HEADER_TOO_BIG);
     return;
   }
-  if (mime_buf_add(&p->hbuf, d, n) < 0) {
+  if (mailoauth_buf_add(&p->hbuf, d, n) < 0) {
     mime_fail(p, MAILOAUTH_MIME_E_NOMEM);
   }
 }
@@ -3054,7 +2997,7 @@ static void mime_header_eol(struct mailoauth_mime *p, int eol) {
       mime_fail(p, MAILOAUTH_MIME_E_HEADER_TOO_BIG);
       return;
     }
-    if (mime_buf_addc(&p->hbuf, '\n') < 0) {
+    if (mailoauth_buf_addc(&p->hbuf, '\n') < 0) {
       mime_fail(p, MAILOAUTH_MIME_E_NOMEM);
       return;
     }
@@ -3281,7 +3224,7 @@ void mailoauth_mime_destroy(struct mailoauth_mime *p) {
     mime_pop(p);
   }
   free(p->frames);
-  mime_buf_free(&p->hbuf);
+  mailoauth_buf_free(&p->hbuf);
   free(p->base_section);
   if (p->owns_shared) {
     free(p->sh);
