@@ -18,6 +18,7 @@
 #include "mailoauth/buf.h"
 #include "mailoauth/mime.h"
 #include "mailoauth/trace.h"
+#include "mime/mimeint.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -41,13 +42,7 @@ static const char *trace_channel = "mailoauth.mime";
 #define MIME_LBUF_SIZE          (2 + MAILOAUTH_MIME_MAX_BOUNDARY + 2 + \
                                  MIME_MAX_PAD + 1 + 1)
 
-/* RFC 2047 words are at most 75 characters; real mailers overshoot, but
- * the bound keeps a header full of unterminated "=?" linear to scan.
- */
-#define MIME_EW_MAX             1000
 
-/* RFC 2231 continuations kept per parameter. */
-#define MIME_MAX_SEGMENTS       128
 
 /* Longest type or subtype name (RFC 6838), also used for encodings. */
 #define MIME_MAX_TYPE_NAME      127
@@ -57,1318 +52,6 @@ static const char *trace_channel = "mailoauth.mime";
 
 #define MIME_EOL_LF             1
 #define MIME_EOL_CRLF           2
-
-/* ------------------------------------------------------------------------
- * Growing byte buffer, always NUL-terminated.
- */
-
-static int mime_hexval(int c) {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
-}
-
-static int mime_is_wsp(int c) {
-  return c == ' ' || c == '\t';
-}
-
-static char *mime_strndup(const char *s, size_t n) {
-  char *d = malloc(n + 1);
-
-  if (d == NULL) {
-    errno = ENOMEM;
-    return NULL;
-  }
-  memcpy(d, s, n);
-  d[n] = '\0';
-  return d;
-}
-
-static char *mime_lower_dup(const char *s, size_t n) {
-  char *d = mime_strndup(s, n);
-  size_t i;
-
-  if (d != NULL) {
-    for (i = 0; i < n; i++) {
-      d[i] = (char) tolower((unsigned char) d[i]);
-    }
-  }
-  return d;
-}
-
-/* Length of the longest prefix of s[0..len) that does not end inside a
- * UTF-8 sequence.
- */
-static size_t mime_utf8_cut(const char *s, size_t len) {
-  size_t j = len, need;
-  unsigned char lead;
-
-  while (j > 0 && ((unsigned char) s[j - 1] & 0xc0) == 0x80 && len - j < 3) {
-    j--;
-  }
-  if (j == 0) {
-    return len;
-  }
-  lead = (unsigned char) s[j - 1];
-  if (lead < 0xc0) {
-    return len;
-  }
-  need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
-  return len - (j - 1) < need ? j - 1 : len;
-}
-
-/* Turns a decoded buffer into a field string: NUL bytes become U+FFFD (so a
- * hidden ".exe" after a NUL stays visible), and the length is capped on a
- * UTF-8 boundary.
- */
-static char *mime_field_str(const char *d, size_t n) {
-  struct mailoauth_buf out = { NULL, 0, 0, 0, 0 };
-  size_t i = 0;
-  int cut = 0;
-
-  if (mailoauth_buf_reserve(&out, n < MAILOAUTH_MIME_MAX_FIELD ? n :
-      MAILOAUTH_MIME_MAX_FIELD) < 0) {
-    return NULL;
-  }
-
-  while (i < n && !cut) {
-    const char *nul = memchr(d + i, '\0', n - i);
-    size_t run = nul ? (size_t) (nul - d) - i : n - i;
-
-    if (run > MAILOAUTH_MIME_MAX_FIELD - out.len) {
-      run = MAILOAUTH_MIME_MAX_FIELD - out.len;
-      cut = 1;
-    }
-    if (mailoauth_buf_add(&out, d + i, run) < 0) {
-      mailoauth_buf_free(&out);
-      return NULL;
-    }
-    i += run;
-
-    if (!cut && i < n) {
-      if (out.len + 3 > MAILOAUTH_MIME_MAX_FIELD) {
-        cut = 1;
-      } else if (mailoauth_buf_add(&out, "\xef\xbf\xbd", 3) < 0) {
-        mailoauth_buf_free(&out);
-        return NULL;
-      } else {
-        i++;
-      }
-    }
-  }
-
-  if (cut) {
-    out.len = mime_utf8_cut(out.data, out.len);
-  }
-  out.data[out.len] = '\0';
-  return out.data;
-}
-
-/* ------------------------------------------------------------------------
- * Charsets.  Labels name what mailers mean, not what they say: mail
- * labelled iso-8859-1 routinely holds windows-1252 quotes and euro signs,
- * gb2312 holds GBK, shift_jis holds Microsoft's CP932 (the WHATWG encoding
- * standard maps them the same way).
- */
-
-static const struct {
-  const char *label;
-  const char *name;     /* NULL: guess between UTF-8 and windows-1252 */
-} mime_charset_aliases[] = {
-  { "us-ascii", NULL },
-  { "ascii", NULL },
-  { "ansi_x3.4-1968", NULL },
-  { "us", NULL },
-  { "unknown", NULL },
-  { "unknown-8bit", NULL },
-  { "x-unknown", NULL },
-  { "default", NULL },
-  { "x-user-defined", NULL },
-  { "utf-8", "UTF-8" },
-  { "utf8", "UTF-8" },
-  { "unicode-1-1-utf-8", "UTF-8" },
-  { "iso-8859-1", "WINDOWS-1252" },
-  { "iso8859-1", "WINDOWS-1252" },
-  { "iso_8859-1", "WINDOWS-1252" },
-  { "iso-ir-100", "WINDOWS-1252" },
-  { "latin1", "WINDOWS-1252" },
-  { "l1", "WINDOWS-1252" },
-  { "cp819", "WINDOWS-1252" },
-  { "iso-8859-9", "WINDOWS-1254" },
-  { "latin5", "WINDOWS-1254" },
-  { "iso-8859-11", "WINDOWS-874" },
-  { "tis-620", "WINDOWS-874" },
-  { "gb2312", "GB18030" },
-  { "gbk", "GB18030" },
-  { "x-gbk", "GB18030" },
-  { "cp936", "GB18030" },
-  { "euc-cn", "GB18030" },
-  { "csgb2312", "GB18030" },
-  { "chinese", "GB18030" },
-  { "shift_jis", "CP932" },
-  { "shift-jis", "CP932" },
-  { "sjis", "CP932" },
-  { "x-sjis", "CP932" },
-  { "ms_kanji", "CP932" },
-  { "csshiftjis", "CP932" },
-  { "windows-31j", "CP932" },
-  { "ks_c_5601-1987", "CP949" },
-  { "ks_c_5601", "CP949" },
-  { "ksc5601", "CP949" },
-  { "euc-kr", "CP949" },
-  { "korean", "CP949" },
-  { "big5", "BIG5-HKSCS" },
-  { "x-x-big5", "BIG5-HKSCS" },
-  { "cn-big5", "BIG5-HKSCS" },
-  { "csbig5", "BIG5-HKSCS" },
-  { NULL, NULL }
-};
-
-/* The converters mail commonly needs, loaded ahead by a process that
- * cannot open files later (mailoauth_mime_preload()).
- */
-static const char *mime_preload_names[] = {
-  "WINDOWS-1250", "WINDOWS-1251", "WINDOWS-1252", "WINDOWS-1253",
-  "WINDOWS-1254", "WINDOWS-1255", "WINDOWS-1256", "WINDOWS-1257",
-  "WINDOWS-1258", "WINDOWS-874", "ISO-8859-2", "ISO-8859-3", "ISO-8859-4",
-  "ISO-8859-5", "ISO-8859-6", "ISO-8859-7", "ISO-8859-8", "ISO-8859-9",
-  "ISO-8859-10", "ISO-8859-11", "ISO-8859-13", "ISO-8859-14",
-  "ISO-8859-15", "ISO-8859-16", "KOI8-R", "KOI8-U", "GB18030", "GBK",
-  "EUC-CN", "BIG5", "BIG5-HKSCS", "CP932", "CP949", "EUC-JP", "EUC-KR",
-  "EUC-TW", "ISO-2022-JP", "ISO-2022-JP-2", "ISO-2022-KR", "ISO-2022-CN",
-  "SHIFT_JIS", "UTF-7", "UTF-16", "UTF-16LE", "UTF-16BE", "UTF-32",
-  "IBM437", "IBM850", "IBM852", "IBM866", "MACINTOSH", "TIS-620", "VISCII",
-  "CP1125", NULL
-};
-
-int mailoauth_mime_preload(void) {
-  static iconv_t kept[sizeof(mime_preload_names) /
-    sizeof(mime_preload_names[0])];
-  int n = 0;
-  size_t i;
-
-  for (i = 0; mime_preload_names[i] != NULL; i++) {
-    if (kept[i] == NULL || kept[i] == (iconv_t) -1) {
-      /* Kept open: a converter in use is never unloaded. */
-      kept[i] = iconv_open("UTF-8", mime_preload_names[i]);
-    }
-    if (kept[i] != (iconv_t) -1) {
-      n++;
-    }
-  }
-  return n;
-}
-
-/* Normalises a label (case, quotes, RFC 2231 "*language" suffix) into buf
- * and returns the iconv name, or NULL to guess.
- */
-static const char *mime_charset_resolve(const char *label, char *buf,
-    size_t bufsz) {
-  size_t i, n = 0;
-
-  if (label == NULL) {
-    return NULL;
-  }
-
-  for (i = 0; label[i] != '\0' && label[i] != '*'; i++) {
-    unsigned char c = (unsigned char) label[i];
-
-    if (c <= ' ' || c == '"' || c == '\'') {
-      continue;
-    }
-    if (n + 1 >= bufsz) {
-      return NULL;
-    }
-    buf[n++] = (char) tolower(c);
-  }
-  buf[n] = '\0';
-
-  if (n == 0) {
-    return NULL;
-  }
-
-  for (i = 0; mime_charset_aliases[i].label != NULL; i++) {
-    if (strcmp(buf, mime_charset_aliases[i].label) == 0) {
-      return mime_charset_aliases[i].name;
-    }
-  }
-
-  return buf;
-}
-
-/* Appends the conversion of in to out.  Returns 0, 1 if bytes had to be
- * replaced (strict: stops at the first invalid byte), or -1 (ENOMEM).
- */
-static int mime_iconv(iconv_t cd, const char *in, size_t len,
-    struct mailoauth_buf *out, int strict) {
-  char *ip = (char *) in;
-  size_t il = len;
-  int bad = 0, flushing = 0;
-
-  for (;;) {
-    char *op;
-    size_t ol, before, r;
-
-    if (mailoauth_buf_reserve(out, (il < 16384 ? il : 16384) * 4 + 32) < 0) {
-      return -1;
-    }
-
-    op = out->data + out->len;
-    before = ol = out->size - out->len - 1;
-    if (flushing) {
-      /* Back to the initial shift state (ISO-2022-JP and friends). */
-      r = iconv(cd, NULL, NULL, &op, &ol);
-    } else {
-      r = iconv(cd, &ip, &il, &op, &ol);
-    }
-    out->len += before - ol;
-    out->data[out->len] = '\0';
-
-    if (r != (size_t) -1) {
-      if (flushing) {
-        return bad;
-      }
-      flushing = 1;
-      continue;
-    }
-
-    if (errno == E2BIG) {
-      if (mailoauth_buf_reserve(out, out->size) < 0) {
-        return -1;
-      }
-      continue;
-    }
-
-    if (flushing) {
-      return bad;
-    }
-
-    bad = 1;
-    if (strict) {
-      return 1;
-    }
-    if (mailoauth_buf_add(out, "\xef\xbf\xbd", 3) < 0) {
-      return -1;
-    }
-
-    if (errno == EILSEQ && il > 0) {
-      ip++;
-      il--;
-    } else {
-      /* EINVAL: a sequence cut short by the end of the input. */
-      flushing = 1;
-    }
-  }
-}
-
-static int mime_iconv_from(const char *from, const char *in, size_t len,
-    struct mailoauth_buf *out, int strict) {
-  iconv_t cd;
-  int rc;
-
-  cd = iconv_open("UTF-8", from);
-  if (cd == (iconv_t) -1) {
-    return -2;
-  }
-
-  rc = mime_iconv(cd, in, len, out, strict);
-  iconv_close(cd);
-  return rc;
-}
-
-static int mime_is_ascii(const char *in, size_t len) {
-  size_t i;
-
-  for (i = 0; i < len; i++) {
-    if ((unsigned char) in[i] >= 0x80) {
-      return 0;
-    }
-  }
-  return 1;
-}
-
-/* Text of unknown charset: UTF-8 if it is valid UTF-8 (RFC 6532 headers,
- * modern mailers), else the fallback, else windows-1252.
- */
-static int mime_guess_to_utf8(const char *fallback, const char *in,
-    size_t len, struct mailoauth_buf *out, int *bad) {
-  size_t start = out->len;
-  char norm[64];
-  const char *cs;
-  int rc;
-
-  if (mime_is_ascii(in, len)) {
-    return mailoauth_buf_add(out, in, len);
-  }
-
-  rc = mime_iconv_from("UTF-8", in, len, out, 1);
-  if (rc == 0 || rc == -1) {
-    return rc;
-  }
-
-  out->len = start;
-  cs = mime_charset_resolve(fallback, norm, sizeof(norm));
-  if (cs != NULL && strcmp(cs, "UTF-8") != 0) {
-    rc = mime_iconv_from(cs, in, len, out, 0);
-    if (rc == -2) {
-      *bad = 1;
-    } else if (rc < 0) {
-      return -1;
-    } else {
-      if (rc > 0) {
-        *bad = 1;
-      }
-      return 0;
-    }
-  }
-
-  out->len = start;
-  rc = mime_iconv_from("WINDOWS-1252", in, len, out, 0);
-  if (rc < 0) {
-    return -1;
-  }
-  if (rc > 0) {
-    *bad = 1;
-  }
-  return 0;
-}
-
-static int mime_convert(const char *charset, const char *in, size_t len,
-    struct mailoauth_buf *out, int *bad) {
-  char norm[64];
-  const char *cs;
-  int rc;
-
-  cs = mime_charset_resolve(charset, norm, sizeof(norm));
-  if (cs == NULL) {
-    return mime_guess_to_utf8(NULL, in, len, out, bad);
-  }
-
-  if (strcmp(cs, "UTF-8") == 0 && mime_is_ascii(in, len)) {
-    return mailoauth_buf_add(out, in, len);
-  }
-
-  rc = mime_iconv_from(cs, in, len, out, 0);
-  if (rc == -2 && strncmp(cs, "x-", 2) == 0) {
-    rc = mime_iconv_from(cs + 2, in, len, out, 0);
-  }
-  if (rc == -2) {
-    *bad = 1;
-    return mime_guess_to_utf8(NULL, in, len, out, bad);
-  }
-  if (rc < 0) {
-    return -1;
-  }
-  if (rc > 0) {
-    *bad = 1;
-  }
-  return 0;
-}
-
-/* The field string of what a conversion filled into out (freed);
- * filled < 0: it ran out of memory.
- */
-static char *mime_buf_field(struct mailoauth_buf *out, int filled) {
-  char *res = NULL;
-
-  if (filled < 0 || mailoauth_buf_reserve(out, 0) < 0) {
-    errno = ENOMEM;
-  } else {
-    res = mime_field_str(out->data, out->len);
-  }
-  mailoauth_buf_free(out);
-  return res;
-}
-
-char *mailoauth_mime_to_utf8(const char *charset, const char *in, size_t len,
-    int *bad) {
-  struct mailoauth_buf out = { NULL, 0, 0, 0, 0 };
-  int dummy = 0;
-
-  return mime_buf_field(&out, mime_convert(charset, in, len, &out,
-    bad ? bad : &dummy));
-}
-
-/* ------------------------------------------------------------------------
- * Base64, decoded by OpenSSL's EVP_DecodeBlock().  That function takes
- * whole quanta and rejects the input as a whole on anything else, so the
- * characters are sorted here first: whitespace and line lengths do not
- * matter, garbage is skipped (and reported), only whole quanta are handed
- * over, a padded quantum ends a block (padding in mid-stream: concatenated
- * encodings), and a truncated final quantum is padded so its whole bytes
- * survive.
- */
-
-typedef int (*mime_out_fn)(void *arg, const unsigned char *d, size_t n);
-
-#define MIME_B64_GARBAGE        0
-#define MIME_B64_ALPHA          1
-#define MIME_B64_PAD            2
-#define MIME_B64_SPACE          3
-
-static const unsigned char mime_b64_class[256] = {
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3, 3, 3, 0, 0,
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1,
-  1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 2, 0, 0,
-  0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-  1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
-  0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-  1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-};
-
-/* Decoded in blocks this large; whole quanta. */
-#define MIME_B64_CHUNK          1024
-
-struct mime_b64 {
-  unsigned char in[MIME_B64_CHUNK];     /* whole quanta not yet decoded */
-  size_t nin;
-  unsigned int pads;            /* '=' in the last quantum of in */
-  unsigned char hold[4];        /* the quantum being gathered */
-  unsigned int nhold, npad;
-  int bad;
-};
-
-static void mime_b64_init(struct mime_b64 *b) {
-  memset(b, 0, sizeof(*b));
-}
-
-static int mime_b64_push(struct mime_b64 *b, mime_out_fn fn, void *arg) {
-  unsigned char out[MIME_B64_CHUNK / 4 * 3];
-  int n;
-
-  if (b->nin == 0) {
-    return 0;
-  }
-
-  n = EVP_DecodeBlock(out, b->in, (int) b->nin);
-  b->nin = 0;
-  if (n < 0) {
-    /* Cannot happen with sorted input; lose the block rather than stall. */
-    b->bad = 1;
-    b->pads = 0;
-    return 0;
-  }
-
-  /* EVP_DecodeBlock() counts the padding as zero bytes. */
-  n -= (int) b->pads;
-  b->pads = 0;
-  return n > 0 ? fn(arg, out, (size_t) n) : 0;
-}
-
-static int mime_b64_take(struct mime_b64 *b, mime_out_fn fn, void *arg) {
-  memcpy(b->in + b->nin, b->hold, 4);
-  b->nin += 4;
-  b->nhold = 0;
-
-  if (b->npad > 0) {
-    b->pads = b->npad;
-    b->npad = 0;
-    return mime_b64_push(b, fn, arg);
-  }
-  return b->nin == sizeof(b->in) ? mime_b64_push(b, fn, arg) : 0;
-}
-
-static int mime_b64_update(struct mime_b64 *b, const unsigned char *in,
-    size_t len, mime_out_fn fn, void *arg) {
-  size_t i = 0;
-
-  while (i < len) {
-    int c;
-
-    /* The common case: a run of whole quanta, copied as one. */
-    if (b->nhold == 0) {
-      size_t lim = len - i < sizeof(b->in) - b->nin ?
-        len : i + sizeof(b->in) - b->nin;
-      size_t j = i, run;
-
-      while (j < lim && mime_b64_class[in[j]] == MIME_B64_ALPHA) {
-        j++;
-      }
-      run = (j - i) & ~(size_t) 3;
-      if (run > 0) {
-        memcpy(b->in + b->nin, in + i, run);
-        b->nin += run;
-        i += run;
-        if (b->nin == sizeof(b->in) && mime_b64_push(b, fn, arg) < 0) {
-          return -1;
-        }
-        continue;
-      }
-    }
-
-    c = in[i++];
-    switch (mime_b64_class[c]) {
-      case MIME_B64_ALPHA:
-        if (b->npad > 0) {
-          /* "xx=" followed by data: finish the quantum first. */
-          b->hold[b->nhold++] = '=';
-          b->npad++;
-          if (mime_b64_take(b, fn, arg) < 0) {
-            return -1;
-          }
-        }
-        b->hold[b->nhold++] = (unsigned char) c;
-        break;
-
-      case MIME_B64_PAD:
-        if ((b->npad == 0 && b->nhold >= 2) ||
-            (b->npad == 1 && b->nhold == 3)) {
-          b->hold[b->nhold++] = '=';
-          b->npad++;
-        }
-        /* Other '=' (excess padding) carry no data: dropped. */
-        break;
-
-      case MIME_B64_SPACE:
-        break;
-
-      default:
-        b->bad = 1;
-        break;
-    }
-
-    if (b->nhold == 4 && mime_b64_take(b, fn, arg) < 0) {
-      return -1;
-    }
-  }
-
-  return 0;
-}
-
-static int mime_b64_final(struct mime_b64 *b, mime_out_fn fn, void *arg) {
-  if (b->nhold == 1) {
-    /* Six bits make no byte. */
-    b->bad = 1;
-    b->nhold = b->npad = 0;
-
-  } else if (b->nhold > 1) {
-    b->bad = 1;
-    while (b->nhold < 4) {
-      b->hold[b->nhold++] = '=';
-      b->npad++;
-    }
-    if (mime_b64_take(b, fn, arg) < 0) {
-      return -1;
-    }
-  }
-
-  return mime_b64_push(b, fn, arg);
-}
-
-static int mime_buf_out(void *arg, const unsigned char *d, size_t n) {
-  return mailoauth_buf_add(arg, d, n);
-}
-
-/* ------------------------------------------------------------------------
- * RFC 2047 encoded words.
- */
-
-struct mime_ew {
-  const char *charset;
-  size_t charset_len;
-  int enc;                      /* 'B' or 'Q' */
-  const char *text;
-  size_t text_len;
-  size_t total;                 /* bytes of "=?...?=" */
-};
-
-static int mime_parse_ew(const char *s, size_t n, struct mime_ew *ew) {
-  size_t i, lim;
-
-  if (n < 8 || s[0] != '=' || s[1] != '?') {
-    return 0;
-  }
-
-  lim = n < MIME_EW_MAX ? n : MIME_EW_MAX;
-  for (i = 2; i < lim && s[i] != '?'; i++) {
-    unsigned char c = (unsigned char) s[i];
-
-    if (c <= ' ' || c >= 0x7f || c == '"' || c == '(' || c == ')') {
-      return 0;
-    }
-  }
-  if (i == 2 || i > 66 || i + 3 >= lim || s[i + 2] != '?') {
-    return 0;
-  }
-
-  ew->charset = s + 2;
-  ew->charset_len = i - 2;
-  ew->enc = toupper((unsigned char) s[i + 1]);
-  if (ew->enc != 'B' && ew->enc != 'Q') {
-    return 0;
-  }
-
-  ew->text = s + i + 3;
-  for (i += 3; i + 1 < lim; i++) {
-    if (s[i] == '?' && s[i + 1] == '=') {
-      ew->text_len = (size_t) (s + i - ew->text);
-      ew->total = i + 2;
-      return 1;
-    }
-    if (s[i] == '\r' || s[i] == '\n') {
-      return 0;
-    }
-  }
-
-  return 0;
-}
-
-/* Bytes of a run of adjacent encoded words in one charset. */
-struct mime_ewrun {
-  char charset[68];
-  int active;
-  struct mailoauth_buf bytes;
-  struct mailoauth_buf b64;
-  int bad;
-};
-
-static int mime_ewrun_b64_flush(struct mime_ewrun *run) {
-  struct mime_b64 b;
-  int rc;
-
-  if (run->b64.len == 0) {
-    return 0;
-  }
-
-  mime_b64_init(&b);
-  rc = mime_b64_update(&b, (unsigned char *) run->b64.data, run->b64.len,
-    mime_buf_out, &run->bytes);
-  if (rc == 0) {
-    rc = mime_b64_final(&b, mime_buf_out, &run->bytes);
-  }
-  if (b.bad) {
-    run->bad = 1;
-  }
-  run->b64.len = 0;
-  return rc;
-}
-
-static int mime_ewrun_flush(struct mime_ewrun *run, struct mailoauth_buf *out,
-    int *bad) {
-  if (!run->active) {
-    return 0;
-  }
-
-  run->active = 0;
-  if (mime_ewrun_b64_flush(run) < 0 ||
-      mime_convert(run->charset, run->bytes.data ? run->bytes.data : "",
-        run->bytes.len, out, bad) < 0) {
-    return -1;
-  }
-  if (run->bad) {
-    *bad = 1;
-  }
-  run->bytes.len = 0;
-  run->bad = 0;
-  return 0;
-}
-
-static int mime_ewrun_add(struct mime_ewrun *run, const struct mime_ew *ew,
-    struct mailoauth_buf *out, int *bad) {
-  size_t i;
-
-  if (run->active &&
-      (strlen(run->charset) != ew->charset_len ||
-       strncasecmp(run->charset, ew->charset, ew->charset_len) != 0)) {
-    if (mime_ewrun_flush(run, out, bad) < 0) {
-      return -1;
-    }
-  }
-
-  if (!run->active) {
-    memcpy(run->charset, ew->charset, ew->charset_len);
-    run->charset[ew->charset_len] = '\0';
-    run->active = 1;
-  }
-
-  if (ew->enc == 'B') {
-    /* Words are joined before decoding: some mailers split a quantum. */
-    return mailoauth_buf_add(&run->b64, ew->text, ew->text_len);
-  }
-
-  if (mime_ewrun_b64_flush(run) < 0) {
-    return -1;
-  }
-
-  if (mailoauth_buf_reserve(&run->bytes, ew->text_len) < 0) {
-    return -1;
-  }
-
-  for (i = 0; i < ew->text_len; i++) {
-    char c = ew->text[i];
-    int hi, lo;
-
-    if (c == '_') {
-      c = ' ';
-    } else if (c == '=' && i + 2 < ew->text_len &&
-        (hi = mime_hexval((unsigned char) ew->text[i + 1])) >= 0 &&
-        (lo = mime_hexval((unsigned char) ew->text[i + 2])) >= 0) {
-      c = (char) (hi * 16 + lo);
-      i += 2;
-    }
-    run->bytes.data[run->bytes.len++] = c;
-  }
-  run->bytes.data[run->bytes.len] = '\0';
-
-  return 0;
-}
-
-static int mime_decode_words(const char *v, size_t n, const char *fallback,
-    struct mailoauth_buf *out, int *bad) {
-  struct mime_ewrun run;
-  struct mailoauth_buf raw = { NULL, 0, 0, 0, 0 };
-  size_t i = 0;
-  int last_ew = 0, rc = -1;
-
-  memset(&run, 0, sizeof(run));
-
-  while (i < n) {
-    struct mime_ew ew;
-
-    if (v[i] == '=' && mime_parse_ew(v + i, n - i, &ew)) {
-      if (!last_ew && raw.len > 0) {
-        if (mime_guess_to_utf8(fallback, raw.data, raw.len, out, bad) < 0) {
-          goto done;
-        }
-        raw.len = 0;
-      }
-      if (mime_ewrun_add(&run, &ew, out, bad) < 0) {
-        goto done;
-      }
-      i += ew.total;
-      last_ew = 1;
-      continue;
-    }
-
-    if (mime_is_wsp((unsigned char) v[i]) || v[i] == '\r' || v[i] == '\n') {
-      size_t j = i;
-
-      while (j < n && (mime_is_wsp((unsigned char) v[j]) || v[j] == '\r' ||
-          v[j] == '\n')) {
-        j++;
-      }
-
-      /* Whitespace between two encoded words is not part of the text. */
-      if (last_ew && j < n && v[j] == '=' && mime_parse_ew(v + j, n - j, &ew)) {
-        i = j;
-        continue;
-      }
-
-      if (last_ew) {
-        if (mime_ewrun_flush(&run, out, bad) < 0) {
-          goto done;
-        }
-        last_ew = 0;
-      }
-      if (mailoauth_buf_add(&raw, v + i, j - i) < 0) {
-        goto done;
-      }
-      i = j;
-      continue;
-    }
-
-    if (last_ew) {
-      if (mime_ewrun_flush(&run, out, bad) < 0) {
-        goto done;
-      }
-      last_ew = 0;
-    }
-
-    {
-      size_t j = i + 1;
-
-      while (j < n && v[j] != '=' && !mime_is_wsp((unsigned char) v[j]) &&
-          v[j] != '\r' && v[j] != '\n') {
-        j++;
-      }
-      if (mailoauth_buf_add(&raw, v + i, j - i) < 0) {
-        goto done;
-      }
-      i = j;
-    }
-  }
-
-  if (mime_ewrun_flush(&run, out, bad) < 0) {
-    goto done;
-  }
-  if (raw.len > 0 &&
-      mime_guess_to_utf8(fallback, raw.data, raw.len, out, bad) < 0) {
-    goto done;
-  }
-  rc = 0;
-
-done:
-  mailoauth_buf_free(&raw);
-  mailoauth_buf_free(&run.bytes);
-  mailoauth_buf_free(&run.b64);
-  return rc;
-}
-
-char *mailoauth_mime_decode_header(const char *value, size_t len,
-    const char *fallback_charset, int *bad) {
-  struct mailoauth_buf out = { NULL, 0, 0, 0, 0 };
-  int dummy = 0;
-
-  return mime_buf_field(&out, mime_decode_words(value, len,
-    fallback_charset, &out, bad ? bad : &dummy));
-}
-
-/* ------------------------------------------------------------------------
- * Structured header values (RFC 2045 with RFC 822 comments).
- */
-
-/* Skips whitespace and (nested) comments. */
-static size_t mime_skip_cfws(const char *s, size_t n, size_t i) {
-  while (i < n) {
-    if (mime_is_wsp((unsigned char) s[i]) || s[i] == '\r' || s[i] == '\n') {
-      i++;
-
-    } else if (s[i] == '(') {
-      unsigned int level = 0;
-
-      for (; i < n; i++) {
-        if (s[i] == '\\' && i + 1 < n) {
-          i++;
-        } else if (s[i] == '(') {
-          level++;
-        } else if (s[i] == ')' && --level == 0) {
-          i++;
-          break;
-        }
-      }
-
-    } else {
-      break;
-    }
-  }
-
-  return i;
-}
-
-/* Index of the next ';' outside quoted strings and comments, or n. */
-static size_t mime_next_semicolon(const char *s, size_t n, size_t i) {
-  while (i < n && s[i] != ';') {
-    if (s[i] == '"') {
-      for (i++; i < n && s[i] != '"'; i++) {
-        if (s[i] == '\\' && i + 1 < n) {
-          i++;
-        }
-      }
-      if (i < n) {
-        i++;
-      }
-    } else if (s[i] == '(' && (i == 0 || mime_is_wsp((unsigned char) s[i - 1]))) {
-      i = mime_skip_cfws(s, n, i);
-    } else {
-      i++;
-    }
-  }
-  return i;
-}
-
-/* A token (type, subtype, disposition) at *i. */
-static size_t mime_token(const char *s, size_t n, size_t *i,
-    const char *stops) {
-  size_t start = *i;
-
-  while (*i < n) {
-    unsigned char c = (unsigned char) s[*i];
-
-    if (c <= ' ' || c == '(' || c == '"' || c == ';' ||
-        strchr(stops, c) != NULL) {
-      break;
-    }
-    (*i)++;
-  }
-  return *i - start;
-}
-
-typedef int (*mime_param_fn)(const char *attr, size_t alen, const char *val,
-  size_t vlen, void *arg);
-
-/* Calls fn for every attribute=value after the first top-level ';'.  Quoted
- * values are unquoted the way mailers expect, not strictly: only \\ and \"
- * are escapes, so "C:\dir\file.doc" from old Windows mailers keeps its
- * backslashes.  A '(' opens a comment only after whitespace, so an unquoted
- * "Scan(1).pdf" survives.
- */
-static int mime_params_scan(const char *s, size_t n, mime_param_fn fn,
-    void *arg) {
-  struct mailoauth_buf val = { NULL, 0, 0, 0, 0 };
-  size_t i;
-  int rc = 0;
-
-  i = mime_next_semicolon(s, n, 0);
-  while (i < n && rc == 0) {
-    size_t astart, alen;
-
-    i = mime_skip_cfws(s, n, i + 1);
-    astart = i;
-    while (i < n && s[i] != '=' && s[i] != ';' && s[i] != '"' &&
-        !mime_is_wsp((unsigned char) s[i]) && s[i] != '(') {
-      i++;
-    }
-    alen = i - astart;
-    i = mime_skip_cfws(s, n, i);
-    if (alen == 0 || i >= n || s[i] != '=') {
-      i = mime_next_semicolon(s, n, i);
-      continue;
-    }
-    i = mime_skip_cfws(s, n, i + 1);
-
-    /* A value is never longer than what is left of the header. */
-    val.len = 0;
-    if (mailoauth_buf_reserve(&val, n - i) < 0) {
-      rc = -1;
-      break;
-    }
-
-    if (i < n && s[i] == '"') {
-      for (i++; i < n && s[i] != '"'; i++) {
-        if (s[i] == '\\' && i + 1 < n && (s[i + 1] == '\\' || s[i + 1] == '"')) {
-          i++;
-        }
-        val.data[val.len++] = s[i];
-      }
-      val.data[val.len] = '\0';
-      i = mime_next_semicolon(s, n, i < n ? i + 1 : i);
-
-    } else {
-      size_t end;
-
-      while (i < n && s[i] != ';') {
-        if (s[i] == '(' && mime_is_wsp((unsigned char) s[i - 1])) {
-          i = mime_skip_cfws(s, n, i);
-          continue;
-        }
-        val.data[val.len++] = s[i];
-        i++;
-      }
-      end = val.len;
-      while (end > 0 && (mime_is_wsp((unsigned char) val.data[end - 1]) ||
-          val.data[end - 1] == '\r' || val.data[end - 1] == '\n')) {
-        end--;
-      }
-      val.len = end;
-      val.data[end] = '\0';
-    }
-
-    if (rc == 0) {
-      rc = fn(s + astart, alen, val.data, val.len, arg);
-    }
-  }
-
-  mailoauth_buf_free(&val);
-  return rc;
-}
-
-struct mime_segment {
-  unsigned int idx;
-  int encoded;
-  char *value;
-  size_t len;
-};
-
-struct mime_pget {
-  const char *name;
-  size_t nlen;
-  char *plain;                  /* name=  */
-  size_t plain_len;
-  char *ext;                    /* name*= */
-  size_t ext_len;
-  struct mime_segment *seg;     /* name*N= / name*N*= */
-  unsigned int nseg, segsize;
-};
-
-static int mime_pget_cb(const char *attr, size_t alen, const char *val,
-    size_t vlen, void *arg) {
-  struct mime_pget *g = arg;
-  const char *rest;
-  size_t rlen, k;
-
-  if (alen < g->nlen || strncasecmp(attr, g->name, g->nlen) != 0) {
-    return 0;
-  }
-
-  rest = attr + g->nlen;
-  rlen = alen - g->nlen;
-
-  if (rlen == 0) {
-    if (g->plain == NULL) {
-      g->plain = mime_strndup(val, vlen);
-      g->plain_len = vlen;
-      return g->plain ? 0 : -1;
-    }
-    return 0;
-  }
-
-  if (rest[0] != '*') {
-    return 0;
-  }
-
-  if (rlen == 1) {
-    if (g->ext == NULL) {
-      g->ext = mime_strndup(val, vlen);
-      g->ext_len = vlen;
-      return g->ext ? 0 : -1;
-    }
-    return 0;
-  }
-
-  /* "*N" or "*N*": at most three digits, no leading zeros but for 0. */
-  {
-    unsigned int idx = 0, digits = 0;
-    int encoded = 0;
-    struct mime_segment *s;
-
-    for (k = 1; k < rlen && isdigit((unsigned char) rest[k]); k++) {
-      idx = idx * 10 + (unsigned int) (rest[k] - '0');
-      digits++;
-    }
-    if (digits == 0 || digits > 3 || (digits > 1 && rest[1] == '0')) {
-      return 0;
-    }
-    if (k < rlen) {
-      if (rest[k] != '*' || k + 1 != rlen) {
-        return 0;
-      }
-      encoded = 1;
-    }
-
-    for (k = 0; k < g->nseg; k++) {
-      if (g->seg[k].idx == idx) {
-        return 0;
-      }
-    }
-    if (g->nseg >= MIME_MAX_SEGMENTS) {
-      return 0;
-    }
-    if (g->nseg == g->segsize) {
-      unsigned int size = g->segsize ? g->segsize * 2 : 4;
-      struct mime_segment *seg = realloc(g->seg, size * sizeof(*seg));
-
-      if (seg == NULL) {
-        errno = ENOMEM;
-        return -1;
-      }
-      g->seg = seg;
-      g->segsize = size;
-    }
-
-    s = &g->seg[g->nseg];
-    s->value = mime_strndup(val, vlen);
-    if (s->value == NULL) {
-      return -1;
-    }
-    s->idx = idx;
-    s->encoded = encoded;
-    s->len = vlen;
-    g->nseg++;
-  }
-
-  return 0;
-}
-
-static int mime_pct_decode(const char *s, size_t n, struct mailoauth_buf *out) {
-  size_t i;
-
-  if (mailoauth_buf_reserve(out, n) < 0) {
-    return -1;
-  }
-
-  for (i = 0; i < n; i++) {
-    char c = s[i];
-    int hi, lo;
-
-    if (c == '%' && i + 2 < n &&
-        (hi = mime_hexval((unsigned char) s[i + 1])) >= 0 &&
-        (lo = mime_hexval((unsigned char) s[i + 2])) >= 0) {
-      c = (char) (hi * 16 + lo);
-      i += 2;
-    }
-    out->data[out->len++] = c;
-  }
-  out->data[out->len] = '\0';
-  return 0;
-}
-
-/* Splits "charset'language'rest"; without both quotes there is no charset. */
-static const char *mime_2231_split(const char *v, size_t n, char *charset,
-    size_t csz, size_t *skip) {
-  const char *q1, *q2;
-
-  *skip = 0;
-  q1 = memchr(v, '\'', n);
-  if (q1 == NULL) {
-    return NULL;
-  }
-  q2 = memchr(q1 + 1, '\'', n - (size_t) (q1 + 1 - v));
-  if (q2 == NULL) {
-    return NULL;
-  }
-
-  *skip = (size_t) (q2 + 1 - v);
-  if ((size_t) (q1 - v) >= csz || q1 == v) {
-    return NULL;
-  }
-  memcpy(charset, v, (size_t) (q1 - v));
-  charset[q1 - v] = '\0';
-  return charset;
-}
-
-static int mime_seg_cmp(const void *a, const void *b) {
-  const struct mime_segment *x = a, *y = b;
-
-  return x->idx < y->idx ? -1 : x->idx > y->idx;
-}
-
-static int mime_pget_decode(struct mime_pget *g, const char *fallback,
-    struct mailoauth_buf *out, int *bad) {
-  struct mailoauth_buf bytes = { NULL, 0, 0, 0, 0 };
-  char charset[68];
-  const char *cs = NULL;
-  int rc = -1;
-  unsigned int k;
-
-  if (g->nseg > 0) {
-    qsort(g->seg, g->nseg, sizeof(g->seg[0]), mime_seg_cmp);
-
-    for (k = 0; k < g->nseg; k++) {
-      const char *v = g->seg[k].value;
-      size_t vlen = g->seg[k].len, skip = 0;
-
-      if (!g->seg[k].encoded) {
-        if (mailoauth_buf_add(&bytes, v, vlen) < 0) {
-          goto done;
-        }
-        continue;
-      }
-      if (k == 0) {
-        cs = mime_2231_split(v, vlen, charset, sizeof(charset), &skip);
-      }
-      if (mime_pct_decode(v + skip, vlen - skip, &bytes) < 0) {
-        goto done;
-      }
-    }
-
-    if (!g->seg[0].encoded) {
-      /* Plain continuations only: may still hold RFC 2047 words. */
-      rc = mime_decode_words(bytes.data ? bytes.data : "", bytes.len,
-        fallback, out, bad);
-    } else {
-      rc = cs ? mime_convert(cs, bytes.data ? bytes.data : "", bytes.len,
-          out, bad) :
-        mime_guess_to_utf8(fallback, bytes.data ? bytes.data : "",
-          bytes.len, out, bad);
-    }
-
-  } else if (g->ext != NULL) {
-    size_t skip;
-
-    cs = mime_2231_split(g->ext, g->ext_len, charset, sizeof(charset), &skip);
-    if (mime_pct_decode(g->ext + skip, g->ext_len - skip, &bytes) < 0) {
-      goto done;
-    }
-    rc = cs ? mime_convert(cs, bytes.data ? bytes.data : "", bytes.len, out,
-        bad) :
-      mime_guess_to_utf8(fallback, bytes.data ? bytes.data : "", bytes.len,
-        out, bad);
-
-  } else {
-    rc = mime_decode_words(g->plain, g->plain_len, fallback, out, bad);
-  }
-
-done:
-  mailoauth_buf_free(&bytes);
-  return rc;
-}
-
-static void mime_pget_free(struct mime_pget *g) {
-  unsigned int k;
-
-  free(g->plain);
-  free(g->ext);
-  for (k = 0; k < g->nseg; k++) {
-    free(g->seg[k].value);
-  }
-  free(g->seg);
-}
-
-char *mailoauth_mime_header_param(const char *value, size_t len,
-    const char *name, const char *fallback_charset, int *bad) {
-  struct mime_pget pg, *g = &pg;
-  struct mailoauth_buf out = { NULL, 0, 0, 0, 0 };
-  int dummy = 0;
-  char *res = NULL;
-
-  if (bad == NULL) {
-    bad = &dummy;
-  }
-
-  memset(g, 0, sizeof(*g));
-  g->name = name;
-  g->nlen = strlen(name);
-
-  if (mime_params_scan(value, len, mime_pget_cb, g) < 0) {
-    errno = ENOMEM;
-    goto done;
-  }
-
-  if (g->plain == NULL && g->ext == NULL && g->nseg == 0) {
-    errno = ENOENT;
-    goto done;
-  }
-
-  if (mime_pget_decode(g, fallback_charset, &out, bad) < 0 ||
-      mailoauth_buf_reserve(&out, 0) < 0) {
-    errno = ENOMEM;
-    goto done;
-  }
-  res = mime_field_str(out.data, out.len);
-
-done:
-  mailoauth_buf_free(&out);
-  mime_pget_free(g);
-  return res;
-}
-
-/* The raw (unquoted, undecoded) value: boundaries are compared byte for
- * byte and must not go through any charset machinery.
- */
-struct mime_rawget {
-  const char *name;
-  char *value;
-  size_t len;
-};
-
-static int mime_rawget_cb(const char *attr, size_t alen, const char *val,
-    size_t vlen, void *arg) {
-  struct mime_rawget *g = arg;
-
-  if (g->value == NULL && alen == strlen(g->name) &&
-      strncasecmp(attr, g->name, alen) == 0) {
-    g->value = mime_strndup(val, vlen);
-    g->len = vlen;
-    return g->value ? 0 : -1;
-  }
-  return 0;
-}
 
 /* ------------------------------------------------------------------------
  * The parser.
@@ -1764,7 +447,7 @@ static void mime_qp_data(struct mime_qp *q, const unsigned char *d,
         break;
 
       case MIME_QP_EQ:
-        if (mime_hexval(c) >= 0) {
+        if (mailoauth_mime_hexval(c) >= 0) {
           q->hex1 = c;
           q->state = MIME_QP_EQ_HEX;
           i++;
@@ -1780,9 +463,9 @@ static void mime_qp_data(struct mime_qp *q, const unsigned char *d,
         break;
 
       case MIME_QP_EQ_HEX:
-        if (mime_hexval(c) >= 0) {
-          mime_obuf_addc(o, (unsigned char) (mime_hexval(q->hex1) * 16 +
-            mime_hexval(c)));
+        if (mailoauth_mime_hexval(c) >= 0) {
+          mime_obuf_addc(o, (unsigned char) (mailoauth_mime_hexval(q->hex1) * 16 +
+            mailoauth_mime_hexval(c)));
           i++;
         } else {
           mime_obuf_addc(o, '=');
@@ -1844,7 +527,7 @@ static void mime_body_data(struct mailoauth_mime *p, struct mime_frame *f,
 
   switch (f->info.encoding) {
     case MAILOAUTH_MIME_ENC_BASE64:
-      mime_b64_update(&f->b64, d, n, mime_deliver, f);
+      mailoauth_mime_b64_update(&f->b64, d, n, mime_deliver, f);
       break;
 
     case MAILOAUTH_MIME_ENC_QP:
@@ -1900,7 +583,7 @@ static void mime_body_final(struct mailoauth_mime *p, struct mime_frame *f) {
 
   switch (f->info.encoding) {
     case MAILOAUTH_MIME_ENC_BASE64:
-      mime_b64_final(&f->b64, mime_deliver, f);
+      mailoauth_mime_b64_final(&f->b64, mime_deliver, f);
       break;
 
     case MAILOAUTH_MIME_ENC_QP:
@@ -1960,7 +643,7 @@ static void mime_scan_headers(char *blk, size_t n, struct mime_hdrs *h,
   size_t r, w = 0, i;
 
   for (r = 0; r < n; r++) {
-    if (blk[r] == '\n' && r + 1 < n && mime_is_wsp((unsigned char) blk[r + 1])) {
+    if (blk[r] == '\n' && r + 1 < n && mailoauth_mime_is_wsp((unsigned char) blk[r + 1])) {
       continue;
     }
     blk[w++] = blk[r];
@@ -1974,7 +657,7 @@ static void mime_scan_headers(char *blk, size_t n, struct mime_hdrs *h,
     size_t llen = nl ? (size_t) (nl - line) : n - i, nlen, k;
 
     i += llen + 1;
-    if (llen == 0 || mime_is_wsp((unsigned char) line[0])) {
+    if (llen == 0 || mailoauth_mime_is_wsp((unsigned char) line[0])) {
       continue;         /* a continuation with nothing to continue */
     }
 
@@ -1983,7 +666,7 @@ static void mime_scan_headers(char *blk, size_t n, struct mime_hdrs *h,
       continue;
     }
     nlen = (size_t) (colon - line);
-    while (nlen > 0 && mime_is_wsp((unsigned char) line[nlen - 1])) {
+    while (nlen > 0 && mailoauth_mime_is_wsp((unsigned char) line[nlen - 1])) {
       nlen--;
     }
 
@@ -2005,11 +688,11 @@ static void mime_scan_headers(char *blk, size_t n, struct mime_hdrs *h,
         const char *v = colon + 1;
         size_t vlen = llen - (size_t) (v - line);
 
-        while (vlen > 0 && (mime_is_wsp((unsigned char) *v) || *v == '\r')) {
+        while (vlen > 0 && (mailoauth_mime_is_wsp((unsigned char) *v) || *v == '\r')) {
           v++;
           vlen--;
         }
-        while (vlen > 0 && (mime_is_wsp((unsigned char) v[vlen - 1]) ||
+        while (vlen > 0 && (mailoauth_mime_is_wsp((unsigned char) v[vlen - 1]) ||
             v[vlen - 1] == '\r')) {
           vlen--;
         }
@@ -2053,7 +736,7 @@ static char *mime_from_addr(const char *v, size_t n) {
       }
       i++;
     } else if (v[i] == '(') {
-      i = mime_skip_cfws(v, n, i);
+      i = mailoauth_mime_skip_cfws(v, n, i);
     } else if (v[i] == '<') {
       start = ++i;
       while (i < n && v[i] != '>') {
@@ -2071,9 +754,9 @@ static char *mime_from_addr(const char *v, size_t n) {
     while (i < n && !found) {
       size_t ws;
 
-      i = mime_skip_cfws(v, n, i);
+      i = mailoauth_mime_skip_cfws(v, n, i);
       ws = i;
-      while (i < n && !mime_is_wsp((unsigned char) v[i]) && v[i] != ',' &&
+      while (i < n && !mailoauth_mime_is_wsp((unsigned char) v[i]) && v[i] != ',' &&
           v[i] != '(' && v[i] != '<' && v[i] != ';' && v[i] != '\r' &&
           v[i] != '\n') {
         i++;
@@ -2088,10 +771,10 @@ static char *mime_from_addr(const char *v, size_t n) {
     }
   }
 
-  while (start < end && mime_is_wsp((unsigned char) v[start])) {
+  while (start < end && mailoauth_mime_is_wsp((unsigned char) v[start])) {
     start++;
   }
-  while (end > start && mime_is_wsp((unsigned char) v[end - 1])) {
+  while (end > start && mailoauth_mime_is_wsp((unsigned char) v[end - 1])) {
     end--;
   }
 
@@ -2117,7 +800,7 @@ static void mime_addr_list(const char *v, size_t n, char **out) {
           }
         }
       } else if (v[i] == '(') {
-        i = mime_skip_cfws(v, n, i) - 1;
+        i = mailoauth_mime_skip_cfws(v, n, i) - 1;
       } else if (v[i] == '<') {
         while (i < n && v[i] != '>') {
           i++;
@@ -2230,7 +913,7 @@ static void mime_parse_message_headers(struct mailoauth_mime *p,
     const char *v = h->v[MIME_H_MSGID];
     size_t n = h->len[MIME_H_MSGID];
 
-    k = mime_skip_cfws(v, n, 0);
+    k = mailoauth_mime_skip_cfws(v, n, 0);
     v += k;
     n -= k;
     if (n > 0 && v[0] == '<') {
@@ -2248,16 +931,16 @@ static void mime_parse_message_headers(struct mailoauth_mime *p,
 
 static int mime_parse_encoding(const char *v, size_t n, const char **name,
     struct mailoauth_mime *p, struct mime_frame *f) {
-  size_t i = mime_skip_cfws(v, n, 0), len;
+  size_t i = mailoauth_mime_skip_cfws(v, n, 0), len;
   const char *tok;
   char *lower;
 
   tok = v + i;
-  len = mime_token(v, n, &i, "");
+  len = mailoauth_mime_token(v, n, &i, "");
   if (len > MIME_MAX_TYPE_NAME) {
     len = MIME_MAX_TYPE_NAME;
   }
-  lower = mime_lower_dup(tok, len);
+  lower = mailoauth_mime_lower_dup(tok, len);
   *name = mime_own(p, f, lower);
   if (*name == NULL) {
     *name = "";
@@ -2298,7 +981,7 @@ static char *mime_section(struct mailoauth_mime *p, int multipart) {
   if (p->nframes == 1) {
     base = p->base_section;
     if (multipart) {
-      return mime_strndup(base, strlen(base));
+      return mailoauth_mime_strndup(base, strlen(base));
     }
     strcpy(buf, "1");
   } else {
@@ -2339,15 +1022,15 @@ static void mime_parse_headers(struct mailoauth_mime *p,
   /* Content-Type: type "/" subtype *(";" parameter) */
   info->content_type = NULL;
   if (ct != NULL) {
-    size_t n = h.len[MIME_H_CTYPE], i = mime_skip_cfws(ct, n, 0), tlen, slen;
+    size_t n = h.len[MIME_H_CTYPE], i = mailoauth_mime_skip_cfws(ct, n, 0), tlen, slen;
     size_t tstart = i, sstart;
 
-    tlen = mime_token(ct, n, &i, "/");
-    i = mime_skip_cfws(ct, n, i);
+    tlen = mailoauth_mime_token(ct, n, &i, "/");
+    i = mailoauth_mime_skip_cfws(ct, n, i);
     if (tlen > 0 && i < n && ct[i] == '/') {
-      i = mime_skip_cfws(ct, n, i + 1);
+      i = mailoauth_mime_skip_cfws(ct, n, i + 1);
       sstart = i;
-      slen = mime_token(ct, n, &i, "/");
+      slen = mailoauth_mime_token(ct, n, &i, "/");
       if (slen > 0 && tlen <= MIME_MAX_TYPE_NAME &&
           slen <= MIME_MAX_TYPE_NAME) {
         char *t = malloc(tlen + slen + 2);
@@ -2390,8 +1073,8 @@ static void mime_parse_headers(struct mailoauth_mime *p,
   info->disposition = MAILOAUTH_MIME_DISP_NONE;
   if (h.v[MIME_H_CDISP] != NULL) {
     const char *v = h.v[MIME_H_CDISP];
-    size_t n = h.len[MIME_H_CDISP], i = mime_skip_cfws(v, n, 0), start = i;
-    size_t len = mime_token(v, n, &i, "");
+    size_t n = h.len[MIME_H_CDISP], i = mailoauth_mime_skip_cfws(v, n, 0), start = i;
+    size_t len = mailoauth_mime_token(v, n, &i, "");
     char *size;
 
     if (len == 6 && strncasecmp(v + start, "inline", 6) == 0) {
@@ -2426,7 +1109,7 @@ static void mime_parse_headers(struct mailoauth_mime *p,
 
   if (h.v[MIME_H_CID] != NULL) {
     const char *v = h.v[MIME_H_CID];
-    size_t n = h.len[MIME_H_CID], i = mime_skip_cfws(v, n, 0);
+    size_t n = h.len[MIME_H_CID], i = mailoauth_mime_skip_cfws(v, n, 0);
 
     v += i;
     n -= i;
@@ -2452,7 +1135,7 @@ static void mime_parse_headers(struct mailoauth_mime *p,
     struct mime_rawget g = { "boundary", NULL, 0 };
 
     if (ct != NULL) {
-      if (mime_params_scan(ct, h.len[MIME_H_CTYPE], mime_rawget_cb, &g) < 0) {
+      if (mailoauth_mime_params_scan(ct, h.len[MIME_H_CTYPE], mailoauth_mime_rawget_cb, &g) < 0) {
         mime_fail(p, MAILOAUTH_MIME_E_NOMEM);
       }
     }
@@ -2555,7 +1238,7 @@ static void mime_headers_done(struct mailoauth_mime *p) {
     }
   }
 
-  mime_b64_init(&f->b64);
+  mailoauth_mime_b64_init(&f->b64);
 }
 
 /* Ends the innermost frame; cut: it lies inside a multipart that ends
@@ -2665,7 +1348,7 @@ static int mime_boundary_match(const unsigned char *l, size_t n,
   }
 
   pad = i;
-  while (i < n && mime_is_wsp(l[i])) {
+  while (i < n && mailoauth_mime_is_wsp(l[i])) {
     i++;
   }
   if (i - pad > MIME_MAX_PAD) {
@@ -2867,7 +1550,7 @@ static void mime_process(struct mailoauth_mime *p, const unsigned char *d,
 static int mime_lkind_step(struct mailoauth_mime *p, unsigned char c) {
   switch (p->lkind) {
     case MIME_LK_NEW:
-      if (mime_is_wsp(c)) {
+      if (mailoauth_mime_is_wsp(c)) {
         return MIME_LK_CONT;
       }
       if (c > ' ' && c < 0x7f && c != ':') {
@@ -2881,7 +1564,7 @@ static int mime_lkind_step(struct mailoauth_mime *p, unsigned char c) {
       if (c == ':') {
         return MIME_LK_HEADER;
       }
-      if (mime_is_wsp(c)) {
+      if (mailoauth_mime_is_wsp(c)) {
         /* The mbox separator some .eml files still start with. */
         if (p->top_level && p->nframes == 1 && p->line_start == 0 &&
             p->lname_len == 4 && memcmp(p->lname, "From", 4) == 0) {
@@ -2902,7 +1585,7 @@ static int mime_lkind_step(struct mailoauth_mime *p, unsigned char c) {
       if (c == ':') {
         return MIME_LK_HEADER;
       }
-      return mime_is_wsp(c) ? MIME_LK_NAME_WS : MIME_LK_BAD;
+      return mailoauth_mime_is_wsp(c) ? MIME_LK_NAME_WS : MIME_LK_BAD;
 
     default:
       return p->lkind;
@@ -2921,7 +1604,7 @@ static void mime_header_bad(struct mailoauth_mime *p, const unsigned char *d,
   struct mime_frame *f = mime_top(p);
 
   if (len > 0) {
-    line = mime_strndup(p->hbuf.data + p->line_start, len);
+    line = mailoauth_mime_strndup(p->hbuf.data + p->line_start, len);
     if (line == NULL) {
       mime_fail(p, MAILOAUTH_MIME_E_NOMEM);
       return;
@@ -3032,7 +1715,7 @@ static struct mailoauth_mime *mime_new(struct mime_shared *sh,
   p->base_depth = base_depth;
   p->in_message = in_message;
   p->bol = 1;
-  p->base_section = mime_strndup(section, strlen(section));
+  p->base_section = mailoauth_mime_strndup(section, strlen(section));
   if (p->base_section == NULL || mime_push(p) < 0) {
     free(p->base_section);
     free(p->frames);
