@@ -28,6 +28,7 @@
 #include "mailoauth/tnef.h"
 #include "mailoauth/trace.h"
 #include "mailoauth/worker.h"
+#include "ingest/ingestint.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -67,61 +68,6 @@ static const char *trace_channel = "mailoauth.ingest";
 
 /* Mode of deposited files. */
 #define INGEST_FILE_MODE        0640
-
-struct ingest_ledger_entry {
-  uint32_t uidvalidity;
-  uint32_t uid;
-  unsigned int part;
-  int intent;                   /* "?" line: a deposit was asked for */
-  time_t started;               /* intent: when */
-  uint64_t size;                /* intent: the part's size */
-  char *name;                   /* done: the name it was deposited as */
-};
-
-/* Where a task's files go: its own dir= and owner, or a route's. */
-struct ingest_dest {
-  const char *dir;
-  uid_t uid;
-  gid_t gid;
-  int cleaned;                  /* stale temporary files removed */
-};
-
-struct ingest_task {
-  struct mailoauth_ingest_config cfg;
-  struct mailoauth_imap *imap;
-  time_t next_due;
-  uint32_t uidvalidity;         /* from the state file; 0: never ran */
-  uint32_t next_uid;
-  char last_error[512];         /* logged once until it changes */
-  int more;                     /* the run stopped at its time slice */
-
-  /* Since the worker started, for the status file and the metrics. */
-  time_t last_run, last_success;
-  unsigned long errors, messages;
-  uint64_t bytes;
-
-  struct ingest_dest *dests;    /* [0]: dir=/owner=, then one per route */
-  size_t ndests;
-
-  struct ingest_ledger_entry *ledger;
-  size_t nledger, ledger_size;
-
-  uint32_t broke_uid;           /* the last message the parser broke on */
-  unsigned int broke_count;
-};
-
-struct mailoauth_ingest {
-  char *state_dir;
-  char *tasks_dir;
-  char *tmp_dir;
-  struct mailoauth_registry *reg;
-  int deposit_sock;
-  int (*parser)(int restart, void *arg);
-  void *parser_arg;
-  int parser_broken;            /* replace it before the next message */
-  struct ingest_task *tasks;
-  size_t ntasks;
-};
 
 /* Configuration
  */
@@ -370,331 +316,6 @@ int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
   }
 
   return 0;
-}
-
-/* Task state: NAME.json and NAME.ledger
- */
-
-static char *ingest_path(const char *dir, const char *name,
-    const char *suffix) {
-  size_t len = strlen(dir) + strlen(name) + strlen(suffix) + 2;
-  char *path = malloc(len);
-
-  if (path != NULL) {
-    snprintf(path, len, "%s/%s%s", dir, name, suffix);
-  }
-  return path;
-}
-
-static int ingest_state_load(struct mailoauth_ingest *ing,
-    struct ingest_task *t) {
-  json_t *root, *v, *n;
-  json_error_t jerr;
-  char *path;
-
-  path = ingest_path(ing->tasks_dir, t->cfg.name, ".json");
-  if (path == NULL) {
-    return -1;
-  }
-
-  root = json_load_file(path, 0, &jerr);
-  free(path);
-  if (root == NULL) {
-    /* Missing: the task never ran. */
-    t->uidvalidity = 0;
-    t->next_uid = 1;
-    return 0;
-  }
-
-  v = json_object_get(root, "uidvalidity");
-  n = json_object_get(root, "next");
-  if (json_is_integer(v) && json_is_integer(n) &&
-      json_integer_value(v) >= 0 && json_integer_value(v) <= UINT32_MAX &&
-      json_integer_value(n) >= 1 && json_integer_value(n) <= UINT32_MAX) {
-    t->uidvalidity = (uint32_t) json_integer_value(v);
-    t->next_uid = (uint32_t) json_integer_value(n);
-  } else {
-    mailoauth_log("ingest %s: state file is damaged; starting over from "
-      "the folder's next new message", t->cfg.name);
-    t->uidvalidity = 0;
-    t->next_uid = 0;    /* 0: take UIDNEXT at the next select */
-  }
-
-  json_decref(root);
-  return 0;
-}
-
-static int ingest_state_save(struct mailoauth_ingest *ing,
-    struct ingest_task *t) {
-  char buf[128], name[MAILOAUTH_INGEST_NAME_MAX + 8];
-  int len;
-
-  len = snprintf(buf, sizeof(buf), "{\"uidvalidity\": %" PRIu32
-    ", \"next\": %" PRIu32 "}\n", t->uidvalidity, t->next_uid);
-  snprintf(name, sizeof(name), "%s.json", t->cfg.name);
-  return mailoauth_spool_write_atomic(ing->tasks_dir, name, buf,
-    (size_t) len, 0600);
-}
-
-static void ingest_ledger_forget(struct ingest_task *t) {
-  size_t i;
-
-  for (i = 0; i < t->nledger; i++) {
-    free(t->ledger[i].name);
-  }
-  t->nledger = 0;
-}
-
-static int ingest_ledger_add_mem(struct ingest_task *t, uint32_t uv,
-    uint32_t uid, unsigned int part, int intent, time_t started,
-    uint64_t size, const char *name) {
-  char *copy = NULL;
-
-  if (!intent && name != NULL) {
-    copy = strdup(name);
-    if (copy == NULL) {
-      return -1;
-    }
-  }
-
-  if (t->nledger == t->ledger_size) {
-    size_t cap = t->ledger_size ? t->ledger_size * 2 : 16;
-    struct ingest_ledger_entry *e = realloc(t->ledger, cap * sizeof(*e));
-
-    if (e == NULL) {
-      free(copy);
-      return -1;
-    }
-    t->ledger = e;
-    t->ledger_size = cap;
-  }
-
-  t->ledger[t->nledger].uidvalidity = uv;
-  t->ledger[t->nledger].uid = uid;
-  t->ledger[t->nledger].part = part;
-  t->ledger[t->nledger].intent = intent;
-  t->ledger[t->nledger].started = started;
-  t->ledger[t->nledger].size = size;
-  t->ledger[t->nledger].name = copy;
-  t->nledger++;
-  return 0;
-}
-
-/* The name a part was deposited as, or NULL when it was not. */
-static const char *ingest_ledger_has(const struct ingest_task *t,
-    uint32_t uv, uint32_t uid, unsigned int part) {
-  size_t i;
-
-  for (i = 0; i < t->nledger; i++) {
-    if (!t->ledger[i].intent &&
-        t->ledger[i].uidvalidity == uv &&
-        t->ledger[i].uid == uid &&
-        t->ledger[i].part == part) {
-      return t->ledger[i].name ? t->ledger[i].name : "-";
-    }
-  }
-  return NULL;
-}
-
-static int ingest_ledger_load(struct mailoauth_ingest *ing,
-    struct ingest_task *t) {
-  char *path, line[2048];
-  FILE *fp;
-
-  ingest_ledger_forget(t);
-  path = ingest_path(ing->tasks_dir, t->cfg.name, ".ledger");
-  if (path == NULL) {
-    return -1;
-  }
-
-  fp = fopen(path, "re");
-  free(path);
-  if (fp == NULL) {
-    return errno == ENOENT ? 0 : -1;
-  }
-
-  while (fgets(line, sizeof(line), fp) != NULL) {
-    unsigned long uv, uid, part;
-    long long started;
-    unsigned long long size;
-    int name_at = 0;
-
-    /* A line cut short by a crash has no name and no newline; its deposit
-     * was not confirmed, but the line is written after the deposit, so
-     * counting it done would be right too: only complete lines count.
-     */
-    if (strchr(line, '\n') == NULL) {
-      continue;
-    }
-    if (line[0] == '?') {
-      if (sscanf(line, "? %lu %lu %lu %lld %llu ", &uv, &uid, &part,
-            &started, &size) == 5 &&
-          ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
-            (unsigned int) part, 1, (time_t) started, size, NULL) < 0) {
-        fclose(fp);
-        return -1;
-      }
-
-    } else if (sscanf(line, "%lu %lu %lu %n", &uv, &uid, &part,
-          &name_at) == 3 && name_at > 0) {
-      *strchr(line, '\n') = '\0';
-      if (ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
-          (unsigned int) part, 0, 0, 0, line + name_at) < 0) {
-        fclose(fp);
-        return -1;
-      }
-    }
-  }
-
-  fclose(fp);
-  return 0;
-}
-
-/* intent: the "?" line written before asking for a deposit (with when
- * and the size), else the line saying it is done.
- */
-static int ingest_ledger_append(struct mailoauth_ingest *ing,
-    struct ingest_task *t, uint32_t uid, unsigned int part,
-    const char *final_name, int intent, time_t started, uint64_t size) {
-  char *path, line[MAILOAUTH_DEPOSIT_NAME_MAX + 64];
-  int fd, len, xerrno;
-  ssize_t n;
-
-  path = ingest_path(ing->tasks_dir, t->cfg.name, ".ledger");
-  if (path == NULL) {
-    return -1;
-  }
-
-  fd = open(path, O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC|O_NOFOLLOW, 0600);
-  free(path);
-  if (fd < 0) {
-    return -1;
-  }
-
-  /* The name is for a person reading the ledger; newlines cannot occur in
-   * a deposited name (control characters are sanitized away).
-   */
-  if (intent) {
-    len = snprintf(line, sizeof(line), "? %" PRIu32 " %" PRIu32 " %u %lld "
-      "%" PRIu64 " %s\n", t->uidvalidity, uid, part, (long long) started,
-      size, final_name);
-  } else {
-    len = snprintf(line, sizeof(line), "%" PRIu32 " %" PRIu32 " %u %s\n",
-      t->uidvalidity, uid, part, final_name);
-  }
-  if (len < 0 || (size_t) len >= sizeof(line)) {
-    len = snprintf(line, sizeof(line), "%" PRIu32 " %" PRIu32 " %u -\n",
-      t->uidvalidity, uid, part);
-  }
-
-  n = write(fd, line, (size_t) len);
-  xerrno = errno;
-  if (n != len || fsync(fd) < 0) {
-    xerrno = n != len ? (n < 0 ? xerrno : EIO) : errno;
-    (void) close(fd);
-    errno = xerrno;
-    return -1;
-  }
-
-  if (close(fd) < 0) {
-    return -1;
-  }
-
-  return ingest_ledger_add_mem(t, t->uidvalidity, uid, part, intent,
-    started, size, final_name);
-}
-
-static const struct ingest_ledger_entry *ingest_ledger_intent(
-    const struct ingest_task *t, uint32_t uid, unsigned int part) {
-  size_t i;
-
-  for (i = t->nledger; i > 0; i--) {
-    const struct ingest_ledger_entry *e = &t->ledger[i-1];
-
-    if (e->intent &&
-        e->uidvalidity == t->uidvalidity &&
-        e->uid == uid &&
-        e->part == part) {
-      return e;
-    }
-  }
-  return NULL;
-}
-
-/* After a crash between asking for a deposit and recording its success,
- * whether the deposit happened: a file of the name's family ("x.pdf",
- * "x (1).pdf", ...) owned by the owner, of the part's size, written since
- * the request.  Stat only needs search permission on the directory; when
- * even that is refused the answer is "no", and the part is deposited once
- * more rather than risk losing it.
- */
-struct ingest_probe {
-  int dirfd;
-  const struct ingest_ledger_entry *intent;
-  uid_t uid;
-  int found;
-  char name[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
-};
-
-static int ingest_probe_exists(const char *name, void *arg) {
-  struct ingest_probe *pr = arg;
-  struct stat st;
-
-  if (fstatat(pr->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-    return errno == ENOENT ? 0 : -1;
-  }
-
-  if (S_ISREG(st.st_mode) &&
-      st.st_uid == pr->uid &&
-      (uint64_t) st.st_size == pr->intent->size &&
-      st.st_mtime >= pr->intent->started) {
-    pr->found = 1;
-    snprintf(pr->name, sizeof(pr->name), "%s", name);
-    return 0;
-  }
-
-  return 1;
-}
-
-static int ingest_already_deposited(const struct ingest_dest *dest,
-    const struct ingest_ledger_entry *intent, const char *name,
-    char *found, size_t foundsz) {
-  struct ingest_probe pr;
-  char out[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
-
-  memset(&pr, 0, sizeof(pr));
-  pr.dirfd = open(dest->dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
-  if (pr.dirfd < 0) {
-    return 0;
-  }
-  pr.intent = intent;
-  pr.uid = dest->uid;
-
-  (void) mailoauth_names_unique(name, ingest_probe_exists, &pr, out,
-    sizeof(out));
-  (void) close(pr.dirfd);
-
-  if (pr.found) {
-    snprintf(found, foundsz, "%s", pr.name);
-  }
-  return pr.found;
-}
-
-/* Once the state file says a message is done, its ledger lines are of no
- * use; emptying the ledger keeps it to one message's parts.
- */
-static void ingest_ledger_reset(struct mailoauth_ingest *ing,
-    struct ingest_task *t) {
-  char *path = ingest_path(ing->tasks_dir, t->cfg.name, ".ledger");
-
-  if (path != NULL) {
-    if (truncate(path, 0) < 0 && errno != ENOENT) {
-      mailoauth_trace(trace_channel, 3, "task %s: cannot empty the ledger: "
-        "%s", t->cfg.name, strerror(errno));
-    }
-    free(path);
-  }
-  ingest_ledger_forget(t);
 }
 
 /* Anonymous temporary files in <statedir>/tmp: nothing to clean up after a
@@ -1064,17 +685,17 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
     return -1;
   }
 
-  intent = ingest_ledger_intent(t, m->uid, key);
+  intent = mailoauth_ingest_ledger_intent(t, m->uid, key);
   if (intent != NULL &&
       intent->size == (uint64_t) st.st_size &&
-      ingest_already_deposited(dest, intent, name, found, sizeof(found))) {
+      mailoauth_ingest_already_deposited(dest, intent, name, found, sizeof(found))) {
     /* The previous worker died after the file was in place but before it
      * could record it.
      */
     mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s was deposited before "
       "a restart; not deposited again", t->cfg.name, m->uid, dest->dir,
       ingest_shown(found, shown, sizeof(shown)));
-    if (ingest_ledger_append(m->ing, t, m->uid, key, found, 0, 0, 0) < 0) {
+    if (mailoauth_ingest_ledger_append(m->ing, t, m->uid, key, found, 0, 0, 0) < 0) {
       ingest_error(t, "cannot record the deposit of '%s' in the ledger: "
         "%s", shown, strerror(errno));
       m->stop_run = 1;
@@ -1088,7 +709,7 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
   /* Written first, so that a crash while the helper works leaves a trace
    * to find its file by.
    */
-  if (ingest_ledger_append(m->ing, t, m->uid, key, name, 1, time(NULL),
+  if (mailoauth_ingest_ledger_append(m->ing, t, m->uid, key, name, 1, time(NULL),
       (uint64_t) st.st_size) < 0) {
     ingest_error(t, "cannot write the ledger: %s", strerror(errno));
     m->stop_run = 1;
@@ -1118,7 +739,7 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
     return -1;
   }
 
-  if (ingest_ledger_append(m->ing, t, m->uid, key, res.name, 0, 0, 0) < 0) {
+  if (mailoauth_ingest_ledger_append(m->ing, t, m->uid, key, res.name, 0, 0, 0) < 0) {
     /* The file is there but not recorded: stop before the after-action,
      * so that at worst it is deposited once more, never lost.
      */
@@ -1166,7 +787,7 @@ static int ingest_tnef_file(const char *name, int fd, uint64_t size,
   }
 
   m->wanted++;
-  done = ingest_ledger_has(m->t, m->t->uidvalidity, m->uid, key);
+  done = mailoauth_ingest_ledger_has(m->t, m->t->uidvalidity, m->uid, key);
   if (done != NULL) {
     m->deposited++;
     snprintf(final, sizeof(final), "%s", done);
@@ -1278,7 +899,7 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
   free(m->orig_name);
   m->orig_name = name ? strdup(name) : NULL;
 
-  done = ingest_ledger_has(t, t->uidvalidity, m->uid, part->index);
+  done = mailoauth_ingest_ledger_has(t, t->uidvalidity, m->uid, part->index);
   if (done != NULL) {
     mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " part %u "
       "was deposited before a restart; skipped", t->cfg.name, m->uid,
@@ -1447,7 +1068,7 @@ static int ingest_save_message(struct ingest_msg *m, int fd) {
   uint64_t size = 0;
 
   m->wanted++;
-  done = ingest_ledger_has(m->t, m->t->uidvalidity, m->uid, INGEST_KEY_EML);
+  done = mailoauth_ingest_ledger_has(m->t, m->t->uidvalidity, m->uid, INGEST_KEY_EML);
   if (done != NULL) {
     m->deposited++;
     snprintf(final, sizeof(final), "%s", done);
@@ -1484,7 +1105,7 @@ static int ingest_save_metadata(struct ingest_msg *m) {
   int fd, res;
 
   if (m->nfiles == 0 ||
-      ingest_ledger_has(t, t->uidvalidity, m->uid, INGEST_KEY_META) != NULL) {
+      mailoauth_ingest_ledger_has(t, t->uidvalidity, m->uid, INGEST_KEY_META) != NULL) {
     return 0;
   }
 
@@ -1982,7 +1603,7 @@ static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
 
   ingest_cleanup(ing, t);
 
-  if (ingest_ledger_load(ing, t) < 0) {
+  if (mailoauth_ingest_ledger_load(ing, t) < 0) {
     ingest_error(t, "cannot read the ledger: %s", strerror(errno));
     return;
   }
@@ -2002,8 +1623,8 @@ static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
       t->next_uid = 1;
     }
     t->uidvalidity = mb.uidvalidity;
-    ingest_ledger_reset(ing, t);
-    if (ingest_state_save(ing, t) < 0) {
+    mailoauth_ingest_ledger_reset(ing, t);
+    if (mailoauth_ingest_state_save(ing, t) < 0) {
       ingest_error(t, "cannot write the state file: %s", strerror(errno));
       return;
     }
@@ -2028,11 +1649,11 @@ static void ingest_run(struct mailoauth_ingest *ing, struct ingest_task *t,
       }
 
       t->next_uid = uids[i] + 1;
-      if (ingest_state_save(ing, t) < 0) {
+      if (mailoauth_ingest_state_save(ing, t) < 0) {
         ingest_error(t, "cannot write the state file: %s", strerror(errno));
         return;
       }
-      ingest_ledger_reset(ing, t);
+      mailoauth_ingest_ledger_reset(ing, t);
 
       /* A long backlog must not hold up notifications and the other
        * tasks: the run goes on at the next tick, where it stopped.
@@ -2070,8 +1691,8 @@ struct mailoauth_ingest *mailoauth_ingest_create(const char *state_dir,
   }
 
   ing->state_dir = strdup(state_dir);
-  ing->tasks_dir = ingest_path(state_dir, "tasks", "");
-  ing->tmp_dir = ingest_path(state_dir, "tmp", "");
+  ing->tasks_dir = mailoauth_ingest_path(state_dir, "tasks", "");
+  ing->tmp_dir = mailoauth_ingest_path(state_dir, "tmp", "");
   if (ing->state_dir == NULL || ing->tasks_dir == NULL ||
       ing->tmp_dir == NULL) {
     mailoauth_ingest_destroy(ing);
@@ -2135,7 +1756,7 @@ int mailoauth_ingest_add(struct mailoauth_ingest *ing,
     t->dests[i + 1].gid = cfg->routes[i]->gid;
   }
 
-  if (ingest_state_load(ing, t) < 0) {
+  if (mailoauth_ingest_state_load(ing, t) < 0) {
     free(t->dests);
     return -1;
   }
@@ -2184,7 +1805,7 @@ void mailoauth_ingest_destroy(struct mailoauth_ingest *ing) {
 
   for (i = 0; i < ing->ntasks; i++) {
     mailoauth_imap_destroy(ing->tasks[i].imap);
-    ingest_ledger_forget(&ing->tasks[i]);
+    mailoauth_ingest_ledger_forget(&ing->tasks[i]);
     free(ing->tasks[i].ledger);
     free(ing->tasks[i].dests);
   }
