@@ -123,6 +123,7 @@ def helper(tmp_path_factory):
          "-I", INCLUDE, "-o", str(exe), str(src),
          os.path.join(SRC, "lib", "mail", "message.c"),
          os.path.join(SRC, "lib", "util", "trace.c"),
+         os.path.join(SRC, "lib", "util", "buf.c"),
          "-lcrypto"],
         check=True)
     return str(exe)
