@@ -1006,7 +1006,7 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
         mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s may be incomplete: "
           "%s; deposited as received", t->cfg.name, m->uid, m->dest->dir,
           ingest_shown(final, shown, sizeof(shown)), (status & MAILOAUTH_MIME_ST_BAD_ENCODING) ?
-          "its base64 encoding is broken" :
+          "its base64 or uuencode encoding is broken" :
           "the message ends before its MIME parts are closed");
       }
     }
