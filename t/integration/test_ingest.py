@@ -639,6 +639,65 @@ def test_eml_and_metadata_beside_attachments(ingester, dovecot):
     assert "März" not in log
 
 
+def test_raw_utf8_subject_and_from_in_metadata(ingester, dovecot):
+    """8-bit header bytes that are valid UTF-8 are UTF-8 (RFC 6532 mailers
+    send them unencoded): no mojibake in the metadata or the names."""
+    import json
+    a = ingester("eml=on metadata=on", start=False)
+    msg = make_mail([("a.bin", b"x" * 100, "application/octet-stream")],
+                    subject="SUBJ", sender="SENDER <j@contoso.test>")
+    msg = msg.replace(b"Subject: SUBJ", "Subject: Ümläut grüße".encode())
+    msg = msg.replace(b"From: SENDER", "From: Jürgen Müller".encode())
+    dovecot.deliver(ALICE, msg)
+    a.go()
+    wait_files(a.inbox, 3)
+    time.sleep(1)
+    names = sorted(visible(a.inbox))
+    assert names == ["a.bin", "Ümläut grüße.eml", "Ümläut grüße.json"], names
+    with open(os.path.join(a.inbox, "Ümläut grüße.json")) as f:
+        meta = json.load(f)
+    assert meta["subject"] == "Ümläut grüße"
+    assert "Jürgen Müller" in meta["from"], meta["from"]
+
+
+def test_uuencoded_part_is_decoded(ingester, dovecot):
+    """A Content-Transfer-Encoding: x-uuencode part is deposited decoded,
+    byte for byte."""
+    import binascii
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("data.bin", os.urandom(50000))
+        z.writestr("notes.txt", "hello\n" * 1000)
+    data = buf.getvalue()
+    lines = [b"begin 644 archive.zip"]
+    for i in range(0, len(data), 45):
+        lines.append(binascii.b2a_uu(data[i:i + 45], backtick=True)
+                     .rstrip(b"\n"))
+    lines += [b"`", b"end", b""]
+    msg = ("From: scanner@contoso.test\r\nTo: %s\r\n"
+           "Subject: uu %s\r\nMessage-ID: <%s@contoso.test>\r\n"
+           "MIME-Version: 1.0\r\n"
+           "Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
+           "--XX\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+           "--XX\r\nContent-Type: application/zip; name=archive.zip\r\n"
+           "Content-Disposition: attachment; filename=archive.zip\r\n"
+           "Content-Transfer-Encoding: x-uuencode\r\n\r\n"
+           % (ALICE, uuid.uuid4().hex[:8], uuid.uuid4().hex)).encode() + \
+        b"\r\n".join(lines) + b"--XX--\r\n"
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, msg)
+    a.go()
+    wait_files(a.inbox, 1)
+    a.srv.wait_log("deposited", timeout=10)
+    with open(os.path.join(a.inbox, "archive.zip"), "rb") as f:
+        got = f.read()
+    assert len(got) == len(data)
+    assert got == data
+    assert "may be incomplete" not in a.srv.log_text()
+
+
 def test_eml_takes_a_message_without_attachments(ingester, dovecot):
     dovecot.doveadm("mailbox", "create", "-u", ALICE, "Done", check=False)
     a = ingester("eml=on after=move:Done", start=False)
