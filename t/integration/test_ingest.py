@@ -351,6 +351,53 @@ def test_unwritable_dir_leaves_mail_and_logs_once(ingester, dovecot):
     a.srv.wait_log("working again", timeout=10)
 
 
+@pytest.fixture
+def share_owner():
+    """A system user whose write access to a directory comes only through
+    a supplementary group: (uid, gid, share gid)."""
+    import grp
+    import pwd
+    user, group = "moa_owner_t", "moa_share_t"
+    subprocess.run(["userdel", user], capture_output=True)
+    subprocess.run(["groupdel", user], capture_output=True)
+    subprocess.run(["groupdel", group], capture_output=True)
+    subprocess.run(["groupadd", "-r", group], check=True)
+    subprocess.run(["useradd", "-r", "-M", "-U", "-G", group, "-s",
+                    "/usr/sbin/nologin", user], check=True)
+    try:
+        pw = pwd.getpwnam(user)
+        yield pw.pw_uid, pw.pw_gid, grp.getgrnam(group).gr_gid
+    finally:
+        subprocess.run(["userdel", user], capture_output=True)
+        subprocess.run(["groupdel", user], capture_output=True)
+        subprocess.run(["groupdel", group], capture_output=True)
+
+
+def test_owner_writes_through_a_supplementary_group(ingester, dovecot,
+                                                    share_owner):
+    """The deposit holds the owner's supplementary groups, as a login
+    would: a root:group 2770 share the owner may write only as a member of
+    that group takes the file."""
+    uid, gid, share = share_owner
+    a = ingester(start=False)
+    a.srv.extra_conf = a.srv.extra_conf.replace(
+        "owner=%d:%d" % (UID, UID), "owner=%d:%d" % (uid, gid))
+    dovecot.deliver(ALICE, make_mail([("s.txt", b"shared\n", "text/plain")]))
+    a.srv._prepare()
+    os.makedirs(a.inbox, exist_ok=True)
+    os.chown(a.inbox, 0, share)
+    os.chmod(a.inbox, 0o2770)
+    a.srv.start()
+    wait_files(a.inbox, 1)
+    a.srv.wait_log("deposited", timeout=10)
+    path = os.path.join(a.inbox, "s.txt")
+    with open(path, "rb") as f:
+        assert f.read() == b"shared\n"
+    st = os.stat(path)
+    assert st.st_uid == uid
+    assert "cannot deposit" not in a.srv.log_text()
+
+
 def test_recreated_folder_takes_only_new_mail(ingester, dovecot):
     dovecot.doveadm("mailbox", "delete", "-u", ALICE, "Scans", check=False)
     dovecot.doveadm("mailbox", "create", "-u", ALICE, "Scans")
