@@ -707,6 +707,46 @@ def test_raw_utf8_subject_and_from_in_metadata(ingester, dovecot):
     assert "Jürgen Müller" in meta["from"], meta["from"]
 
 
+def test_broken_part_is_marked_incomplete_and_unpadded_is_not(ingester,
+                                                              dovecot):
+    """A part kept from broken base64 says "complete": false in the
+    metadata and is logged; base64 left unpadded is exact and is neither."""
+    import base64
+    import json
+    good = os.urandom(1000)            # 1000 % 3 == 1: two '=' left out
+    enc = base64.encodebytes(good).rstrip(b"\n").rstrip(b"=")
+    msg = ("From: scanner@contoso.test\r\nTo: %s\r\n"
+           "Subject: parts\r\nMessage-ID: <%s@contoso.test>\r\n"
+           "MIME-Version: 1.0\r\n"
+           "Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
+           "--XX\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+           "--XX\r\nContent-Type: application/octet-stream\r\n"
+           "Content-Disposition: attachment; filename=good.bin\r\n"
+           "Content-Transfer-Encoding: base64\r\n\r\n"
+           % (ALICE, uuid.uuid4().hex)).encode() + enc + \
+        (b"\r\n--XX\r\nContent-Type: application/octet-stream\r\n"
+         b"Content-Disposition: attachment; filename=bad.bin\r\n"
+         b"Content-Transfer-Encoding: base64\r\n\r\n"
+         b"YWJj*ZGVm!\r\n--XX--\r\n")
+    a = ingester("metadata=on", start=False)
+    dovecot.deliver(ALICE, msg)
+    a.go()
+    wait_files(a.inbox, 3)
+    time.sleep(1)
+    with open(os.path.join(a.inbox, "good.bin"), "rb") as f:
+        assert f.read() == good
+    with open(os.path.join(a.inbox, "bad.bin"), "rb") as f:
+        assert f.read() == b"abcdef"
+    with open(os.path.join(a.inbox, "parts.json")) as f:
+        meta = json.load(f)
+    files = {f["name"]: f for f in meta["files"]}
+    assert files["good.bin"]["complete"] is True
+    assert files["bad.bin"]["complete"] is False
+    log = a.srv.log_text()
+    assert "bad.bin may be incomplete" in log, log
+    assert "good.bin may be incomplete" not in log, log
+
+
 def test_uuencoded_part_is_decoded(ingester, dovecot):
     """A Content-Transfer-Encoding: x-uuencode part is deposited decoded,
     byte for byte."""
