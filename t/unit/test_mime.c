@@ -1713,6 +1713,24 @@ START_TEST(test_uuencode) {
   ck_assert_int_eq(r->warn[MAILOAUTH_MIME_W_BAD_UUENCODE - 100], 1);
   rec_free(r);
 
+  /* Cut after a full line (45 bytes), with neither "`" nor "end": more
+   * was coming.  The same line closed by "`" is a whole file.
+   */
+  r = one_part("x-uuencode", "begin 644 f\r\n"
+    "M86)C9&5F9VAI:FML;6YO<'%R<W1U=G=X>7HQ,C,T-38W.#DP86)C9&5F9VAI\r\n");
+  ck_assert_uint_eq(r->parts[1].nbytes, 45);
+  ck_assert_mem_eq(r->parts[1].data.d,
+    "abcdefghijklmnopqrstuvwxyz1234567890abcdefghi", 45);
+  ck_assert_uint_eq(r->parts[1].status, MAILOAUTH_MIME_ST_BAD_ENCODING);
+  rec_free(r);
+
+  r = one_part("x-uuencode", "begin 644 f\r\n"
+    "M86)C9&5F9VAI:FML;6YO<'%R<W1U=G=X>7HQ,C,T-38W.#DP86)C9&5F9VAI\r\n"
+    "`\r\n");
+  ck_assert_uint_eq(r->parts[1].nbytes, 45);
+  ck_assert_uint_eq(r->parts[1].status, 0);
+  rec_free(r);
+
   /* No "begin": nothing decodable, and said so. */
   r = one_part("x-uuencode", "#0V%T\r\n`\r\nend");
   ck_assert_uint_eq(r->parts[1].nbytes, 0);

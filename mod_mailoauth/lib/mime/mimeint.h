@@ -38,6 +38,7 @@ struct mime_uu {
   int state;
   int begun;                    /* a "begin" line was seen */
   unsigned long ndata;          /* data lines decoded */
+  size_t last;                  /* bytes of the last one */
   int bad;
 };
 

@@ -14,12 +14,16 @@
  * wrong is tolerated: CRLF, trailing spaces stripped by a gateway (the
  * missing characters are zero bits), no "end", text after the data.  A
  * line that cannot be data once data has started ends it (a signature
- * after an encoding without "end"); before that it is skipped as broken.
+ * after an encoding without "end"), and is a loss only if the line before
+ * was a full one; before any data it is skipped as broken.
  */
 
 #define MIME_UU_BEFORE          0
 #define MIME_UU_DATA            1
 #define MIME_UU_DONE            2
+
+/* Encoders write 45 bytes a line but the last. */
+#define MIME_UU_FULL            45
 
 void mailoauth_mime_uu_init(struct mime_uu *u) {
   memset(u, 0, sizeof(*u));
@@ -112,6 +116,10 @@ static int mime_uu_line(struct mime_uu *u, mime_out_fn fn, void *arg) {
       if (overflow || !mime_uu_decode_line(s, n, out, &outlen)) {
         if (u->ndata > 0) {
           u->state = MIME_UU_DONE;
+          /* After a full line the data was not over: a line lost. */
+          if (u->last >= MIME_UU_FULL) {
+            u->bad = 1;
+          }
         } else {
           u->bad = 1;
         }
@@ -122,6 +130,7 @@ static int mime_uu_line(struct mime_uu *u, mime_out_fn fn, void *arg) {
         return 0;
       }
       u->ndata++;
+      u->last = outlen;
       return fn(arg, out, outlen);
 
     default:
@@ -169,6 +178,10 @@ int mailoauth_mime_uu_final(struct mime_uu *u, mime_out_fn fn, void *arg) {
     if (mime_uu_line(u, fn, arg) < 0) {
       return -1;
     }
+  }
+  if (u->state == MIME_UU_DATA && u->last >= MIME_UU_FULL) {
+    /* Cut after a full line, with neither "`" nor "end". */
+    u->bad = 1;
   }
   if (!u->begun) {
     /* No "begin" line: nothing of it could be decoded. */
