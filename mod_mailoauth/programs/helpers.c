@@ -8,6 +8,8 @@
 #include "tnef/tnefint.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +28,51 @@ static int helpers_id(const char *s, unsigned long *id) {
 }
 
 /* Arguments: DIR UID GID, once per destination the helper may write to. */
+/* The owner's supplementary groups, as login would give them: write access
+ * to a deposit directory often comes through a secondary group.  Only for
+ * a uid with a passwd entry; an owner given as bare UID:GID keeps just its
+ * gid.  Group 0 is never taken (root's group is no owner's business), and
+ * at most MAILOAUTH_DEPOSIT_MAX_GROUPS are.
+ */
+static void helpers_owner_groups(struct mailoauth_deposit_rule *rule) {
+  gid_t found[MAILOAUTH_DEPOSIT_MAX_GROUPS], *kept;
+  int nfound = MAILOAUTH_DEPOSIT_MAX_GROUPS, i;
+  size_t n = 0;
+  struct passwd *pw;
+
+  rule->groups = NULL;
+  rule->ngroups = 0;
+
+  errno = 0;
+  pw = getpwuid(rule->uid);
+  if (pw == NULL || pw->pw_name == NULL) {
+    return;
+  }
+  if (getgrouplist(pw->pw_name, rule->gid, found, &nfound) < 0) {
+    /* More than fit: glibc filled the array; the rest are not held. */
+    nfound = MAILOAUTH_DEPOSIT_MAX_GROUPS;
+  }
+  if (nfound <= 0) {
+    return;
+  }
+
+  kept = calloc((size_t) nfound, sizeof(*kept));
+  if (kept == NULL) {
+    return;
+  }
+  for (i = 0; i < nfound && i < MAILOAUTH_DEPOSIT_MAX_GROUPS; i++) {
+    if (found[i] != 0 && found[i] != (gid_t) -1) {
+      kept[n++] = found[i];
+    }
+  }
+  if (n == 0) {
+    free(kept);
+    return;
+  }
+  rule->groups = kept;
+  rule->ngroups = n;
+}
+
 int mailoauthd_deposit_main(int argc, char **argv) {
   struct mailoauth_deposit_rule *rules;
   size_t n, i;
@@ -51,6 +98,7 @@ int mailoauthd_deposit_main(int argc, char **argv) {
     rules[i].dir = argv[3 * i];
     rules[i].uid = (uid_t) uid;
     rules[i].gid = (gid_t) gid;
+    helpers_owner_groups(&rules[i]);
   }
 
   /* A helper outliving its worker would be a root process serving no

@@ -351,6 +351,53 @@ def test_unwritable_dir_leaves_mail_and_logs_once(ingester, dovecot):
     a.srv.wait_log("working again", timeout=10)
 
 
+@pytest.fixture
+def share_owner():
+    """A system user whose write access to a directory comes only through
+    a supplementary group: (uid, gid, share gid)."""
+    import grp
+    import pwd
+    user, group = "moa_owner_t", "moa_share_t"
+    subprocess.run(["userdel", user], capture_output=True)
+    subprocess.run(["groupdel", user], capture_output=True)
+    subprocess.run(["groupdel", group], capture_output=True)
+    subprocess.run(["groupadd", "-r", group], check=True)
+    subprocess.run(["useradd", "-r", "-M", "-U", "-G", group, "-s",
+                    "/usr/sbin/nologin", user], check=True)
+    try:
+        pw = pwd.getpwnam(user)
+        yield pw.pw_uid, pw.pw_gid, grp.getgrnam(group).gr_gid
+    finally:
+        subprocess.run(["userdel", user], capture_output=True)
+        subprocess.run(["groupdel", user], capture_output=True)
+        subprocess.run(["groupdel", group], capture_output=True)
+
+
+def test_owner_writes_through_a_supplementary_group(ingester, dovecot,
+                                                    share_owner):
+    """The deposit holds the owner's supplementary groups, as a login
+    would: a root:group 2770 share the owner may write only as a member of
+    that group takes the file."""
+    uid, gid, share = share_owner
+    a = ingester(start=False)
+    a.srv.extra_conf = a.srv.extra_conf.replace(
+        "owner=%d:%d" % (UID, UID), "owner=%d:%d" % (uid, gid))
+    dovecot.deliver(ALICE, make_mail([("s.txt", b"shared\n", "text/plain")]))
+    a.srv._prepare()
+    os.makedirs(a.inbox, exist_ok=True)
+    os.chown(a.inbox, 0, share)
+    os.chmod(a.inbox, 0o2770)
+    a.srv.start()
+    wait_files(a.inbox, 1)
+    a.srv.wait_log("deposited", timeout=10)
+    path = os.path.join(a.inbox, "s.txt")
+    with open(path, "rb") as f:
+        assert f.read() == b"shared\n"
+    st = os.stat(path)
+    assert st.st_uid == uid
+    assert "cannot deposit" not in a.srv.log_text()
+
+
 def test_recreated_folder_takes_only_new_mail(ingester, dovecot):
     dovecot.doveadm("mailbox", "delete", "-u", ALICE, "Scans", check=False)
     dovecot.doveadm("mailbox", "create", "-u", ALICE, "Scans")
@@ -637,6 +684,105 @@ def test_eml_and_metadata_beside_attachments(ingester, dovecot):
     assert "deposited %s/Lieferschein M\\xc3\\xa4rz_42.eml (" % a.inbox \
         in log, log
     assert "März" not in log
+
+
+def test_raw_utf8_subject_and_from_in_metadata(ingester, dovecot):
+    """8-bit header bytes that are valid UTF-8 are UTF-8 (RFC 6532 mailers
+    send them unencoded): no mojibake in the metadata or the names."""
+    import json
+    a = ingester("eml=on metadata=on", start=False)
+    msg = make_mail([("a.bin", b"x" * 100, "application/octet-stream")],
+                    subject="SUBJ", sender="SENDER <j@contoso.test>")
+    msg = msg.replace(b"Subject: SUBJ", "Subject: Ümläut grüße".encode())
+    msg = msg.replace(b"From: SENDER", "From: Jürgen Müller".encode())
+    dovecot.deliver(ALICE, msg)
+    a.go()
+    wait_files(a.inbox, 3)
+    time.sleep(1)
+    names = sorted(visible(a.inbox))
+    assert names == ["a.bin", "Ümläut grüße.eml", "Ümläut grüße.json"], names
+    with open(os.path.join(a.inbox, "Ümläut grüße.json")) as f:
+        meta = json.load(f)
+    assert meta["subject"] == "Ümläut grüße"
+    assert "Jürgen Müller" in meta["from"], meta["from"]
+
+
+def test_broken_part_is_marked_incomplete_and_unpadded_is_not(ingester,
+                                                              dovecot):
+    """A part kept from broken base64 says "complete": false in the
+    metadata and is logged; base64 left unpadded is exact and is neither."""
+    import base64
+    import json
+    good = os.urandom(1000)            # 1000 % 3 == 1: two '=' left out
+    enc = base64.encodebytes(good).rstrip(b"\n").rstrip(b"=")
+    msg = ("From: scanner@contoso.test\r\nTo: %s\r\n"
+           "Subject: parts\r\nMessage-ID: <%s@contoso.test>\r\n"
+           "MIME-Version: 1.0\r\n"
+           "Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
+           "--XX\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+           "--XX\r\nContent-Type: application/octet-stream\r\n"
+           "Content-Disposition: attachment; filename=good.bin\r\n"
+           "Content-Transfer-Encoding: base64\r\n\r\n"
+           % (ALICE, uuid.uuid4().hex)).encode() + enc + \
+        (b"\r\n--XX\r\nContent-Type: application/octet-stream\r\n"
+         b"Content-Disposition: attachment; filename=bad.bin\r\n"
+         b"Content-Transfer-Encoding: base64\r\n\r\n"
+         b"YWJj*ZGVm!\r\n--XX--\r\n")
+    a = ingester("metadata=on", start=False)
+    dovecot.deliver(ALICE, msg)
+    a.go()
+    wait_files(a.inbox, 3)
+    time.sleep(1)
+    with open(os.path.join(a.inbox, "good.bin"), "rb") as f:
+        assert f.read() == good
+    with open(os.path.join(a.inbox, "bad.bin"), "rb") as f:
+        assert f.read() == b"abcdef"
+    with open(os.path.join(a.inbox, "parts.json")) as f:
+        meta = json.load(f)
+    files = {f["name"]: f for f in meta["files"]}
+    assert files["good.bin"]["complete"] is True
+    assert files["bad.bin"]["complete"] is False
+    log = a.srv.log_text()
+    assert "bad.bin may be incomplete" in log, log
+    assert "good.bin may be incomplete" not in log, log
+
+
+def test_uuencoded_part_is_decoded(ingester, dovecot):
+    """A Content-Transfer-Encoding: x-uuencode part is deposited decoded,
+    byte for byte."""
+    import binascii
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("data.bin", os.urandom(50000))
+        z.writestr("notes.txt", "hello\n" * 1000)
+    data = buf.getvalue()
+    lines = [b"begin 644 archive.zip"]
+    for i in range(0, len(data), 45):
+        lines.append(binascii.b2a_uu(data[i:i + 45], backtick=True)
+                     .rstrip(b"\n"))
+    lines += [b"`", b"end", b""]
+    msg = ("From: scanner@contoso.test\r\nTo: %s\r\n"
+           "Subject: uu %s\r\nMessage-ID: <%s@contoso.test>\r\n"
+           "MIME-Version: 1.0\r\n"
+           "Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
+           "--XX\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+           "--XX\r\nContent-Type: application/zip; name=archive.zip\r\n"
+           "Content-Disposition: attachment; filename=archive.zip\r\n"
+           "Content-Transfer-Encoding: x-uuencode\r\n\r\n"
+           % (ALICE, uuid.uuid4().hex[:8], uuid.uuid4().hex)).encode() + \
+        b"\r\n".join(lines) + b"--XX--\r\n"
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, msg)
+    a.go()
+    wait_files(a.inbox, 1)
+    a.srv.wait_log("deposited", timeout=10)
+    with open(os.path.join(a.inbox, "archive.zip"), "rb") as f:
+        got = f.read()
+    assert len(got) == len(data)
+    assert got == data
+    assert "may be incomplete" not in a.srv.log_text()
 
 
 def test_eml_takes_a_message_without_attachments(ingester, dovecot):

@@ -30,6 +30,7 @@ START_TEST(test_document) {
   f.content_type = "message/rfc822";
   f.size = 99;
   f.is_message = 1;
+  f.incomplete = 1;
   ck_assert_int_eq(mailoauth_meta_add_file(&files, &n, &f), 0);
   ck_assert_uint_eq(n, 2);
 
@@ -80,8 +81,11 @@ START_TEST(test_document) {
   ck_assert_str_eq(json_string_value(json_object_get(one, "sha256")),
     "abababababababababababababababababababababababababababababababab");
   ck_assert_ptr_null(json_object_get(one, "message"));
+  ck_assert(json_is_true(json_object_get(one, "complete")));
   one = json_array_get(arr, 1);
   ck_assert(json_is_true(json_object_get(one, "message")));
+  /* Kept as decoded, but the recipient must not take it for the whole. */
+  ck_assert(json_is_false(json_object_get(one, "complete")));
   ck_assert_ptr_null(json_object_get(one, "original_name"));
 
   json_decref(root);

@@ -1586,12 +1586,31 @@ START_TEST(test_base64) {
   ck_assert_int_eq(r->warn[MAILOAUTH_MIME_W_BAD_BASE64 - 100], 1);
   rec_free(r);
 
-  /* Truncated: the whole bytes survive. */
+  /* Without padding: whole bytes, exact, nothing lost. */
   r = one_part("base64", "YWJjZGU");
   ck_assert_str_eq((char *) r->parts[1].data.d, "abcde");
-  ck_assert_uint_eq(r->parts[1].status, MAILOAUTH_MIME_ST_BAD_ENCODING);
+  ck_assert_uint_eq(r->parts[1].status, 0);
+  ck_assert_int_eq(r->warn[MAILOAUTH_MIME_W_BAD_BASE64 - 100], 0);
   rec_free(r);
 
+  r = one_part("base64", "YWJjZA\r\n");
+  ck_assert_str_eq((char *) r->parts[1].data.d, "abcd");
+  ck_assert_uint_eq(r->parts[1].status, 0);
+  rec_free(r);
+
+  /* Part of the padding. */
+  r = one_part("base64", "YWJjZA=");
+  ck_assert_str_eq((char *) r->parts[1].data.d, "abcd");
+  ck_assert_uint_eq(r->parts[1].status, 0);
+  rec_free(r);
+
+  /* Early padding: concatenated encodings, on one line or several. */
+  r = one_part("base64", "YQ==YWI=YWJj\r\nYQ=\r\nYg");
+  ck_assert_str_eq((char *) r->parts[1].data.d, "aababcab");
+  ck_assert_uint_eq(r->parts[1].status, 0);
+  rec_free(r);
+
+  /* A lone final character is six bits of a lost byte. */
   r = one_part("base64", "YWJjZ");
   ck_assert_str_eq((char *) r->parts[1].data.d, "abc");
   ck_assert_uint_eq(r->parts[1].status, MAILOAUTH_MIME_ST_BAD_ENCODING);
@@ -1645,12 +1664,160 @@ START_TEST(test_passthrough_encodings) {
   ck_assert_str_eq((char *) r->parts[1].data.d, "\xff\xfe\r\nline");
   rec_free(r);
 
-  r = one_part("x-uuencode", "begin 644 x\r\n`\r\nend");
+  r = one_part("x-binhex", "(This file must be converted with BinHex 4.0)");
   ck_assert_int_eq(r->parts[1].encoding, MAILOAUTH_MIME_ENC_UNKNOWN);
-  ck_assert_str_eq(r->parts[1].encname, "x-uuencode");
-  ck_assert_str_eq((char *) r->parts[1].data.d, "begin 644 x\r\n`\r\nend");
+  ck_assert_str_eq(r->parts[1].encname, "x-binhex");
+  ck_assert_str_eq((char *) r->parts[1].data.d,
+    "(This file must be converted with BinHex 4.0)");
   ck_assert_int_eq(r->warn[MAILOAUTH_MIME_W_UNKNOWN_ENCODING - 100], 1);
   rec_free(r);
+}
+END_TEST
+
+static struct rec *roundtrip(const char *cte, const char *body, size_t blen);
+
+START_TEST(test_uuencode) {
+  struct rec *r;
+
+  /* "Cat" and "abcdefgh", text before and after, CRLF. */
+  r = one_part("x-uuencode", "some text\r\n\r\nbegin 644 cat.txt\r\n"
+    "#0V%T\r\n`\r\nend\r\ntrailing words\r\n");
+  ck_assert_int_eq(r->parts[1].encoding, MAILOAUTH_MIME_ENC_UUENCODE);
+  ck_assert_uint_eq(r->parts[1].nbytes, 3);
+  ck_assert_mem_eq(r->parts[1].data.d, "Cat", 3);
+  ck_assert_uint_eq(r->parts[1].status, 0);
+  ck_assert_int_eq(r->warn[MAILOAUTH_MIME_W_UNKNOWN_ENCODING - 100], 0);
+  rec_free(r);
+
+  /* LF only, no "`", no "end", a signature after the data. */
+  r = one_part("uuencode", "begin 600 a b\n(86)C9&5F9VA\n-- \nMe\n");
+  ck_assert_uint_eq(r->parts[1].nbytes, 8);
+  ck_assert_mem_eq(r->parts[1].data.d, "abcdefgh", 8);
+  ck_assert_uint_eq(r->parts[1].status, 0);
+  rec_free(r);
+
+  /* Trailing spaces stripped by a gateway are zero bits; a checksum
+   * character after the data is ignored.
+   */
+  r = one_part("X-UUEncode", "begin 644 z\r\n#80  \r\n#80``X\r\n \r\nend");
+  ck_assert_uint_eq(r->parts[1].nbytes, 6);
+  ck_assert_mem_eq(r->parts[1].data.d, "a\0\0a\0\0", 6);
+  ck_assert_uint_eq(r->parts[1].status, 0);
+  rec_free(r);
+
+  /* Broken lines before any data are skipped and reported. */
+  r = one_part("x-uuencode", "begin 644 y\r\nthis is not data\r\n#0V%T\r\n");
+  ck_assert_mem_eq(r->parts[1].data.d, "Cat", 3);
+  ck_assert_uint_eq(r->parts[1].nbytes, 3);
+  ck_assert_uint_eq(r->parts[1].status, MAILOAUTH_MIME_ST_BAD_ENCODING);
+  ck_assert_int_eq(r->warn[MAILOAUTH_MIME_W_BAD_UUENCODE - 100], 1);
+  rec_free(r);
+
+  /* Cut after a full line (45 bytes), with neither "`" nor "end": more
+   * was coming.  The same line closed by "`" is a whole file.
+   */
+  r = one_part("x-uuencode", "begin 644 f\r\n"
+    "M86)C9&5F9VAI:FML;6YO<'%R<W1U=G=X>7HQ,C,T-38W.#DP86)C9&5F9VAI\r\n");
+  ck_assert_uint_eq(r->parts[1].nbytes, 45);
+  ck_assert_mem_eq(r->parts[1].data.d,
+    "abcdefghijklmnopqrstuvwxyz1234567890abcdefghi", 45);
+  ck_assert_uint_eq(r->parts[1].status, MAILOAUTH_MIME_ST_BAD_ENCODING);
+  rec_free(r);
+
+  r = one_part("x-uuencode", "begin 644 f\r\n"
+    "M86)C9&5F9VAI:FML;6YO<'%R<W1U=G=X>7HQ,C,T-38W.#DP86)C9&5F9VAI\r\n"
+    "`\r\n");
+  ck_assert_uint_eq(r->parts[1].nbytes, 45);
+  ck_assert_uint_eq(r->parts[1].status, 0);
+  rec_free(r);
+
+  /* No "begin": nothing decodable, and said so. */
+  r = one_part("x-uuencode", "#0V%T\r\n`\r\nend");
+  ck_assert_uint_eq(r->parts[1].nbytes, 0);
+  ck_assert_uint_eq(r->parts[1].status, MAILOAUTH_MIME_ST_BAD_ENCODING);
+  rec_free(r);
+
+  /* A line too long for uuencode, before the data. */
+  {
+    char body[600];
+
+    strcpy(body, "begin 644 q\r\n");
+    memset(body + strlen(body), 'M', 400);
+    strcpy(body + strlen("begin 644 q\r\n") + 400, "\r\n#0V%T\r\nend");
+    r = one_part("x-uuencode", body);
+    ck_assert_uint_eq(r->parts[1].nbytes, 3);
+    ck_assert_mem_eq(r->parts[1].data.d, "Cat", 3);
+    ck_assert_uint_eq(r->parts[1].status, MAILOAUTH_MIME_ST_BAD_ENCODING);
+    rec_free(r);
+  }
+}
+END_TEST
+
+/* A uuencoder here (the classic one: "`" for zero); lines of 45 bytes. */
+static void uuencode_into(struct tbuf *b, const unsigned char *d, size_t n,
+    size_t per_line) {
+  size_t off = 0;
+
+  tbuf_printf(b, "begin 644 file.bin\r\n");
+  while (off < n) {
+    size_t len = n - off < per_line ? n - off : per_line, i;
+    char line[128];
+    size_t k = 0;
+
+    line[k++] = (char) (len == 0 ? '`' : 0x20 + len);
+    for (i = 0; i < len; i += 3) {
+      unsigned char c[3] = { 0, 0, 0 };
+      unsigned int v[4], j;
+
+      memcpy(c, d + off + i, len - i < 3 ? len - i : 3);
+      v[0] = c[0] >> 2;
+      v[1] = ((c[0] & 3) << 4) | (c[1] >> 4);
+      v[2] = ((c[1] & 15) << 2) | (c[2] >> 6);
+      v[3] = c[2] & 63;
+      for (j = 0; j < 4; j++) {
+        line[k++] = (char) (v[j] == 0 ? '`' : 0x20 + v[j]);
+      }
+    }
+    tbuf_add(b, line, k);
+    if (xs_next() & 1) {
+      tbuf_add(b, "\r\n", 2);
+    } else {
+      tbuf_add(b, "\n", 1);
+    }
+    off += len;
+  }
+  tbuf_printf(b, "`\r\nend\r\n");
+}
+
+START_TEST(test_uuencode_random) {
+  unsigned int iter;
+
+  xs_state = 1181783497276652981ULL;
+  for (iter = 0; iter < 60; iter++) {
+    size_t n = (size_t) (xs_next() % 5000), i;
+    size_t per_line = 1 + xs_next() % 45;
+    unsigned char *raw = malloc(n + 1);
+    struct tbuf enc = { NULL, 0, 0 };
+    uint64_t seed;
+    struct rec *r;
+
+    for (i = 0; i < n; i++) {
+      raw[i] = (unsigned char) xs_next();
+    }
+    uuencode_into(&enc, raw, n, per_line);
+
+    seed = xs_state;
+    r = roundtrip("x-uuencode", (char *) enc.d, enc.len);
+    xs_state = seed;
+    ck_assert_uint_eq(r->parts[1].nbytes, n);
+    if (n > 0) {
+      ck_assert_mem_eq(r->parts[1].data.d, raw, n);
+    }
+    ck_assert_uint_eq(r->parts[1].status, 0);
+    rec_free(r);
+    free(enc.d);
+    free(raw);
+  }
 }
 END_TEST
 
@@ -2211,6 +2378,8 @@ int main(void) {
 
   tcase_set_timeout(tc, 600);
   tcase_add_test(tc, test_outlook);
+  tcase_add_test(tc, test_uuencode);
+  tcase_add_test(tc, test_uuencode_random);
   tcase_add_test(tc, test_recipients);
   tcase_add_test(tc, test_auth_results);
   tcase_add_test(tc, test_gmail);

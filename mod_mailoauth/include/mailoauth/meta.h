@@ -25,6 +25,7 @@ struct mailoauth_meta_file {
   uint64_t size;
   unsigned char sha256[MAILOAUTH_META_SHA256_LEN];
   int is_message;               /* the message itself (.eml) */
+  int incomplete;               /* kept as decoded, but broken or cut */
 };
 
 struct mailoauth_meta {

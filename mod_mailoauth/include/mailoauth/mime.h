@@ -68,6 +68,7 @@ void mailoauth_mime_limits_init(struct mailoauth_mime_limits *limits);
 #define MAILOAUTH_MIME_ENC_QP           3
 #define MAILOAUTH_MIME_ENC_BASE64       4
 #define MAILOAUTH_MIME_ENC_UNKNOWN      5   /* passed through as binary */
+#define MAILOAUTH_MIME_ENC_UUENCODE     6   /* x-uuencode, uuencode, x-uue */
 
 /* Content-Disposition; unknown types count as attachment (RFC 2183 2.8). */
 #define MAILOAUTH_MIME_DISP_NONE        0
@@ -133,8 +134,8 @@ struct mailoauth_mime_part {
 /* part_end status, a bit mask; 0 means complete. */
 #define MAILOAUTH_MIME_ST_COMPLETE      0x0
 #define MAILOAUTH_MIME_ST_TRUNCATED     0x1 /* parsing stopped at a limit */
-#define MAILOAUTH_MIME_ST_BAD_ENCODING  0x2 /* broken base64 (garbage skipped,
-                                             * truncated quantum) */
+#define MAILOAUTH_MIME_ST_BAD_ENCODING  0x2 /* broken base64 or uuencode (garbage
+                                             * skipped, truncated quantum) */
 #define MAILOAUTH_MIME_ST_UNTERMINATED  0x4 /* its closing boundary (or its
                                              * parent's) never came */
 #define MAILOAUTH_MIME_ST_ABORTED       0x8 /* a callback or memory failure
@@ -160,6 +161,8 @@ struct mailoauth_mime_part {
 #define MAILOAUTH_MIME_W_UNTERMINATED       104 /* a multipart never closed */
 #define MAILOAUTH_MIME_W_BAD_CHARSET        105 /* unknown charset or invalid
                                                  * bytes replaced */
+#define MAILOAUTH_MIME_W_BAD_UUENCODE       106 /* no "begin" line or broken
+                                                 * lines skipped */
 
 #define MAILOAUTH_MIME_IS_FATAL(code)   ((code) > 0 && (code) < 100)
 

@@ -574,7 +574,7 @@ static int ingest_route(struct ingest_msg *m,
 /* metadata=on: the file goes into the list with its digest. */
 static int ingest_note_file(struct ingest_msg *m, const char *name,
     const char *orig, const char *content_type, uint64_t size,
-    const unsigned char *digest, int is_message) {
+    const unsigned char *digest, int is_message, int incomplete) {
   struct mailoauth_meta_file f;
 
   if (!m->t->cfg.metadata) {
@@ -587,6 +587,7 @@ static int ingest_note_file(struct ingest_msg *m, const char *name,
   f.content_type = (char *) content_type;
   f.size = size;
   f.is_message = is_message;
+  f.incomplete = incomplete;
   memcpy(f.sha256, digest, sizeof(f.sha256));
   if (mailoauth_meta_add_file(&m->files, &m->nfiles, &f) < 0) {
     ingest_error(m->t, "out of memory listing the files of UID %" PRIu32,
@@ -808,7 +809,7 @@ static int ingest_tnef_file(const char *name, int fd, uint64_t size,
       return -1;
     }
     if (ingest_note_file(m, final, name, "application/octet-stream", hashed,
-        digest, 0) < 0) {
+        digest, 0, 0) < 0) {
       return -1;
     }
   }
@@ -928,6 +929,11 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
   char want[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
   char final[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
   int res = 0, hash_only = m->hash_only;
+  /* Kept, since what could be decoded is often all of it, but not listed
+   * as the whole file.
+   */
+  int incomplete = (status & (MAILOAUTH_MIME_ST_BAD_ENCODING|
+    MAILOAUTH_MIME_ST_UNTERMINATED)) != 0;
 
   m->hash_only = 0;
   if (part->index != m->part_index) {
@@ -962,7 +968,7 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
 
   if (hash_only) {
     return ingest_note_file(m, m->done_name, m->orig_name,
-      part->content_type, m->part_bytes, digest, 0);
+      part->content_type, m->part_bytes, digest, 0, incomplete);
   }
 
   m->part_fd = body->fd;
@@ -992,7 +998,7 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
       if (ingest_deposit_fd(m, part->index, m->part_fd, want, final,
           sizeof(final)) < 0 ||
           ingest_note_file(m, final, m->orig_name, part->content_type,
-            m->part_bytes, digest, 0) < 0) {
+            m->part_bytes, digest, 0, incomplete) < 0) {
         m->failed = 1;
         res = -1;
 
@@ -1006,7 +1012,7 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
         mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s may be incomplete: "
           "%s; deposited as received", t->cfg.name, m->uid, m->dest->dir,
           ingest_shown(final, shown, sizeof(shown)), (status & MAILOAUTH_MIME_ST_BAD_ENCODING) ?
-          "its base64 encoding is broken" :
+          "its base64 or uuencode encoding is broken" :
           "the message ends before its MIME parts are closed");
       }
     }
@@ -1089,7 +1095,7 @@ static int ingest_save_message(struct ingest_msg *m, int fd) {
       return -1;
     }
     return ingest_note_file(m, final, NULL, "message/rfc822", size, digest,
-      1);
+      1, 0);
   }
   return 0;
 }

@@ -70,6 +70,8 @@ static json_t *meta_file(const struct mailoauth_meta_file *f) {
       meta_set_str(o, "content_type", f->content_type) < 0 ||
       json_object_set_new(o, "size", json_integer((json_int_t) f->size)) < 0 ||
       meta_set_str(o, "sha256", digest) < 0 ||
+      json_object_set_new(o, "complete",
+        json_boolean(!f->incomplete)) < 0 ||
       (f->is_message &&
        json_object_set_new(o, "message", json_true()) < 0)) {
     json_decref(o);

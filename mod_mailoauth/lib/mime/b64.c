@@ -23,8 +23,8 @@
  * characters are sorted here first: whitespace and line lengths do not
  * matter, garbage is skipped (and reported), only whole quanta are handed
  * over, a padded quantum ends a block (padding in mid-stream: concatenated
- * encodings), and a truncated final quantum is padded so its whole bytes
- * survive.
+ * encodings), and an unpadded final quantum is padded so its whole bytes
+ * survive; only a lone final character (six bits, no byte) is a loss.
  */
 
 #define MIME_B64_GARBAGE        0
@@ -167,7 +167,10 @@ int mailoauth_mime_b64_final(struct mime_b64 *b, mime_out_fn fn, void *arg) {
     b->nhold = b->npad = 0;
 
   } else if (b->nhold > 1) {
-    b->bad = 1;
+    /* Two or three characters (with or without some of their padding)
+     * are one or two whole bytes: an encoder that leaves the padding out,
+     * not a loss.
+     */
     while (b->nhold < 4) {
       b->hold[b->nhold++] = '=';
       b->npad++;

@@ -112,6 +112,7 @@ struct mime_frame {
   uint64_t delivered;
   unsigned int status;
   struct mime_b64 b64;
+  struct mime_uu uu;
   struct mime_qp qp;
   struct mailoauth_mime *child;
 };
@@ -195,6 +196,8 @@ const char *mailoauth_mime_strerror(int code) {
       return "malformed header line";
     case MAILOAUTH_MIME_W_BAD_BASE64:
       return "broken base64";
+    case MAILOAUTH_MIME_W_BAD_UUENCODE:
+      return "broken uuencode";
     case MAILOAUTH_MIME_W_UNKNOWN_ENCODING:
       return "unknown transfer encoding";
     case MAILOAUTH_MIME_W_NO_BOUNDARY:
@@ -530,6 +533,10 @@ static void mime_body_data(struct mailoauth_mime *p, struct mime_frame *f,
       mailoauth_mime_b64_update(&f->b64, d, n, mime_deliver, f);
       break;
 
+    case MAILOAUTH_MIME_ENC_UUENCODE:
+      mailoauth_mime_uu_update(&f->uu, d, n, mime_deliver, f);
+      break;
+
     case MAILOAUTH_MIME_ENC_QP:
       o.len = 0;
       o.f = f;
@@ -559,6 +566,11 @@ static void mime_body_eol(struct mailoauth_mime *p, struct mime_frame *f,
     case MAILOAUTH_MIME_ENC_BASE64:
       break;
 
+    case MAILOAUTH_MIME_ENC_UUENCODE:
+      mailoauth_mime_uu_update(&f->uu, (const unsigned char *) "\n", 1,
+        mime_deliver, f);
+      break;
+
     case MAILOAUTH_MIME_ENC_QP:
       o.len = 0;
       o.f = f;
@@ -584,6 +596,10 @@ static void mime_body_final(struct mailoauth_mime *p, struct mime_frame *f) {
   switch (f->info.encoding) {
     case MAILOAUTH_MIME_ENC_BASE64:
       mailoauth_mime_b64_final(&f->b64, mime_deliver, f);
+      break;
+
+    case MAILOAUTH_MIME_ENC_UUENCODE:
+      mailoauth_mime_uu_final(&f->uu, mime_deliver, f);
       break;
 
     case MAILOAUTH_MIME_ENC_QP:
@@ -962,6 +978,10 @@ static int mime_parse_encoding(const char *v, size_t n, const char **name,
   if (strcmp(*name, "base64") == 0) {
     return MAILOAUTH_MIME_ENC_BASE64;
   }
+  if (strcmp(*name, "x-uuencode") == 0 || strcmp(*name, "uuencode") == 0 ||
+      strcmp(*name, "x-uue") == 0) {
+    return MAILOAUTH_MIME_ENC_UUENCODE;
+  }
   return MAILOAUTH_MIME_ENC_UNKNOWN;
 }
 
@@ -1239,6 +1259,7 @@ static void mime_headers_done(struct mailoauth_mime *p) {
   }
 
   mailoauth_mime_b64_init(&f->b64);
+  mailoauth_mime_uu_init(&f->uu);
 }
 
 /* Ends the innermost frame; cut: it lies inside a multipart that ends
@@ -1270,6 +1291,10 @@ static void mime_end_frame(struct mailoauth_mime *p, int cut) {
     if (f->b64.bad) {
       f->status |= MAILOAUTH_MIME_ST_BAD_ENCODING;
       mime_warn(p, MAILOAUTH_MIME_W_BAD_BASE64, f);
+    }
+    if (f->uu.bad) {
+      f->status |= MAILOAUTH_MIME_ST_BAD_ENCODING;
+      mime_warn(p, MAILOAUTH_MIME_W_BAD_UUENCODE, f);
     }
     if (f->child != NULL) {
       if (mailoauth_mime_finish(f->child) < 0) {

@@ -1,7 +1,7 @@
 /*
  * mod_mailoauth - what the MIME parser's files share (lib/mime only)
  *
- * mime.c (the stream parser), mimehdr.c (header values), b64.c, charset.c
+ * mime.c (the stream parser), mimehdr.c (header values), b64.c, uu.c, charset.c
  * and mimeutil.c.
  */
 
@@ -25,6 +25,20 @@ struct mime_b64 {
   unsigned int pads;            /* '=' in the last quantum of in */
   unsigned char hold[4];        /* the quantum being gathered */
   unsigned int nhold, npad;
+  int bad;
+};
+
+/* Longer lines are no uuencode (a line holds at most 63 bytes). */
+#define MIME_UU_LINE            128
+
+struct mime_uu {
+  unsigned char line[MIME_UU_LINE];     /* the line being gathered */
+  size_t len;
+  int overflow;                 /* the line was longer than line */
+  int state;
+  int begun;                    /* a "begin" line was seen */
+  unsigned long ndata;          /* data lines decoded */
+  size_t last;                  /* bytes of the last one */
   int bad;
 };
 
@@ -52,6 +66,9 @@ int mailoauth_mime_hexval(int c);
 int mailoauth_mime_is_wsp(int c);
 char * mailoauth_mime_lower_dup(const char *s, size_t n);
 int mailoauth_mime_params_scan(const char *s, size_t n, mime_param_fn fn, void *arg);
+int mailoauth_mime_uu_final(struct mime_uu *u, mime_out_fn fn, void *arg);
+void mailoauth_mime_uu_init(struct mime_uu *u);
+int mailoauth_mime_uu_update(struct mime_uu *u, const unsigned char *in, size_t len, mime_out_fn fn, void *arg);
 int mailoauth_mime_rawget_cb(const char *attr, size_t alen, const char *val, size_t vlen, void *arg);
 size_t mailoauth_mime_skip_cfws(const char *s, size_t n, size_t i);
 char * mailoauth_mime_strndup(const char *s, size_t n);

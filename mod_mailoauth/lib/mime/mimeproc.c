@@ -187,7 +187,7 @@ int mailoauth_mimeproc_decode_part(const unsigned char *data, size_t len,
       (flags & ~(uint32_t) (MIMEPROC_FL_MULTIPART|MIMEPROC_FL_MESSAGE)) != 0 ||
       flags == (MIMEPROC_FL_MULTIPART|MIMEPROC_FL_MESSAGE) ||
       disp > MAILOAUTH_MIME_DISP_ATTACHMENT ||
-      enc > MAILOAUTH_MIME_ENC_UNKNOWN ||
+      enc > MAILOAUTH_MIME_ENC_UUENCODE ||
       part->depth > MAILOAUTH_MIME_MAX_DEPTH_LIMIT ||
       part->in_message > part->depth ||
       (part->index == 0) != (part->depth == 0) ||
@@ -797,7 +797,7 @@ static int mimeproc_on_error(struct mailoauth_mimeproc_client *c,
       !((code >= MAILOAUTH_MIME_E_HEADER_TOO_BIG &&
          code <= MAILOAUTH_MIME_E_NOMEM) ||
         (code >= MAILOAUTH_MIME_W_BAD_HEADER_LINE &&
-         code <= MAILOAUTH_MIME_W_BAD_CHARSET)) ||
+         code <= MAILOAUTH_MIME_W_BAD_UUENCODE)) ||
       (index != MIMEPROC_NO_PART && index >= c->next_index)) {
     return -1;
   }
