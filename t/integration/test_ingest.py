@@ -948,3 +948,33 @@ def test_inline_off_takes_only_attachments(ingester, dovecot):
     wait_files(a.inbox, 1)
     time.sleep(2)
     assert visible(a.inbox) == ["x.bin"]
+
+
+def test_scanner_nameless_pdf_saved_under_generated_name(ingester, dovecot):
+    pdf = b"%PDF-1.4\n" + os.urandom(20000)
+    raw = ("""From: scanner@contoso.test
+To: %s
+Subject: Scan
+Message-Id: <%s@contoso.test>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary=SCAN
+
+--SCAN
+Content-Type: text/plain
+
+Scanned document.
+--SCAN
+Content-Type: application/pdf
+Content-Transfer-Encoding: base64
+
+%s
+--SCAN--
+""" % (ALICE, uuid.uuid4().hex, b64(pdf))).replace("\n", "\r\n").encode()
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, raw)
+    a.go()
+    wait_files(a.inbox, 1)
+    time.sleep(2)
+    assert visible(a.inbox) == ["attachment.pdf"]
+    with open(os.path.join(a.inbox, "attachment.pdf"), "rb") as f:
+        assert f.read() == pdf

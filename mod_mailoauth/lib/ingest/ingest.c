@@ -501,7 +501,18 @@ static int ingest_part_wanted(const struct ingest_task *t,
   }
 
   if (part->disposition != MAILOAUTH_MIME_DISP_ATTACHMENT) {
-    if (part->filename == NULL) {
+    /* A nameless part is the body unless its type says it is a file
+     * (scanners and scripts send PDFs and CSVs without a name); it is then
+     * saved as "attachment" with the type's extension.  A nameless
+     * text/calendar is the invitation alternative of the body.
+     */
+    if (part->filename == NULL &&
+        (t->cfg.inline_parts == MAILOAUTH_INGEST_INLINE_OFF || in_related ||
+         strncmp(part->content_type, "multipart/", 10) == 0 ||
+         strncmp(part->content_type, "message/", 8) == 0 ||
+         strcmp(part->content_type, "text/plain") == 0 ||
+         strcmp(part->content_type, "text/html") == 0 ||
+         strcmp(part->content_type, "text/calendar") == 0)) {
       return 0;
     }
     switch (t->cfg.inline_parts) {
