@@ -302,8 +302,8 @@ int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
     } else if (strcasecmp(value, "off") == 0) {
       cfg->inline_parts = MAILOAUTH_INGEST_INLINE_OFF;
     } else {
-      mailoauth_errf(errbuf, errlen, "inline must be auto, on or off, "
-        "not '%s'", value);
+      mailoauth_errf(errbuf, errlen, "inline='%s' is not a choice: write "
+        "inline=on, inline=off or inline=auto", value);
       return -1;
     }
 
