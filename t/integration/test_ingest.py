@@ -953,3 +953,174 @@ def test_broken_winmail_dat_is_deposited_unchanged(ingester, dovecot):
     dovecot.deliver(ALICE, make_mail([("after.txt", b"ok", "text/plain")]))
     wait_for(lambda: "after.txt" in visible(a.inbox), timeout=15,
              what="next message")
+
+
+def b64(data):
+    import base64
+    return base64.encodebytes(data).decode().replace("\n", "\r\n")
+
+
+def apple_mail(pdf, logo):
+    """Shaped like Apple Mail: an inline PDF between the text parts, the
+    HTML body and its signature logo in multipart/related."""
+    return ("""From: Anna <anna@contoso.test>
+To: %s
+Subject: Apple inline pdf %s
+Message-Id: <%s@contoso.test>
+Mime-Version: 1.0 (Mac OS X Mail 16.0)
+Content-Type: multipart/alternative; boundary="Apple-Mail=_A"
+
+--Apple-Mail=_A
+Content-Transfer-Encoding: 7bit
+Content-Type: text/plain; charset=us-ascii
+
+See the contract.
+
+--Apple-Mail=_A
+Content-Type: multipart/mixed; boundary="Apple-Mail=_M"
+
+--Apple-Mail=_M
+Content-Type: multipart/related; type="text/html"; boundary="Apple-Mail=_R"
+
+--Apple-Mail=_R
+Content-Transfer-Encoding: 7bit
+Content-Type: text/html; charset=us-ascii
+
+<html><body>See the contract.<img src="cid:logo@apple"></body></html>
+--Apple-Mail=_R
+Content-Transfer-Encoding: base64
+Content-Disposition: inline; filename=logo.png
+Content-Type: image/png; name="logo.png"
+Content-Id: <logo@apple>
+
+%s
+--Apple-Mail=_R--
+
+--Apple-Mail=_M
+Content-Disposition: inline; filename=Contract.pdf
+Content-Type: application/pdf; x-unix-mode=0644; name="Contract.pdf"
+Content-Transfer-Encoding: base64
+
+%s
+--Apple-Mail=_M
+Content-Transfer-Encoding: 7bit
+Content-Type: text/html; charset=us-ascii
+
+<html><body><br>Regards</body></html>
+--Apple-Mail=_M--
+
+--Apple-Mail=_A--
+""" % (ALICE, uuid.uuid4().hex[:6], uuid.uuid4().hex, b64(logo),
+       b64(pdf))).replace("\n", "\r\n").encode()
+
+
+def iphone_mail(photos):
+    """Shaped like iPhone Mail: photos inline in multipart/mixed."""
+    parts = ""
+    for name, data in photos:
+        parts += """--Apple-Mail-B
+Content-Type: image/jpeg; name="%s"
+Content-Disposition: inline; filename="%s"
+Content-Transfer-Encoding: base64
+Content-Id: <%s>
+
+%s
+""" % (name, name, uuid.uuid4().hex, b64(data))
+    return ("""From: Ben <ben@contoso.test>
+To: %s
+Subject: photos
+Message-Id: <%s@contoso.test>
+Mime-Version: 1.0 (1.0)
+Content-Type: multipart/mixed; boundary=Apple-Mail-B
+
+--Apple-Mail-B
+Content-Type: text/plain; charset=us-ascii
+Content-Transfer-Encoding: 7bit
+
+
+%s--Apple-Mail-B
+Content-Type: text/plain; charset=us-ascii
+Content-Transfer-Encoding: 7bit
+
+Sent from my iPhone
+--Apple-Mail-B--
+""" % (ALICE, uuid.uuid4().hex, parts)).replace("\n", "\r\n").encode()
+
+
+def test_apple_mail_inline_pdf_taken_signature_logo_not(ingester, dovecot):
+    pdf = b"%PDF-1.4\n" + os.urandom(30000)
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, apple_mail(pdf, b"\x89PNG logo"))
+    a.go()
+    wait_files(a.inbox, 1)
+    a.srv.wait_log("deposited", timeout=10)
+    time.sleep(2)
+    assert visible(a.inbox) == ["Contract.pdf"]
+    with open(os.path.join(a.inbox, "Contract.pdf"), "rb") as f:
+        assert sha(f.read()) == sha(pdf)
+    uid = uids(dovecot)[0]
+    wait_for(lambda: "\\Seen" in flags(dovecot, uid), timeout=10,
+             what="\\Seen")
+
+
+def test_iphone_inline_photos_taken(ingester, dovecot):
+    p1, p2 = b"\xff\xd8" + os.urandom(5000), b"\xff\xd8" + os.urandom(6000)
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, iphone_mail([("IMG_0001.jpeg", p1),
+                                        ("IMG_0002.jpeg", p2)]))
+    a.go()
+    wait_files(a.inbox, 2)
+    time.sleep(2)
+    assert sorted(visible(a.inbox)) == ["IMG_0001.jpeg", "IMG_0002.jpeg"]
+    with open(os.path.join(a.inbox, "IMG_0002.jpeg"), "rb") as f:
+        assert f.read() == p2
+
+
+def test_inline_on_takes_logo_off_takes_no_inline_part(ingester, dovecot):
+    a = ingester("inline=on", start=False)
+    dovecot.deliver(ALICE, apple_mail(b"%PDF-1.4 x", b"\x89PNG logo"))
+    a.go()
+    wait_files(a.inbox, 2)
+    time.sleep(2)
+    assert sorted(visible(a.inbox)) == ["Contract.pdf", "logo.png"]
+
+
+def test_inline_off_takes_only_attachments(ingester, dovecot):
+    a = ingester("inline=off", start=False)
+    dovecot.deliver(ALICE, make_mail([
+        ("Contract.pdf", b"%PDF-1.4 x", "application/pdf", "inline"),
+        ("x.bin", b"x", "application/octet-stream")]))
+    a.go()
+    wait_files(a.inbox, 1)
+    time.sleep(2)
+    assert visible(a.inbox) == ["x.bin"]
+
+
+def test_scanner_nameless_pdf_saved_under_generated_name(ingester, dovecot):
+    pdf = b"%PDF-1.4\n" + os.urandom(20000)
+    raw = ("""From: scanner@contoso.test
+To: %s
+Subject: Scan
+Message-Id: <%s@contoso.test>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary=SCAN
+
+--SCAN
+Content-Type: text/plain
+
+Scanned document.
+--SCAN
+Content-Type: application/pdf
+Content-Transfer-Encoding: base64
+
+%s
+--SCAN--
+""" % (ALICE, uuid.uuid4().hex, b64(pdf))).replace("\n", "\r\n").encode()
+    a = ingester(start=False)
+    dovecot.deliver(ALICE, raw)
+    a.go()
+    wait_files(a.inbox, 1)
+    time.sleep(2)
+    assert visible(a.inbox) == ["attachment.pdf"]
+    with open(os.path.join(a.inbox, "attachment.pdf"), "rb") as f:
+        assert f.read() == pdf

@@ -60,6 +60,11 @@
 #define MAILOAUTH_INGEST_MAX_ROUTES     32
 
 /* One task as configured.  Strings must outlive the task. */
+/* inline=: which parts not marked attachment are taken (with a name). */
+#define MAILOAUTH_INGEST_INLINE_AUTO  0 /* all but those the body shows */
+#define MAILOAUTH_INGEST_INLINE_ON    1 /* all */
+#define MAILOAUTH_INGEST_INLINE_OFF   2 /* none */
+
 struct mailoauth_ingest_config {
   const char *name;
   const char *account;
@@ -80,7 +85,7 @@ struct mailoauth_ingest_config {
   int failed;                   /* MAILOAUTH_INGEST_AFTER_LEAVE/MOVE */
   const char *failed_folder;
   const char *name_tmpl;        /* NULL: the sanitized attachment name */
-  int inline_parts;             /* also take inline parts with a name */
+  int inline_parts;             /* MAILOAUTH_INGEST_INLINE_* */
   int save_message;             /* eml=on: the message itself as NAME.eml */
   int metadata;                 /* metadata=on: NAME.json beside the files */
   int tnef;                     /* tnef=on: winmail.dat unpacked */

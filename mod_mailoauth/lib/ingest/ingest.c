@@ -295,8 +295,17 @@ int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
     cfg->name_tmpl = value;
 
   } else if (strcasecmp(key, "inline") == 0) {
-    return ingest_parse_onoff(key, value, &cfg->inline_parts, errbuf,
-      errlen);
+    if (strcasecmp(value, "auto") == 0) {
+      cfg->inline_parts = MAILOAUTH_INGEST_INLINE_AUTO;
+    } else if (strcasecmp(value, "on") == 0) {
+      cfg->inline_parts = MAILOAUTH_INGEST_INLINE_ON;
+    } else if (strcasecmp(value, "off") == 0) {
+      cfg->inline_parts = MAILOAUTH_INGEST_INLINE_OFF;
+    } else {
+      mailoauth_errf(errbuf, errlen, "inline='%s' is not a choice: write "
+        "inline=on, inline=off or inline=auto", value);
+      return -1;
+    }
 
   } else if (strcasecmp(key, "eml") == 0) {
     return ingest_parse_onoff(key, value, &cfg->save_message, errbuf,
@@ -418,6 +427,8 @@ struct ingest_msg {
   int failed;                   /* a deposit or a local error: stop */
   int stop_run;                 /* also stop the task's run */
   int mime_error;               /* the parser stopped at this limit */
+  int related_depth;            /* depth of the innermost open
+                                 * multipart/related, -1 when none */
 
   /* The message's headers, kept for eml= and metadata= once parsing ends. */
   char *from, *from_addr, *recipients, *subject, *date, *message_id;
@@ -474,7 +485,8 @@ static int ingest_files_match(const struct ingest_task *t, const char *name) {
 
 /* Whether a leaf part is an attachment the task wants. */
 static int ingest_part_wanted(const struct ingest_task *t,
-    const struct mailoauth_mime_part *part, const char *safe_name) {
+    const struct mailoauth_mime_part *part, const char *safe_name,
+    int in_related) {
   if (part->is_multipart) {
     return 0;
   }
@@ -489,17 +501,34 @@ static int ingest_part_wanted(const struct ingest_task *t,
   }
 
   if (part->disposition != MAILOAUTH_MIME_DISP_ATTACHMENT) {
-    /* Text and HTML bodies, and inline images (logos, signatures) are
-     * part of the message's look, not files someone sent; taken only with
-     * inline=on, and then only when they carry a name.
+    /* A nameless part is the body unless its type says it is a file
+     * (scanners and scripts send PDFs and CSVs without a name); it is then
+     * saved as "attachment" with the type's extension.  A nameless
+     * text/calendar is the invitation alternative of the body.
      */
-    if (part->filename == NULL) {
+    if (part->filename == NULL &&
+        (t->cfg.inline_parts == MAILOAUTH_INGEST_INLINE_OFF || in_related ||
+         strncmp(part->content_type, "multipart/", 10) == 0 ||
+         strncmp(part->content_type, "message/", 8) == 0 ||
+         strcmp(part->content_type, "text/plain") == 0 ||
+         strcmp(part->content_type, "text/html") == 0 ||
+         strcmp(part->content_type, "text/calendar") == 0)) {
       return 0;
     }
-    if (!t->cfg.inline_parts &&
-        (part->disposition == MAILOAUTH_MIME_DISP_INLINE ||
-         part->content_id != NULL)) {
+    switch (t->cfg.inline_parts) {
+    case MAILOAUTH_INGEST_INLINE_OFF:
       return 0;
+    case MAILOAUTH_INGEST_INLINE_ON:
+      break;
+    default:
+      /* What a person sees as attachments: an inline PDF (Apple Mail) or
+       * photo (iPhone) is one; an image the HTML body shows (a signature
+       * logo, inside multipart/related) is part of the message's look.
+       */
+      if (in_related) {
+        return 0;
+      }
+      break;
     }
   }
 
@@ -876,7 +905,17 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
     return -1;
   }
 
+  /* Leaving a multipart/related shows as the next part at its depth or
+   * above.
+   */
+  if (m->related_depth >= 0 && (int) part->depth <= m->related_depth) {
+    m->related_depth = -1;
+  }
   if (part->is_multipart) {
+    if (m->related_depth < 0 &&
+        strcmp(part->content_type, "multipart/related") == 0) {
+      m->related_depth = (int) part->depth;
+    }
     return MAILOAUTH_MIME_SKIP;
   }
 
@@ -889,7 +928,7 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
     return MAILOAUTH_MIME_SKIP;
   }
 
-  if (!ingest_part_wanted(t, part, m->part_name)) {
+  if (!ingest_part_wanted(t, part, m->part_name, m->related_depth >= 0)) {
     return MAILOAUTH_MIME_SKIP;
   }
 
@@ -1380,6 +1419,7 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
   m.ing = ing;
   m.t = t;
   m.uid = uid;
+  m.related_depth = -1;
   m.dest = &t->dests[0];
 
   res = ingest_parse(&m, fd);
