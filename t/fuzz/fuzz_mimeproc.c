@@ -126,7 +126,9 @@ static void fuzz_error(int code, const struct mailoauth_mime_part *part,
     void *arg) {
   (void) part;
   (void) arg;
-  if (!((code >= 1 && code <= 7) || (code >= 100 && code <= 105))) {
+  if (!((code >= 1 && code <= MAILOAUTH_MIME_E_NOMEM) ||
+        (code >= MAILOAUTH_MIME_W_BAD_HEADER_LINE &&
+         code <= MAILOAUTH_MIME_W_BAD_UUENCODE))) {
     abort();
   }
 }
