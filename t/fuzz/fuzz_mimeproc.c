@@ -75,7 +75,7 @@ static int fuzz_begin(const struct mailoauth_mime_part *part, void *arg) {
   fuzz_check_str(part->content_id, MAILOAUTH_MIMEPROC_MAX_STR, 1);
   fuzz_check_str(part->encoding_name, MAILOAUTH_MIMEPROC_MAX_STR, 0);
   if (part->disposition < 0 || part->disposition > 2 ||
-      part->encoding < 0 || part->encoding > 5 ||
+      part->encoding < 0 || part->encoding > MAILOAUTH_MIME_ENC_UUENCODE ||
       (part->is_multipart && part->is_message)) {
     abort();
   }
