@@ -212,21 +212,5 @@ int mailoauth_route_match(const struct mailoauth_route *r,
     }
   }
 
-  if (r->auth != 0) {
-    const char *id = r->authserv_id;
-
-    /* Unset (a bug: the configuration check refuses it) trusts nothing. */
-    if (id == NULL) {
-      return 0;
-    }
-    if (strcasecmp(id, MAILOAUTH_ROUTE_AUTHSERV_EXO) == 0) {
-      id = NULL;
-    }
-    if (!mailoauth_authres_verify(auth_results ? auth_results : "", id,
-        r->auth, from_addr ? from_addr : "")) {
-      return 0;
-    }
-  }
-
   return 1;
 }
