@@ -16,6 +16,7 @@ PACKAGES="
   gcc make pkg-config clang
   proftpd-dev proftpd-core proftpd-mod-crypto
   libcurl4-openssl-dev libjansson-dev libssl-dev libytnef0-dev check
+  libgmime-3.0-dev
   curl openssl openssh-client python3 python3-pytest python3-prometheus-client
   dovecot-core dovecot-imapd dovecot-lmtpd postfix msmtp
   getmail6 mpack time

@@ -31,6 +31,7 @@ Usage: bench_mime.py --program build/bench_mime [--big-mb 200] [--keep]
 
 import argparse
 import base64
+import binascii
 import hashlib
 import os
 import shutil
@@ -63,7 +64,6 @@ def b64(data):
 def uu(name, data):
     out = [b"begin 644 " + name.encode()]
     for i in range(0, len(data), 45):
-        import binascii
         out.append(binascii.b2a_uu(data[i:i + 45]).rstrip(b"\n"))
     out += [b"`", b"end"]
     return CRLF.join(out) + CRLF
@@ -243,6 +243,25 @@ def clients():
         "q-duplicate-filename": leaf(
             b"application/pdf", b"dup",
             b'attachment; filename="first.pdf"; filename="second.pdf"'),
+        "q-space-before-colon": (
+            b"Content-Type : application/pdf" + CRLF +
+            b'Content-Disposition : attachment; filename="sp.pdf"' + CRLF +
+            b"Content-Transfer-Encoding : base64" + CRLF + CRLF +
+            b64(b"space")),
+        "q-2231-no-charset": leaf(
+            b"application/pdf", b"nc", b"attachment; filename*=''%C3%A9.pdf"),
+        "q-content-type-name-star": leaf(
+            b"application/pdf; name*=UTF-8''%E2%82%AC.pdf", b"ns"),
+        "q-qp-bare-lf": leaf(
+            b"text/plain", b"ab=\ncd=3D\n", b'attachment; filename="q.txt"',
+            enc=b"quoted-printable"),
+        "q-base64-spaces": leaf(
+            b"application/pdf", b"aGVs bG8g d29y bGQ=" + CRLF,
+            b'attachment; filename="s.pdf"', enc=b"7bit").replace(
+                b"7bit", b"base64"),
+        "q-binary-in-7bit": leaf(
+            b"application/octet-stream", b"\x00\x01\xff\r\nend",
+            b'attachment; filename="raw.bin"', enc=b"7bit"),
     }
     for cs, name in (("ISO-2022-JP", "請求書.pdf"), ("ks_c_5601-1987", "견적서.pdf"),
                      ("big5", "報價單.pdf"), ("koi8-r", "Счёт.pdf"),
@@ -262,6 +281,20 @@ def clients():
         mp(b"mixed", b"pad", [text(), leaf(
             b"application/pdf", pdf[:300], b'attachment; filename="pad.pdf"')]
            ).replace(b"--pad\r\n", b"--pad  \t\r\n"))
+    out["q-no-content-type-base64"] = top(
+        b"Content-Transfer-Encoding: base64" + CRLF + CRLF + b64(b"top"))
+    out["q-parent-boundary-closes-child"] = top(
+        b'Content-Type: multipart/mixed; boundary="out"' + CRLF + CRLF +
+        b"--out" + CRLF + b'Content-Type: multipart/mixed; boundary="in"' +
+        CRLF + CRLF + b"--in" + CRLF +
+        b'Content-Type: application/pdf; name="a.pdf"' + CRLF + CRLF +
+        b"AAA" + CRLF + b"--out" + CRLF +
+        b'Content-Type: application/pdf; name="b.pdf"' + CRLF + CRLF +
+        b"BBB" + CRLF + b"--out--" + CRLF)
+    out["q-message-global"] = top(mp(b"mixed", b"glob", [
+        text(), b"Content-Type: message/global" + CRLF + CRLF +
+        b"Subject: g" + CRLF + b'Content-Type: application/pdf; '
+        b'name="g.pdf"' + CRLF + CRLF + b"glob"]))
     out["q-multipart-no-boundary"] = top(
         b"Content-Type: multipart/mixed" + CRLF + CRLF + b"--x" + CRLF +
         text() + CRLF + b"--x--" + CRLF)
