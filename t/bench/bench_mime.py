@@ -465,7 +465,8 @@ def main():
     have_gmime = probe.returncode != 3
     if not have_gmime:
         print("bench-mime: bench_mime was built without GMime 3 "
-              "(Debian: apt-get install libgmime-3.0-dev, then rebuild): "
+              "(Debian: apt-get install libgmime-3.0-dev, then remove "
+              "build/bench_mime): "
               "GMime rows skipped")
     parsers = [p for p in PARSERS if have_gmime or not p.startswith("gmime")]
 
