@@ -17,6 +17,7 @@ PACKAGES="
   proftpd-dev proftpd-core proftpd-mod-crypto
   libcurl4-openssl-dev libjansson-dev libssl-dev libytnef0-dev check
   curl openssl openssh-client python3 python3-pytest python3-prometheus-client
+  python3-cryptography
   dovecot-core dovecot-imapd dovecot-lmtpd postfix msmtp
   getmail6 mpack time
   dpkg-dev debhelper fakeroot lintian man-db
