@@ -606,7 +606,11 @@ class Service:
                     (tp_sha1 and tp_sha1 == c["x5t"]):
                 cert = c
                 break
-        shown = (tp_s256 or tp_sha1 or "")
+        # Microsoft names the key by its thumbprint in hex.
+        try:
+            shown = b64u_decode(tp_s256 or tp_sha1 or "").hex().upper()
+        except ValueError:
+            shown = ""
         if cert is None:
             raise EntraError(
                 401, "invalid_client", 700027,
