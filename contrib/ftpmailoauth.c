@@ -96,6 +96,9 @@ struct ftpmailoauth_env {
 
 static int ftpmailoauth_verbose = 0;
 
+/* Errors of a look-ahead that the real pass reports again: not twice. */
+static int ftpmailoauth_quiet = 0;
+
 /* ------------------------------------------------------------------------
  * Output.
  */
@@ -108,6 +111,10 @@ static void ftpmailoauth_err(const char *fmt, ...)
 
 static void ftpmailoauth_err(const char *fmt, ...) {
   va_list ap;
+
+  if (ftpmailoauth_quiet) {
+    return;
+  }
 
   fflush(stdout);
   fprintf(stderr, FTPMAILOAUTH_PROG ": ");
@@ -1517,9 +1524,16 @@ static void ftpmailoauth_cert_collect(const struct ftpmailoauth_env *env,
   struct ftpmailoauth_cert_seen *seen;
   struct mailoauth_account acct;
   char *pem = NULL;
+  int res;
 
-  if (ftpmailoauth_ncerts >= FTPMAILOAUTH_MAX_CERTS ||
-      ftpmailoauth_load_account(env, name, &acct, 0) != 0) {
+  if (ftpmailoauth_ncerts >= FTPMAILOAUTH_MAX_CERTS) {
+    return;
+  }
+
+  ftpmailoauth_quiet = 1;
+  res = ftpmailoauth_load_account(env, name, &acct, 0);
+  ftpmailoauth_quiet = 0;
+  if (res != 0) {
     return;
   }
 
