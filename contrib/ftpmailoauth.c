@@ -15,6 +15,7 @@
  */
 
 #include "mailoauth/account.h"
+#include "mailoauth/assertion.h"
 #include "mailoauth/control.h"
 #include "mailoauth/mailauth.h"
 #include "mailoauth/oauth.h"
@@ -55,7 +56,11 @@
 #define FTPMAILOAUTH_REFRESH_LIFETIME (90L * 86400)
 #define FTPMAILOAUTH_REFRESH_WARN     (60L * 86400)
 
+/* Certificates and declared secret expiry: warn this long before. */
+#define FTPMAILOAUTH_CREDENTIAL_WARN  (30L * 86400)
+
 #define FTPMAILOAUTH_MAX_FLAGS        24
+#define FTPMAILOAUTH_MAX_CERTS        64
 
 #define FTPMAILOAUTH_EXIT_OK          0
 #define FTPMAILOAUTH_EXIT_FAIL        1
@@ -91,6 +96,9 @@ struct ftpmailoauth_env {
 
 static int ftpmailoauth_verbose = 0;
 
+/* Errors of a look-ahead that the real pass reports again: not twice. */
+static int ftpmailoauth_quiet = 0;
+
 /* ------------------------------------------------------------------------
  * Output.
  */
@@ -103,6 +111,10 @@ static void ftpmailoauth_err(const char *fmt, ...)
 
 static void ftpmailoauth_err(const char *fmt, ...) {
   va_list ap;
+
+  if (ftpmailoauth_quiet) {
+    return;
+  }
 
   fflush(stdout);
   fprintf(stderr, FTPMAILOAUTH_PROG ": ");
@@ -1183,6 +1195,57 @@ static void ftpmailoauth_sleep(long secs) {
   }
 }
 
+/* Conditional Access answers when the tenant does not allow device code
+ * sign-in (Microsoft-managed policies block it in many tenants since
+ * 2025): 53003 blocked by policy, 53000/50097 device state required,
+ * 50005 unsupported platform, 50199 user confirmation required.
+ */
+static int ftpmailoauth_device_refused(long code) {
+  return code == 53003 || code == 53000 || code == 50097 || code == 50005 ||
+    code == 50199;
+}
+
+/* The browser sign-in works on a headless server too, through a port
+ * forward to the redirect URI's port: say exactly how.
+ */
+static void ftpmailoauth_device_hint(const struct ftpmailoauth_env *env,
+    const struct mailoauth_account *acct, long code) {
+  char cmd[512], host[256] = "this-server", port[16] = "9090";
+  const char *p = strstr(acct->redirect_uri, "://");
+  const char *colon;
+  size_t n;
+
+  if (p != NULL) {
+    p += 3;
+    colon = strchr(p, ':');
+    if (colon != NULL && colon < p + strcspn(p, "/")) {
+      n = strspn(colon + 1, "0123456789");
+      if (n > 0 && n < sizeof(port)) {
+        memcpy(port, colon + 1, n);
+        port[n] = '\0';
+      }
+    } else if (strncasecmp(acct->redirect_uri, "https", 5) == 0) {
+      snprintf(port, sizeof(port), "443");
+    } else {
+      snprintf(port, sizeof(port), "80");
+    }
+  }
+
+  if (gethostname(host, sizeof(host) - 1) < 0 || host[0] == '\0') {
+    snprintf(host, sizeof(host), "this-server");
+  }
+  host[sizeof(host) - 1] = '\0';
+
+  ftpmailoauth_signin_cmd(env, acct->name, cmd, sizeof(cmd));
+  ftpmailoauth_err("the tenant does not allow device code sign-in "
+    "(AADSTS%ld: a Conditional Access policy blocks the device code flow, "
+    "as Microsoft-managed policies do in many tenants). Sign in with the "
+    "browser instead; it works from another machine through a port "
+    "forward:\n  1. on the machine with the browser: ssh -L %s:localhost:%s "
+    "%s\n  2. in that ssh session: %s\n  3. open the printed address in "
+    "the browser", code, port, port, host, cmd);
+}
+
 static int ftpmailoauth_device_result(const struct ftpmailoauth_env *env,
     const struct mailoauth_account *acct, struct mailoauth_tokens *tokens,
     struct mailoauth_oauth_response *resp) {
@@ -1233,6 +1296,10 @@ static int ftpmailoauth_device_poll(const struct ftpmailoauth_env *env,
         continue;
 
       case MAILOAUTH_OAUTH_DECLINED:
+        if (ftpmailoauth_device_refused(resp.error_code)) {
+          ftpmailoauth_device_hint(env, acct, resp.error_code);
+          goto out;
+        }
         ftpmailoauth_err("the sign-in was declined%s%ld%s: nothing was "
           "stored; run %s --device again to retry", resp.error_code ?
           " (AADSTS" : "", resp.error_code, resp.error_code ? ")" : "",
@@ -1254,6 +1321,10 @@ static int ftpmailoauth_device_poll(const struct ftpmailoauth_env *env,
         continue;
 
       default:
+        if (ftpmailoauth_device_refused(resp.error_code)) {
+          ftpmailoauth_device_hint(env, acct, resp.error_code);
+          goto out;
+        }
         mailoauth_oauth_format_error(&resp, cmd, err, sizeof(err));
         ftpmailoauth_err("the device code sign-in failed: %s", err);
         goto out;
@@ -1285,7 +1356,11 @@ static int ftpmailoauth_signin_device(const struct ftpmailoauth_env *env,
   memset(&resp, 0, sizeof(resp));
   if (mailoauth_oauth_device_start(ctx, time(NULL), &resp) < 0) {
     mailoauth_oauth_format_error(&resp, cmd, err, sizeof(err));
-    ftpmailoauth_err("cannot start the device code sign-in: %s", err);
+    if (ftpmailoauth_device_refused(resp.error_code)) {
+      ftpmailoauth_device_hint(env, acct, resp.error_code);
+    } else {
+      ftpmailoauth_err("cannot start the device code sign-in: %s", err);
+    }
     mailoauth_oauth_response_clear(&resp);
     mailoauth_oauth_ctx_destroy(ctx);
     return FTPMAILOAUTH_EXIT_FAIL;
@@ -1428,6 +1503,205 @@ static int ftpmailoauth_cmd_signin(const struct ftpmailoauth_env *env,
 }
 
 /* ------------------------------------------------------------------------
+ * Credentials: certificates and declared secret expiry.
+ */
+
+/* What status learnt about an account's certificate while it was still
+ * root (a certificate kept in the key file is readable by root only).
+ */
+struct ftpmailoauth_cert_seen {
+  char name[80];
+  int ok;
+  struct mailoauth_cert_info info;
+  char err[512];
+};
+
+static struct ftpmailoauth_cert_seen ftpmailoauth_certs[FTPMAILOAUTH_MAX_CERTS];
+static unsigned int ftpmailoauth_ncerts = 0;
+
+static void ftpmailoauth_cert_collect(const struct ftpmailoauth_env *env,
+    const char *name) {
+  struct ftpmailoauth_cert_seen *seen;
+  struct mailoauth_account acct;
+  char *pem = NULL;
+  int res;
+
+  if (ftpmailoauth_ncerts >= FTPMAILOAUTH_MAX_CERTS) {
+    return;
+  }
+
+  ftpmailoauth_quiet = 1;
+  res = ftpmailoauth_load_account(env, name, &acct, 0);
+  ftpmailoauth_quiet = 0;
+  if (res != 0) {
+    return;
+  }
+
+  if (acct.cert_key_file != NULL) {
+    seen = &ftpmailoauth_certs[ftpmailoauth_ncerts++];
+    memset(seen, 0, sizeof(*seen));
+    snprintf(seen->name, sizeof(seen->name), "%s", name);
+
+    if (mailoauth_account_read_cert(&acct, &pem, seen->err,
+          sizeof(seen->err)) == 0 &&
+        mailoauth_assertion_cert_info(pem, strlen(pem), &seen->info,
+          seen->err, sizeof(seen->err)) == 0) {
+      seen->ok = 1;
+    }
+    free(pem);
+  }
+
+  mailoauth_account_clear(&acct);
+}
+
+static const struct ftpmailoauth_cert_seen *ftpmailoauth_cert_find(
+    const char *name) {
+  unsigned int i;
+
+  for (i = 0; i < ftpmailoauth_ncerts; i++) {
+    if (strcmp(ftpmailoauth_certs[i].name, name) == 0) {
+      return &ftpmailoauth_certs[i];
+    }
+  }
+  return NULL;
+}
+
+/* One line on a credential's expiry, and a warning or error line when it is
+ * near or past.  1: needs attention.
+ */
+static int ftpmailoauth_expiry(const char *label, const char *what,
+    time_t expires, time_t now, const char *renew) {
+  char when[64];
+  long days = (long) ((expires - now) / 86400);
+
+  ftpmailoauth_when(expires, when, sizeof(when));
+
+  if (expires <= now) {
+    printf("  %-14s expired on %s\n", label, when);
+    printf("  ERROR: the %s expired on %s: sign-ins and token requests "
+      "fail until %s\n", what, when, renew);
+    return 1;
+  }
+
+  printf("  %-14s expires %s (in %ld days)\n", label, when, days);
+  if (expires - now <= FTPMAILOAUTH_CREDENTIAL_WARN) {
+    printf("  WARNING: the %s expires in %ld days (%s): %s\n", what, days,
+      when, renew);
+    return 1;
+  }
+  return 0;
+}
+
+/* 1: needs attention. */
+static int ftpmailoauth_status_credential(const struct mailoauth_account *acct,
+    time_t now) {
+  char renew[512];
+
+  if (acct->cert_key_file != NULL) {
+    const struct ftpmailoauth_cert_seen *seen =
+      ftpmailoauth_cert_find(acct->name);
+
+    if (seen == NULL || !seen->ok) {
+      printf("  certificate:   cannot be read: %s\n", seen != NULL ?
+        seen->err : "run status as root to read it");
+      return seen != NULL;
+    }
+
+    printf("  certificate:   %s, thumbprint %s\n", seen->info.subject,
+      seen->info.sha1);
+    snprintf(renew, sizeof(renew), "make a new key and certificate, upload "
+      "the certificate under Certificates & secrets, then point "
+      "client-cert= at them (" FTPMAILOAUTH_PROG " cert %s shows what to "
+      "upload)", acct->name);
+    return ftpmailoauth_expiry("cert expiry:", "certificate", seen->info.not_after,
+      now, renew);
+  }
+
+  if (acct->secret_source != NULL) {
+    if (acct->secret_expires == 0) {
+      printf("  client secret: expiry not declared (add "
+        "secret-expires=YYYY-MM-DD to be warned 30 days before)\n");
+      return 0;
+    }
+
+    snprintf(renew, sizeof(renew), "add a new client secret under "
+      "Certificates & secrets, put its Value in %s and update "
+      "secret-expires=, or use a certificate (client-cert=)",
+      acct->secret_source);
+    return ftpmailoauth_expiry("client secret:", "client secret",
+      acct->secret_expires, now, renew);
+  }
+
+  return 0;
+}
+
+/* cert ACCOUNT: what to upload to the app registration. */
+static int ftpmailoauth_cmd_cert(const struct ftpmailoauth_env *env,
+    const char *name) {
+  struct mailoauth_account acct;
+  struct mailoauth_cert_info info;
+  char err[1024], from[64], until[64];
+  time_t now = time(NULL);
+  int res;
+
+  /* As root: the key is checked against the certificate. */
+  res = ftpmailoauth_load_account(env, name, &acct, 1);
+  if (res != 0) {
+    return res;
+  }
+
+  if (acct.cert_key_file == NULL) {
+    ftpmailoauth_err("account %s has no certificate: add client-cert=file:"
+      "/etc/proftpd/%s.key (see the openssl commands in "
+      "doc/mod_mailoauth.html) instead of client-secret=", name, name);
+    mailoauth_account_clear(&acct);
+    return FTPMAILOAUTH_EXIT_USAGE;
+  }
+
+  if (mailoauth_assertion_cert_info(acct.oauth.client_cert_pem,
+      strlen(acct.oauth.client_cert_pem), &info, err, sizeof(err)) < 0) {
+    ftpmailoauth_err("account %s: %s", name, err);
+    mailoauth_account_clear(&acct);
+    return FTPMAILOAUTH_EXIT_FAIL;
+  }
+
+  printf("%s: certificate of app %s (the key in %s belongs to it)\n", name,
+    acct.oauth.client_id, acct.cert_key_file);
+  printf("  subject:            %s\n", info.subject);
+  printf("  thumbprint (SHA-1): %s   (Azure's \"Thumbprint\" column)\n",
+    info.sha1);
+  printf("  SHA-256:            %s\n", info.sha256);
+  printf("  x5t#S256:           %s\n", info.x5t_s256);
+  printf("  valid:              %s to %s\n",
+    ftpmailoauth_when(info.not_before, from, sizeof(from)),
+    ftpmailoauth_when(info.not_after, until, sizeof(until)));
+
+  if (acct.cert_file != NULL) {
+    printf("Upload %s under Certificates & secrets > Certificates > Upload "
+      "certificate in the app registration.\n", acct.cert_file);
+  } else {
+    printf("Upload the certificate alone, never the key file: write it "
+      "with\n  openssl x509 -in %s -out %s.crt\nand upload %s.crt under "
+      "Certificates & secrets > Certificates > Upload certificate in the app "
+      "registration.\n", acct.cert_key_file, name, name);
+  }
+
+  res = FTPMAILOAUTH_EXIT_OK;
+  if (info.not_after <= now) {
+    ftpmailoauth_err("the certificate expired on %s: make a new one", until);
+    res = FTPMAILOAUTH_EXIT_FAIL;
+
+  } else if (info.not_after - now <= FTPMAILOAUTH_CREDENTIAL_WARN) {
+    ftpmailoauth_warn("the certificate expires in %ld days (%s): make a "
+      "new one and upload it before then", (long) ((info.not_after - now) /
+      86400), until);
+  }
+
+  mailoauth_account_clear(&acct);
+  return res;
+}
+
+/* ------------------------------------------------------------------------
  * status
  */
 
@@ -1512,7 +1786,7 @@ static int ftpmailoauth_status_one(const struct ftpmailoauth_env *env,
   struct mailoauth_account acct;
   struct mailoauth_tokens *tokens;
   char err[1024], path[PATH_MAX + 80], cmd[512];
-  int res, bad = 1;
+  int res, bad = 1, cred_bad;
 
   res = ftpmailoauth_load_account(env, name, &acct, 0);
   if (res != 0) {
@@ -1526,6 +1800,7 @@ static int ftpmailoauth_status_one(const struct ftpmailoauth_env *env,
     acct.oauth.tenant != NULL ? acct.oauth.tenant :
       MAILOAUTH_OAUTH_DEFAULT_TENANT, acct.oauth.client_id);
   printf("  mailbox:       %s\n", acct.mailbox);
+  cred_bad = ftpmailoauth_status_credential(&acct, time(NULL));
 
   tokens = ftpmailoauth_tokens(env, &acct);
   if (tokens == NULL) {
@@ -1559,7 +1834,7 @@ static int ftpmailoauth_status_one(const struct ftpmailoauth_env *env,
   mailoauth_tokenstore_record_free(&rec);
   mailoauth_tokens_destroy(tokens);
   mailoauth_account_clear(&acct);
-  return bad ? FTPMAILOAUTH_EXIT_FAIL : FTPMAILOAUTH_EXIT_OK;
+  return bad || cred_bad ? FTPMAILOAUTH_EXIT_FAIL : FTPMAILOAUTH_EXIT_OK;
 }
 
 /* status --json: the worker's own status document (control.h), as it last
@@ -1617,7 +1892,20 @@ static int ftpmailoauth_cmd_status(const struct ftpmailoauth_env *env,
   unsigned int i;
   int res = FTPMAILOAUTH_EXIT_OK;
 
-  /* No secret needed: nothing more to do as root. */
+  /* Certificates kept with their key are readable by root only; nothing
+   * secret is kept from them.
+   */
+  if (!env->opts->json) {
+    if (name != NULL) {
+      ftpmailoauth_cert_collect(env, name);
+    } else {
+      for (i = 0; i < env->conf.naccounts; i++) {
+        ftpmailoauth_cert_collect(env, env->conf.accounts[i].name);
+      }
+    }
+  }
+
+  /* Nothing more to do as root. */
   if (ftpmailoauth_become_owner(env) < 0) {
     return FTPMAILOAUTH_EXIT_FAIL;
   }
@@ -1860,6 +2148,7 @@ static void ftpmailoauth_usage(FILE *fh) {
 "Usage: " FTPMAILOAUTH_PROG " [options] signin [--device|--no-listen] ACCOUNT\n"
 "       " FTPMAILOAUTH_PROG " [options] status [ACCOUNT]\n"
 "       " FTPMAILOAUTH_PROG " [options] test ACCOUNT [smtp|imap|both]\n"
+"       " FTPMAILOAUTH_PROG " [options] cert ACCOUNT\n"
 "\n"
 "Signs in mod_mailoauth's OAuth mail accounts (MailOAuthAccount in\n"
 "proftpd.conf) and checks them.  A person signs in once; the server keeps\n"
@@ -1871,7 +2160,12 @@ static void ftpmailoauth_usage(FILE *fh) {
 "                   http://localhost:9090/...; from elsewhere use e.g.\n"
 "                   ssh -L 9090:localhost:9090 this-server).  App-only\n"
 "                   accounts need no sign-in: the settings are checked.\n"
-"  status [ACCOUNT] who is signed in, token expiry, last error, token file\n"
+"  status [ACCOUNT] who is signed in, token expiry, last error, token file,\n"
+"                   certificate or declared secret expiry (warns 30 days\n"
+"                   ahead)\n"
+"  cert ACCOUNT     the certificate of a client-cert= account: SHA-1\n"
+"                   thumbprint (as Azure shows it), SHA-256, subject,\n"
+"                   validity, and what to upload to the app registration\n"
 "  status --json    the running worker's status (accounts, notification\n"
 "                   queue, tasks, counters) as JSON, as its metrics show it\n"
 "  test ACCOUNT [smtp|imap|both]\n"
@@ -1898,6 +2192,7 @@ static void ftpmailoauth_usage(FILE *fh) {
 "Account settings (override or replace the MailOAuthAccount line, so an\n"
 "account can be used without proftpd.conf):\n"
 "      --tenant ID  --client-id ID  --client-secret-file FILE  --mailbox ADDR\n"
+"      --client-cert KEY[,CERT]\n"
 "      --grant delegated|app-only  --provider NAME  --authority URL\n"
 "      --redirect-uri URL  --ca-file FILE  --smtp URL  --imap URL\n"
 "\n"
@@ -1919,6 +2214,7 @@ static const struct ftpmailoauth_flag ftpmailoauth_flags[] = {
   { "tenant", "tenant" },
   { "client-id", "client-id" },
   { "client-secret-file", "client-secret" },
+  { "client-cert", "client-cert" },
   { "mailbox", "mailbox" },
   { "grant", "grant" },
   { "provider", "provider" },
@@ -1956,6 +2252,14 @@ static int ftpmailoauth_add_flag(struct ftpmailoauth_opts *o,
     word = malloc(len);
     if (word != NULL) {
       snprintf(word, len, "client-secret=file:%s", abspath);
+    }
+
+  } else if (strcmp(option, "client-cert") == 0) {
+    len = strlen(value) + 32;
+    word = malloc(len);
+    if (word != NULL) {
+      snprintf(word, len, "client-cert=%s%s", strncmp(value, "file:", 5) ?
+        "file:" : "", value);
     }
 
   } else {
@@ -2087,6 +2391,10 @@ static int ftpmailoauth_dispatch(struct ftpmailoauth_env *env, int argc,
 
   if (strcmp(cmd, "status") == 0 && argc <= 2) {
     return ftpmailoauth_cmd_status(env, argc == 2 ? argv[1] : NULL);
+  }
+
+  if (strcmp(cmd, "cert") == 0 && argc == 2) {
+    return ftpmailoauth_cmd_cert(env, argv[1]);
   }
 
   if (strcmp(cmd, "test") == 0 && (argc == 2 || argc == 3)) {

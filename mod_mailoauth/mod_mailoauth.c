@@ -327,7 +327,8 @@ MODRET set_mailoauthaccount(cmd_rec *cmd) {
 
   if (cmd->argc < 3) {
     CONF_ERROR(cmd, "write MailOAuthAccount NAME tenant=... client-id=... "
-      "mailbox=... [client-secret=file:/path] (see doc/mod_mailoauth.html)");
+      "mailbox=... [client-secret=file:/path | client-cert=file:/path] "
+      "(see doc/mod_mailoauth.html)");
   }
 
   for (c = find_config(cmd->server->conf, CONF_PARAM, cmd->argv[0], FALSE);
@@ -362,7 +363,8 @@ MODRET set_mailoauthaccount(cmd_rec *cmd) {
     }
 
     pr_log_pri(PR_LOG_WARNING, MOD_MAILOAUTH_VERSION ": MailOAuthAccount: "
-      "account '%s' cannot be used until its secret is fixed: %s on %s",
+      "account '%s' cannot be used until its secret or key is fixed: %s "
+      "on %s",
       (char *) cmd->argv[1], err, mailoauth_parse_src);
 
   } else {

@@ -18,6 +18,7 @@ PACKAGES="
   libcurl4-openssl-dev libjansson-dev libssl-dev libytnef0-dev check
   libgmime-3.0-dev
   curl openssl openssh-client python3 python3-pytest python3-prometheus-client
+  python3-cryptography
   dovecot-core dovecot-imapd dovecot-lmtpd postfix msmtp
   getmail6 mpack time
   dpkg-dev debhelper fakeroot lintian man-db

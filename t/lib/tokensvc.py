@@ -17,7 +17,8 @@ Run as a server:
     /usr/bin/python3 t/lib/tokensvc.py --host 127.0.0.1 --port N \
         --cert CHAIN.pem --key KEY.pem [--state-file F]
 Use from tests: TokenService(workdir, pki).start(); see the class below.
-Standard library only.
+Standard library only, but for python3-cryptography where client assertions
+(certificate credentials) are checked.
 """
 
 import argparse
@@ -80,6 +81,9 @@ OIDC_SCOPES = ["openid", "profile", "email", "offline_access"]
 META_TENANTS = ("common", "organizations", "consumers")
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Clock skew Microsoft tolerates on nbf/exp of a client assertion.
+ASSERTION_SKEW = 300
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials",
                DEVICE_GRANT)
 
@@ -166,6 +170,27 @@ def pkce_pair():
     verifier = b64u(os.urandom(32))
     challenge = b64u(hashlib.sha256(verifier.encode()).digest())
     return verifier, challenge
+
+
+def b64u_decode(text):
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def cert_record(pem):
+    """A certificate as the app registration keeps it (Certificates &
+    secrets): its thumbprints and validity."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return {"pem": pem,
+            "thumbprint": hashlib.sha1(der).hexdigest().upper(),
+            "x5t": b64u(hashlib.sha1(der).digest()),
+            "x5t_s256": b64u(hashlib.sha256(der).digest()),
+            "not_before": cert.not_valid_before.strftime("%m/%d/%Y %H:%M:%S"),
+            "not_after": cert.not_valid_after.strftime("%m/%d/%Y %H:%M:%S")}
 
 
 def new_client_secret():
@@ -347,7 +372,7 @@ class State:
 
     PERSISTED = ("config", "tenants", "apps", "users", "consents", "codes",
                  "refresh", "access", "devices", "user_codes", "sign_ins",
-                 "stats")
+                 "stats", "jtis")
 
     def __init__(self, path=None):
         self.lock = threading.RLock()
@@ -375,6 +400,7 @@ class State:
         self.sign_ins = []          # queued browser outcomes for authorize
         self.faults = []
         self.stats = {"requests": {}, "token_requests": {}, "log": []}
+        self.jtis = {}              # client assertion jti -> its exp
 
     def save(self):
         if not self.path:
@@ -407,7 +433,7 @@ class State:
     # -- bookkeeping -----------------------------------------------------
 
     def record(self, endpoint, grant_type=None, client_id=None, user=None,
-               outcome="ok", status=200):
+               outcome="ok", status=200, client_auth=None):
         with self.lock:
             req = self.stats["requests"]
             req[endpoint] = req.get(endpoint, 0) + 1
@@ -418,7 +444,8 @@ class State:
             self.stats["log"].append({
                 "time": round(now(), 3), "endpoint": endpoint,
                 "grant_type": grant_type, "client_id": client_id,
-                "user": user, "outcome": outcome, "status": status})
+                "user": user, "outcome": outcome, "status": status,
+                "client_auth": client_auth})
             del self.stats["log"][:-1000]
 
     def take_fault(self, endpoint, grant_type):
@@ -533,6 +560,132 @@ class Service:
                 "The request body must contain the following parameter: "
                 "'client_assertion' or 'client_secret'.")
         return "0"
+
+    def authenticate_assertion(self, app, tenant_name, form, info):
+        """A client assertion (certificate credential) checked as Microsoft
+        does: form of the JWT, PS256/RS256 signature by a certificate
+        registered on the app (x5t#S256 or x5t names it), aud = this token
+        endpoint, iss = sub = client_id, nbf/exp, and a jti not seen
+        before.  Returns appidacr "2" (certificate)."""
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        st = self.state
+        info["client_auth"] = "assertion"
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            raise EntraError(
+                400, "invalid_request", 50027 if form.get(
+                    "client_assertion_type") else 900144,
+                "Invalid client_assertion_type '%s'; expected '%s'."
+                % (form.get("client_assertion_type"), ASSERTION_TYPE)
+                if form.get("client_assertion_type") else
+                "The request body must contain the following parameter: "
+                "'client_assertion_type'.")
+        jwt = form.get("client_assertion") or ""
+        malformed = EntraError(400, "invalid_request", 50027,
+                               "JWT token is invalid or malformed.")
+        parts = jwt.split(".")
+        if len(parts) != 3 or any("=" in p for p in parts):
+            raise malformed
+        try:
+            header = json.loads(b64u_decode(parts[0]))
+            claims = json.loads(b64u_decode(parts[1]))
+            sig = b64u_decode(parts[2])
+        except (ValueError, UnicodeDecodeError):
+            raise malformed
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise malformed
+        if header.get("alg") not in ("PS256", "RS256"):
+            raise malformed
+        cert = None
+        tp_s256, tp_sha1 = header.get("x5t#S256"), header.get("x5t")
+        for c in app.get("certificates", []):
+            if (tp_s256 and tp_s256 == c["x5t_s256"]) or \
+                    (tp_sha1 and tp_sha1 == c["x5t"]):
+                cert = c
+                break
+        # Microsoft names the key by its thumbprint in hex.
+        try:
+            shown = b64u_decode(tp_s256 or tp_sha1 or "").hex().upper()
+        except ValueError:
+            shown = ""
+        if cert is None:
+            raise EntraError(
+                401, "invalid_client", 700027,
+                "Client assertion failed signature validation. [Reason - "
+                "The key was not found., Thumbprint of key used by client: "
+                "'%s', Please visit the Azure Portal, Graph Explorer or "
+                "directly use MS Graph to see configured keys for app Id "
+                "'%s'.]" % (shown, app["client_id"]))
+        pub = x509.load_pem_x509_certificate(cert["pem"].encode()).public_key()
+        signed = (parts[0] + "." + parts[1]).encode()
+        try:
+            if header["alg"] == "PS256":
+                pub.verify(sig, signed, padding.PSS(
+                    mgf=padding.MGF1(hashes.SHA256()),
+                    salt_length=hashes.SHA256.digest_size), hashes.SHA256())
+            else:
+                pub.verify(sig, signed, padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            raise EntraError(
+                401, "invalid_client", 700027,
+                "Client assertion failed signature validation. [Reason - "
+                "Key was found, but use of the key to verify the signature "
+                "failed., Thumbprint of key used by client: '%s', Found key "
+                "'Start=%s, End=%s']" % (shown, cert["not_before"],
+                                         cert["not_after"]))
+        if claims.get("iss") != app["client_id"] or \
+                claims.get("sub") != app["client_id"]:
+            raise EntraError(
+                401, "invalid_client", 700021,
+                "Client assertion application identifier doesn't match "
+                "'client_id' parameter. Review the documentation at "
+                "https://docs.microsoft.com/en-us/azure/active-directory/"
+                "develop/active-directory-certificate-credentials .")
+        tenant = st.find_tenant(tenant_name)
+        names = {tenant_name}
+        if tenant is not None:
+            names.add(tenant["id"])
+            names.update(tenant["domains"])
+        expected = {"%s/%s/oauth2/v2.0/token" % (self.base_url, n)
+                    for n in names}
+        if claims.get("aud") not in expected:
+            raise EntraError(
+                401, "invalid_client", 700023,
+                "Client assertion audience claim does not match Realm "
+                "issuer. Review the documentation at https://docs.microsoft."
+                "com/azure/active-directory/develop/active-directory-"
+                "certificate-credentials .")
+        t = now()
+        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+        if not isinstance(exp, int) or not isinstance(nbf, int) or \
+                not claims.get("jti"):
+            raise malformed
+        if t > exp + ASSERTION_SKEW or t + ASSERTION_SKEW < nbf:
+            raise EntraError(
+                401, "invalid_client", 700024,
+                "Client assertion is not within its valid time range. "
+                "Current time: %s, assertion valid from %s, expiry time of "
+                "assertion %s. Review the documentation at https://learn."
+                "microsoft.com/entra/identity-platform/certificate-"
+                "credentials" % (utc_stamp(t), utc_stamp(nbf),
+                                 utc_stamp(exp)))
+        for old in [j for j, e in st.jtis.items() if e + ASSERTION_SKEW < t]:
+            del st.jtis[old]
+        key = app["client_id"] + "|" + str(claims["jti"])
+        if key in st.jtis:
+            # Microsoft does not document its answer to a replayed jti; the
+            # stand-in refuses it as a failed client assertion.
+            raise EntraError(
+                401, "invalid_client", 700027,
+                "Client assertion failed signature validation. [Reason - "
+                "The assertion was already used (jti '%s' replayed).]"
+                % claims["jti"])
+        st.jtis[key] = exp
+        info["assertion"] = {"header": header, "claims": claims}
+        return "2"
 
     # -- tokens ----------------------------------------------------------
 
@@ -699,8 +852,19 @@ class Service:
         secret = form.get("client_secret") or (basic[1] if basic else None)
         with st.lock:
             app, tid = self.resolve(tenant_name, client_id)
-            appidacr = self.authenticate_client(
-                app, secret, confidential_only=grant_type == "client_credentials")
+            if "client_assertion" in form or "client_assertion_type" in form:
+                if secret:
+                    raise EntraError(
+                        400, "invalid_request", 90014,
+                        "The request has both 'client_secret' and "
+                        "'client_assertion'; send one.")
+                appidacr = self.authenticate_assertion(app, tenant_name,
+                                                       form, info)
+            else:
+                info["client_auth"] = "secret" if secret else "none"
+                appidacr = self.authenticate_client(
+                    app, secret,
+                    confidential_only=grant_type == "client_credentials")
             handler = {"authorization_code": self._grant_code,
                        "refresh_token": self._grant_refresh,
                        "client_credentials": self._grant_client_credentials,
@@ -1155,6 +1319,10 @@ class Service:
         if "secret_expired" in body:
             for s in app["secrets"]:
                 s["expired"] = bool(body["secret_expired"])
+        for pem in body.get("certificates", []):
+            app.setdefault("certificates", []).append(cert_record(pem))
+        if body.get("remove_secrets"):
+            app["secrets"] = []
         if body.get("add_secret"):
             app["secrets"].append({"id": str(uuid.uuid4()),
                                    "value": new_client_secret(),
@@ -1574,7 +1742,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.state.record("token", grant_type=info.get("grant_type"),
                                   client_id=info.get("client_id"),
                                   user=info.get("user"), outcome=outcome,
-                                  status=status)
+                                  status=status,
+                                  client_auth=info.get("client_auth"))
+                if info.get("assertion"):
+                    self.state.stats.setdefault("assertions", []).append(
+                        info["assertion"])
             return status, obj, ()
 
         self.run_with_fault("token", grant_type, produce)
@@ -1943,16 +2115,17 @@ class TokenService:
                 redirect_uris=("http://localhost",), public_client=False,
                 multi_tenant=False, app_only=False, app_only_mailbox=None,
                 name="mod_mailoauth test", delegated_permissions=None,
-                app_roles=None):
+                app_roles=None, certificates=()):
         """Register an app.  secret=True makes one, a string sets its value,
-        False makes none.  Returns the app with "secret" and "secret_id"."""
+        False makes none; certificates: PEM certificates uploaded to it.
+        Returns the app with "secret" and "secret_id"."""
         body = {"client_id": client_id, "secret": secret,
                 "secret_id": secret_id, "tenant_id": tenant_id,
                 "tenant_domains": list(tenant_domains or []),
                 "redirect_uris": list(redirect_uris),
                 "public_client": public_client, "multi_tenant": multi_tenant,
                 "app_only": app_only, "app_only_mailbox": app_only_mailbox,
-                "name": name}
+                "name": name, "certificates": list(certificates)}
         if secret_expired:
             body["secret_expired"] = True
         if delegated_permissions is not None:

@@ -1970,6 +1970,131 @@ START_TEST(test_request_code_and_client_credentials) {
 }
 END_TEST
 
+/* Certificate credentials: a client assertion instead of the secret, made
+ * for the token endpoint the request goes to, and never in a trace line; an
+ * unusable key is a configuration error and nothing is sent.
+ */
+static char *rsa_pem(EVP_PKEY *key, X509 *cert) {
+  BIO *bio = BIO_new(BIO_s_mem());
+  char *data, *copy;
+  long n;
+
+  if (key != NULL) {
+    PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL);
+  } else {
+    PEM_write_bio_X509(bio, cert);
+  }
+  n = BIO_get_mem_data(bio, &data);
+  copy = strndup(data, (size_t) n);
+  BIO_free(bio);
+  return copy;
+}
+
+START_TEST(test_request_with_client_assertion) {
+  static const struct canned script[] = {
+    { 200, NULL, "{\"token_type\":\"Bearer\",\"expires_in\":3599,"
+      "\"access_token\":\"" SECRET_ACCESS "\"}", 0, 0, -1, 0 }
+  };
+  struct mailoauth_oauth_response resp = { 0 };
+  struct mailoauth_oauth_config cfg;
+  struct mailoauth_oauth_ctx *ctx;
+  struct server srv;
+  char authority[64], err[256], aud[128], *log, *l0, *jwt, *claims;
+  const char *dot;
+  EVP_PKEY *key = EVP_RSA_gen(2048);
+  X509 *cert = X509_new();
+  char *key_pem, *cert_pem;
+
+  X509_set_pubkey(cert, key);
+  X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 86400);
+  ck_assert_int_gt(X509_sign(cert, key, EVP_sha256()), 0);
+  key_pem = rsa_pem(key, NULL);
+  cert_pem = rsa_pem(NULL, cert);
+
+  srv_start(&srv, script, 1);
+  srv_config(&srv, &cfg, authority, sizeof(authority));
+  cfg.grant = MAILOAUTH_OAUTH_GRANT_APP_ONLY;
+
+  /* Both credentials: refused. */
+  cfg.client_key_pem = key_pem;
+  cfg.client_cert_pem = cert_pem;
+  ck_assert_ptr_null(mailoauth_oauth_ctx_create(&cfg, err, sizeof(err)));
+  ck_assert_ptr_nonnull(strstr(err, "not both"));
+
+  cfg.client_secret = NULL;
+  ctx = mailoauth_oauth_ctx_create(&cfg, err, sizeof(err));
+  ck_assert_msg(ctx != NULL, "%s", err);
+  ck_assert_int_eq(mailoauth_oauth_client_credentials(ctx, NOW, &resp), 0);
+  mailoauth_oauth_ctx_destroy(ctx);
+
+  /* A key that is not one: CONFIG, before any request. */
+  cfg.client_key_pem = "-----BEGIN PRIVATE KEY-----\nnot a key\n";
+  ctx = mailoauth_oauth_ctx_create(&cfg, err, sizeof(err));
+  ck_assert_ptr_nonnull(ctx);
+  ck_assert_int_eq(mailoauth_oauth_client_credentials(ctx, NOW, &resp), -1);
+  ck_assert_int_eq(resp.oauth_class, MAILOAUTH_OAUTH_CONFIG);
+  ck_assert_ptr_nonnull(strstr(resp.detail, "certificate credential"));
+  mailoauth_oauth_ctx_destroy(ctx);
+  mailoauth_oauth_response_clear(&resp);
+
+  log = srv_stop(&srv, 0);
+  l0 = log_line(log, 0);
+  /* The request with the broken key never left. */
+  ck_assert_ptr_null(strstr(strstr(log, " POST ") + 1, " POST "));
+  assert_param(form_of(l0), "client_secret", NULL);
+  assert_param(form_of(l0), "client_assertion_type",
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
+  jwt = query_param(form_of(l0), "client_assertion");
+  ck_assert_ptr_nonnull(jwt);
+
+  /* aud: exactly the URL the request went to. */
+  dot = strchr(jwt, '.');
+  ck_assert_ptr_nonnull(dot);
+  claims = strndup(dot + 1, (size_t) (strchr(dot + 1, '.') - dot - 1));
+  {
+    size_t n = strlen(claims), i;
+    unsigned char raw[2048];
+    char std[2048];
+    int len;
+    json_t *j;
+
+    for (i = 0; i < n; i++) {
+      std[i] = claims[i] == '-' ? '+' : claims[i] == '_' ? '/' : claims[i];
+    }
+    while (n % 4) {
+      std[n++] = '=';
+    }
+    len = EVP_DecodeBlock(raw, (unsigned char *) std, (int) n);
+    ck_assert_int_gt(len, 0);
+    while (len > 0 && raw[len - 1] == '\0') {
+      len--;
+    }
+    j = json_loadb((char *) raw, (size_t) len, 0, NULL);
+    ck_assert_ptr_nonnull(j);
+    snprintf(aud, sizeof(aud), "https://127.0.0.1:%d/contoso.onmicrosoft.com"
+      "/oauth2/v2.0/token", srv.port);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "aud")), aud);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "iss")),
+      "11111111-2222-3333-4444-555555555555");
+    json_decref(j);
+  }
+
+  /* Nothing of the assertion in the trace. */
+  ck_assert(strstr(rec_text, jwt) == NULL);
+  ck_assert(strstr(rec_text, claims) == NULL);
+
+  free(claims);
+  free(jwt);
+  free(l0);
+  free(log);
+  free(key_pem);
+  free(cert_pem);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+}
+END_TEST
+
 START_TEST(test_request_device_flow) {
   static const struct canned script[] = {
     { 200, NULL, "{\"user_code\":\"F3QXKZ4PL\",\"device_code\":\""
@@ -2230,6 +2355,7 @@ static Suite *oauth_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_request_refresh_rotation_and_reuse);
   tcase_add_test(tc, test_request_errors_and_retry_after);
+  tcase_add_test(tc, test_request_with_client_assertion);
   tcase_add_test(tc, test_request_code_and_client_credentials);
   tcase_add_test(tc, test_request_device_flow);
   tcase_add_test(tc, test_request_transport_failures);

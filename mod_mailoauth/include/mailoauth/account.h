@@ -16,6 +16,7 @@
 #include "mailoauth/oauth.h"
 
 #include <stddef.h>
+#include <time.h>
 
 #define MAILOAUTH_ACCOUNT_DEFAULT_REDIRECT \
   "http://localhost:9090/register_microsoft_graph_api/"
@@ -27,6 +28,9 @@ struct mailoauth_account {
   char *imap_url;           /* imaps://host:993 */
   char *redirect_uri;       /* browser sign-in */
   char *secret_source;      /* "file:/path" or "env:NAME"; NULL: public client */
+  char *cert_key_file;      /* client-cert=file:KEY[,CERT]: the private key */
+  char *cert_file;          /* the certificate; NULL: in the key file */
+  time_t secret_expires;    /* secret-expires=YYYY-MM-DD (UTC); 0: unknown */
   unsigned int send_rate;   /* mails a minute at most; 0: the default */
 
   /* Strings in here point into this struct's own allocations. */
@@ -44,8 +48,10 @@ struct mailoauth_account {
 int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
   int argc, char *const *argv, char *errbuf, size_t errlen);
 
-/* Reads the client secret from its source into acct->oauth.client_secret.
- * A secret file must be a regular file not readable by group or others.
+/* Reads the client secret from its source into acct->oauth.client_secret,
+ * or the certificate credential's key and certificate into
+ * acct->oauth.client_key_pem and client_cert_pem.  A secret or key file
+ * must be a regular file not readable by group or others.
  */
 int mailoauth_account_load_secret(struct mailoauth_account *acct,
   char *errbuf, size_t errlen);
@@ -57,7 +63,15 @@ int mailoauth_account_load_secret(struct mailoauth_account *acct,
 int mailoauth_account_check_secret(const struct mailoauth_account *acct,
   char *errbuf, size_t errlen);
 
-/* Frees everything, wiping the client secret. */
+/* The certificate of a client-cert= account, as PEM text (malloc'd) in
+ * *pem: from the certificate file, or from the key file when both are in
+ * one (which needs the key file's reader: root).  Public data: the caller
+ * only frees it.
+ */
+int mailoauth_account_read_cert(const struct mailoauth_account *acct,
+  char **pem, char *errbuf, size_t errlen);
+
+/* Frees everything, wiping the client secret and private key. */
 void mailoauth_account_clear(struct mailoauth_account *acct);
 
 #endif /* MOD_MAILOAUTH_ACCOUNT_H */

@@ -17,7 +17,7 @@
  * thread-safe to initialise, and only the program knows when it is alone),
  * and optionally mailoauth_oauth_wipe_json_memory().
  *
- * Secrets (client secret, access token, refresh token, authorization code,
+ * Secrets (client secret, private key, client assertion, access token, refresh token, authorization code,
  * code_verifier, device_code) never appear in trace lines, in `detail` or in
  * the text made by mailoauth_oauth_format_error().
  */
@@ -95,6 +95,13 @@ struct mailoauth_oauth_config {
 
   /* NULL for a public client (device code, or "Allow public client flows"). */
   const char *client_secret;
+
+  /* Certificate credentials instead of a secret (assertion.h): the PEM
+   * private key and the PEM certificate uploaded to the app registration.
+   * Each request then carries a fresh client assertion.
+   */
+  const char *client_key_pem;
+  const char *client_cert_pem;
 
   /* Space-separated; NULL for the provider's default for the grant. */
   const char *scopes;

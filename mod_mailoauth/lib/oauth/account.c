@@ -4,6 +4,7 @@
 
 #include "mailoauth/trace.h"
 #include "mailoauth/account.h"
+#include "mailoauth/assertion.h"
 #include "mailoauth/tokenstore.h"
 
 #include <errno.h>
@@ -19,6 +20,9 @@
 #include <openssl/crypto.h>
 
 #define MAILOAUTH_ACCOUNT_SECRET_MAX    4096
+
+/* A PEM key of 8192 bits with its certificate chain fits easily. */
+#define MAILOAUTH_ACCOUNT_PEM_MAX       (64 * 1024)
 
 struct mailoauth_account_defaults {
   mailoauth_oauth_provider_t provider;
@@ -43,7 +47,8 @@ static const struct mailoauth_account_defaults mailoauth_account_servers[] = {
 static const char *mailoauth_account_keys[] = {
   "provider", "tenant", "client-id", "client-secret", "mailbox", "grant",
   "scopes", "authority", "authorize-url", "token-url", "device-url",
-  "redirect-uri", "proxy", "ca-file", "smtp", "imap", "send-rate", NULL
+  "redirect-uri", "proxy", "ca-file", "smtp", "imap", "send-rate",
+  "client-cert", "secret-expires", NULL
 };
 
 static const char *mailoauth_account_keep(struct mailoauth_account *acct,
@@ -233,6 +238,48 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
         return -1;
       }
 
+    } else if (strcasecmp(key, "client-cert") == 0) {
+      const char *comma = strchr(value, ',');
+
+      if (strncmp(value, "file:/", 6) != 0 ||
+          (comma != NULL && comma[1] != '/')) {
+        mailoauth_errf(errbuf, errlen, "client-cert must name the private "
+          "key file and, if it is not in the same file, the certificate: "
+          "write client-cert=file:/etc/proftpd/%s.key or "
+          "client-cert=file:/etc/proftpd/%s.key,/etc/proftpd/%s.crt "
+          "(absolute paths)", name, name, name);
+        errno = EINVAL;
+        return -1;
+      }
+
+      free(acct->cert_key_file);
+      acct->cert_key_file = comma != NULL ?
+        strndup(value + 5, (size_t) (comma - value - 5)) : strdup(value + 5);
+      if (acct->cert_key_file == NULL ||
+          (comma != NULL &&
+           mailoauth_account_set(&acct->cert_file, comma + 1) < 0)) {
+        return -1;
+      }
+
+    } else if (strcasecmp(key, "secret-expires") == 0) {
+      struct tm tm;
+      const char *end;
+
+      memset(&tm, 0, sizeof(tm));
+      end = strptime(value, "%Y-%m-%d", &tm);
+      if (end == NULL || *end != '\0' || tm.tm_year < 100) {
+        mailoauth_errf(errbuf, errlen, "secret-expires '%s' must be the "
+          "date the client secret expires, as YYYY-MM-DD (the Expires "
+          "column under Certificates & secrets)", value);
+        errno = EINVAL;
+        return -1;
+      }
+      /* The end of that day, UTC: the portal shows dates only. */
+      tm.tm_hour = 23;
+      tm.tm_min = 59;
+      tm.tm_sec = 59;
+      acct->secret_expires = timegm(&tm);
+
     } else if (strcasecmp(key, "mailbox") == 0) {
       if (strchr(value, '@') == NULL ||
           strpbrk(value, " \t\r\n<>\",;") != NULL) {
@@ -352,10 +399,21 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
     return -1;
   }
 
+  if (acct->secret_source != NULL &&
+      acct->cert_key_file != NULL) {
+    mailoauth_errf(errbuf, errlen, "client-secret= and client-cert= "
+      "exclude each other: the app proves who it is with one of them "
+      "(remove the one you do not use)");
+    errno = EINVAL;
+    return -1;
+  }
+
   if (oc->grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY) {
-    if (acct->secret_source == NULL) {
+    if (acct->secret_source == NULL &&
+        acct->cert_key_file == NULL) {
       mailoauth_errf(errbuf, errlen, "grant=app-only needs "
-        "client-secret=file:/path or client-secret=env:NAME");
+        "client-secret=file:/path, client-secret=env:NAME or "
+        "client-cert=file:/path/key.pem[,/path/cert.pem]");
       errno = EINVAL;
       return -1;
     }
@@ -409,6 +467,18 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
     return res;
   }
 
+  if (acct->cert_key_file != NULL &&
+      oc->client_key_pem == NULL) {
+    int res;
+
+    oc->client_key_pem = "placeholder";
+    oc->client_cert_pem = "placeholder";
+    res = mailoauth_oauth_config_check(oc, errbuf, errlen);
+    oc->client_key_pem = NULL;
+    oc->client_cert_pem = NULL;
+    return res;
+  }
+
   return mailoauth_oauth_config_check(oc, errbuf, errlen);
 }
 
@@ -417,8 +487,12 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
   "create it with install -m 0600 /dev/null FILE, write the secret's value " \
   "into it (owner root or the server's User), then reload"
 
-static int mailoauth_account_read_secret_file(const char *path, char *buf,
-    size_t bufsz, char *errbuf, size_t errlen) {
+#define MAILOAUTH_ACCOUNT_KEY_HOWTO \
+  "check the path in client-cert=; the key file must be a PEM file owned " \
+  "by root or the server's User, mode 0600"
+
+static int mailoauth_account_read_file(const char *what, const char *path,
+    int private, char *buf, size_t bufsz, char *errbuf, size_t errlen) {
   struct stat st;
   ssize_t n;
   size_t have = 0;
@@ -427,10 +501,12 @@ static int mailoauth_account_read_secret_file(const char *path, char *buf,
   fd = open(path, O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_NOCTTY|O_CLOEXEC);
   if (fd < 0) {
     xerrno = errno;
-    mailoauth_errf(errbuf, errlen, "cannot read client secret file "
-      "'%s': %s (%s)", path, strerror(xerrno),
+    mailoauth_errf(errbuf, errlen, "cannot read %s file "
+      "'%s': %s (%s)", what, path, strerror(xerrno),
       xerrno == ELOOP ? "symbolic links are refused: name the file itself" :
-      MAILOAUTH_ACCOUNT_SECRET_HOWTO);
+      private && strcmp(what, "client secret") == 0 ?
+      MAILOAUTH_ACCOUNT_SECRET_HOWTO : private ? MAILOAUTH_ACCOUNT_KEY_HOWTO :
+      "check the path in client-cert=");
     errno = xerrno;
     return -1;
   }
@@ -438,16 +514,17 @@ static int mailoauth_account_read_secret_file(const char *path, char *buf,
   if (fstat(fd, &st) < 0 ||
       !S_ISREG(st.st_mode)) {
     (void) close(fd);
-    mailoauth_errf(errbuf, errlen, "client secret file '%s' is not a "
-      "regular file (%s)", path, MAILOAUTH_ACCOUNT_SECRET_HOWTO);
+    mailoauth_errf(errbuf, errlen, "%s file '%s' is not a "
+      "regular file (%s)", what, path, MAILOAUTH_ACCOUNT_SECRET_HOWTO);
     errno = EINVAL;
     return -1;
   }
 
-  if ((st.st_mode & 077) != 0) {
+  if (private &&
+      (st.st_mode & 077) != 0) {
     (void) close(fd);
-    mailoauth_errf(errbuf, errlen, "client secret file '%s' is "
-      "readable by others (mode %04o): chmod 0600 '%s'", path,
+    mailoauth_errf(errbuf, errlen, "%s file '%s' is "
+      "readable by others (mode %04o): chmod 0600 '%s'", what, path,
       (unsigned int) (st.st_mode & 07777), path);
     errno = EPERM;
     return -1;
@@ -464,6 +541,14 @@ static int mailoauth_account_read_secret_file(const char *path, char *buf,
     have += (size_t) n;
   }
   (void) close(fd);
+
+  if (have == bufsz - 1 &&
+      (size_t) st.st_size >= bufsz) {
+    mailoauth_errf(errbuf, errlen, "%s file '%s' is too large (at most "
+      "%lu bytes)", what, path, (unsigned long) (bufsz - 1));
+    errno = EFBIG;
+    return -1;
+  }
 
   buf[have] = '\0';
   return 0;
@@ -489,8 +574,8 @@ static int mailoauth_account_fetch_secret(const struct mailoauth_account *acct,
 
     snprintf(buf, bufsz, "%s", value);
 
-  } else if (mailoauth_account_read_secret_file(src + 5, buf, bufsz,
-      errbuf, errlen) < 0) {
+  } else if (mailoauth_account_read_file("client secret", src + 5, 1, buf,
+      bufsz, errbuf, errlen) < 0) {
     return -1;
   }
 
@@ -512,11 +597,130 @@ static int mailoauth_account_fetch_secret(const struct mailoauth_account *acct,
   return 0;
 }
 
+static const char mailoauth_account_cert_begin[] =
+  "-----BEGIN CERTIFICATE-----";
+
+/* The certificate PEM: its own file, or the certificate blocks of the key
+ * file (never a copy of the key).
+ */
+static int mailoauth_account_cert_text(const struct mailoauth_account *acct,
+    const char *keytext, char **pem, char *errbuf, size_t errlen) {
+  const char *begin;
+
+  *pem = NULL;
+
+  if (acct->cert_file != NULL) {
+    char *buf = malloc(MAILOAUTH_ACCOUNT_PEM_MAX);
+
+    if (buf == NULL) {
+      return -1;
+    }
+
+    if (mailoauth_account_read_file("certificate", acct->cert_file, 0, buf,
+        MAILOAUTH_ACCOUNT_PEM_MAX, errbuf, errlen) < 0) {
+      int xerrno = errno;
+
+      free(buf);
+      errno = xerrno;
+      return -1;
+    }
+
+    *pem = buf;
+    return 0;
+  }
+
+  begin = strstr(keytext, mailoauth_account_cert_begin);
+  if (begin == NULL) {
+    mailoauth_errf(errbuf, errlen, "the key file '%s' holds no certificate: "
+      "append it (cat cert.pem >> '%s') or name it: "
+      "client-cert=file:%s,/path/cert.pem", acct->cert_key_file,
+      acct->cert_key_file, acct->cert_key_file);
+    errno = EINVAL;
+    return -1;
+  }
+
+  /* Keys written after the certificate are left out too. */
+  {
+    const char *end = strstr(begin, "-----END CERTIFICATE-----");
+    size_t len = end != NULL ? (size_t) (end - begin) + 25 : strlen(begin);
+
+    *pem = strndup(begin, len);
+  }
+  return *pem != NULL ? 0 : -1;
+}
+
+/* Key and certificate; *key (malloc'd, MAILOAUTH_ACCOUNT_PEM_MAX) must be
+ * wiped by the caller, also on failure.
+ */
+static int mailoauth_account_fetch_cert(const struct mailoauth_account *acct,
+    char **key, char **cert, char *errbuf, size_t errlen) {
+  *cert = NULL;
+  *key = malloc(MAILOAUTH_ACCOUNT_PEM_MAX);
+  if (*key == NULL) {
+    mailoauth_errf(errbuf, errlen, "out of memory");
+    return -1;
+  }
+  (*key)[0] = '\0';
+
+  if (mailoauth_account_read_file("private key", acct->cert_key_file, 1,
+      *key, MAILOAUTH_ACCOUNT_PEM_MAX, errbuf, errlen) < 0 ||
+      mailoauth_account_cert_text(acct, *key, cert, errbuf, errlen) < 0) {
+    return -1;
+  }
+
+  if (mailoauth_assertion_check_pair(*key, strlen(*key), *cert,
+      strlen(*cert), errbuf, errlen) < 0) {
+    char why[384];
+
+    snprintf(why, sizeof(why), "%s", errbuf);
+    mailoauth_errf(errbuf, errlen, "client-cert '%s'%s%s: %s",
+      acct->cert_key_file, acct->cert_file ? "," : "",
+      acct->cert_file ? acct->cert_file : "", why);
+    errno = EINVAL;
+    return -1;
+  }
+
+  return 0;
+}
+
+static void mailoauth_account_wipe(char **key) {
+  if (*key != NULL) {
+    OPENSSL_cleanse(*key, MAILOAUTH_ACCOUNT_PEM_MAX);
+    free(*key);
+    *key = NULL;
+  }
+}
+
+static int mailoauth_account_load_cert(struct mailoauth_account *acct,
+    char *errbuf, size_t errlen) {
+  char *key = NULL, *cert = NULL;
+  int res = -1;
+
+  if (mailoauth_account_fetch_cert(acct, &key, &cert, errbuf, errlen) == 0) {
+    const char *k = mailoauth_account_keep(acct, key);
+    const char *c = k != NULL ? mailoauth_account_keep(acct, cert) : NULL;
+
+    if (c != NULL) {
+      acct->oauth.client_key_pem = k;
+      acct->oauth.client_cert_pem = c;
+      res = 0;
+    }
+  }
+
+  mailoauth_account_wipe(&key);
+  free(cert);
+  return res;
+}
+
 int mailoauth_account_load_secret(struct mailoauth_account *acct,
     char *errbuf, size_t errlen) {
   char buf[MAILOAUTH_ACCOUNT_SECRET_MAX];
   const char *copy;
   int res;
+
+  if (acct->cert_key_file != NULL) {
+    return mailoauth_account_load_cert(acct, errbuf, errlen);
+  }
 
   if (acct->secret_source == NULL) {
     return 0;
@@ -543,6 +747,17 @@ int mailoauth_account_check_secret(const struct mailoauth_account *acct,
   char buf[MAILOAUTH_ACCOUNT_SECRET_MAX];
   int res, xerrno;
 
+  if (acct->cert_key_file != NULL) {
+    char *key = NULL, *cert = NULL;
+
+    res = mailoauth_account_fetch_cert(acct, &key, &cert, errbuf, errlen);
+    xerrno = errno;
+    mailoauth_account_wipe(&key);
+    free(cert);
+    errno = xerrno;
+    return res;
+  }
+
   if (acct->secret_source == NULL) {
     return 0;
   }
@@ -551,6 +766,41 @@ int mailoauth_account_check_secret(const struct mailoauth_account *acct,
     errlen);
   xerrno = errno;
   OPENSSL_cleanse(buf, sizeof(buf));
+  errno = xerrno;
+  return res;
+}
+
+int mailoauth_account_read_cert(const struct mailoauth_account *acct,
+    char **pem, char *errbuf, size_t errlen) {
+  char *key = NULL;
+  int res, xerrno;
+
+  *pem = NULL;
+  if (acct->cert_key_file == NULL) {
+    mailoauth_errf(errbuf, errlen, "account %s has no client-cert=",
+      acct->name);
+    errno = ENOENT;
+    return -1;
+  }
+
+  if (acct->cert_file != NULL) {
+    return mailoauth_account_cert_text(acct, NULL, pem, errbuf, errlen);
+  }
+
+  key = malloc(MAILOAUTH_ACCOUNT_PEM_MAX);
+  if (key == NULL) {
+    return -1;
+  }
+  key[0] = '\0';
+
+  res = mailoauth_account_read_file("private key", acct->cert_key_file, 1,
+    key, MAILOAUTH_ACCOUNT_PEM_MAX, errbuf, errlen);
+  if (res == 0) {
+    res = mailoauth_account_cert_text(acct, key, pem, errbuf, errlen);
+  }
+
+  xerrno = errno;
+  mailoauth_account_wipe(&key);
   errno = xerrno;
   return res;
 }
@@ -569,5 +819,7 @@ void mailoauth_account_clear(struct mailoauth_account *acct) {
   free(acct->imap_url);
   free(acct->redirect_uri);
   free(acct->secret_source);
+  free(acct->cert_key_file);
+  free(acct->cert_file);
   memset(acct, 0, sizeof(*acct));
 }

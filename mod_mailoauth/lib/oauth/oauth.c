@@ -2,6 +2,7 @@
  * mod_mailoauth - OAuth2 token endpoint client
  */
 
+#include "mailoauth/assertion.h"
 #include "mailoauth/buf.h"
 #include "mailoauth/oauth.h"
 #include "mailoauth/trace.h"
@@ -385,6 +386,20 @@ int mailoauth_oauth_config_check(const struct mailoauth_oauth_config *cfg,
     return -1;
   }
 
+  if (!is_blank(cfg->client_secret) && !is_blank(cfg->client_key_pem)) {
+    mailoauth_errf(errbuf, errlen, "use either a client secret or a "
+      "certificate, not both");
+    errno = EINVAL;
+    return -1;
+  }
+
+  if (!is_blank(cfg->client_key_pem) && is_blank(cfg->client_cert_pem)) {
+    mailoauth_errf(errbuf, errlen, "a certificate credential needs the "
+      "certificate as well as the private key");
+    errno = EINVAL;
+    return -1;
+  }
+
   if (cfg->scopes != NULL && (is_blank(cfg->scopes) || has_ctrl(cfg->scopes))) {
     mailoauth_errf(errbuf, errlen, "scopes must be a space-separated list");
     errno = EINVAL;
@@ -421,8 +436,9 @@ int mailoauth_oauth_config_check(const struct mailoauth_oauth_config *cfg,
       return -1;
     }
 
-    if (is_blank(cfg->client_secret)) {
-      mailoauth_errf(errbuf, errlen, "app-only access needs a client secret");
+    if (is_blank(cfg->client_secret) && is_blank(cfg->client_key_pem)) {
+      mailoauth_errf(errbuf, errlen, "app-only access needs a client secret "
+        "or a certificate");
       errno = EINVAL;
       return -1;
     }
@@ -1153,6 +1169,9 @@ struct mailoauth_oauth_ctx {
   char *tenant;
   char *client_id;
   char *client_secret;
+  char *client_key_pem;
+  char *client_cert_pem;
+  char *assertion;      /* the current request's; wiped after it */
   char *scopes;
   char *token_url;
   char *devicecode_url;
@@ -1219,6 +1238,8 @@ static int ctx_copy_config(struct mailoauth_oauth_ctx *ctx,
       str_dup(&ctx->tenant, cfg->tenant) < 0 ||
       str_dup(&ctx->client_id, cfg->client_id) < 0 ||
       str_dup(&ctx->client_secret, cfg->client_secret) < 0 ||
+      str_dup(&ctx->client_key_pem, cfg->client_key_pem) < 0 ||
+      str_dup(&ctx->client_cert_pem, cfg->client_cert_pem) < 0 ||
       str_dup(&ctx->ca_file, cfg->ca_file) < 0 ||
       str_dup(&ctx->proxy, cfg->proxy) < 0 ||
       str_dup(&ctx->user_agent,
@@ -1230,6 +1251,8 @@ static int ctx_copy_config(struct mailoauth_oauth_ctx *ctx,
   ctx->cfg.tenant = ctx->tenant;
   ctx->cfg.client_id = ctx->client_id;
   ctx->cfg.client_secret = ctx->client_secret;
+  ctx->cfg.client_key_pem = ctx->client_key_pem;
+  ctx->cfg.client_cert_pem = ctx->client_cert_pem;
   ctx->cfg.ca_file = ctx->ca_file;
   ctx->cfg.proxy = ctx->proxy;
   ctx->cfg.user_agent = ctx->user_agent;
@@ -1384,6 +1407,9 @@ void mailoauth_oauth_ctx_destroy(struct mailoauth_oauth_ctx *ctx) {
   mailoauth_buf_free(&ctx->body);
   mailoauth_buf_free(&ctx->reply);
   secret_free(&ctx->client_secret);
+  secret_free(&ctx->client_key_pem);
+  secret_free(&ctx->assertion);
+  free(ctx->client_cert_pem);
   free(ctx->authority);
   free(ctx->tenant);
   free(ctx->client_id);
@@ -1511,18 +1537,47 @@ static int perform(struct mailoauth_oauth_ctx *ctx,
 
   mailoauth_buf_clear(&ctx->reply);
   scrub_response(resp, secrets);
+  if (ctx->assertion != NULL) {
+    const char *more[2] = { ctx->assertion, NULL };
+
+    scrub_response(resp, more);
+    secret_free(&ctx->assertion);
+  }
   trace_outcome(ctx, kind, resp);
 
   errno = xerrno;
   return res;
 }
 
-static int add_client_auth(struct mailoauth_oauth_ctx *ctx) {
+/* The client's credential: a secret (client_secret_post, accepted by
+ * Microsoft and Google alike) or, with a certificate, a client assertion
+ * made for this request to the token endpoint.  -1: a local failure; with
+ * *config set, one the configuration must fix (its reason in errbuf).
+ */
+static int add_client_auth(struct mailoauth_oauth_ctx *ctx, time_t now,
+    int *config, char *errbuf, size_t errlen) {
+  *config = 0;
+
   if (buf_add_param(&ctx->body, "client_id", ctx->cfg.client_id) < 0) {
     return -1;
   }
 
-  /* client_secret_post: accepted by Microsoft and Google alike. */
+  if (!is_blank(ctx->cfg.client_key_pem)) {
+    secret_free(&ctx->assertion);
+    if (mailoauth_assertion_make(ctx->cfg.client_key_pem,
+          strlen(ctx->cfg.client_key_pem), ctx->cfg.client_cert_pem,
+          strlen(ctx->cfg.client_cert_pem), ctx->cfg.client_id,
+          ctx->cfg.token_url, now, &ctx->assertion, errbuf, errlen) < 0) {
+      *config = errno != ENOMEM;
+      return -1;
+    }
+
+    return buf_add_param(&ctx->body, "client_assertion_type",
+        MAILOAUTH_ASSERTION_TYPE) < 0 ||
+      buf_add_param(&ctx->body, "client_assertion", ctx->assertion) < 0 ?
+      -1 : 0;
+  }
+
   if (!is_blank(ctx->cfg.client_secret) &&
       buf_add_param(&ctx->body, "client_secret", ctx->cfg.client_secret) < 0) {
     return -1;
@@ -1546,11 +1601,41 @@ static int local_failure(struct mailoauth_oauth_ctx *ctx,
   int xerrno = errno;
 
   mailoauth_buf_clear(&ctx->body);
+  secret_free(&ctx->assertion);
   mailoauth_oauth_response_clear(resp);
   resp->oauth_class = MAILOAUTH_OAUTH_TRANSIENT;
   snprintf(resp->detail, sizeof(resp->detail), "cannot build the request: %s",
     strerror(xerrno));
   errno = xerrno;
+  return -1;
+}
+
+/* Adds the client's credential; on failure fills resp (CONFIG when the key
+ * or certificate is unusable) and returns -1.
+ */
+static int client_auth(struct mailoauth_oauth_ctx *ctx, time_t now,
+    mailoauth_oauth_request_t kind, struct mailoauth_oauth_response *resp) {
+  char err[sizeof(resp->detail)];
+  int config;
+
+  err[0] = '\0';
+  if (add_client_auth(ctx, now, &config, err, sizeof(err)) == 0) {
+    return 0;
+  }
+
+  if (!config) {
+    return local_failure(ctx, resp);
+  }
+
+  mailoauth_buf_clear(&ctx->body);
+  mailoauth_oauth_response_clear(resp);
+  resp->request = kind;
+  resp->oauth_class = MAILOAUTH_OAUTH_CONFIG;
+  snprintf(resp->detail, sizeof(resp->detail), "the certificate credential "
+    "cannot be used: %s", err);
+  mailoauth_trace(trace_channel, 3, "%s request for client %s not sent: %s",
+    request_name(kind), ctx->cfg.client_id, resp->detail);
+  errno = EINVAL;
   return -1;
 }
 
@@ -1564,8 +1649,11 @@ int mailoauth_oauth_refresh(struct mailoauth_oauth_ctx *ctx,
     return -1;
   }
 
-  if (add_client_auth(ctx) < 0 ||
-      buf_add_param(&ctx->body, "grant_type", "refresh_token") < 0 ||
+  if (client_auth(ctx, now, MAILOAUTH_OAUTH_REQ_REFRESH, resp) < 0) {
+    return -1;
+  }
+
+  if (buf_add_param(&ctx->body, "grant_type", "refresh_token") < 0 ||
       buf_add_param(&ctx->body, "refresh_token", refresh_token) < 0 ||
       buf_add_param(&ctx->body, "scope", ctx->cfg.scopes) < 0) {
     return local_failure(ctx, resp);
@@ -1582,13 +1670,18 @@ int mailoauth_oauth_client_credentials(struct mailoauth_oauth_ctx *ctx,
     time_t now, struct mailoauth_oauth_response *resp) {
   const char *secrets[2];
 
-  if (start_request(ctx, resp) < 0 || is_blank(ctx->cfg.client_secret)) {
+  if (start_request(ctx, resp) < 0 || (is_blank(ctx->cfg.client_secret) &&
+      is_blank(ctx->cfg.client_key_pem))) {
     errno = EINVAL;
     return -1;
   }
 
-  if (add_client_auth(ctx) < 0 ||
-      buf_add_param(&ctx->body, "grant_type", "client_credentials") < 0 ||
+  if (client_auth(ctx, now, MAILOAUTH_OAUTH_REQ_CLIENT_CREDENTIALS,
+      resp) < 0) {
+    return -1;
+  }
+
+  if (buf_add_param(&ctx->body, "grant_type", "client_credentials") < 0 ||
       buf_add_param(&ctx->body, "scope", ctx->cfg.scopes) < 0) {
     return local_failure(ctx, resp);
   }
@@ -1610,9 +1703,12 @@ int mailoauth_oauth_redeem_code(struct mailoauth_oauth_ctx *ctx,
     return -1;
   }
 
+  if (client_auth(ctx, now, MAILOAUTH_OAUTH_REQ_AUTH_CODE, resp) < 0) {
+    return -1;
+  }
+
   /* No scope: the code already carries the consented ones. */
-  if (add_client_auth(ctx) < 0 ||
-      buf_add_param(&ctx->body, "grant_type", "authorization_code") < 0 ||
+  if (buf_add_param(&ctx->body, "grant_type", "authorization_code") < 0 ||
       buf_add_param(&ctx->body, "code", code) < 0 ||
       buf_add_param(&ctx->body, "redirect_uri", redirect_uri) < 0 ||
       buf_add_param(&ctx->body, "code_verifier", code_verifier) < 0) {
@@ -1668,8 +1764,11 @@ int mailoauth_oauth_device_poll(struct mailoauth_oauth_ctx *ctx,
     return -1;
   }
 
-  if (add_client_auth(ctx) < 0 ||
-      buf_add_param(&ctx->body, "grant_type",
+  if (client_auth(ctx, now, MAILOAUTH_OAUTH_REQ_DEVICE_POLL, resp) < 0) {
+    return -1;
+  }
+
+  if (buf_add_param(&ctx->body, "grant_type",
         "urn:ietf:params:oauth:grant-type:device_code") < 0 ||
       buf_add_param(&ctx->body, "device_code", device_code) < 0) {
     return local_failure(ctx, resp);

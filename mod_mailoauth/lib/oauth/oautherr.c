@@ -197,6 +197,9 @@ static const struct mailoauth_oauth_aadsts aadsts_table[] = {
     "the redirect URI does not match one registered for the app",
     "add the exact redirect URI (scheme, host, port, path) under "
     "Authentication in the app registration" },
+  { 50027, MAILOAUTH_OAUTH_CONFIG,
+    "the client assertion (certificate credential) is not a valid JWT",
+    "check that client-cert= names the RSA key and its certificate" },
   { 50034, MAILOAUTH_OAUTH_REAUTH,
     "the account that signed in does not exist in this tenant",
     "sign in with a mailbox account of this tenant: {cmd}" },
@@ -331,6 +334,22 @@ static const struct mailoauth_oauth_aadsts aadsts_table[] = {
     "the application (client) ID was not found in the tenant",
     "check the client ID and the tenant ID; a single-tenant app works only "
     "in its own tenant" },
+  { 700021, MAILOAUTH_OAUTH_CONFIG,
+    "the client assertion names another application than client_id",
+    "check the application (client) ID" },
+  { 700023, MAILOAUTH_OAUTH_CONFIG,
+    "the client assertion's audience is not this token endpoint",
+    "check the tenant and the cloud (provider=) configured" },
+  { 700024, MAILOAUTH_OAUTH_CONFIG,
+    "the client assertion is outside its valid time range",
+    "set this server's clock right (NTP): assertions are valid 10 "
+    "minutes from the server's now" },
+  { 700027, MAILOAUTH_OAUTH_CONFIG,
+    "the client assertion's certificate is not registered on the app, or "
+    "its signature does not verify",
+    "upload the certificate (ftpmailoauth cert ACCOUNT prints its "
+    "thumbprint) under Certificates & secrets, or configure the key that "
+    "belongs to the uploaded one" },
   { 700082, MAILOAUTH_OAUTH_REAUTH,
     "the refresh token expired after 90 days unused",
     "sign in again: {cmd}" },
