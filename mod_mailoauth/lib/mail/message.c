@@ -99,6 +99,11 @@ struct mailoauth_message {
   char **envelope;
   size_t nenvelope;
 
+  /* For senders that take recipients from the header (Graph's MIME
+   * sendMail strips the Bcc header itself).
+   */
+  int bcc_header;
+
   char *subject;
   size_t subject_len;
   char *body;
@@ -971,11 +976,6 @@ int mailoauth_message_add_recipient(struct mailoauth_message *msg, int kind,
     msg->envelope[msg->nenvelope++] = copy;
   }
 
-  if (kind == MAILOAUTH_MESSAGE_BCC) {
-    mailoauth_message_mailbox_clear(&mb);
-    return 0;
-  }
-
   list = realloc(msg->rcpts[kind], (msg->nrcpts[kind] + 1) * sizeof(*list));
   if (list == NULL) {
     mailoauth_message_mailbox_clear(&mb);
@@ -1810,6 +1810,15 @@ static int mailoauth_message_format_date(time_t when, int utc, char *out,
   return 0;
 }
 
+int mailoauth_message_set_bcc_header(struct mailoauth_message *msg,
+    int on) {
+  if (mailoauth_message_modify(msg) < 0) {
+    return -1;
+  }
+  msg->bcc_header = on ? 1 : 0;
+  return 0;
+}
+
 int mailoauth_message_prepare(struct mailoauth_message *msg) {
   struct mailoauth_message_buf b;
   char date[64];
@@ -1904,6 +1913,10 @@ int mailoauth_message_prepare(struct mailoauth_message *msg) {
   if (msg->nrcpts[MAILOAUTH_MESSAGE_CC] > 0) {
     mailoauth_message_hdr_mailboxes(&b, "Cc",
       msg->rcpts[MAILOAUTH_MESSAGE_CC], msg->nrcpts[MAILOAUTH_MESSAGE_CC]);
+  }
+  if (msg->bcc_header && msg->nrcpts[MAILOAUTH_MESSAGE_BCC] > 0) {
+    mailoauth_message_hdr_mailboxes(&b, "Bcc",
+      msg->rcpts[MAILOAUTH_MESSAGE_BCC], msg->nrcpts[MAILOAUTH_MESSAGE_BCC]);
   }
 
   mailoauth_message_hdr_begin(&b, "Subject");
