@@ -188,3 +188,66 @@ def test_graph_setting_mistakes_fail_syntax_check(make_proftpd, tokensvc,
     res = a.srv.syntax_check()
     assert res.returncode != 0
     assert message in res.stderr
+
+
+@pytest.mark.parametrize("size", [3500 * 1024, 40 * 1024 * 1024])
+def test_large_attachment_goes_through_an_upload_session(graph_notifier,
+                                                         graph, dovecot,
+                                                         size):
+    """Over one request's 4 MB: a draft without the file, the file in
+    Content-Range pieces of at most 4 MB without the bearer token, then
+    send; the recipient gets the exact bytes, Drafts keeps nothing."""
+    tag = uuid.uuid4().hex[:8]
+    a = graph_notifier('MailOAuthNotify notify to=ops@contoso.test '
+                       'attach=50M "subject=Big %s"' % tag)
+    a.srv.start()
+    data = os.urandom(size)
+    curl_upload(a.srv, "ftp", "big-%s.bin" % tag, data)
+    raw = dovecot.wait_for_message("ops@contoso.test", "Big " + tag,
+                                   timeout=120)
+    atts = list(parse(raw).iter_attachments())
+    assert len(atts) == 1
+    assert atts[0].get_filename() == "big-%s.bin" % tag
+    assert atts[0].get_content() == data
+    reqs = graph.requests
+    puts = [r for r in reqs if r[0] == "PUT"]
+    assert len(puts) == -(-size // (12 * 320 * 1024))
+    assert all(r[4] <= 4 * 1024 * 1024 for r in reqs)
+    assert not any(r[1].endswith("/sendMail") for r in reqs)
+    assert reqs[-1][0] == "POST" and reqs[-1][1].endswith("/send") \
+        and reqs[-1][2] == 202
+    assert graph.drafts == {}
+
+
+def test_expired_upload_session_deletes_the_draft_and_retries(
+        graph_notifier, graph, dovecot):
+    """The session expires mid-upload (404): the draft is deleted, and the
+    next attempt uploads again from the start; one mail arrives."""
+    tag = uuid.uuid4().hex[:8]
+    orig = graph._upload
+    calls = []
+
+    def expiring(path, headers, body, size):
+        calls.append(path)
+        if len(calls) == 2:
+            graph.expire_upload_sessions()
+        return orig(path, headers, body, size)
+
+    graph._upload = expiring
+    try:
+        a = graph_notifier('MailOAuthNotify notify to=ops@contoso.test '
+                           'attach=50M "subject=Expiry %s"' % tag)
+        a.srv.start()
+        data = os.urandom(9 * 1024 * 1024)
+        curl_upload(a.srv, "ftp", "exp.bin", data)
+        raw = dovecot.wait_for_message("ops@contoso.test", "Expiry " + tag,
+                                       timeout=120)
+    finally:
+        graph._upload = orig
+    assert list(parse(raw).iter_attachments())[0].get_content() == data
+    assert len(graph.deleted) == 1
+    assert graph.drafts == {}
+    time.sleep(1)
+    assert len([m for m in dovecot.messages("ops@contoso.test")
+                if ("Expiry " + tag).encode() in m]) == 1
+    assert "ItemNotFound" in a.srv.log_text()

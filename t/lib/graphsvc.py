@@ -2,6 +2,15 @@
 """Local stand-in for Microsoft Graph mail endpoints, backed by a real Dovecot.
 
 What it models (the v1.0 mail API as documented in 2026):
+  POST /v1.0/users/{id}/messages with a base64 MIME body makes a draft
+       (201, {"id": ...}); POST .../messages/{id}/attachments/
+       createUploadSession with an AttachmentItem opens an upload session
+       (201, {"uploadUrl": ...}); PUTs to the upload URL, without an
+       Authorization header, with Content-Range pieces in order (416 for a
+       piece out of order, 404 once the session expired; 200 with
+       nextExpectedRanges, 201 for the last); POST .../messages/{id}/send
+       sends the draft with its files (202); DELETE .../messages/{id}
+       removes a draft.
   POST /v1.0/users/{id|upn}/sendMail   (also /me/sendMail for delegated
        tokens) with Content-Type text/plain: the body is a base64-encoded
        MIME message.  202 Accepted with an empty body on success.  The
@@ -32,6 +41,7 @@ Standard library only; runs in a thread of the test process.
 import base64
 import binascii
 import email
+import email.message
 import email.policy
 import email.utils
 import http.server
@@ -106,10 +116,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(n), n
 
     def do_POST(self):
+        self._do("POST")
+
+    def do_PUT(self):
+        self._do("PUT")
+
+    def do_DELETE(self):
+        self._do("DELETE")
+
+    def _do(self, method):
         svc = self.server.svc
         body, size = self._read_body()
         try:
-            status, answer = svc.handle("POST", self.path, self.headers,
+            status, answer = svc.handle(method, self.path, self.headers,
                                         body, size)
         except GraphError as e:
             headers = []
@@ -142,6 +161,9 @@ class GraphService:
         self.active = {}            # mailbox -> requests in progress
         self.max_active = {}        # mailbox -> most at once
         self.known_mailboxes = set()
+        self.drafts = {}            # id -> {"mailbox", "mime", "files"}
+        self.sessions = {}          # upload id -> session
+        self.deleted = []           # draft ids deleted by the client
         self.server = None
         self.thread = None
 
@@ -178,6 +200,14 @@ class GraphService:
             self.faults = []
             self.active = {}
             self.max_active = {}
+            self.drafts = {}
+            self.sessions = {}
+            self.deleted = []
+
+    def expire_upload_sessions(self):
+        with self.lock:
+            for sess in self.sessions.values():
+                sess["expires"] = 0
 
     def inject(self, status, count=1, retry_after=None, code=None):
         with self.lock:
@@ -224,15 +254,13 @@ class GraphService:
         parts = [urllib.parse.unquote(p) for p in
                  path.split("?")[0].strip("/").split("/")]
         # v1.0 / users / {id} / sendMail  or  v1.0 / me / sendMail
-        if len(parts) == 3 and parts[0] == "v1.0" and parts[1] == "me" and \
-                parts[2] == "sendMail":
+        if len(parts) >= 3 and parts[0] == "v1.0" and parts[1] == "me":
             if info.get("app_only"):
                 raise GraphError(400, "BadRequest", "/me request is only "
                                  "valid with delegated authentication flow.")
-            return info["user"]
-        if len(parts) == 4 and parts[0] == "v1.0" and parts[1] == "users" \
-                and parts[3] == "sendMail":
-            return parts[2].lower()
+            return info["user"], parts[2:]
+        if len(parts) >= 4 and parts[0] == "v1.0" and parts[1] == "users":
+            return parts[2].lower(), parts[3:]
         raise GraphError(400, "BadRequest", "Resource not found for the "
                          "segment '%s'." % parts[-1])
 
@@ -265,8 +293,10 @@ class GraphService:
         return status, answer
 
     def _handle(self, method, path, headers, body, size):
+        if path.startswith("/upload/"):
+            return self._upload(path, headers, body, size)
         info = self._authenticate(headers)
-        mailbox = self._mailbox(path, info)
+        mailbox, rest = self._mailbox(path, info)
         if mailbox not in self.known_mailboxes and \
                 mailbox not in [u.lower() for u in self.dovecot.users]:
             raise GraphError(404, "ErrorInvalidUser",
@@ -286,16 +316,153 @@ class GraphService:
             self.active[mailbox] = n
             self.max_active[mailbox] = max(self.max_active.get(mailbox, 0), n)
         try:
-            return self._send_mail(mailbox, headers, body, size)
+            return self._route(method, mailbox, rest, headers, body, size)
         finally:
             with self.lock:
                 self.active[mailbox] -= 1
 
-    def _send_mail(self, mailbox, headers, body, size):
+    def _route(self, method, mailbox, rest, headers, body, size):
         if body is None or size > MAX_REQUEST:
             raise GraphError(413, "ErrorRequestEntityTooLarge",
                              "The request exceeds the maximum supported "
                              "size.")
+        if method == "POST" and rest == ["sendMail"]:
+            msg = self._mime(headers, body)
+            self._deliver(mailbox, msg)
+            return 202, None
+        if method == "POST" and rest == ["messages"]:
+            msg = self._mime(headers, body)
+            did = "AAMk" + uuid.uuid4().hex
+            with self.lock:
+                self.drafts[did] = {"mailbox": mailbox, "mime": msg,
+                                    "files": []}
+            return 201, {"id": did, "isDraft": True}
+        if len(rest) >= 2 and rest[0] == "messages":
+            with self.lock:
+                draft = self.drafts.get(rest[1])
+            if draft is None or draft["mailbox"] != mailbox:
+                raise GraphError(404, "ErrorItemNotFound", "The specified "
+                                 "object was not found in the store.")
+            if method == "DELETE" and len(rest) == 2:
+                with self.lock:
+                    del self.drafts[rest[1]]
+                    self.deleted.append(rest[1])
+                return 204, None
+            if method == "POST" and rest[2:] == ["attachments",
+                                                 "createUploadSession"]:
+                return self._create_session(rest[1], draft, body)
+            if method == "POST" and rest[2:] == ["send"]:
+                with self.lock:
+                    if any(not f["done"] for f in draft["files"]):
+                        raise GraphError(400, "ErrorInvalidRequest",
+                                         "An attachment upload is not "
+                                         "complete.")
+                    del self.drafts[rest[1]]
+                msg = draft["mime"]
+                for f in draft["files"]:
+                    maintype, _, subtype = f["type"].partition("/")
+                    if msg.get_content_maintype() != "multipart":
+                        msg = self._as_mixed(msg)
+                    part = email.message.Message()
+                    part["Content-Type"] = f["type"]
+                    part.add_header("Content-Disposition", "attachment",
+                                    filename=f["name"])
+                    part["Content-Transfer-Encoding"] = "base64"
+                    part.set_payload(base64.encodebytes(bytes(f["data"]))
+                                     .decode())
+                    msg.attach(part)
+                self._deliver(mailbox, msg)
+                return 202, None
+        raise GraphError(400, "BadRequest", "Resource not found for the "
+                         "segment '%s'." % "/".join(rest))
+
+    @staticmethod
+    def _as_mixed(msg):
+        mixed = email.message.Message()
+        for k, v in msg.items():
+            if k.lower() not in ("content-type", "content-transfer-encoding",
+                                 "mime-version"):
+                mixed[k] = v
+        mixed["MIME-Version"] = "1.0"
+        mixed["Content-Type"] = 'multipart/mixed; boundary="=_gs_%s"' \
+            % uuid.uuid4().hex
+        body = email.message.Message()
+        for k in ("Content-Type", "Content-Transfer-Encoding"):
+            if msg.get(k):
+                body[k] = msg[k]
+        body.set_payload(msg.get_payload())
+        mixed.set_payload([body])
+        return mixed
+
+    def _create_session(self, did, draft, body):
+        try:
+            item = json.loads(body or b"{}")["AttachmentItem"]
+            name, total = item["name"], int(item["size"])
+            ctype = item.get("contentType") or "application/octet-stream"
+        except (ValueError, KeyError, TypeError):
+            raise GraphError(400, "ErrorInvalidRequest", "The AttachmentItem "
+                             "is missing or invalid.")
+        if item.get("attachmentType") != "file":
+            raise GraphError(400, "ErrorInvalidRequest",
+                             "attachmentType must be file.")
+        if total > 150 * 1024 * 1024:
+            raise GraphError(400, "ErrorAttachmentSizeLimitExceeded",
+                             "The attachment is larger than 150 MB.")
+        sid = uuid.uuid4().hex
+        f = {"name": name, "type": ctype, "size": total,
+             "data": bytearray(), "done": False}
+        with self.lock:
+            draft["files"].append(f)
+            self.sessions[sid] = {"file": f, "expires": time.time() + 900}
+        return 201, {
+            "uploadUrl": "%s/upload/%s?authtoken=%s" % (
+                self.url, sid, uuid.uuid4().hex),
+            "expirationDateTime": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900)),
+            "nextExpectedRanges": ["0-"]}
+
+    def _upload(self, path, headers, body, size):
+        sid = path[len("/upload/"):].split("?")[0]
+        with self.lock:
+            sess = self.sessions.get(sid)
+        if sess is None or sess["expires"] < time.time():
+            raise GraphError(404, "ItemNotFound", "The upload session was "
+                             "not found or has expired.")
+        if headers.get("Authorization"):
+            # The upload URL carries its own authorization.
+            raise GraphError(401, "InvalidAuthenticationToken", "An "
+                             "Authorization header is not allowed on an "
+                             "upload session URL.")
+        rng = headers.get("Content-Range", "")
+        try:
+            unit, _, spec = rng.partition(" ")
+            span, _, total = spec.partition("/")
+            start, _, end = span.partition("-")
+            start, end, total = int(start), int(end), int(total)
+        except ValueError:
+            raise GraphError(400, "InvalidRange", "Content-Range is missing "
+                             "or malformed.")
+        f = sess["file"]
+        with self.lock:
+            have = len(f["data"])
+            if unit != "bytes" or total != f["size"] or start != have or \
+                    end < start or end >= total or \
+                    end - start + 1 != len(body or b""):
+                raise GraphError(416, "InvalidRange", "The Content-Range "
+                                 "does not match the next expected range "
+                                 "%d-." % have)
+            if len(body) > MAX_REQUEST:
+                raise GraphError(413, "ErrorRequestEntityTooLarge",
+                                 "A fragment may carry at most 4 MB.")
+            f["data"] += body
+            if len(f["data"]) == total:
+                f["done"] = True
+                del self.sessions[sid]
+                return 201, {"id": uuid.uuid4().hex}
+            return 200, {"expirationDateTime": "", "nextExpectedRanges": [
+                "%d-" % len(f["data"])]}
+
+    def _mime(self, headers, body):
         ctype = headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "text/plain":
             raise GraphError(400, "ErrorInvalidRequest" if ctype else
@@ -310,6 +477,9 @@ class GraphService:
         if not msg.keys() or msg.get("From") is None:
             raise GraphError(400, "ErrorMimeContentInvalid",
                              "The MIME content is invalid.")
+        return msg
+
+    def _deliver(self, mailbox, msg):
         rcpts = []
         for field in ("To", "Cc", "Bcc"):
             for _, addr in email.utils.getaddresses(msg.get_all(field, [])):
@@ -334,4 +504,3 @@ class GraphService:
         self.dovecot.deliver(mailbox, data, mailbox="Sent Items")
         with self.lock:
             self.sent.append(msg.get("Message-ID", ""))
-        return 202, None

@@ -6,7 +6,8 @@
  * same MIME message the SMTP path sends, base64-encoded, as text/plain.
  * Graph takes the recipients from the To/Cc/Bcc headers and removes Bcc
  * itself, and keeps a copy in the mailbox's Sent Items.  A request may
- * carry at most 4 MB (MAILOAUTH_GRAPH_MAX_REQUEST).
+ * carry at most 4 MB (MAILOAUTH_GRAPH_MAX_REQUEST); larger ones go through
+ * a draft and an attachment upload session.
  *
  * Outcomes use the SMTP sender's classification, so the queue treats both
  * transports alike.  Throttling (429, 503) carries the server's
@@ -22,9 +23,16 @@
 #include "mailoauth/smtp.h"
 
 #include <stddef.h>
+#include <sys/types.h>
 
-/* Graph refuses sendMail requests larger than this (base64 body). */
+/* Graph refuses requests larger than this (the base64 MIME body).  A
+ * larger message goes as a draft without its file, the file through an
+ * upload session in pieces of MAILOAUTH_GRAPH_UPLOAD_CHUNK (at most 4 MB,
+ * a multiple of 320 KiB), then send; up to MAILOAUTH_GRAPH_MAX_ATTACHMENT.
+ */
 #define MAILOAUTH_GRAPH_MAX_REQUEST     (4L * 1024L * 1024L)
+#define MAILOAUTH_GRAPH_UPLOAD_CHUNK    (12L * 320L * 1024L)
+#define MAILOAUTH_GRAPH_MAX_ATTACHMENT  ((off_t) 150 * 1024 * 1024)
 
 struct mailoauth_graph;
 

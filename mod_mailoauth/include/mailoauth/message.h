@@ -173,6 +173,21 @@ const char *mailoauth_message_content_type(const char *name, size_t len);
  */
 int mailoauth_message_set_bcc_header(struct mailoauth_message *msg, int on);
 
+/* With on, the message is built without its attachment (which stays
+ * attached, for mailoauth_message_get_attachment()): for a sender that
+ * uploads the file on its own.  Off by default.
+ */
+int mailoauth_message_set_omit_attachment(struct mailoauth_message *msg,
+  int on);
+
+/* The attached file: its descriptor (still the message's; reading moves
+ * its offset, mailoauth_message_rewind() puts it back), the name as the
+ * message shows it (UTF-8, NUL-terminated), the media type, and the size
+ * that bounds what is sent.  -1/ENOENT when there is none.
+ */
+int mailoauth_message_get_attachment(const struct mailoauth_message *msg,
+  int *fd, const char **name, const char **type, off_t *size);
+
 /* Checks that the message can be sent (a From and at least one recipient:
  * -1/EINVAL otherwise) and builds its headers.  Called by the first read if
  * the caller did not; calling it first lets the caller log the Message-ID
