@@ -251,3 +251,38 @@ def test_expired_upload_session_deletes_the_draft_and_retries(
     assert len([m for m in dovecot.messages("ops@contoso.test")
                 if ("Expiry " + tag).encode() in m]) == 1
     assert "ItemNotFound" in a.srv.log_text()
+
+
+def test_throttled_burst_of_1000_is_delivered_exactly_once(graph_notifier,
+                                                           graph, dovecot):
+    """1,000 uploads in one FTP session, every 97th Graph request answered
+    429 Retry-After 1: every notification arrives once, none twice."""
+    import ftplib
+    import io
+    n = 1000
+    tag = uuid.uuid4().hex[:8]
+    graph.throttle_every = 97
+    graph.sent_items = False        # (checked above; slow to save 1,000)
+    a = graph_notifier('MailOAuthNotify notify to=boss@contoso.test '
+                       'burst=wait "subject=%s %%{basename}"' % tag,
+                       extra="send-rate=1000")
+    a.srv.start()
+    ftp = ftplib.FTP()
+    ftp.connect(a.srv.host, a.srv.port)
+    ftp.login("alice", a.srv.password)
+    try:
+        for i in range(n):
+            ftp.storbinary("STOR f%04d.txt" % i, io.BytesIO(b"%d" % i))
+    finally:
+        ftp.quit()
+    wait_for(lambda: len(graph.sent) >= n, timeout=300, interval=1,
+             what="%d sendMail requests accepted" % n)
+    time.sleep(2)
+    assert len(graph.sent) == n
+    msgs = dovecot.messages("boss@contoso.test")
+    mine = [m for m in msgs if tag.encode() in m]
+    names = sorted(parse(m)["Subject"].split()[-1] for m in mine)
+    assert names == ["f%04d.txt" % i for i in range(n)]
+    throttled = [r for r in graph.requests if r[2] == 429]
+    assert len(throttled) >= n // 97
+    assert not [r for r in graph.requests if r[2] not in (202, 429)]

@@ -158,6 +158,9 @@ class GraphService:
         self.requests = []          # (method, path, status, code, size)
         self.sent = []              # Message-IDs accepted, in order
         self.faults = []            # [status, retry_after, code]
+        self.throttle_every = 0     # every Nth request: 429, Retry-After 1
+        self.sent_items = True      # keep a copy in the sender's Sent Items
+        self.count = 0
         self.active = {}            # mailbox -> requests in progress
         self.max_active = {}        # mailbox -> most at once
         self.known_mailboxes = set()
@@ -203,6 +206,9 @@ class GraphService:
             self.drafts = {}
             self.sessions = {}
             self.deleted = []
+            self.throttle_every = 0
+            self.count = 0
+            self.sent_items = True
 
     def expire_upload_sessions(self):
         with self.lock:
@@ -303,6 +309,11 @@ class GraphService:
                              "The requested user '%s' is invalid." % mailbox)
         self._check_permission(info, mailbox)
         with self.lock:
+            self.count += 1
+            if self.throttle_every and self.count % self.throttle_every == 0:
+                raise GraphError(429, "ApplicationThrottled", "Application "
+                                 "is over its MailboxConcurrency limit.",
+                                 retry_after=1)
             if self.faults:
                 status, retry_after, code = self.faults.pop(0)
                 raise GraphError(status, code or (
@@ -499,6 +510,10 @@ class GraphService:
             finally:
                 lmtp.quit()
         # Exchange keeps a copy of what was sent.
+        if not self.sent_items:
+            with self.lock:
+                self.sent.append(msg.get("Message-ID", ""))
+            return
         self.dovecot.doveadm("mailbox", "create", "-u", mailbox,
                              "Sent Items", check=False)
         self.dovecot.deliver(mailbox, data, mailbox="Sent Items")
