@@ -939,6 +939,14 @@ static void mailoauth_postparse_ev(const void *event_data, void *user_data) {
         "fix account=)", bad);
       return;
     }
+
+    if (mailoauth_ingest_check_transports(&bad, &task_where) < 0) {
+      mailoauth_config_fatal(task_where, "MailOAuthIngest: account '%s' "
+        "has transport=graph, so its token is for Microsoft Graph, which "
+        "IMAP does not accept: give the task a MailOAuthAccount of its own "
+        "without transport=graph (same app, its own sign-in)", bad);
+      return;
+    }
   }
 
   /* A restart re-parses the configuration inside the running daemon, where

@@ -43,6 +43,8 @@ modret_t *set_mailoauthingest(cmd_rec *cmd);
 modret_t *set_mailoauthingestroute(cmd_rec *cmd);
 int mailoauth_ingest_check_accounts(const char **bad_account,
   const char **where);
+int mailoauth_ingest_check_transports(const char **bad_account,
+  const char **where);
 /* The MailOAuthIngest tasks (const struct mailoauth_ingest_config *). */
 int mailoauth_notify_check_accounts(server_rec *s, const char **bad_account,
   const char **where);

@@ -220,6 +220,37 @@ int mailoauth_ingest_check_accounts(const char **bad_account,
   return 0;
 }
 
+/* Ingestion reads mail over IMAP; an account signed in for Microsoft Graph
+ * holds a token IMAP refuses.
+ */
+int mailoauth_ingest_check_transports(const char **bad_account,
+    const char **where) {
+  config_rec *c;
+
+  for (c = find_config(main_server->conf, CONF_PARAM, "MailOAuthIngest",
+         FALSE);
+       c != NULL;
+       c = find_config_next(c, c->next, CONF_PARAM, "MailOAuthIngest",
+         FALSE)) {
+    const struct mailoauth_ingest_config *cfg = c->argv[0];
+    config_rec *acct = mailoauth_account_find(cfg->account);
+    unsigned int i;
+
+    for (i = 1; acct != NULL && i < acct->argc; i++) {
+      const char *arg = acct->argv[i];
+
+      if (strncasecmp(arg, "transport=", 10) == 0 &&
+          strcasecmp(arg + 10, "graph") == 0) {
+        *bad_account = cfg->account;
+        *where = c->argv[1];
+        return -1;
+      }
+    }
+  }
+
+  return 0;
+}
+
 static config_rec *mailoauth_ingest_find(server_rec *s, const char *name) {
   config_rec *c;
 

@@ -17,11 +17,16 @@ MAIL_SCOPES = ("https://outlook.office.com/SMTP.Send "
                "offline_access openid email")
 
 
-def sign_in(svc, app, user, redirect, tenant="contoso.test"):
+GRAPH_SCOPES = ("https://graph.microsoft.com/Mail.Send offline_access "
+                "openid email")
+
+
+def sign_in(svc, app, user, redirect, tenant="contoso.test",
+            scopes=MAIL_SCOPES):
     """Authorization code + PKCE; returns the token endpoint's JSON."""
     verifier, challenge = pkce_pair()
     params = {"client_id": app["client_id"], "response_type": "code",
-              "redirect_uri": redirect, "scope": MAIL_SCOPES, "state": "s",
+              "redirect_uri": redirect, "scope": scopes, "state": "s",
               "code_challenge": challenge, "code_challenge_method": "S256",
               "login_hint": user}
     res = svc.sign_in(svc.authorize_endpoint(tenant) + "?" +

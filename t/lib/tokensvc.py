@@ -997,6 +997,8 @@ class Service:
         # granted; it just has no roles, and Exchange refuses it later.
         roles = app["app_roles"] if (res == EXCHANGE and
                                      host == "outlook.office365.com") else []
+        if res == GRAPH:
+            roles = app.get("graph_roles", [])
         token, exp_in = self._access_token(app, tid, res, host, roles=roles,
                                            appidacr=appidacr)
         st.access[token]["scope"] = " ".join(roles)
@@ -1309,7 +1311,8 @@ class Service:
             self.ctl_tenant({"tenant_id": app["tenant_id"],
                              "domains": body["tenant_domains"]})
         for key in ("name", "multi_tenant", "public_client", "redirect_uris",
-                    "delegated_permissions", "app_roles", "app_only_mailbox"):
+                    "delegated_permissions", "app_roles", "app_only_mailbox",
+                    "graph_roles"):
             if key in body:
                 app[key] = body[key]
         if body.get("app_only") and "app_roles" not in body:

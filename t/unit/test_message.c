@@ -1420,6 +1420,57 @@ START_TEST(test_attachment_sizes) {
 }
 END_TEST
 
+/* For Graph: the Bcc header on request, and the message without its file
+ * while the file stays available for a separate upload.
+ */
+START_TEST(test_bcc_header_and_omitted_attachment) {
+  struct mailoauth_message *msg = new_msg();
+  struct parsed m;
+  const char *name, *type;
+  char path[256], *out;
+  size_t len;
+  off_t size;
+  int fd;
+
+  ck_assert_int_eq(mailoauth_message_add_recipient(msg,
+    MAILOAUTH_MESSAGE_BCC, "hidden@secret.example", "Hidden"), 0);
+  ck_assert_int_eq(mailoauth_message_get_attachment(msg, &fd, &name, &type,
+    &size), -1);
+  ck_assert_int_eq(errno, ENOENT);
+
+  make_file("g.pdf", (const unsigned char *) "%PDF-1.4 x", 10, path,
+    sizeof(path));
+  ck_assert_int_eq(mailoauth_message_attach_file(msg, path, NULL, 0, NULL),
+    0);
+  ck_assert_int_eq(mailoauth_message_set_bcc_header(msg, 1), 0);
+  ck_assert_int_eq(mailoauth_message_set_omit_attachment(msg, 1), 0);
+  /* (check_message() insists on no Bcc header, rightly for SMTP.) */
+  out = render(msg, &len);
+  ck_assert_ptr_nonnull(strstr(out, "\r\nBcc: hidden@secret.example\r\n"));
+  ck_assert_ptr_null(memmem(out, len, "Hidden", 6));
+  ck_assert_ptr_null(memmem(out, len, "multipart", 9));
+  ck_assert_ptr_null(memmem(out, len, "g.pdf", 5));
+  free(out);
+
+  ck_assert_int_eq(mailoauth_message_get_attachment(msg, &fd, &name, &type,
+    &size), 0);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_str_eq(name, "g.pdf");
+  ck_assert_str_eq(type, "application/pdf");
+  ck_assert_int_eq((int) size, 10);
+
+  /* Back on: the file is in the message again; off: no Bcc header. */
+  ck_assert_int_eq(mailoauth_message_set_omit_attachment(msg, 0), 0);
+  ck_assert_int_eq(mailoauth_message_set_bcc_header(msg, 0), 0);
+  render_check(msg, &m);
+  ck_assert_uint_eq(m.file_len, 10);
+  ck_assert_int_eq(hdr_count(&m.top, "Bcc"), 0);
+  parsed_free(&m);
+  mailoauth_message_free(msg);
+  unlink(path);
+}
+END_TEST
+
 START_TEST(test_attachment_empty_body) {
   struct mailoauth_message *msg = new_msg();
   struct parsed m;
@@ -1993,6 +2044,7 @@ int main(void) {
   tcase_add_test(tc, test_digest_body);
   tcase_add_test(tc, test_attachment_sizes);
   tcase_add_test(tc, test_attachment_empty_body);
+  tcase_add_test(tc, test_bcc_header_and_omitted_attachment);
   tcase_add_test(tc, test_attachment_names);
   tcase_add_test(tc, test_attachment_long_names);
   tcase_add_test(tc, test_content_types);

@@ -21,11 +21,18 @@
 #define MAILOAUTH_ACCOUNT_DEFAULT_REDIRECT \
   "http://localhost:9090/register_microsoft_graph_api/"
 
+typedef enum {
+  MAILOAUTH_ACCOUNT_TRANSPORT_SMTP = 0,
+  MAILOAUTH_ACCOUNT_TRANSPORT_GRAPH
+} mailoauth_account_transport_t;
+
 struct mailoauth_account {
   char *name;
   char *mailbox;            /* XOAUTH2 user= and the default From */
   char *smtp_url;           /* smtp://host:587 (STARTTLS) or smtps://host:465 */
   char *imap_url;           /* imaps://host:993 */
+  char *graph_url;          /* https://graph.microsoft.com */
+  mailoauth_account_transport_t transport;  /* how notifications go */
   char *redirect_uri;       /* browser sign-in */
   char *secret_source;      /* "file:/path" or "env:NAME"; NULL: public client */
   char *cert_key_file;      /* client-cert=file:KEY[,CERT]: the private key */

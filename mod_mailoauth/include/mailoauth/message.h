@@ -16,7 +16,9 @@
  * and header lines that can be folded stay within 78.
  *
  * Bcc recipients are envelope-only: they are in
- * mailoauth_message_get_recipients() and never in a header.
+ * mailoauth_message_get_recipients() and never in a header, unless the
+ * message is for a sender that reads recipients from the header and
+ * removes Bcc itself (mailoauth_message_set_bcc_header()).
  *
  * Dot-stuffing (a line starting with "." sent as "..") and the final
  * "CRLF.CRLF" are libcurl's job: its SMTP upload escapes leading dots at
@@ -164,6 +166,27 @@ off_t mailoauth_message_attachment_size(const struct mailoauth_message *msg);
  * "application/octet-stream" when unknown.  Never NULL.
  */
 const char *mailoauth_message_content_type(const char *name, size_t len);
+
+/* With on, the Bcc recipients are written in a Bcc header: only for a
+ * sender that takes the recipients from the header and strips Bcc before
+ * delivery (Microsoft Graph sendMail with MIME).  Off by default.
+ */
+int mailoauth_message_set_bcc_header(struct mailoauth_message *msg, int on);
+
+/* With on, the message is built without its attachment (which stays
+ * attached, for mailoauth_message_get_attachment()): for a sender that
+ * uploads the file on its own.  Off by default.
+ */
+int mailoauth_message_set_omit_attachment(struct mailoauth_message *msg,
+  int on);
+
+/* The attached file: its descriptor (still the message's; reading moves
+ * its offset, mailoauth_message_rewind() puts it back), the name as the
+ * message shows it (UTF-8, NUL-terminated), the media type, and the size
+ * that bounds what is sent.  -1/ENOENT when there is none.
+ */
+int mailoauth_message_get_attachment(const struct mailoauth_message *msg,
+  int *fd, const char **name, const char **type, off_t *size);
 
 /* Checks that the message can be sent (a From and at least one recipient:
  * -1/EINVAL otherwise) and builds its headers.  Called by the first read if

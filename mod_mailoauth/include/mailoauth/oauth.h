@@ -106,6 +106,11 @@ struct mailoauth_oauth_config {
   /* Space-separated; NULL for the provider's default for the grant. */
   const char *scopes;
 
+  /* The default scopes are Microsoft Graph's (Mail.Send) instead of the
+   * Outlook mail servers' (SMTP.Send, IMAP.AccessAsUser.All).
+   */
+  int graph;
+
   /* Add "openid email profile" to the default delegated scopes, so the
    * response carries an id_token naming who signed in.
    */

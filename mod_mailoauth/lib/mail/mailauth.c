@@ -75,7 +75,16 @@ static const struct mailauth_hint mailauth_hints[] = {
     "Manage email apps > Authenticated SMTP) or with Exchange Online "
     "PowerShell: Set-CASMailbox -Identity <mailbox> "
     "-SmtpClientAuthenticationDisabled $false; where the tenant turned it "
-    "off, the mailbox setting must say so explicitly. Allow up to an hour." },
+    "off, the mailbox setting must say so explicitly. Allow up to an hour. "
+    "Where the security team keeps SMTP AUTH off, send through Microsoft "
+    "Graph instead: transport=graph on the MailOAuthAccount (the app needs "
+    "the Mail.Send permission; sign in again)." },
+  { "SmtpClientAuthentication is disabled",
+    "SMTP AUTH is switched off for the tenant. Turn it on for this mailbox "
+    "(Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled "
+    "$false), or send through Microsoft Graph instead: transport=graph on "
+    "the MailOAuthAccount (the app needs the Mail.Send permission; sign in "
+    "again)." },
   { "535 5.7.3 ",
     "Exchange refused the login. Usual causes: the token belongs to another "
     "account than mailbox= (see who signed in with 'ftpmailoauth status'), "
@@ -101,6 +110,23 @@ static const struct mailauth_hint mailauth_hints[] = {
     "-ObjectId <enterprise application object id>, then "
     "Add-MailboxPermission -Identity <mailbox> -User <service principal "
     "id> -AccessRights FullAccess)." },
+  { "ErrorAccessDenied",
+    "Microsoft Graph refused: the token lacks Mail.Send. Delegated: add the "
+    "Microsoft Graph delegated permission Mail.Send to the app registration "
+    "and sign in again. App-only: add the Mail.Send application permission "
+    "and grant admin consent; an application access policy or RBAC for "
+    "Applications scope may also exclude this mailbox." },
+  { "MailboxNotEnabledForRESTAPI",
+    "The mailbox is not an Exchange Online mailbox (on-premises, or no "
+    "licence): Graph cannot send from it." },
+  { "ErrorInvalidUser",
+    "Microsoft Graph does not know this mailbox in the tenant: check "
+    "mailbox= (the user principal name)." },
+  { "InvalidAuthenticationToken",
+    "Microsoft Graph refused the token: it is for another resource or "
+    "expired. With transport=graph the account signs in for Graph "
+    "(https://graph.microsoft.com/Mail.Send): run the sign-in again after "
+    "changing transport=." },
   { "5.7.57",
     "The server wants a login before mail: the login did not happen (no "
     "XOAUTH2 offered after STARTTLS?)." },

@@ -38,6 +38,8 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#define MESSAGE_HAS_ATT(msg)    ((msg)->att_fd >= 0 && !(msg)->omit_att)
+
 static const char *trace_channel = "mailoauth.message";
 
 #define MAILOAUTH_MESSAGE_FOLD          76
@@ -98,6 +100,14 @@ struct mailoauth_message {
 
   char **envelope;
   size_t nenvelope;
+
+  /* For senders that take recipients from the header (Graph's MIME
+   * sendMail strips the Bcc header itself).
+   */
+  int bcc_header;
+
+  /* The attachment travels separately (Graph's upload session). */
+  int omit_att;
 
   char *subject;
   size_t subject_len;
@@ -971,11 +981,6 @@ int mailoauth_message_add_recipient(struct mailoauth_message *msg, int kind,
     msg->envelope[msg->nenvelope++] = copy;
   }
 
-  if (kind == MAILOAUTH_MESSAGE_BCC) {
-    mailoauth_message_mailbox_clear(&mb);
-    return 0;
-  }
-
   list = realloc(msg->rcpts[kind], (msg->nrcpts[kind] + 1) * sizeof(*list));
   if (list == NULL) {
     mailoauth_message_mailbox_clear(&mb);
@@ -1810,6 +1815,37 @@ static int mailoauth_message_format_date(time_t when, int utc, char *out,
   return 0;
 }
 
+int mailoauth_message_set_bcc_header(struct mailoauth_message *msg,
+    int on) {
+  if (mailoauth_message_modify(msg) < 0) {
+    return -1;
+  }
+  msg->bcc_header = on ? 1 : 0;
+  return 0;
+}
+
+int mailoauth_message_set_omit_attachment(struct mailoauth_message *msg,
+    int on) {
+  if (mailoauth_message_modify(msg) < 0) {
+    return -1;
+  }
+  msg->omit_att = on ? 1 : 0;
+  return 0;
+}
+
+int mailoauth_message_get_attachment(const struct mailoauth_message *msg,
+    int *fd, const char **name, const char **type, off_t *size) {
+  if (msg == NULL || msg->att_fd < 0) {
+    errno = ENOENT;
+    return -1;
+  }
+  *fd = msg->att_fd;
+  *name = msg->att_name;
+  *type = msg->att_type;
+  *size = msg->att_size;
+  return 0;
+}
+
 int mailoauth_message_prepare(struct mailoauth_message *msg) {
   struct mailoauth_message_buf b;
   char date[64];
@@ -1857,7 +1893,7 @@ int mailoauth_message_prepare(struct mailoauth_message *msg) {
     msg->msgid_auto = 1;
   }
 
-  if (msg->att_fd >= 0) {
+  if (MESSAGE_HAS_ATT(msg)) {
     /* "=_" cannot occur in base64 or quoted-printable text; a 7bit body
      * gets checked.
      */
@@ -1905,6 +1941,10 @@ int mailoauth_message_prepare(struct mailoauth_message *msg) {
     mailoauth_message_hdr_mailboxes(&b, "Cc",
       msg->rcpts[MAILOAUTH_MESSAGE_CC], msg->nrcpts[MAILOAUTH_MESSAGE_CC]);
   }
+  if (msg->bcc_header && msg->nrcpts[MAILOAUTH_MESSAGE_BCC] > 0) {
+    mailoauth_message_hdr_mailboxes(&b, "Bcc",
+      msg->rcpts[MAILOAUTH_MESSAGE_BCC], msg->nrcpts[MAILOAUTH_MESSAGE_BCC]);
+  }
 
   mailoauth_message_hdr_begin(&b, "Subject");
   if (msg->subject != NULL) {
@@ -1938,7 +1978,7 @@ int mailoauth_message_prepare(struct mailoauth_message *msg) {
     mailoauth_message_hdr_end(&b);
   }
 
-  if (msg->att_fd < 0) {
+  if (!MESSAGE_HAS_ATT(msg)) {
     mailoauth_message_text_part(msg, &b);
 
   } else {
@@ -1978,7 +2018,7 @@ int mailoauth_message_prepare(struct mailoauth_message *msg) {
   mailoauth_trace(trace_channel, 9, "message <%s>: %lu envelope recipients, "
     "%lu header and text octets, attachment %lld octets", msg->msgid,
     (unsigned long) msg->nenvelope, (unsigned long) msg->head.out.len,
-    (long long) (msg->att_fd >= 0 ? msg->att_size : 0));
+    (long long) (MESSAGE_HAS_ATT(msg) ? msg->att_size : 0));
   return 0;
 }
 
@@ -2092,7 +2132,7 @@ size_t mailoauth_message_read(char *buf, size_t size, size_t nitems,
         avail = msg->head.out.len;
         off = &msg->head_off;
         if (*off == avail) {
-          if (msg->att_fd >= 0) {
+          if (MESSAGE_HAS_ATT(msg)) {
             msg->state = MAILOAUTH_MESSAGE_ST_ATTACH;
             msg->out_len = msg->out_off = 0;
           } else {

@@ -8,6 +8,7 @@
 #include "mailoauth/mailauth.h"
 #include "mailoauth/message.h"
 #include "mailoauth/safeopen.h"
+#include "mailoauth/graph.h"
 #include "mailoauth/smtp.h"
 #include "mailoauth/spool.h"
 #include "mailoauth/trace.h"
@@ -35,6 +36,9 @@ static const char *trace_channel = "mailoauth.notify";
 struct mailoauth_notify_account {
   char name[MAILOAUTH_TOKENSTORE_ACCOUNT_MAX + 1];
   struct mailoauth_smtp *smtp;
+  struct mailoauth_graph *graph;  /* transport=graph instead of smtp */
+  char where[512];              /* the server, for log lines */
+  long retry_after;             /* the server asked to wait this long */
   time_t retry_at;              /* backoff after failures */
   time_t blocked_until;         /* rate limit or no token, this pass on */
   unsigned int failures;
@@ -111,6 +115,7 @@ void mailoauth_notify_destroy(struct mailoauth_notify *n) {
 
   for (i = 0; i < n->naccounts; i++) {
     mailoauth_smtp_destroy(n->accounts[i].smtp);
+    mailoauth_graph_destroy(n->accounts[i].graph);
   }
 
   free(n->queue_dir);
@@ -129,6 +134,9 @@ void mailoauth_notify_get_stats(const struct mailoauth_notify *n,
   *st = n->stats;
   st->connections = 0;
   for (i = 0; i < n->naccounts; i++) {
+    if (n->accounts[i].graph != NULL) {
+      st->connections += mailoauth_graph_connections(n->accounts[i].graph);
+    }
     if (n->accounts[i].smtp != NULL) {
       st->connections += mailoauth_smtp_connections(n->accounts[i].smtp);
     }
@@ -156,7 +164,8 @@ static struct mailoauth_notify_account *mailoauth_notify_account(
 
   acct = mailoauth_registry_account(n->reg, name);
   if (acct == NULL ||
-      acct->smtp_url == NULL ||
+      (acct->smtp_url == NULL &&
+       acct->transport != MAILOAUTH_ACCOUNT_TRANSPORT_GRAPH) ||
       n->naccounts >= MAILOAUTH_REGISTRY_MAX) {
     return NULL;
   }
@@ -168,10 +177,22 @@ static struct mailoauth_notify_account *mailoauth_notify_account(
   if (a->rate > MAILOAUTH_NOTIFY_RATE_MAX) {
     a->rate = MAILOAUTH_NOTIFY_RATE_MAX;
   }
-  a->smtp = mailoauth_smtp_create(acct->smtp_url, acct->mailbox,
-    acct->oauth.ca_file);
-  if (a->smtp == NULL) {
-    return NULL;
+  if (acct->transport == MAILOAUTH_ACCOUNT_TRANSPORT_GRAPH) {
+    a->graph = mailoauth_graph_create(acct->graph_url, acct->mailbox,
+      acct->oauth.ca_file);
+    if (a->graph == NULL) {
+      return NULL;
+    }
+    snprintf(a->where, sizeof(a->where), "Microsoft Graph (%s)",
+      acct->graph_url);
+
+  } else {
+    a->smtp = mailoauth_smtp_create(acct->smtp_url, acct->mailbox,
+      acct->oauth.ca_file);
+    if (a->smtp == NULL) {
+      return NULL;
+    }
+    snprintf(a->where, sizeof(a->where), "%s", acct->smtp_url);
   }
 
   n->naccounts++;
@@ -560,7 +581,20 @@ static mailoauth_smtp_status_t mailoauth_notify_send(
       return MAILOAUTH_SMTP_TEMPFAIL;
     }
 
-    status = mailoauth_smtp_send(a->smtp, token, msg, reply, replylen);
+    a->retry_after = 0;
+    if (a->graph != NULL) {
+      status = mailoauth_graph_send(a->graph, token, msg, reply, replylen,
+        &a->retry_after);
+    } else {
+      status = mailoauth_smtp_send(a->smtp, token, msg, reply, replylen);
+    }
+    if (status == MAILOAUTH_SMTP_CONFIG && a->graph != NULL &&
+        mailoauth_graph_last_status(a->graph) == 403) {
+      /* Graph's permissions travel in the token: once an admin grants
+       * Mail.Send, only a new token carries it.
+       */
+      mailoauth_tokens_invalidate(tokens);
+    }
     if (status != MAILOAUTH_SMTP_AUTHFAIL) {
       break;
     }
@@ -569,7 +603,11 @@ static mailoauth_smtp_status_t mailoauth_notify_send(
      * one new connection, one more try.
      */
     mailoauth_tokens_invalidate(tokens);
-    mailoauth_smtp_reconnect(a->smtp);
+    if (a->graph != NULL) {
+      mailoauth_graph_reconnect(a->graph);
+    } else {
+      mailoauth_smtp_reconnect(a->smtp);
+    }
   }
 
   return status;
@@ -589,17 +627,15 @@ static uint32_t mailoauth_notify_rand(void *data) {
 static int mailoauth_notify_outcome(struct mailoauth_notify *n,
     struct mailoauth_notify_account *a, mailoauth_smtp_status_t status,
     const char *what, const char *rcpt_desc, const char *reply, time_t now) {
-  const struct mailoauth_account *acct;
   const char *hint;
 
-  acct = mailoauth_registry_account(n->reg, a->name);
   hint = mailoauth_mailauth_hint(reply);
 
   switch (status) {
     case MAILOAUTH_SMTP_SENT:
       if (a->failures > 0) {
         mailoauth_log("notifications through %s (account %s) work again "
-          "after %u failed attempts", acct->smtp_url, a->name, a->failures);
+          "after %u failed attempts", a->where, a->name, a->failures);
       }
       a->failures = 0;
       a->retry_at = 0;
@@ -607,12 +643,12 @@ static int mailoauth_notify_outcome(struct mailoauth_notify *n,
       a->sent++;
       n->stats.sent++;
       mailoauth_log("notification for %s sent to %s through %s", what,
-        rcpt_desc, acct->smtp_url);
+        rcpt_desc, a->where);
       return 1;
 
     case MAILOAUTH_SMTP_PERMFAIL:
       mailoauth_log("notification for %s refused for good by %s: %s%s%s; "
-        "moved to %s", what, acct->smtp_url, reply, hint ? " - " : "",
+        "moved to %s", what, a->where, reply, hint ? " - " : "",
         hint ? hint : "", n->dead_dir);
       return -1;
 
@@ -628,9 +664,12 @@ static int mailoauth_notify_outcome(struct mailoauth_notify *n,
       }
 
       a->failures++;
+      /* Graph's Retry-After is the least to wait, however few failures. */
       delay_ms = mailoauth_oauth_backoff_ms(a->failures - 1,
         MAILOAUTH_NOTIFY_BACKOFF_BASE * 1000L,
-        MAILOAUTH_NOTIFY_BACKOFF_CAP * 1000L, -1, mailoauth_notify_rand, NULL);
+        MAILOAUTH_NOTIFY_BACKOFF_CAP * 1000L,
+        a->retry_after > 0 ? a->retry_after : -1, mailoauth_notify_rand,
+        NULL);
       if (delay_ms < 1000) {
         delay_ms = 1000;
       }
@@ -641,7 +680,7 @@ static int mailoauth_notify_outcome(struct mailoauth_notify *n,
       if (a->failures == 1) {
         mailoauth_log("cannot send notifications through %s (account %s): "
           "%s: %s%s%s; they stay queued and are retried with backoff",
-          acct->smtp_url, a->name, mailoauth_smtp_status_name(status), reply,
+          a->where, a->name, mailoauth_smtp_status_name(status), reply,
           hint ? " - " : "", hint ? hint : "");
       } else {
         mailoauth_trace(trace_channel, 5, "account %s: attempt %u failed "

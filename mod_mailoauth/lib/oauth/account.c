@@ -28,6 +28,7 @@ struct mailoauth_account_defaults {
   mailoauth_oauth_provider_t provider;
   const char *smtp_url;
   const char *imap_url;
+  const char *graph_url;
 };
 
 /* Where each provider's mail servers are, so that a usual account needs no
@@ -35,20 +36,23 @@ struct mailoauth_account_defaults {
  */
 static const struct mailoauth_account_defaults mailoauth_account_servers[] = {
   { MAILOAUTH_OAUTH_PROVIDER_MICROSOFT,
-    "smtp://smtp.office365.com:587", "imaps://outlook.office365.com:993" },
+    "smtp://smtp.office365.com:587", "imaps://outlook.office365.com:993",
+    "https://graph.microsoft.com" },
   { MAILOAUTH_OAUTH_PROVIDER_MICROSOFT_USGOV,
-    "smtp://smtp.office365.us:587", "imaps://outlook.office365.us:993" },
+    "smtp://smtp.office365.us:587", "imaps://outlook.office365.us:993",
+    "https://graph.microsoft.us" },
   { MAILOAUTH_OAUTH_PROVIDER_MICROSOFT_CHINA,
-    "smtp://smtp.partner.outlook.cn:587", "imaps://partner.outlook.cn:993" },
+    "smtp://smtp.partner.outlook.cn:587", "imaps://partner.outlook.cn:993",
+    "https://microsoftgraph.chinacloudapi.cn" },
   { MAILOAUTH_OAUTH_PROVIDER_GOOGLE,
-    "smtp://smtp.gmail.com:587", "imaps://imap.gmail.com:993" },
+    "smtp://smtp.gmail.com:587", "imaps://imap.gmail.com:993", NULL },
 };
 
 static const char *mailoauth_account_keys[] = {
   "provider", "tenant", "client-id", "client-secret", "mailbox", "grant",
   "scopes", "authority", "authorize-url", "token-url", "device-url",
   "redirect-uri", "proxy", "ca-file", "smtp", "imap", "send-rate",
-  "client-cert", "secret-expires", NULL
+  "client-cert", "secret-expires", "transport", "graph", NULL
 };
 
 static const char *mailoauth_account_keep(struct mailoauth_account *acct,
@@ -315,6 +319,30 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
         return -1;
       }
 
+    } else if (strcasecmp(key, "transport") == 0) {
+      if (strcasecmp(value, "smtp") == 0) {
+        acct->transport = MAILOAUTH_ACCOUNT_TRANSPORT_SMTP;
+      } else if (strcasecmp(value, "graph") == 0) {
+        acct->transport = MAILOAUTH_ACCOUNT_TRANSPORT_GRAPH;
+      } else {
+        mailoauth_errf(errbuf, errlen, "transport '%s' must be smtp (SMTP "
+          "AUTH with XOAUTH2, the default) or graph (Microsoft Graph "
+          "sendMail, where SMTP AUTH is switched off)", value);
+        errno = EINVAL;
+        return -1;
+      }
+
+    } else if (strcasecmp(key, "graph") == 0) {
+      if (!mailoauth_account_url_scheme(value, "https://", "https://")) {
+        mailoauth_errf(errbuf, errlen, "graph '%s' must be an https:// URL, "
+          "e.g. graph=https://graph.microsoft.com", value);
+        errno = EINVAL;
+        return -1;
+      }
+      if (mailoauth_account_set(&acct->graph_url, value) < 0) {
+        return -1;
+      }
+
     } else if (strcasecmp(key, "redirect-uri") == 0) {
       if (!mailoauth_account_url_scheme(value, "http://", "https://")) {
         mailoauth_errf(errbuf, errlen, "redirect-uri '%s' must be an "
@@ -443,9 +471,25 @@ int mailoauth_account_parse(struct mailoauth_account *acct, const char *name,
            mailoauth_account_servers[k].smtp_url) < 0) ||
         (acct->imap_url == NULL &&
          mailoauth_account_set(&acct->imap_url,
-           mailoauth_account_servers[k].imap_url) < 0)) {
+           mailoauth_account_servers[k].imap_url) < 0) ||
+        (acct->graph_url == NULL &&
+         mailoauth_account_servers[k].graph_url != NULL &&
+         mailoauth_account_set(&acct->graph_url,
+           mailoauth_account_servers[k].graph_url) < 0)) {
       return -1;
     }
+  }
+
+  if (acct->transport == MAILOAUTH_ACCOUNT_TRANSPORT_GRAPH) {
+    if (acct->graph_url == NULL) {
+      mailoauth_errf(errbuf, errlen, "transport=graph needs graph=https://"
+        "... for this provider (Microsoft Graph exists for the microsoft, "
+        "microsoft-usgov and microsoft-china providers)");
+      errno = EINVAL;
+      return -1;
+    }
+    /* The token's audience must be Graph's: one resource per request. */
+    oc->graph = 1;
   }
 
   if (acct->redirect_uri == NULL &&
@@ -817,6 +861,7 @@ void mailoauth_account_clear(struct mailoauth_account *acct) {
   free(acct->mailbox);
   free(acct->smtp_url);
   free(acct->imap_url);
+  free(acct->graph_url);
   free(acct->redirect_uri);
   free(acct->secret_source);
   free(acct->cert_key_file);

@@ -199,18 +199,22 @@ struct provider_info {
   const char *authority;     /* sign-in host */
   const char *mail_resource; /* prefix of the delegated mail scopes */
   const char *app_scope;     /* client credentials scope */
+  const char *graph_resource; /* Microsoft Graph in this cloud */
 };
 
 static const struct provider_info providers[] = {
   { "microsoft", "https://login.microsoftonline.com",
-    "https://outlook.office.com/", "https://outlook.office365.com/.default" },
+    "https://outlook.office.com/", "https://outlook.office365.com/.default",
+    "https://graph.microsoft.com/" },
   { "microsoft-usgov", "https://login.microsoftonline.us",
-    "https://outlook.office365.us/", "https://outlook.office365.us/.default" },
+    "https://outlook.office365.us/", "https://outlook.office365.us/.default",
+    "https://graph.microsoft.us/" },
   { "microsoft-china", "https://login.partner.microsoftonline.cn",
-    "https://partner.outlook.cn/", "https://partner.outlook.cn/.default" },
+    "https://partner.outlook.cn/", "https://partner.outlook.cn/.default",
+    "https://microsoftgraph.chinacloudapi.cn/" },
   { "google", "https://accounts.google.com", "https://mail.google.com/",
-    NULL },
-  { "generic", NULL, NULL, NULL }
+    NULL, NULL },
+  { "generic", NULL, NULL, NULL, NULL }
 };
 
 #define PROVIDER_COUNT (sizeof(providers) / sizeof(providers[0]))
@@ -474,6 +478,23 @@ static int build_scopes(const struct mailoauth_oauth_config *cfg,
     return -1;
   }
   info = &providers[cfg->provider];
+
+  if (cfg->graph) {
+    if (info->graph_resource == NULL) {
+      errno = EINVAL;
+      return -1;
+    }
+    if (mailoauth_buf_adds(out, info->graph_resource) < 0 ||
+        mailoauth_buf_adds(out, cfg->grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY ?
+          ".default" : "Mail.Send offline_access") < 0) {
+      return -1;
+    }
+    if (cfg->grant != MAILOAUTH_OAUTH_GRANT_APP_ONLY && cfg->want_identity &&
+        mailoauth_buf_adds(out, " openid email profile") < 0) {
+      return -1;
+    }
+    return 0;
+  }
 
   if (cfg->grant == MAILOAUTH_OAUTH_GRANT_APP_ONLY) {
     if (info->app_scope == NULL) {
