@@ -17,7 +17,9 @@
 #include "mailoauth/account.h"
 #include "mailoauth/assertion.h"
 #include "mailoauth/control.h"
+#include "mailoauth/graph.h"
 #include "mailoauth/mailauth.h"
+#include "mailoauth/message.h"
 #include "mailoauth/oauth.h"
 #include "mailoauth/tokens.h"
 #include "mailoauth/tokenstore.h"
@@ -2083,6 +2085,89 @@ static int ftpmailoauth_test_one(struct mailoauth_tokens *tokens,
   return res;
 }
 
+/* Graph has no harmless call that Mail.Send alone may make: the test is a
+ * real message, from the mailbox to itself.
+ */
+static int ftpmailoauth_graph_send_test(const struct mailoauth_account *acct,
+    const char *token, char *reply, size_t replylen) {
+  struct mailoauth_message *msg;
+  struct mailoauth_graph *g;
+  mailoauth_smtp_status_t st;
+  char host[256], body[512];
+  long retry_after = 0;
+
+  if (gethostname(host, sizeof(host)) < 0) {
+    snprintf(host, sizeof(host), "this server");
+  }
+  host[sizeof(host) - 1] = '\0';
+  snprintf(body, sizeof(body), "This message was sent by 'ftpmailoauth "
+    "test %s' on %s to check that mod_mailoauth can send through Microsoft "
+    "Graph. It can be deleted.\n", acct->name, host);
+
+  msg = mailoauth_message_create();
+  g = mailoauth_graph_create(acct->graph_url, acct->mailbox,
+    acct->oauth.ca_file);
+  if (msg == NULL || g == NULL ||
+      mailoauth_message_set_from(msg, acct->mailbox, NULL) < 0 ||
+      mailoauth_message_add_recipient(msg, MAILOAUTH_MESSAGE_TO,
+        acct->mailbox, NULL) < 0 ||
+      mailoauth_message_set_subject(msg, "mod_mailoauth test message",
+        MAILOAUTH_MESSAGE_STRLEN) < 0 ||
+      mailoauth_message_set_body(msg, body, MAILOAUTH_MESSAGE_STRLEN) < 0) {
+    snprintf(reply, replylen, "cannot build the test message: %s",
+      strerror(errno));
+    st = MAILOAUTH_SMTP_CONFIG;
+  } else {
+    st = mailoauth_graph_send(g, token, msg, reply, replylen, &retry_after);
+  }
+
+  mailoauth_graph_destroy(g);
+  mailoauth_message_free(msg);
+  return st == MAILOAUTH_SMTP_SENT ? 0 :
+    st == MAILOAUTH_SMTP_AUTHFAIL ? 1 : -1;
+}
+
+static int ftpmailoauth_test_graph(struct mailoauth_tokens *tokens,
+    const struct mailoauth_account *acct) {
+  const char *token, *hint;
+  char reply[1024];
+  int res;
+
+  printf("Graph %s/v1.0/users/%s/sendMail: a test message to %s:\n",
+    acct->graph_url, acct->mailbox, acct->mailbox);
+  fflush(stdout);
+
+  token = ftpmailoauth_get_token(tokens, acct);
+  if (token == NULL) {
+    return -1;
+  }
+  res = ftpmailoauth_graph_send_test(acct, token, reply, sizeof(reply));
+  if (res == 1) {
+    /* As the worker does: a refused token is refreshed once. */
+    printf("  Graph refused the token (%s): getting a new one and trying "
+      "once more.\n", reply);
+    mailoauth_tokens_invalidate(tokens);
+    token = ftpmailoauth_get_token(tokens, acct);
+    res = token != NULL ?
+      ftpmailoauth_graph_send_test(acct, token, reply, sizeof(reply)) : -1;
+  }
+
+  if (res == 0) {
+    printf("  OK: Graph accepted the message (it lands in %s's Inbox, and "
+      "a copy in Sent Items).\n", acct->mailbox);
+    fflush(stdout);
+    return 0;
+  }
+
+  printf("  FAILED: %s\n", reply);
+  hint = mailoauth_mailauth_hint(reply);
+  if (hint != NULL) {
+    printf("  Hint: %s\n", hint);
+  }
+  fflush(stdout);
+  return -1;
+}
+
 static int ftpmailoauth_cmd_test(const struct ftpmailoauth_env *env,
     const char *name, const char *which) {
   struct mailoauth_tokenstore_record rec;
@@ -2123,13 +2208,28 @@ static int ftpmailoauth_cmd_test(const struct ftpmailoauth_env *env,
 
   } else {
     ftpmailoauth_token_origin(tokens, token, rec.access_token);
-    if (smtp &&
-        ftpmailoauth_test_one(tokens, &acct, "SMTP", acct.smtp_url) < 0) {
-      failed = 1;
-    }
-    if (imap &&
-        ftpmailoauth_test_one(tokens, &acct, "IMAP", acct.imap_url) < 0) {
-      failed = 1;
+    if (acct.transport == MAILOAUTH_ACCOUNT_TRANSPORT_GRAPH) {
+      /* The token is Graph's: SMTP and IMAP servers would refuse it. */
+      if (smtp &&
+          ftpmailoauth_test_graph(tokens, &acct) < 0) {
+        failed = 1;
+      }
+      if (imap && which != NULL && strcasecmp(which, "imap") == 0) {
+        printf("IMAP: not used by account %s: its token is for Microsoft "
+          "Graph (transport=graph); pull tasks need an account of their "
+          "own.\n", acct.name);
+        failed = 1;
+      }
+
+    } else {
+      if (smtp &&
+          ftpmailoauth_test_one(tokens, &acct, "SMTP", acct.smtp_url) < 0) {
+        failed = 1;
+      }
+      if (imap &&
+          ftpmailoauth_test_one(tokens, &acct, "IMAP", acct.imap_url) < 0) {
+        failed = 1;
+      }
     }
   }
 
@@ -2171,7 +2271,9 @@ static void ftpmailoauth_usage(FILE *fh) {
 "  test ACCOUNT [smtp|imap|both]\n"
 "                   log in to the account's SMTP and IMAP servers with\n"
 "                   XOAUTH2 (refreshing the token first if needed), show\n"
-"                   the servers' answers and what to do about failures\n"
+"                   the servers' answers and what to do about failures;\n"
+"                   with transport=graph, send a test message from the\n"
+"                   mailbox to itself through Microsoft Graph instead\n"
 "\n"
 "Options:\n"
 "  -c, --config FILE     proftpd.conf to read (default "

@@ -291,3 +291,33 @@ def test_throttled_burst_of_1000_is_delivered_exactly_once(graph_notifier,
     throttled = [r for r in graph.requests if r[2] == 429]
     assert len(throttled) >= n // 97
     assert not [r for r in graph.requests if r[2] not in (202, 429)]
+
+
+def test_tool_test_sends_a_graph_test_message(graph_notifier, graph,
+                                              dovecot):
+    """ftpmailoauth test on a transport=graph account: a real message from
+    the mailbox to itself through Graph (no other harmless call exists
+    that Mail.Send alone may make); IMAP is said not to apply."""
+    from test_signin import TOOL
+    a = graph_notifier("")
+    a.srv._prepare()
+    r = subprocess.run([TOOL, "-c", a.srv.conf, "test", "notify"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, no_proxy="*", NO_PROXY="*"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "OK: Graph accepted the message" in out
+    assert "SMTP" not in out and "IMAP imaps://" not in out
+    dovecot.wait_for_message(ALICE, "mod_mailoauth test message", timeout=10)
+    assert a.app["secret"] not in out
+    toks = a.tokens()
+    assert toks["access_token"] not in out
+    # Without the permission: the hint names it, exit status 1.
+    graph.inject(403, code="ErrorAccessDenied")
+    r = subprocess.run([TOOL, "-c", a.srv.conf, "test", "notify"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, no_proxy="*", NO_PROXY="*"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "FAILED: HTTP 403 ErrorAccessDenied" in out
+    assert "Hint: Microsoft Graph refused: the token lacks Mail.Send" in out
