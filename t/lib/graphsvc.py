@@ -270,6 +270,13 @@ class GraphService:
         raise GraphError(400, "BadRequest", "Resource not found for the "
                          "segment '%s'." % parts[-1])
 
+    def _is_mailbox(self, addr):
+        # A Dovecot without a user list takes any address of the tenant.
+        users = [u.lower() for u in self.dovecot.users]
+        if users:
+            return addr in users or addr in self.known_mailboxes
+        return addr.endswith("@contoso.test")
+
     def _check_permission(self, info, mailbox):
         if info.get("app_only"):
             if "Mail.Send" not in (info.get("roles") or []):
@@ -303,8 +310,7 @@ class GraphService:
             return self._upload(path, headers, body, size)
         info = self._authenticate(headers)
         mailbox, rest = self._mailbox(path, info)
-        if mailbox not in self.known_mailboxes and \
-                mailbox not in [u.lower() for u in self.dovecot.users]:
+        if not self._is_mailbox(mailbox):
             raise GraphError(404, "ErrorInvalidUser",
                              "The requested user '%s' is invalid." % mailbox)
         self._check_permission(info, mailbox)
@@ -501,8 +507,7 @@ class GraphService:
                              "At least one recipient is not valid.")
         del msg["Bcc"]
         data = msg.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
-        local = [r for r in rcpts if r in [u.lower() for u in
-                                           self.dovecot.users]]
+        local = [r for r in rcpts if self._is_mailbox(r)]
         if local:
             lmtp = self.dovecot.lmtp()
             try:
