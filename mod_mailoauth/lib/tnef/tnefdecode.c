@@ -91,6 +91,8 @@ struct tnef_walk {
   struct tnef_att *atts;
   size_t natts, cap;
   unsigned int codepage;        /* attOemCodepage, 0 when absent */
+  int damaged;                  /* a checksum was wrong, or the stream
+                                 * broke off: what came before is read */
 };
 
 struct tnef_found {
@@ -141,8 +143,12 @@ static int tnef_walk_add(struct tnef_walk *w, size_t max_atts) {
 }
 
 /* Splits the stream into attachments (attAttachRenddata starts one, as in
- * libytnef), checking the framing and every checksum: what libytnef is
- * given later is then known to be whole.
+ * libytnef), checking the framing and every checksum.  A stream that
+ * libytnef would call a bad message is read as far as it goes, as tnef(1)
+ * and MimeKit do: a wrong checksum is noted (w->damaged) and the attribute
+ * taken, a broken frame (cut short, impossible length or level) ends the
+ * walk there, noted too; an attribute cut by it is not kept.  Only a
+ * stream without the TNEF signature is refused.
  */
 static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
     struct tnef_walk *w) {
@@ -168,8 +174,8 @@ static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
     }
 
     if (left < TNEF_ATTR_HDR + TNEF_ATTR_SUM) {
-      errno = EBADMSG;
-      return -1;
+      w->damaged = 1;
+      break;
     }
 
     level = a[0];
@@ -177,8 +183,8 @@ static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
     alen = mailoauth_tnef_get32(a + 5);
     if ((level != TNEF_LVL_MESSAGE && level != TNEF_LVL_ATTACHMENT) ||
         alen > left - TNEF_ATTR_HDR - TNEF_ATTR_SUM) {
-      errno = EBADMSG;
-      return -1;
+      w->damaged = 1;
+      break;
     }
 
     data = a + TNEF_ATTR_HDR;
@@ -186,8 +192,7 @@ static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
       sum += data[i];
     }
     if ((sum & 0xffff) != (uint32_t) (data[alen] | (data[alen + 1] << 8))) {
-      errno = EBADMSG;
-      return -1;
+      w->damaged = 1;
     }
 
     if (level == TNEF_LVL_MESSAGE) {
@@ -234,6 +239,23 @@ static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
   return 0;
 }
 
+/* Sets the checksum of a whole attribute (a damaged stream's attribute
+ * is taken as it is; libytnef need not judge it again).
+ */
+static void tnef_fix_sum(unsigned char *a, size_t len) {
+  uint32_t sum = 0;
+  size_t i;
+
+  if (len < TNEF_ATTR_HDR + TNEF_ATTR_SUM) {
+    return;
+  }
+  for (i = TNEF_ATTR_HDR; i < len - TNEF_ATTR_SUM; i++) {
+    sum += a[i];
+  }
+  a[len - 2] = (unsigned char) sum;
+  a[len - 1] = (unsigned char) (sum >> 8);
+}
+
 /* Runs libytnef on a stream of its own holding one attachment: a blank
  * attAttachRenddata (which makes libytnef start an attachment), the title
  * and, when with_mapi, the MAPI properties.  Returns libytnef's result;
@@ -272,9 +294,11 @@ static int tnef_ytnef_parse(const unsigned char *buf, const struct tnef_att *a,
   p += TNEF_ATTR_HDR + REND_LEN + TNEF_ATTR_SUM;
 
   memcpy(p, buf + a->title.off, a->title.len);
+  tnef_fix_sum(p, a->title.len);
   p += a->title.len;
   if (with_mapi) {
     memcpy(p, buf + a->mapi.off, a->mapi.len);
+    tnef_fix_sum(p, a->mapi.len);
   }
 
   rc = TNEFParseMemory(s, (long) len, t);
@@ -409,6 +433,87 @@ static int tnef_pick_name(struct tnef_found *f, Attachment *p,
   return 0;
 }
 
+/* An attached Outlook item (attach method 5): the item as Outlook encoded
+ * it, a TNEF stream of its own (in attAttachData, or in PR_ATTACH_DATA_OBJ
+ * after IID_IMessage), named by its display name (its subject) or title
+ * with ".tnef" added.  Returns 0 (*skip when it holds no such stream), -1
+ * (ENOMEM).
+ */
+static int tnef_embedded(const unsigned char *buf, const struct tnef_att *a,
+    Attachment *p, unsigned int codepage, struct tnef_found *f, int *skip) {
+  static const char ext[] = ".tnef";
+  const unsigned char *d = NULL;
+  size_t n = 0;
+  variableLength *v;
+  char *name;
+  int rc = 0;
+
+  if (a->has_data && a->data_len >= 4 &&
+      mailoauth_tnef_get32(buf + a->data_off) == TNEF_SIGNATURE) {
+    d = buf + a->data_off;
+    n = a->data_len;
+  } else {
+    v = tnef_prop(p, PT_OBJECT, PR_ATTACH_DATA_OBJ);
+    if (v != NULL && (size_t) v->size >= TNEF_IID_LEN + 4 &&
+        mailoauth_tnef_get32(v->data + TNEF_IID_LEN) == TNEF_SIGNATURE) {
+      d = v->data + TNEF_IID_LEN;
+      n = (size_t) v->size - TNEF_IID_LEN;
+    }
+  }
+  if (d == NULL) {
+    *skip = 1;
+    return 0;
+  }
+
+  f->owned = malloc(n);
+  if (f->owned == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+  memcpy(f->owned, d, n);
+  f->data = f->owned;
+  f->size = n;
+
+  v = tnef_prop(p, PT_UNICODE, PR_DISPLAY_NAME);
+  if (v != NULL) {
+    rc = tnef_take_name(f, v->data, 3 * (size_t) v->size / 2 + 1, 0, 1);
+  }
+  if (rc == 0 && (v = tnef_prop(p, PT_STRING8, PR_DISPLAY_NAME)) != NULL) {
+    rc = tnef_take_name(f, v->data, (size_t) v->size, codepage, 0);
+  }
+  if (rc == 0 && p->Title.data != NULL && p->Title.size > 0) {
+    rc = tnef_take_name(f, p->Title.data, (size_t) p->Title.size, codepage,
+      0);
+  }
+  if (rc < 0) {
+    return -1;
+  }
+
+  if (f->name != NULL && f->name_len + sizeof(ext) - 1 >
+      MAILOAUTH_TNEF_MAX_NAME) {
+    free(f->name);
+    f->name = NULL;
+  }
+  if (f->name == NULL) {
+    f->name_len = 4;
+    f->codepage = TNEF_CP_UTF8;
+    f->name = strdup("item");
+    if (f->name == NULL) {
+      errno = ENOMEM;
+      return -1;
+    }
+  }
+  name = realloc(f->name, f->name_len + sizeof(ext));
+  if (name == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+  memcpy(name + f->name_len, ext, sizeof(ext));
+  f->name = name;
+  f->name_len += sizeof(ext) - 1;
+  return 0;
+}
+
 /* What libytnef tells about one attachment: its name, whether it is an
  * embedded message, and the content when it lives in the properties only
  * (PR_ATTACH_DATA_OBJ / _BIN without attAttachData).  Returns 0 (*skip set
@@ -449,9 +554,9 @@ static int tnef_describe(const unsigned char *buf, const struct tnef_att *a,
 
     memcpy(&method, v->data, sizeof(method));
     if (method == TNEF_ATTACH_EMBEDDED_MSG) {
+      rc = tnef_embedded(buf, a, p, codepage, f, skip);
       TNEFFree(&t);
-      *skip = 1;
-      return 0;
+      return rc;
     }
   }
 
@@ -570,7 +675,7 @@ int mailoauth_tnef_decode_mem(const unsigned char *buf, size_t len,
       continue;
     }
 
-    if (a->has_data) {
+    if (f->owned == NULL && a->has_data) {
       f->data = buf + a->data_off;
       f->size = a->data_len;
     }
@@ -606,6 +711,12 @@ int mailoauth_tnef_decode_mem(const unsigned char *buf, size_t len,
   tnef_found_free(found, w.natts);
   free(w.atts);
 
+  /* The files of a damaged stream went out; the caller still learns that
+   * it was damaged (and keeps the winmail.dat as sent, too).
+   */
+  if (xerrno == 0 && w.damaged) {
+    xerrno = EBADMSG;
+  }
   if (xerrno != 0) {
     errno = xerrno;
     return -1;
