@@ -2082,6 +2082,84 @@ START_TEST(test_attachment_kinds) {
 }
 END_TEST
 
+
+/* What libytnef calls a bad message is read as far as it goes: a wrong
+ * checksum costs nothing, an item that cannot be kept is noted; either way
+ * the caller learns (EBADMSG) after the files.
+ */
+START_TEST(test_damaged_streams) {
+  static const unsigned char iid_message[16] = { 0x07, 0x03, 0x02, 0, 0, 0,
+    0, 0, 0xc0, 0, 0, 0, 0, 0, 0, 0x46 };
+  unsigned char obj[16 + 4];
+  struct got g;
+  struct buf b;
+  struct props p;
+  size_t sum_at;
+
+  tnef_message(&b, "damaged", 1252);
+  tnef_file(&b, "ONE.TXT", "one.txt", "first", 5);
+  tnef_renddata(&b);
+  tnef_str_attr(&b, LVL_ATT, A_ATTACH_TITLE, "two.txt");
+  tnef_attr(&b, LVL_ATT, A_ATTACH_DATA, "second", 6);
+  sum_at = b.len - 2;
+  b.d[sum_at] ^= 0x01;
+  memset(&g, 0, sizeof(g));
+  errno = 0;
+  ck_assert_int_eq(decode(b.d, b.len, NULL, &g), -1);
+  ck_assert_int_eq(errno, EBADMSG);
+  ck_assert_uint_eq(g.n, 2);
+  ck_assert_str_eq(g.name[0], "one.txt");
+  ck_assert_str_eq(g.name[1], "two.txt");
+  ck_assert_uint_eq(g.size[1], 6);
+  b.d[sum_at] ^= 0x01;
+
+  /* The same through the sandboxed child. */
+  b.d[sum_at] ^= 0x01;
+  memset(&g, 0, sizeof(g));
+  errno = 0;
+  ck_assert_int_eq(unpack(b.d, b.len, NULL, &g, NULL), -1);
+  ck_assert_int_eq(errno, EBADMSG);
+  ck_assert_uint_eq(g.n, 2);
+  b.d[sum_at] ^= 0x01;
+
+  /* An attached Outlook item not held as TNEF cannot be kept: noted. */
+  tnef_renddata(&b);
+  memset(&p, 0, sizeof(p));
+  props_long(&p, PR_ATTACH_METHOD_ID, 5);
+  memcpy(obj, iid_message, 16);
+  memcpy(obj + 16, "abcd", 4);
+  props_var(&p, P_OBJECT, PR_ATTACH_DATA, obj, sizeof(obj));
+  props_attr(&b, LVL_ATT, A_ATTACHMENT, &p);
+  memset(&g, 0, sizeof(g));
+  errno = 0;
+  ck_assert_int_eq(decode(b.d, b.len, NULL, &g), -1);
+  ck_assert_int_eq(errno, EBADMSG);
+  ck_assert_uint_eq(g.n, 2);
+  free(b.d);
+
+  /* An item named by its display name; the whole stream is fine. */
+  tnef_message(&b, NULL, 1252);
+  tnef_renddata(&b);
+  memset(&p, 0, sizeof(p));
+  props_long(&p, PR_ATTACH_METHOD_ID, 5);
+  props_str8(&p, 0x3001, "Budget review");
+  {
+    unsigned char item[16 + 6] = { 0 };
+
+    memcpy(item, iid_message, 16);
+    memcpy(item + 16, "\x78\x9f\x3e\x22\x00\x00", 6);
+    props_var(&p, P_OBJECT, PR_ATTACH_DATA, item, sizeof(item));
+  }
+  props_attr(&b, LVL_ATT, A_ATTACHMENT, &p);
+  memset(&g, 0, sizeof(g));
+  ck_assert_int_eq(decode(b.d, b.len, NULL, &g), 0);
+  ck_assert_uint_eq(g.n, 1);
+  ck_assert_str_eq(g.name[0], "Budget review.tnef");
+  ck_assert_uint_eq(g.size[0], 6);
+  free(b.d);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------
  * The parent's reader, with records no decoder would send.
  */
@@ -2303,6 +2381,7 @@ int main(void) {
   tcase_add_test(tc, test_names);
   tcase_add_test(tc, test_codepages);
   tcase_add_test(tc, test_attachment_kinds);
+  tcase_add_test(tc, test_damaged_streams);
   tcase_add_test(tc, test_reader_records);
   tcase_add_test(tc, test_reader_garbage);
   suite_add_tcase(s, tc);

@@ -902,6 +902,14 @@ static int ingest_unpack_tnef(struct ingest_msg *m,
       mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 ": '%s' "
         "deposited as it is: unpacking is off", m->t->cfg.name, m->uid,
         shown);
+    } else if (xerrno == EBADMSG && nfiles > 0) {
+      /* Read as far as it goes: what came out is kept, and the file as
+       * sent too, for what could not be read.
+       */
+      mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' is damaged: %u "
+        "file%s taken from it, and it is deposited as it is",
+        m->t->cfg.name, m->uid, shown, nfiles, nfiles == 1 ? "" : "s");
+      return 1;
     } else {
       mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' cannot be unpacked "
         "(%s); deposited as it is", m->t->cfg.name, m->uid, shown,

@@ -436,8 +436,8 @@ static int tnef_pick_name(struct tnef_found *f, Attachment *p,
 /* An attached Outlook item (attach method 5): the item as Outlook encoded
  * it, a TNEF stream of its own (in attAttachData, or in PR_ATTACH_DATA_OBJ
  * after IID_IMessage), named by its display name (its subject) or title
- * with ".tnef" added.  Returns 0 (*skip when it holds no such stream), -1
- * (ENOMEM).
+ * with ".tnef" added.  Returns 0 (*skip 2 when it holds no such stream),
+ * -1 (ENOMEM).
  */
 static int tnef_embedded(const unsigned char *buf, const struct tnef_att *a,
     Attachment *p, unsigned int codepage, struct tnef_found *f, int *skip) {
@@ -461,7 +461,8 @@ static int tnef_embedded(const unsigned char *buf, const struct tnef_att *a,
     }
   }
   if (d == NULL) {
-    *skip = 1;
+    /* An item in a form not kept (not TNEF): lost, and said so. */
+    *skip = 2;
     return 0;
   }
 
@@ -517,14 +518,15 @@ static int tnef_embedded(const unsigned char *buf, const struct tnef_att *a,
 /* What libytnef tells about one attachment: its name, whether it is an
  * embedded message, and the content when it lives in the properties only
  * (PR_ATTACH_DATA_OBJ / _BIN without attAttachData).  Returns 0 (*skip set
- * for attachments that are no file), -1 (ENOMEM).
+ * for attachments that are no file: 1 for what carries no content, such
+ * as a reference, 2 for content that cannot be read), -1 (ENOMEM).
  */
 static int tnef_describe(const unsigned char *buf, const struct tnef_att *a,
     unsigned int codepage, struct tnef_found *f, int *skip) {
   TNEFStruct t;
   Attachment *p;
   variableLength *v;
-  int rc = 0, parsed;
+  int rc = 0, parsed, mapi_lost = 0;
 
   *skip = 0;
   if (a->title.len == 0 && a->mapi.len == 0) {
@@ -539,12 +541,14 @@ static int tnef_describe(const unsigned char *buf, const struct tnef_att *a,
   if (!parsed && a->mapi.len > 0 && a->title.len > 0) {
     TNEFFree(&t);
     parsed = tnef_ytnef_parse(buf, a, 0, &t) == 0;
+    mapi_lost = 1;
   }
 
   p = t.starting_attach.next;
   if (!parsed || p == NULL) {
     TNEFFree(&t);
-    *skip = !a->has_data;
+    /* Content in properties libytnef cannot read: lost, and said so. */
+    *skip = a->has_data ? 0 : a->mapi.len > 0 ? 2 : 1;
     return 0;
   }
 
@@ -584,7 +588,7 @@ static int tnef_describe(const unsigned char *buf, const struct tnef_att *a,
 
     if (d == NULL) {
       TNEFFree(&t);
-      *skip = 1;
+      *skip = mapi_lost ? 2 : 1;
       return 0;
     }
 
@@ -669,6 +673,9 @@ int mailoauth_tnef_decode_mem(const unsigned char *buf, size_t len,
     }
 
     if (skip) {
+      if (skip == 2) {
+        w.damaged = 1;
+      }
       free(f->name);
       free(f->owned);
       memset(f, 0, sizeof(*f));
