@@ -346,3 +346,5 @@ def test_winmail_dat_cut_short_yields_its_whole_files(ingester, dovecot):
         assert f.read() == two
     with open(os.path.join(a.inbox, "winmail.dat"), "rb") as f:
         assert f.read() == dat
+    assert ("'winmail.dat' cannot be unpacked whole (damaged): 2 files "
+            "taken from it; deposited as it is too") in a.srv.log_text()

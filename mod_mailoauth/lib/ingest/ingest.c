@@ -906,8 +906,8 @@ static int ingest_unpack_tnef(struct ingest_msg *m,
       /* Read as far as it goes: what came out is kept, and the file as
        * sent too, for what could not be read.
        */
-      mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' is damaged: %u "
-        "file%s taken from it, and it is deposited as it is",
+      mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' cannot be unpacked "
+        "whole (damaged): %u file%s taken from it; deposited as it is too",
         m->t->cfg.name, m->uid, shown, nfiles, nfiles == 1 ? "" : "s");
       return 1;
     } else {
