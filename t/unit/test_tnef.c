@@ -2160,6 +2160,49 @@ START_TEST(test_damaged_streams) {
 }
 END_TEST
 
+/* An attached Outlook item too big for libytnef's property limit (an
+ * e-mail carrying a large file) is still found in the properties.
+ */
+START_TEST(test_large_embedded_item) {
+  static const unsigned char iid_message[16] = { 0x07, 0x03, 0x02, 0, 0, 0,
+    0, 0, 0xc0, 0, 0, 0, 0, 0, 0, 0x46 };
+  size_t n = 700 * 1024;
+  unsigned char *item = pattern(16 + n, 7);
+  struct got g;
+  struct buf b;
+  struct props p;
+
+  memcpy(item, iid_message, 16);
+  memcpy(item + 16, "\x78\x9f\x3e\x22\x00\x00", 6);
+
+  tnef_message(&b, NULL, 1252);
+  tnef_renddata(&b);
+  tnef_str_attr(&b, LVL_ATT, A_ATTACH_TITLE, "Big report");
+  memset(&p, 0, sizeof(p));
+  /* A named property first, as Outlook writes them. */
+  buf_u32(&p.b, ((uint32_t) 0x8005 << 16) | P_LONG);
+  buf_add(&p.b, iid_message, 16);
+  buf_u32(&p.b, 0);
+  buf_u32(&p.b, 0x8510);
+  buf_u32(&p.b, 42);
+  p.count++;
+  props_long(&p, PR_ATTACH_METHOD_ID, 5);
+  props_var(&p, P_OBJECT, PR_ATTACH_DATA, item, 16 + n);
+  props_attr(&b, LVL_ATT, A_ATTACHMENT, &p);
+  tnef_file(&b, "X.TXT", "x.txt", "x", 1);
+
+  memset(&g, 0, sizeof(g));
+  errno = 0;
+  ck_assert_int_eq(decode(b.d, b.len, NULL, &g), 0);
+  ck_assert_uint_eq(g.n, 2);
+  ck_assert_str_eq(g.name[0], "Big report.tnef");
+  ck_assert_uint_eq(g.size[0], n);
+  ck_assert_str_eq(g.name[1], "x.txt");
+  free(item);
+  free(b.d);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------
  * The parent's reader, with records no decoder would send.
  */
@@ -2382,6 +2425,7 @@ int main(void) {
   tcase_add_test(tc, test_codepages);
   tcase_add_test(tc, test_attachment_kinds);
   tcase_add_test(tc, test_damaged_streams);
+  tcase_add_test(tc, test_large_embedded_item);
   tcase_add_test(tc, test_reader_records);
   tcase_add_test(tc, test_reader_garbage);
   suite_add_tcase(s, tc);

@@ -433,25 +433,153 @@ static int tnef_pick_name(struct tnef_found *f, Attachment *p,
   return 0;
 }
 
+/* Fixed-size MAPI value lengths in a TNEF property list ([MS-OXTNEF]
+ * 2.1.3.4: every value padded to 4 bytes), 0 for variable-size types,
+ * -1 for a type that cannot be walked.
+ */
+static long tnef_fixed_len(uint32_t type) {
+  switch (type) {
+  case 0x0002: case 0x0003: case 0x0004: case 0x000a: case 0x000b:
+  case 0x0001:
+    return 4;
+  case 0x0005: case 0x0006: case 0x0007: case 0x0014: case 0x0040:
+    return 8;
+  case 0x0048:
+    return 16;
+  case 0x000d: case 0x001e: case 0x001f: case 0x0102:
+    return 0;
+  default:
+    return -1;
+  }
+}
+
+/* Finds, by walking the property list of an attAttachment attribute
+ * (data, len) by hand, the attach method and the PR_ATTACH_DATA_OBJ
+ * object: for the values libytnef refuses (over its size limit), which
+ * are what large embedded items are.  Returns 0 when the list could be
+ * walked to the properties sought or to its end, -1 otherwise.
+ */
+static int tnef_mapi_walk(const unsigned char *d, size_t len,
+    uint32_t *method, const unsigned char **obj, size_t *objlen) {
+  size_t pos = 4;
+  uint32_t count, i;
+
+  *method = 0;
+  *obj = NULL;
+  *objlen = 0;
+  if (len < 4) {
+    return -1;
+  }
+  count = mailoauth_tnef_get32(d);
+
+  for (i = 0; i < count; i++) {
+    uint32_t tag, type, id, nvals = 1, k;
+    long fixed;
+
+    if (len - pos < 4) {
+      return -1;
+    }
+    tag = mailoauth_tnef_get32(d + pos);
+    pos += 4;
+    type = tag & 0xffff;
+    id = tag >> 16;
+
+    if (id >= 0x8000) {
+      /* A named property: GUID, kind, then a number or a name. */
+      uint32_t kind;
+
+      if (len - pos < 20) {
+        return -1;
+      }
+      kind = mailoauth_tnef_get32(d + pos + 16);
+      pos += 20;
+      if (kind == 0) {
+        if (len - pos < 4) {
+          return -1;
+        }
+        pos += 4;
+      } else {
+        uint32_t nlen;
+
+        if (len - pos < 4) {
+          return -1;
+        }
+        nlen = mailoauth_tnef_get32(d + pos);
+        pos += 4;
+        if (nlen > len - pos || ((nlen + 3) & ~3U) > len - pos) {
+          return -1;
+        }
+        pos += (nlen + 3) & ~3U;
+      }
+    }
+
+    fixed = tnef_fixed_len(type & ~0x1000U);
+    if (fixed < 0) {
+      return -1;
+    }
+    if ((type & 0x1000) || fixed == 0) {
+      if (len - pos < 4) {
+        return -1;
+      }
+      nvals = mailoauth_tnef_get32(d + pos);
+      pos += 4;
+    }
+
+    for (k = 0; k < nvals; k++) {
+      size_t vlen = (size_t) fixed;
+      size_t at;
+
+      if (fixed == 0) {
+        if (len - pos < 4) {
+          return -1;
+        }
+        vlen = mailoauth_tnef_get32(d + pos);
+        pos += 4;
+      }
+      if (vlen > len - pos) {
+        return -1;
+      }
+      at = pos;
+      pos += vlen;
+      pos += (len - pos < ((4 - vlen % 4) % 4)) ? len - pos :
+        (4 - vlen % 4) % 4;
+
+      if (nvals == 1 && id == PR_ATTACH_METHOD && type == PT_LONG) {
+        *method = mailoauth_tnef_get32(d + at);
+      } else if (nvals == 1 && id == PR_ATTACH_DATA_OBJ &&
+          type == PT_OBJECT) {
+        *obj = d + at;
+        *objlen = vlen;
+      }
+    }
+    if (*method != 0 && *obj != NULL) {
+      break;
+    }
+  }
+  return 0;
+}
+
 /* An attached Outlook item (attach method 5): the item as Outlook encoded
  * it, a TNEF stream of its own (in attAttachData, or in PR_ATTACH_DATA_OBJ
  * after IID_IMessage), named by its display name (its subject) or title
  * with ".tnef" added.  Returns 0 (*skip 2 when it holds no such stream),
  * -1 (ENOMEM).
  */
+static int tnef_embedded_bytes(const unsigned char *d, size_t n,
+  int in_input, Attachment *p, unsigned int codepage, struct tnef_found *f);
+
 static int tnef_embedded(const unsigned char *buf, const struct tnef_att *a,
     Attachment *p, unsigned int codepage, struct tnef_found *f, int *skip) {
-  static const char ext[] = ".tnef";
   const unsigned char *d = NULL;
   size_t n = 0;
   variableLength *v;
-  char *name;
-  int rc = 0;
+  int in_input = 0;
 
   if (a->has_data && a->data_len >= 4 &&
       mailoauth_tnef_get32(buf + a->data_off) == TNEF_SIGNATURE) {
     d = buf + a->data_off;
     n = a->data_len;
+    in_input = 1;
   } else {
     v = tnef_prop(p, PT_OBJECT, PR_ATTACH_DATA_OBJ);
     if (v != NULL && (size_t) v->size >= TNEF_IID_LEN + 4 &&
@@ -465,14 +593,32 @@ static int tnef_embedded(const unsigned char *buf, const struct tnef_att *a,
     *skip = 2;
     return 0;
   }
+  return tnef_embedded_bytes(d, n, in_input, p, codepage, f);
+}
 
-  f->owned = malloc(n);
-  if (f->owned == NULL) {
-    errno = ENOMEM;
-    return -1;
+/* The item's bytes (d, n; in_input: inside the stream, which outlives
+ * the file, else copied), named by its display name or title + ".tnef".
+ * Returns 0, -1 (ENOMEM).
+ */
+static int tnef_embedded_bytes(const unsigned char *d, size_t n,
+    int in_input, Attachment *p, unsigned int codepage,
+    struct tnef_found *f) {
+  static const char ext[] = ".tnef";
+  variableLength *v;
+  char *name;
+  int rc = 0;
+
+  if (in_input) {
+    f->data = d;
+  } else {
+    f->owned = malloc(n > 0 ? n : 1);
+    if (f->owned == NULL) {
+      errno = ENOMEM;
+      return -1;
+    }
+    memcpy(f->owned, d, n);
+    f->data = f->owned;
   }
-  memcpy(f->owned, d, n);
-  f->data = f->owned;
   f->size = n;
 
   v = tnef_prop(p, PT_UNICODE, PR_DISPLAY_NAME);
@@ -586,6 +732,23 @@ static int tnef_describe(const unsigned char *buf, const struct tnef_att *a,
       }
     }
 
+    if (d == NULL && mapi_lost) {
+      /* The properties libytnef refused: an item too large for it? */
+      const unsigned char *obj;
+      uint32_t method;
+      size_t objlen;
+
+      if (tnef_mapi_walk(buf + a->mapi.off + TNEF_ATTR_HDR,
+          a->mapi.len - TNEF_ATTR_HDR - TNEF_ATTR_SUM, &method, &obj,
+          &objlen) == 0 && method == TNEF_ATTACH_EMBEDDED_MSG &&
+          obj != NULL && objlen >= TNEF_IID_LEN + 4 &&
+          mailoauth_tnef_get32(obj + TNEF_IID_LEN) == TNEF_SIGNATURE) {
+        rc = tnef_embedded_bytes(obj + TNEF_IID_LEN, objlen - TNEF_IID_LEN,
+          1, p, codepage, f);
+        TNEFFree(&t);
+        return rc;
+      }
+    }
     if (d == NULL) {
       TNEFFree(&t);
       *skip = mapi_lost ? 2 : 1;
@@ -682,7 +845,7 @@ int mailoauth_tnef_decode_mem(const unsigned char *buf, size_t len,
       continue;
     }
 
-    if (f->owned == NULL && a->has_data) {
+    if (f->data == NULL && a->has_data) {
       f->data = buf + a->data_off;
       f->size = a->data_len;
     }
