@@ -318,6 +318,17 @@ def test_winmail_dat_with_attached_outlook_item(ingester, dovecot):
     with open(os.path.join(a.inbox, "Meeting notes.tnef"), "rb") as f:
         assert f.read() == inner
     assert "\\Seen" in flags(dovecot, uids(dovecot)[0])
+    # An item carrying a large file: beyond libytnef's property limit.
+    big = tnef_head() + tnef_file("scan.pdf", os.urandom(2 << 20))
+    dovecot.deliver(ALICE, make_mail([("winmail.dat", tnef_head() +
+                                       tnef_embedded("Scan", big),
+                                       "application/ms-tnef")],
+                                     subject="big outlook item"))
+    wait_files(a.inbox, 2)
+    time.sleep(1)
+    assert sorted(visible(a.inbox)) == ["Meeting notes.tnef", "Scan.tnef"]
+    with open(os.path.join(a.inbox, "Scan.tnef"), "rb") as f:
+        assert f.read() == big
 
 
 def test_winmail_dat_cut_short_yields_its_whole_files(ingester, dovecot):
