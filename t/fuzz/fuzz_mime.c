@@ -7,7 +7,8 @@
  * the same events and the same decoded bytes, every part that began must
  * end, in nesting order, and the parser's own bounds must hold.  A third
  * run has a callback fail at a point taken from the input, for the paths
- * that unwind a parse.
+ * that unwind a parse.  The message is also scanned for cid: references,
+ * whole and in chunks.
  */
 
 #include "mailoauth/mime.h"
@@ -230,6 +231,47 @@ static uint64_t fuzz_parse(const uint8_t *d, size_t n, uint8_t cfg,
   return fuzz_fnv(r.log, &rc, sizeof(rc));
 }
 
+/* The cid: collector: the same ids whatever the chunking, within its
+ * bounds, each one found again by lookup.
+ */
+static void fuzz_cids(const uint8_t *d, size_t n, uint8_t seed) {
+  static struct mailoauth_mime_cids a, b;
+  uint32_t x = 0x85ebca6bu ^ seed;
+  size_t off = 0;
+  unsigned int i;
+
+  mailoauth_mime_cids_init(&a);
+  mailoauth_mime_cids_feed(&a, d, n);
+  mailoauth_mime_cids_end(&a);
+
+  mailoauth_mime_cids_init(&b);
+  while (off < n) {
+    size_t k;
+
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    k = x % 7 + 1;
+    if (k > n - off) {
+      k = n - off;
+    }
+    mailoauth_mime_cids_feed(&b, d + off, k);
+    off += k;
+  }
+  mailoauth_mime_cids_end(&b);
+
+  if (a.n != b.n || a.n > MAILOAUTH_MIME_CIDS_MAX) {
+    abort();
+  }
+  for (i = 0; i < a.n; i++) {
+    if (strlen(a.ids[i]) > MAILOAUTH_MIME_CID_LEN ||
+        strcmp(a.ids[i], b.ids[i]) != 0 ||
+        !mailoauth_mime_cids_has(&b, a.ids[i])) {
+      abort();
+    }
+  }
+}
+
 static void fuzz_helpers(const uint8_t *d, size_t n, uint8_t cfg) {
   static const char *charsets[] = {
     "utf-8", "iso-8859-1", "shift_jis", "gb18030", "big5", "iso-2022-jp",
@@ -276,5 +318,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size - 2 <= 4096) {
     fuzz_helpers(data + 2, size - 2, data[0]);
   }
+  fuzz_cids(data + 2, size - 2, data[1]);
   return 0;
 }

@@ -95,6 +95,10 @@ static int fuzz_begin(const struct mailoauth_mime_part *part, void *arg) {
     st->body_index = part->index;
     return MAILOAUTH_MIME_BODY;
   }
+  /* Attached messages are looked into (their parts follow). */
+  if (part->is_message) {
+    return MAILOAUTH_MIME_DESCEND;
+  }
   return MAILOAUTH_MIME_SKIP;
 }
 

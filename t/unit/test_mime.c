@@ -598,6 +598,71 @@ START_TEST(test_auth_results) {
 }
 END_TEST
 
+
+/* cid: references, fed in every chunking: what the HTML body shows. */
+START_TEST(test_cid_refs) {
+  static const char html[] =
+    "<html><body><img src=\"cid:image001.png@01D9A1B2.C3D4E5F0\">"
+    "<IMG SRC='CID:logo%40example.com'>"
+    "<div style=\"background:url(cid:bg.jpg)\"></div>"
+    "acid:notone xcid:nottwo <a href=\"mailto:cid:\">x</a>"
+    "<img src=\"cid:image001.png@01D9A1B2.C3D4E5F0\">"
+    "<img src=\"cid:tail";
+  size_t step, i;
+
+  for (step = 1; step <= sizeof(html); step++) {
+    struct mailoauth_mime_cids *c = malloc(sizeof(*c));
+
+    ck_assert_ptr_nonnull(c);
+    mailoauth_mime_cids_init(c);
+    for (i = 0; i < sizeof(html) - 1; i += step) {
+      size_t n = sizeof(html) - 1 - i < step ? sizeof(html) - 1 - i : step;
+
+      mailoauth_mime_cids_feed(c, (const unsigned char *) html + i, n);
+    }
+    mailoauth_mime_cids_end(c);
+    ck_assert(mailoauth_mime_cids_has(c, "image001.png@01D9A1B2.C3D4E5F0"));
+    ck_assert(mailoauth_mime_cids_has(c, "logo@example.com"));
+    ck_assert(mailoauth_mime_cids_has(c, "bg.jpg"));
+    ck_assert(mailoauth_mime_cids_has(c, "tail"));
+    ck_assert(!mailoauth_mime_cids_has(c, "notone"));
+    ck_assert(!mailoauth_mime_cids_has(c, "nottwo"));
+    ck_assert(!mailoauth_mime_cids_has(c, "image001.png"));
+    ck_assert(!mailoauth_mime_cids_has(c, NULL));
+    ck_assert(!mailoauth_mime_cids_has(c, ""));
+    ck_assert_uint_eq(c->n, 4);
+    free(c);
+  }
+}
+END_TEST
+
+/* Bounded: long ids and ids beyond the count are not kept. */
+START_TEST(test_cid_bounds) {
+  struct mailoauth_mime_cids *c = malloc(sizeof(*c));
+  char buf[1200], id[32];
+  unsigned int k;
+
+  ck_assert_ptr_nonnull(c);
+  mailoauth_mime_cids_init(c);
+  memcpy(buf, "cid:", 4);
+  memset(buf + 4, 'a', sizeof(buf) - 5);
+  buf[sizeof(buf) - 1] = ' ';
+  mailoauth_mime_cids_feed(c, (const unsigned char *) buf, sizeof(buf));
+  ck_assert_uint_eq(c->n, 0);
+
+  for (k = 0; k < MAILOAUTH_MIME_CIDS_MAX + 10; k++) {
+    int n = snprintf(id, sizeof(id), " cid:id%u ", k);
+
+    mailoauth_mime_cids_feed(c, (const unsigned char *) id, (size_t) n);
+  }
+  mailoauth_mime_cids_end(c);
+  ck_assert_uint_eq(c->n, MAILOAUTH_MIME_CIDS_MAX);
+  ck_assert(mailoauth_mime_cids_has(c, "id0"));
+  ck_assert(!mailoauth_mime_cids_has(c, "id300"));
+  free(c);
+}
+END_TEST
+
 START_TEST(test_outlook) {
   size_t len;
   char *msg = load_corpus("outlook.eml", &len);
@@ -2385,6 +2450,8 @@ int main(void) {
   tcase_add_test(tc, test_gmail);
   tcase_add_test(tc, test_applemail);
   tcase_add_test(tc, test_thunderbird);
+  tcase_add_test(tc, test_cid_refs);
+  tcase_add_test(tc, test_cid_bounds);
   tcase_add_test(tc, test_forwarded_descend);
   tcase_add_test(tc, test_forwarded_as_eml);
   tcase_add_test(tc, test_inline_images);

@@ -28,6 +28,7 @@ struct rec {
   int begins, ends, errors;
   int stop_at;                  /* part_begin of this index returns -1 */
   int end_result;               /* what part_end returns */
+  int descend;                  /* attached messages are looked into */
   char log[8192];
   char bodies[4][256];
   int nbodies;
@@ -63,6 +64,9 @@ static int rec_begin(const struct mailoauth_mime_part *part, void *arg) {
   }
   if ((int) part->index == r->stop_at) {
     return -1;
+  }
+  if (part->is_message && r->descend) {
+    return MAILOAUTH_MIME_DESCEND;
   }
   return part->filename != NULL ? MAILOAUTH_MIME_BODY : MAILOAUTH_MIME_SKIP;
 }
@@ -225,6 +229,56 @@ START_TEST(test_round_trip) {
   (void) close(fd);
   (void) close(dfd);
   /* EOF ends it, cleanly. */
+  (void) close(sock);
+  ck_assert_int_eq(wait_exit(pid), 0);
+}
+END_TEST
+
+
+/* An attached message asked to be descended into: its parts follow,
+ * numbered on, their bodies delivered like the message's own.
+ */
+START_TEST(test_descend_into_attached_message) {
+  static const char fwd[] =
+    "From: a@example.org\r\nSubject: Fwd\r\nMIME-Version: 1.0\r\n"
+    "Content-Type: multipart/mixed; boundary=O\r\n\r\n"
+    "--O\r\nContent-Type: text/plain\r\n\r\nsee below\r\n"
+    "--O\r\nContent-Type: message/rfc822\r\n\r\n"
+    "From: b@example.org\r\nSubject: Inner\r\nMIME-Version: 1.0\r\n"
+    "Content-Type: multipart/mixed; boundary=I\r\n\r\n"
+    "--I\r\nContent-Type: text/plain\r\n\r\ninner text\r\n"
+    "--I\r\nContent-Type: application/pdf; name=in.pdf\r\n\r\n"
+    "inner pdf\r\n--I--\r\n"
+    "--O--\r\n";
+  struct mailoauth_mimeproc_callbacks cb;
+  struct rec r;
+  int sock, fd, dfd, code = -1;
+  pid_t pid = start_parser(&sock);
+
+  fd = msg_file(fwd, sizeof(fwd) - 1);
+  dfd = dir_fd();
+
+  cb = rec_cb(&r);
+  ck_assert_int_eq(mailoauth_mimeproc_parse(sock, fd, dfd, &cb, &code),
+    MAILOAUTH_MIMEPROC_OK);
+  ck_assert_str_eq(r.log, "B0:multipart/mixed:-;B1:text/plain:-;"
+    "B2:message/rfc822:-;");
+
+  cb = rec_cb(&r);
+  r.descend = 1;
+  ck_assert_int_eq(mailoauth_mimeproc_parse(sock, fd, dfd, &cb, &code),
+    MAILOAUTH_MIMEPROC_OK);
+  ck_assert_int_eq(code, MAILOAUTH_MIME_OK);
+  ck_assert_str_eq(r.log, "B0:multipart/mixed:-;B1:text/plain:-;"
+    "B2:message/rfc822:-;B3:multipart/mixed:-;B4:text/plain:-;"
+    "B5:application/pdf:in.pdf;E5:0;");
+  ck_assert_int_eq(r.nbodies, 1);
+  ck_assert_str_eq(r.bodies[0], "inner pdf");
+  /* The top-level message's headers, for every part. */
+  ck_assert_str_eq(r.subject, "Fwd");
+
+  (void) close(fd);
+  (void) close(dfd);
   (void) close(sock);
   ck_assert_int_eq(wait_exit(pid), 0);
 }
@@ -687,6 +741,7 @@ int main(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_round_trip);
+  tcase_add_test(tc, test_descend_into_attached_message);
   tcase_add_test(tc, test_stops);
   tcase_add_test(tc, test_parser_limit_reported);
   tcase_add_test(tc, test_parser_killed_mid_part);

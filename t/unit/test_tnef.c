@@ -879,7 +879,9 @@ START_TEST(test_empty_and_padded) {
 END_TEST
 
 /* Every cut of a small sample and many of a large one: an error or a clean
- * stop at an attribute boundary, never a crash; no callback on an error.
+ * stop at an attribute boundary, never a crash.  A cut stream still yields
+ * the files whose content came whole (the first ones, the same bytes), and
+ * says EBADMSG.
  */
 START_TEST(test_truncated) {
   static const char *const files[] = { "one-file.tnef", "winmail.dat" };
@@ -887,9 +889,12 @@ START_TEST(test_truncated) {
 
   for (f = 0; f < 2; f++) {
     unsigned char *data;
-    size_t len, cut, step;
+    size_t len, cut, step, i;
+    struct got *full = calloc(1, sizeof(*full));
 
+    ck_assert_ptr_nonnull(full);
     data = load_sample(files[f], &len);
+    ck_assert_int_eq(decode(data, len, NULL, full), 0);
     step = len > 10000 ? 97 : 1;
     for (cut = 0; cut < len; cut += step) {
       struct got g;
@@ -900,9 +905,14 @@ START_TEST(test_truncated) {
       rc = decode(data, cut, NULL, &g);
       if (rc < 0) {
         ck_assert_int_eq(errno, EBADMSG);
-        ck_assert_uint_eq(g.n, 0);
+      }
+      ck_assert_uint_le(g.n, full->n);
+      for (i = 0; i < g.n; i++) {
+        ck_assert_uint_eq(g.size[i], full->size[i]);
+        ck_assert_str_eq(g.sha[i], full->sha[i]);
       }
     }
+    free(full);
 
     /* And a few through the child. */
     for (cut = 1; cut < len; cut += len / 7) {
@@ -914,9 +924,6 @@ START_TEST(test_truncated) {
       rc = unpack(data, cut, NULL, &g, NULL);
       ck_assert_msg(rc == 0 || errno == EBADMSG, "cut %lu: %s",
         (unsigned long) cut, strerror(errno));
-      if (rc < 0) {
-        ck_assert_uint_eq(g.n, 0);
-      }
     }
     free(data);
   }
@@ -940,8 +947,9 @@ START_TEST(test_corrupted) {
     errno = 0;
     rc = decode(data, len, NULL, &g);
     if (rc < 0) {
+      /* Read as far as it goes, damage noted. */
       ck_assert_int_eq(errno, EBADMSG);
-      ck_assert_uint_eq(g.n, 0);
+      ck_assert_uint_le(g.n, 2);
       errors++;
     }
     data[pos] = saved;
@@ -2027,7 +2035,7 @@ START_TEST(test_attachment_kinds) {
   /* Attachment attributes before any attAttachRenddata: no attachment. */
   tnef_attr(&b, LVL_ATT, A_ATTACH_DATA, "orphan", 6);
 
-  /* An embedded message: skipped. */
+  /* An attached Outlook item: its own TNEF stream, named by its title. */
   tnef_renddata(&b);
   tnef_str_attr(&b, LVL_ATT, A_ATTACH_TITLE, "Forwarded");
   memset(&p, 0, sizeof(p));
@@ -2063,11 +2071,134 @@ START_TEST(test_attachment_kinds) {
 
   memset(&g, 0, sizeof(g));
   ck_assert_int_eq(unpack(b.d, b.len, NULL, &g, NULL), 0);
-  ck_assert_uint_eq(g.n, 2);
-  ck_assert_str_eq(g.name[0], "sheet.xls");
+  ck_assert_uint_eq(g.n, 3);
+  ck_assert_str_eq(g.name[0], "Forwarded.tnef");
   ck_assert_uint_eq(g.size[0], 10);
-  ck_assert_str_eq(g.name[1], "bin.dat");
-  ck_assert_uint_eq(g.size[1], 7);
+  ck_assert_str_eq(g.name[1], "sheet.xls");
+  ck_assert_uint_eq(g.size[1], 10);
+  ck_assert_str_eq(g.name[2], "bin.dat");
+  ck_assert_uint_eq(g.size[2], 7);
+  free(b.d);
+}
+END_TEST
+
+
+/* What libytnef calls a bad message is read as far as it goes: a wrong
+ * checksum costs nothing, an item that cannot be kept is noted; either way
+ * the caller learns (EBADMSG) after the files.
+ */
+START_TEST(test_damaged_streams) {
+  static const unsigned char iid_message[16] = { 0x07, 0x03, 0x02, 0, 0, 0,
+    0, 0, 0xc0, 0, 0, 0, 0, 0, 0, 0x46 };
+  unsigned char obj[16 + 4];
+  struct got g;
+  struct buf b;
+  struct props p;
+  size_t sum_at;
+
+  tnef_message(&b, "damaged", 1252);
+  tnef_file(&b, "ONE.TXT", "one.txt", "first", 5);
+  tnef_renddata(&b);
+  tnef_str_attr(&b, LVL_ATT, A_ATTACH_TITLE, "two.txt");
+  tnef_attr(&b, LVL_ATT, A_ATTACH_DATA, "second", 6);
+  sum_at = b.len - 2;
+  b.d[sum_at] ^= 0x01;
+  memset(&g, 0, sizeof(g));
+  errno = 0;
+  ck_assert_int_eq(decode(b.d, b.len, NULL, &g), -1);
+  ck_assert_int_eq(errno, EBADMSG);
+  ck_assert_uint_eq(g.n, 2);
+  ck_assert_str_eq(g.name[0], "one.txt");
+  ck_assert_str_eq(g.name[1], "two.txt");
+  ck_assert_uint_eq(g.size[1], 6);
+  b.d[sum_at] ^= 0x01;
+
+  /* The same through the sandboxed child. */
+  b.d[sum_at] ^= 0x01;
+  memset(&g, 0, sizeof(g));
+  errno = 0;
+  ck_assert_int_eq(unpack(b.d, b.len, NULL, &g, NULL), -1);
+  ck_assert_int_eq(errno, EBADMSG);
+  ck_assert_uint_eq(g.n, 2);
+  b.d[sum_at] ^= 0x01;
+
+  /* An attached Outlook item not held as TNEF cannot be kept: noted. */
+  tnef_renddata(&b);
+  memset(&p, 0, sizeof(p));
+  props_long(&p, PR_ATTACH_METHOD_ID, 5);
+  memcpy(obj, iid_message, 16);
+  memcpy(obj + 16, "abcd", 4);
+  props_var(&p, P_OBJECT, PR_ATTACH_DATA, obj, sizeof(obj));
+  props_attr(&b, LVL_ATT, A_ATTACHMENT, &p);
+  memset(&g, 0, sizeof(g));
+  errno = 0;
+  ck_assert_int_eq(decode(b.d, b.len, NULL, &g), -1);
+  ck_assert_int_eq(errno, EBADMSG);
+  ck_assert_uint_eq(g.n, 2);
+  free(b.d);
+
+  /* An item named by its display name; the whole stream is fine. */
+  tnef_message(&b, NULL, 1252);
+  tnef_renddata(&b);
+  memset(&p, 0, sizeof(p));
+  props_long(&p, PR_ATTACH_METHOD_ID, 5);
+  props_str8(&p, 0x3001, "Budget review");
+  {
+    unsigned char item[16 + 6] = { 0 };
+
+    memcpy(item, iid_message, 16);
+    memcpy(item + 16, "\x78\x9f\x3e\x22\x00\x00", 6);
+    props_var(&p, P_OBJECT, PR_ATTACH_DATA, item, sizeof(item));
+  }
+  props_attr(&b, LVL_ATT, A_ATTACHMENT, &p);
+  memset(&g, 0, sizeof(g));
+  ck_assert_int_eq(decode(b.d, b.len, NULL, &g), 0);
+  ck_assert_uint_eq(g.n, 1);
+  ck_assert_str_eq(g.name[0], "Budget review.tnef");
+  ck_assert_uint_eq(g.size[0], 6);
+  free(b.d);
+}
+END_TEST
+
+/* An attached Outlook item too big for libytnef's property limit (an
+ * e-mail carrying a large file) is still found in the properties.
+ */
+START_TEST(test_large_embedded_item) {
+  static const unsigned char iid_message[16] = { 0x07, 0x03, 0x02, 0, 0, 0,
+    0, 0, 0xc0, 0, 0, 0, 0, 0, 0, 0x46 };
+  size_t n = 700 * 1024;
+  unsigned char *item = pattern(16 + n, 7);
+  struct got g;
+  struct buf b;
+  struct props p;
+
+  memcpy(item, iid_message, 16);
+  memcpy(item + 16, "\x78\x9f\x3e\x22\x00\x00", 6);
+
+  tnef_message(&b, NULL, 1252);
+  tnef_renddata(&b);
+  tnef_str_attr(&b, LVL_ATT, A_ATTACH_TITLE, "Big report");
+  memset(&p, 0, sizeof(p));
+  /* A named property first, as Outlook writes them. */
+  buf_u32(&p.b, ((uint32_t) 0x8005 << 16) | P_LONG);
+  buf_add(&p.b, iid_message, 16);
+  buf_u32(&p.b, 0);
+  buf_u32(&p.b, 0x8510);
+  buf_u32(&p.b, 42);
+  p.count++;
+  props_long(&p, PR_ATTACH_METHOD_ID, 5);
+  props_var(&p, P_OBJECT, PR_ATTACH_DATA, item, 16 + n);
+  props_attr(&b, LVL_ATT, A_ATTACHMENT, &p);
+  tnef_file(&b, "X.TXT", "x.txt", "x", 1);
+
+  memset(&g, 0, sizeof(g));
+  errno = 0;
+  ck_assert_int_eq(decode(b.d, b.len, NULL, &g), 0);
+  ck_assert_uint_eq(g.n, 2);
+  ck_assert_str_eq(g.name[0], "Big report.tnef");
+  ck_assert_uint_eq(g.size[0], n);
+  ck_assert_str_eq(g.name[1], "x.txt");
+  free(item);
   free(b.d);
 }
 END_TEST
@@ -2293,6 +2424,8 @@ int main(void) {
   tcase_add_test(tc, test_names);
   tcase_add_test(tc, test_codepages);
   tcase_add_test(tc, test_attachment_kinds);
+  tcase_add_test(tc, test_damaged_streams);
+  tcase_add_test(tc, test_large_embedded_item);
   tcase_add_test(tc, test_reader_records);
   tcase_add_test(tc, test_reader_garbage);
   suite_add_tcase(s, tc);

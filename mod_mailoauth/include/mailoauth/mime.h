@@ -263,4 +263,40 @@ char *mailoauth_mime_header_param(const char *value, size_t len,
  */
 int mailoauth_mime_preload(void);
 
+/* The cid: references of an HTML body (RFC 2392), collected while it
+ * streams through, so that a part whose Content-ID the body shows (a
+ * signature logo in multipart/mixed) can be told from a file.  Bounded:
+ * at most MAILOAUTH_MIME_CIDS_MAX distinct ids of at most
+ * MAILOAUTH_MIME_CID_LEN bytes (after %-decoding); longer ones and those
+ * beyond the count are not kept.
+ */
+#define MAILOAUTH_MIME_CIDS_MAX         256
+#define MAILOAUTH_MIME_CID_LEN          256
+
+struct mailoauth_mime_cids {
+  unsigned int n;
+  char ids[MAILOAUTH_MIME_CIDS_MAX][MAILOAUTH_MIME_CID_LEN + 1];
+
+  /* The scanner's state between chunks. */
+  unsigned int matched;         /* bytes of "cid:" seen */
+  int collecting;
+  int prev;                     /* the byte before, -1 at the start */
+  size_t rawlen;
+  char raw[3 * MAILOAUTH_MIME_CID_LEN + 1];
+  int overflow;
+};
+
+void mailoauth_mime_cids_init(struct mailoauth_mime_cids *c);
+
+/* Scans the next bytes of an HTML body. */
+void mailoauth_mime_cids_feed(struct mailoauth_mime_cids *c,
+  const unsigned char *p, size_t len);
+
+/* The body ended: a reference cut by its end counts. */
+void mailoauth_mime_cids_end(struct mailoauth_mime_cids *c);
+
+/* Whether content_id (without <>, NULL: none) was referenced. */
+int mailoauth_mime_cids_has(const struct mailoauth_mime_cids *c,
+  const char *content_id);
+
 #endif /* MOD_MAILOAUTH_MIME_H */

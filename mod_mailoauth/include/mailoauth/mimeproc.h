@@ -12,7 +12,9 @@
  *   parser -> worker  FIELD       u32 field, str      (before part 0: the
  *                                 message's headers, one message each)
  *   parser -> worker  PART_BEGIN  the part (see mimeproc.c); waits for
- *   worker -> parser  REPLY       u32 MAILOAUTH_MIME_SKIP / _BODY, or
+ *   worker -> parser  REPLY       u32 MAILOAUTH_MIME_SKIP / _BODY,
+ *                                 _DESCEND (an attached message: its
+ *                                 parts follow, numbered on), or
  *                                 MAILOAUTH_MIMEPROC_STOP
  *   parser -> worker  PART_END    u32 index, u32 status, u64 size,
  *                                 u32 errno; fd: the decoded body, an

@@ -24,9 +24,11 @@
  * does nothing but fork decoders on request.  Without a helper, nothing is
  * unpacked.
  *
- * Only files come out: message attachments inside the TNEF (embedded
- * messages), attachments by reference and the message body are skipped.
- * No ProFTPD headers.
+ * Files come out, and attached Outlook items (embedded messages) as the
+ * TNEF streams they are, named "<display name>.tnef"; attachments by
+ * reference and the message body are skipped.  A damaged stream (a wrong
+ * checksum, cut short) is read as far as it goes: its whole files come
+ * out, then the result says EBADMSG.  No ProFTPD headers.
  */
 
 #ifndef MOD_MAILOAUTH_TNEF_H
@@ -130,7 +132,9 @@ int mailoauth_tnef_helper_stop(void);
  *   ENOTSUP    the decoder could not be verified to run under its seccomp
  *              filter, so it was given nothing to decode: logged once with
  *              the reason, and the helper is stopped (ESRCH from then on);
- *   EBADMSG    not TNEF, or broken (truncated, bad checksum, malformed);
+ *   EBADMSG    not TNEF, or broken (truncated, bad checksum, malformed,
+ *              an item that could not be kept), possibly after callbacks
+ *              for the files before the damage;
  *   EFBIG      a limit was exceeded (before any callback, except when the
  *              decoder lied about what it found);
  *   ETIMEDOUT  the decoder ran out of time (timeout_ms, or its CPU limit);
@@ -174,9 +178,10 @@ typedef int (*mailoauth_tnef_found_fn)(const struct mailoauth_tnef_file *f,
 /* The decoder itself, in this process (the child runs this; fuzzing calls
  * it directly, forking nothing): decodes the TNEF stream buf (len bytes)
  * and calls fn for every file, in order, but only once the whole stream
- * was decoded and found within the limits, so a broken stream or one over
- * a limit makes no call at all.  Returns 0, or -1 with errno EBADMSG,
- * EFBIG, ENOMEM, or fn's errno.  libytnef prints diagnostics on stdout,
+ * was decoded and found within the limits, so a stream over a limit makes
+ * no call at all.  A damaged one yields the files read before the damage
+ * (none when it is not TNEF), then -1 with EBADMSG.  Returns 0, or -1 with
+ * errno EBADMSG, EFBIG, ENOMEM, or fn's errno.  libytnef prints diagnostics on stdout,
  * whatever it is told.
  */
 int mailoauth_tnef_decode_mem(const unsigned char *buf, size_t len,

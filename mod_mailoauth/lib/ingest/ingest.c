@@ -429,6 +429,16 @@ struct ingest_msg {
   int mime_error;               /* the parser stopped at this limit */
   int related_depth;            /* depth of the innermost open
                                  * multipart/related, -1 when none */
+  /* Per depth, whether the last entity begun there is a
+   * multipart/alternative: a leaf's parent is the one at its depth - 1.
+   */
+  unsigned char alt_at[MAILOAUTH_MIME_MAX_DEPTH_LIMIT + 2];
+  /* inline=auto: the cid: references of the HTML bodies so far, and the
+   * HTML part being read for them (scanning).
+   */
+  struct mailoauth_mime_cids *cids;
+  int scanning;
+  unsigned int scan_index;
 
   /* The message's headers, kept for eml= and metadata= once parsing ends. */
   char *from, *from_addr, *recipients, *subject, *date, *message_id;
@@ -483,16 +493,25 @@ static int ingest_files_match(const struct ingest_task *t, const char *name) {
   return 0;
 }
 
-/* Whether a leaf part is an attachment the task wants. */
+/* Whether a leaf part is an attachment the task wants.  in_alternative:
+ * its parent is a multipart/alternative; cid_shown: an HTML body before it
+ * showed its Content-ID.
+ */
 static int ingest_part_wanted(const struct ingest_task *t,
     const struct mailoauth_mime_part *part, const char *safe_name,
-    int in_related) {
+    int in_related, int in_alternative, int cid_shown) {
+  int is_calendar;
+
   if (part->is_multipart) {
     return 0;
   }
 
-  /* The message's own text is not an attachment. */
-  if (part->depth == 0 && part->filename == NULL) {
+  /* The text of a single-part message is not an attachment; a nameless
+   * PDF or image as the whole message (a scanner's) is.
+   */
+  if (part->depth == 0 && part->filename == NULL &&
+      (strcmp(part->content_type, "text/plain") == 0 ||
+       strcmp(part->content_type, "text/html") == 0)) {
     return 0;
   }
 
@@ -500,35 +519,45 @@ static int ingest_part_wanted(const struct ingest_task *t,
     return 0;
   }
 
+  is_calendar = strcmp(part->content_type, "text/calendar") == 0;
   if (part->disposition != MAILOAUTH_MIME_DISP_ATTACHMENT) {
     /* A nameless part is the body unless its type says it is a file
      * (scanners and scripts send PDFs and CSVs without a name); it is then
-     * saved as "attachment" with the type's extension.  A nameless
-     * text/calendar is the invitation alternative of the body.
+     * saved as "attachment" with the type's extension.
      */
+    if (t->cfg.inline_parts == MAILOAUTH_INGEST_INLINE_OFF) {
+      return 0;
+    }
     if (part->filename == NULL &&
-        (t->cfg.inline_parts == MAILOAUTH_INGEST_INLINE_OFF || in_related ||
+        (in_related ||
          strncmp(part->content_type, "multipart/", 10) == 0 ||
          strncmp(part->content_type, "message/", 8) == 0 ||
          strcmp(part->content_type, "text/plain") == 0 ||
-         strcmp(part->content_type, "text/html") == 0 ||
-         strcmp(part->content_type, "text/calendar") == 0)) {
+         strcmp(part->content_type, "text/html") == 0)) {
       return 0;
     }
-    switch (t->cfg.inline_parts) {
-    case MAILOAUTH_INGEST_INLINE_OFF:
+    /* A text/calendar next to the body's text/plain and text/html is the
+     * invitation the mail client shows (Outlook's meeting request); one
+     * of its own in a multipart/mixed is an attached .ics.
+     */
+    if (is_calendar && in_alternative &&
+        (t->cfg.inline_parts == MAILOAUTH_INGEST_INLINE_AUTO ||
+         part->filename == NULL)) {
       return 0;
-    case MAILOAUTH_INGEST_INLINE_ON:
-      break;
-    default:
+    }
+    if (t->cfg.inline_parts == MAILOAUTH_INGEST_INLINE_AUTO) {
       /* What a person sees as attachments: an inline PDF (Apple Mail) or
        * photo (iPhone) is one; an image the HTML body shows (a signature
-       * logo, inside multipart/related) is part of the message's look.
+       * logo, inside multipart/related, or referenced by cid: from an
+       * HTML body that came before it wherever it is) is part of the
+       * message's look.
        */
       if (in_related) {
         return 0;
       }
-      break;
+      if (cid_shown && strncmp(part->content_type, "image/", 6) == 0) {
+        return 0;
+      }
     }
   }
 
@@ -873,6 +902,14 @@ static int ingest_unpack_tnef(struct ingest_msg *m,
       mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 ": '%s' "
         "deposited as it is: unpacking is off", m->t->cfg.name, m->uid,
         shown);
+    } else if (xerrno == EBADMSG && nfiles > 0) {
+      /* Read as far as it goes: what came out is kept, and the file as
+       * sent too, for what could not be read.
+       */
+      mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' cannot be unpacked "
+        "whole (damaged): %u file%s taken from it; deposited as it is too",
+        m->t->cfg.name, m->uid, shown, nfiles, nfiles == 1 ? "" : "s");
+      return 1;
     } else {
       mailoauth_log("ingest %s: UID %" PRIu32 ": '%s' cannot be unpacked "
         "(%s); deposited as it is", m->t->cfg.name, m->uid, shown,
@@ -911,6 +948,10 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
   if (m->related_depth >= 0 && (int) part->depth <= m->related_depth) {
     m->related_depth = -1;
   }
+  if (part->depth < sizeof(m->alt_at)) {
+    m->alt_at[part->depth] = part->is_multipart &&
+      strcmp(part->content_type, "multipart/alternative") == 0;
+  }
   if (part->is_multipart) {
     if (m->related_depth < 0 &&
         strcmp(part->content_type, "multipart/related") == 0) {
@@ -919,16 +960,48 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
     return MAILOAUTH_MIME_SKIP;
   }
 
+  /* A forwarded message not marked attachment is part of what the sender
+   * wrote: its files are taken by the same rules as the message's own.
+   * One marked attachment is a file of its own, the .eml.
+   */
+  if (part->is_message &&
+      part->disposition != MAILOAUTH_MIME_DISP_ATTACHMENT) {
+    return MAILOAUTH_MIME_DESCEND;
+  }
+
   name = part->filename;
   if (name == NULL && part->is_message) {
     name = "message.eml";
+  } else if (name == NULL &&
+      strcmp(part->content_type, "text/calendar") == 0) {
+    name = "invite.ics";
   }
   if (mailoauth_names_sanitize(name ? name : "", name ? strlen(name) : 0,
       part->content_type, m->part_name, sizeof(m->part_name)) < 0) {
     return MAILOAUTH_MIME_SKIP;
   }
 
-  if (!ingest_part_wanted(t, part, m->part_name, m->related_depth >= 0)) {
+  if (!ingest_part_wanted(t, part, m->part_name, m->related_depth >= 0,
+      part->depth > 0 && part->depth - 1 < sizeof(m->alt_at) &&
+        m->alt_at[part->depth - 1],
+      m->cids != NULL && mailoauth_mime_cids_has(m->cids, part->content_id))) {
+    /* The HTML body is read (not kept) for the cid: references that make
+     * later images part of it.
+     */
+    if (t->cfg.inline_parts == MAILOAUTH_INGEST_INLINE_AUTO &&
+        strcmp(part->content_type, "text/html") == 0 &&
+        part->disposition != MAILOAUTH_MIME_DISP_ATTACHMENT) {
+      if (m->cids == NULL) {
+        m->cids = malloc(sizeof(*m->cids));
+        if (m->cids == NULL) {
+          return MAILOAUTH_MIME_SKIP;
+        }
+        mailoauth_mime_cids_init(m->cids);
+      }
+      m->scanning = 1;
+      m->scan_index = part->index;
+      return MAILOAUTH_MIME_BODY;
+    }
     return MAILOAUTH_MIME_SKIP;
   }
 
@@ -956,6 +1029,21 @@ static int ingest_part_begin(const struct mailoauth_mime_part *part,
   return MAILOAUTH_MIME_BODY;
 }
 
+/* The cid: references of an HTML body, read from its decoded file.  A
+ * read error only leaves images it shows to be taken as files.
+ */
+static void ingest_scan_cids(struct ingest_msg *m, int fd) {
+  unsigned char buf[16384];
+  off_t off = 0;
+  ssize_t n;
+
+  while ((n = pread(fd, buf, sizeof(buf), off)) > 0) {
+    mailoauth_mime_cids_feed(m->cids, buf, (size_t) n);
+    off += n;
+  }
+  mailoauth_mime_cids_end(m->cids);
+}
+
 /* The parser's decoded body of a part asked for.  The digest and the
  * size are this process's own reading of the file, never the parser's.
  */
@@ -973,6 +1061,14 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
    */
   int incomplete = (status & (MAILOAUTH_MIME_ST_BAD_ENCODING|
     MAILOAUTH_MIME_ST_UNTERMINATED)) != 0;
+
+  if (m->scanning && part->index == m->scan_index) {
+    m->scanning = 0;
+    if (body->error == 0) {
+      ingest_scan_cids(m, body->fd);
+    }
+    return 0;
+  }
 
   m->hash_only = 0;
   if (part->index != m->part_index) {
@@ -1208,6 +1304,7 @@ static void ingest_msg_clear(struct ingest_msg *m) {
   free(m->message_id);
   free(m->orig_name);
   free(m->done_name);
+  free(m->cids);
   mailoauth_meta_free_files(m->files, m->nfiles);
   memset(m, 0, sizeof(*m));
   m->part_fd = -1;

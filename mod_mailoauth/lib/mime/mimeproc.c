@@ -384,6 +384,9 @@ static int mimeproc_srv_begin(const struct mailoauth_mime_part *part,
   if (reply == MAILOAUTH_MIMEPROC_STOP) {
     return -1;
   }
+  if (reply == MAILOAUTH_MIME_DESCEND && part->is_message) {
+    return MAILOAUTH_MIME_DESCEND;
+  }
   if (!(reply & MAILOAUTH_MIME_BODY) || part->is_multipart) {
     return MAILOAUTH_MIME_SKIP;
   }
@@ -699,8 +702,8 @@ static int mimeproc_on_begin(struct mailoauth_mimeproc_client *c,
   c->msg.message_id = mimeproc_field(c, MAILOAUTH_MIMEPROC_F_MESSAGE_ID);
   c->msg.auth_results = mimeproc_field(c,
     MAILOAUTH_MIMEPROC_F_AUTH_RESULTS);
-  /* Attached messages are never descended into: every part is the
-   * top-level message's.
+  /* Only the top-level message's headers come: every part, also one of
+   * an attached message descended into, is given those.
    */
   c->part.message = &c->msg;
 
@@ -718,6 +721,13 @@ static int mimeproc_on_begin(struct mailoauth_mimeproc_client *c,
   if ((res & MAILOAUTH_MIME_BODY) && !c->part.is_multipart) {
     c->body_open = 1;
     return mimeproc_reply(c, MAILOAUTH_MIME_BODY) < 0 ? -2 : 0;
+  }
+  /* An attached message's parts follow as the message's own (its .eml
+   * and its parts together would be two bodies open at once: not
+   * offered).
+   */
+  if ((res & MAILOAUTH_MIME_DESCEND) && c->part.is_message) {
+    return mimeproc_reply(c, MAILOAUTH_MIME_DESCEND) < 0 ? -2 : 0;
   }
   return mimeproc_reply(c, MAILOAUTH_MIME_SKIP) < 0 ? -2 : 0;
 }

@@ -91,6 +91,8 @@ struct tnef_walk {
   struct tnef_att *atts;
   size_t natts, cap;
   unsigned int codepage;        /* attOemCodepage, 0 when absent */
+  int damaged;                  /* a checksum was wrong, or the stream
+                                 * broke off: what came before is read */
 };
 
 struct tnef_found {
@@ -141,8 +143,12 @@ static int tnef_walk_add(struct tnef_walk *w, size_t max_atts) {
 }
 
 /* Splits the stream into attachments (attAttachRenddata starts one, as in
- * libytnef), checking the framing and every checksum: what libytnef is
- * given later is then known to be whole.
+ * libytnef), checking the framing and every checksum.  A stream that
+ * libytnef would call a bad message is read as far as it goes, as tnef(1)
+ * and MimeKit do: a wrong checksum is noted (w->damaged) and the attribute
+ * taken, a broken frame (cut short, impossible length or level) ends the
+ * walk there, noted too; an attribute cut by it is not kept.  Only a
+ * stream without the TNEF signature is refused.
  */
 static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
     struct tnef_walk *w) {
@@ -168,8 +174,8 @@ static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
     }
 
     if (left < TNEF_ATTR_HDR + TNEF_ATTR_SUM) {
-      errno = EBADMSG;
-      return -1;
+      w->damaged = 1;
+      break;
     }
 
     level = a[0];
@@ -177,8 +183,8 @@ static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
     alen = mailoauth_tnef_get32(a + 5);
     if ((level != TNEF_LVL_MESSAGE && level != TNEF_LVL_ATTACHMENT) ||
         alen > left - TNEF_ATTR_HDR - TNEF_ATTR_SUM) {
-      errno = EBADMSG;
-      return -1;
+      w->damaged = 1;
+      break;
     }
 
     data = a + TNEF_ATTR_HDR;
@@ -186,8 +192,7 @@ static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
       sum += data[i];
     }
     if ((sum & 0xffff) != (uint32_t) (data[alen] | (data[alen + 1] << 8))) {
-      errno = EBADMSG;
-      return -1;
+      w->damaged = 1;
     }
 
     if (level == TNEF_LVL_MESSAGE) {
@@ -234,6 +239,23 @@ static int tnef_walk(const unsigned char *buf, size_t len, size_t max_atts,
   return 0;
 }
 
+/* Sets the checksum of a whole attribute (a damaged stream's attribute
+ * is taken as it is; libytnef need not judge it again).
+ */
+static void tnef_fix_sum(unsigned char *a, size_t len) {
+  uint32_t sum = 0;
+  size_t i;
+
+  if (len < TNEF_ATTR_HDR + TNEF_ATTR_SUM) {
+    return;
+  }
+  for (i = TNEF_ATTR_HDR; i < len - TNEF_ATTR_SUM; i++) {
+    sum += a[i];
+  }
+  a[len - 2] = (unsigned char) sum;
+  a[len - 1] = (unsigned char) (sum >> 8);
+}
+
 /* Runs libytnef on a stream of its own holding one attachment: a blank
  * attAttachRenddata (which makes libytnef start an attachment), the title
  * and, when with_mapi, the MAPI properties.  Returns libytnef's result;
@@ -272,9 +294,11 @@ static int tnef_ytnef_parse(const unsigned char *buf, const struct tnef_att *a,
   p += TNEF_ATTR_HDR + REND_LEN + TNEF_ATTR_SUM;
 
   memcpy(p, buf + a->title.off, a->title.len);
+  tnef_fix_sum(p, a->title.len);
   p += a->title.len;
   if (with_mapi) {
     memcpy(p, buf + a->mapi.off, a->mapi.len);
+    tnef_fix_sum(p, a->mapi.len);
   }
 
   rc = TNEFParseMemory(s, (long) len, t);
@@ -409,17 +433,246 @@ static int tnef_pick_name(struct tnef_found *f, Attachment *p,
   return 0;
 }
 
+/* Fixed-size MAPI value lengths in a TNEF property list ([MS-OXTNEF]
+ * 2.1.3.4: every value padded to 4 bytes), 0 for variable-size types,
+ * -1 for a type that cannot be walked.
+ */
+static long tnef_fixed_len(uint32_t type) {
+  switch (type) {
+  case 0x0002: case 0x0003: case 0x0004: case 0x000a: case 0x000b:
+  case 0x0001:
+    return 4;
+  case 0x0005: case 0x0006: case 0x0007: case 0x0014: case 0x0040:
+    return 8;
+  case 0x0048:
+    return 16;
+  case 0x000d: case 0x001e: case 0x001f: case 0x0102:
+    return 0;
+  default:
+    return -1;
+  }
+}
+
+/* Finds, by walking the property list of an attAttachment attribute
+ * (data, len) by hand, the attach method and the PR_ATTACH_DATA_OBJ
+ * object: for the values libytnef refuses (over its size limit), which
+ * are what large embedded items are.  Returns 0 when the list could be
+ * walked to the properties sought or to its end, -1 otherwise.
+ */
+static int tnef_mapi_walk(const unsigned char *d, size_t len,
+    uint32_t *method, const unsigned char **obj, size_t *objlen) {
+  size_t pos = 4;
+  uint32_t count, i;
+
+  *method = 0;
+  *obj = NULL;
+  *objlen = 0;
+  if (len < 4) {
+    return -1;
+  }
+  count = mailoauth_tnef_get32(d);
+
+  for (i = 0; i < count; i++) {
+    uint32_t tag, type, id, nvals = 1, k;
+    long fixed;
+
+    if (len - pos < 4) {
+      return -1;
+    }
+    tag = mailoauth_tnef_get32(d + pos);
+    pos += 4;
+    type = tag & 0xffff;
+    id = tag >> 16;
+
+    if (id >= 0x8000) {
+      /* A named property: GUID, kind, then a number or a name. */
+      uint32_t kind;
+
+      if (len - pos < 20) {
+        return -1;
+      }
+      kind = mailoauth_tnef_get32(d + pos + 16);
+      pos += 20;
+      if (kind == 0) {
+        if (len - pos < 4) {
+          return -1;
+        }
+        pos += 4;
+      } else {
+        uint32_t nlen;
+
+        if (len - pos < 4) {
+          return -1;
+        }
+        nlen = mailoauth_tnef_get32(d + pos);
+        pos += 4;
+        if (nlen > len - pos || ((nlen + 3) & ~3U) > len - pos) {
+          return -1;
+        }
+        pos += (nlen + 3) & ~3U;
+      }
+    }
+
+    fixed = tnef_fixed_len(type & ~0x1000U);
+    if (fixed < 0) {
+      return -1;
+    }
+    if ((type & 0x1000) || fixed == 0) {
+      if (len - pos < 4) {
+        return -1;
+      }
+      nvals = mailoauth_tnef_get32(d + pos);
+      pos += 4;
+    }
+
+    for (k = 0; k < nvals; k++) {
+      size_t vlen = (size_t) fixed;
+      size_t at;
+
+      if (fixed == 0) {
+        if (len - pos < 4) {
+          return -1;
+        }
+        vlen = mailoauth_tnef_get32(d + pos);
+        pos += 4;
+      }
+      if (vlen > len - pos) {
+        return -1;
+      }
+      at = pos;
+      pos += vlen;
+      pos += (len - pos < ((4 - vlen % 4) % 4)) ? len - pos :
+        (4 - vlen % 4) % 4;
+
+      if (nvals == 1 && id == PR_ATTACH_METHOD && type == PT_LONG) {
+        *method = mailoauth_tnef_get32(d + at);
+      } else if (nvals == 1 && id == PR_ATTACH_DATA_OBJ &&
+          type == PT_OBJECT) {
+        *obj = d + at;
+        *objlen = vlen;
+      }
+    }
+    if (*method != 0 && *obj != NULL) {
+      break;
+    }
+  }
+  return 0;
+}
+
+/* An attached Outlook item (attach method 5): the item as Outlook encoded
+ * it, a TNEF stream of its own (in attAttachData, or in PR_ATTACH_DATA_OBJ
+ * after IID_IMessage), named by its display name (its subject) or title
+ * with ".tnef" added.  Returns 0 (*skip 2 when it holds no such stream),
+ * -1 (ENOMEM).
+ */
+static int tnef_embedded_bytes(const unsigned char *d, size_t n,
+  int in_input, Attachment *p, unsigned int codepage, struct tnef_found *f);
+
+static int tnef_embedded(const unsigned char *buf, const struct tnef_att *a,
+    Attachment *p, unsigned int codepage, struct tnef_found *f, int *skip) {
+  const unsigned char *d = NULL;
+  size_t n = 0;
+  variableLength *v;
+  int in_input = 0;
+
+  if (a->has_data && a->data_len >= 4 &&
+      mailoauth_tnef_get32(buf + a->data_off) == TNEF_SIGNATURE) {
+    d = buf + a->data_off;
+    n = a->data_len;
+    in_input = 1;
+  } else {
+    v = tnef_prop(p, PT_OBJECT, PR_ATTACH_DATA_OBJ);
+    if (v != NULL && (size_t) v->size >= TNEF_IID_LEN + 4 &&
+        mailoauth_tnef_get32(v->data + TNEF_IID_LEN) == TNEF_SIGNATURE) {
+      d = v->data + TNEF_IID_LEN;
+      n = (size_t) v->size - TNEF_IID_LEN;
+    }
+  }
+  if (d == NULL) {
+    /* An item in a form not kept (not TNEF): lost, and said so. */
+    *skip = 2;
+    return 0;
+  }
+  return tnef_embedded_bytes(d, n, in_input, p, codepage, f);
+}
+
+/* The item's bytes (d, n; in_input: inside the stream, which outlives
+ * the file, else copied), named by its display name or title + ".tnef".
+ * Returns 0, -1 (ENOMEM).
+ */
+static int tnef_embedded_bytes(const unsigned char *d, size_t n,
+    int in_input, Attachment *p, unsigned int codepage,
+    struct tnef_found *f) {
+  static const char ext[] = ".tnef";
+  variableLength *v;
+  char *name;
+  int rc = 0;
+
+  if (in_input) {
+    f->data = d;
+  } else {
+    f->owned = malloc(n > 0 ? n : 1);
+    if (f->owned == NULL) {
+      errno = ENOMEM;
+      return -1;
+    }
+    memcpy(f->owned, d, n);
+    f->data = f->owned;
+  }
+  f->size = n;
+
+  v = tnef_prop(p, PT_UNICODE, PR_DISPLAY_NAME);
+  if (v != NULL) {
+    rc = tnef_take_name(f, v->data, 3 * (size_t) v->size / 2 + 1, 0, 1);
+  }
+  if (rc == 0 && (v = tnef_prop(p, PT_STRING8, PR_DISPLAY_NAME)) != NULL) {
+    rc = tnef_take_name(f, v->data, (size_t) v->size, codepage, 0);
+  }
+  if (rc == 0 && p->Title.data != NULL && p->Title.size > 0) {
+    rc = tnef_take_name(f, p->Title.data, (size_t) p->Title.size, codepage,
+      0);
+  }
+  if (rc < 0) {
+    return -1;
+  }
+
+  if (f->name != NULL && f->name_len + sizeof(ext) - 1 >
+      MAILOAUTH_TNEF_MAX_NAME) {
+    free(f->name);
+    f->name = NULL;
+  }
+  if (f->name == NULL) {
+    f->name_len = 4;
+    f->codepage = TNEF_CP_UTF8;
+    f->name = strdup("item");
+    if (f->name == NULL) {
+      errno = ENOMEM;
+      return -1;
+    }
+  }
+  name = realloc(f->name, f->name_len + sizeof(ext));
+  if (name == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+  memcpy(name + f->name_len, ext, sizeof(ext));
+  f->name = name;
+  f->name_len += sizeof(ext) - 1;
+  return 0;
+}
+
 /* What libytnef tells about one attachment: its name, whether it is an
  * embedded message, and the content when it lives in the properties only
  * (PR_ATTACH_DATA_OBJ / _BIN without attAttachData).  Returns 0 (*skip set
- * for attachments that are no file), -1 (ENOMEM).
+ * for attachments that are no file: 1 for what carries no content, such
+ * as a reference, 2 for content that cannot be read), -1 (ENOMEM).
  */
 static int tnef_describe(const unsigned char *buf, const struct tnef_att *a,
     unsigned int codepage, struct tnef_found *f, int *skip) {
   TNEFStruct t;
   Attachment *p;
   variableLength *v;
-  int rc = 0, parsed;
+  int rc = 0, parsed, mapi_lost = 0;
 
   *skip = 0;
   if (a->title.len == 0 && a->mapi.len == 0) {
@@ -434,12 +687,14 @@ static int tnef_describe(const unsigned char *buf, const struct tnef_att *a,
   if (!parsed && a->mapi.len > 0 && a->title.len > 0) {
     TNEFFree(&t);
     parsed = tnef_ytnef_parse(buf, a, 0, &t) == 0;
+    mapi_lost = 1;
   }
 
   p = t.starting_attach.next;
   if (!parsed || p == NULL) {
     TNEFFree(&t);
-    *skip = !a->has_data;
+    /* Content in properties libytnef cannot read: lost, and said so. */
+    *skip = a->has_data ? 0 : a->mapi.len > 0 ? 2 : 1;
     return 0;
   }
 
@@ -449,9 +704,9 @@ static int tnef_describe(const unsigned char *buf, const struct tnef_att *a,
 
     memcpy(&method, v->data, sizeof(method));
     if (method == TNEF_ATTACH_EMBEDDED_MSG) {
+      rc = tnef_embedded(buf, a, p, codepage, f, skip);
       TNEFFree(&t);
-      *skip = 1;
-      return 0;
+      return rc;
     }
   }
 
@@ -477,9 +732,26 @@ static int tnef_describe(const unsigned char *buf, const struct tnef_att *a,
       }
     }
 
+    if (d == NULL && mapi_lost) {
+      /* The properties libytnef refused: an item too large for it? */
+      const unsigned char *obj;
+      uint32_t method;
+      size_t objlen;
+
+      if (tnef_mapi_walk(buf + a->mapi.off + TNEF_ATTR_HDR,
+          a->mapi.len - TNEF_ATTR_HDR - TNEF_ATTR_SUM, &method, &obj,
+          &objlen) == 0 && method == TNEF_ATTACH_EMBEDDED_MSG &&
+          obj != NULL && objlen >= TNEF_IID_LEN + 4 &&
+          mailoauth_tnef_get32(obj + TNEF_IID_LEN) == TNEF_SIGNATURE) {
+        rc = tnef_embedded_bytes(obj + TNEF_IID_LEN, objlen - TNEF_IID_LEN,
+          1, p, codepage, f);
+        TNEFFree(&t);
+        return rc;
+      }
+    }
     if (d == NULL) {
       TNEFFree(&t);
-      *skip = 1;
+      *skip = mapi_lost ? 2 : 1;
       return 0;
     }
 
@@ -564,13 +836,16 @@ int mailoauth_tnef_decode_mem(const unsigned char *buf, size_t len,
     }
 
     if (skip) {
+      if (skip == 2) {
+        w.damaged = 1;
+      }
       free(f->name);
       free(f->owned);
       memset(f, 0, sizeof(*f));
       continue;
     }
 
-    if (a->has_data) {
+    if (f->data == NULL && a->has_data) {
       f->data = buf + a->data_off;
       f->size = a->data_len;
     }
@@ -606,6 +881,12 @@ int mailoauth_tnef_decode_mem(const unsigned char *buf, size_t len,
   tnef_found_free(found, w.natts);
   free(w.atts);
 
+  /* The files of a damaged stream went out; the caller still learns that
+   * it was damaged (and keeps the winmail.dat as sent, too).
+   */
+  if (xerrno == 0 && w.damaged) {
+    xerrno = EBADMSG;
+  }
   if (xerrno != 0) {
     errno = xerrno;
     return -1;
