@@ -233,6 +233,23 @@ static int supervisor_orphans_left(void) {
   }
 }
 
+/* While a worker runs: reaps orphans that have ended (a helper's child
+ * whose helper died), never the worker, whose end supervisor_lost() reads.
+ */
+static void supervisor_reap_orphans(pid_t worker) {
+  siginfo_t info;
+
+  for (;;) {
+    memset(&info, 0, sizeof(info));
+    if (waitid(P_ALL, 0, &info, WEXITED|WNOHANG|WNOWAIT) < 0 ||
+        info.si_pid == 0 ||
+        info.si_pid == worker) {
+      return;
+    }
+    (void) waitpid(info.si_pid, NULL, WNOHANG);
+  }
+}
+
 int mailoauthd_supervisor_main(struct mailoauthd *d) {
   struct supervisor s;
   struct sigaction sa;
@@ -284,6 +301,7 @@ int mailoauthd_supervisor_main(struct mailoauthd *d) {
     pfds[0].fd = MAILOAUTHD_CONTROL_FD;
     pfds[0].events = POLLIN;
     if (s.pid > 0) {
+      supervisor_reap_orphans(s.pid);
       pfds[1].fd = s.sock;
       pfds[1].events = POLLIN;
       nfds = 2;
