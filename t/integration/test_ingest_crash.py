@@ -13,6 +13,7 @@ The crash points exist only in build/mailoauthd-crashtest (compiled with
 Nth time it passes NAME; the helper's points kill the worker and the
 helper.  That build also restarts a dead worker after 1 second."""
 
+import json
 import os
 import random
 import re
@@ -63,7 +64,8 @@ class Crashable:
     """A proftpd running the crash-test build with one ingest task into a
     0700 directory of alice's."""
 
-    def __init__(self, make_proftpd, tokensvc, tokensvc_app, pki, dovecot):
+    def __init__(self, make_proftpd, tokensvc, tokensvc_app, pki, dovecot,
+                 settings=""):
         clear_mailbox(dovecot)
         self.dovecot = dovecot
         self.a = AccountServer(make_proftpd, tokensvc, tokensvc_app, pki,
@@ -74,7 +76,8 @@ class Crashable:
         self.inbox = os.path.join(self.srv.home("alice"), "inbox")
         self.srv.extra_conf += (
             "\nMailOAuthIngest t1 account=notify every=1 dir=%s "
-            "owner=%d:%d\n" % (self.inbox, UID, UID))
+            "owner=%d:%d %s\n" % (self.inbox, UID, UID, settings))
+        self.metadata = "metadata=on" in settings
         self.a.seed()
         self.payloads = {}
         self.messages = 0
@@ -112,13 +115,22 @@ class Crashable:
     def done(self):
         if not os.path.isdir(self.inbox):
             return False
-        return (len(owner_files(self.inbox)) >= len(self.payloads) and
+        want = len(self.payloads) + (self.messages if self.metadata else 0)
+        return (len(owner_files(self.inbox)) >= want and
                 not unseen(self.dovecot))
 
     def check(self):
         """Every attachment exactly once, with its bytes; every message
         flagged; the owner's directory still closed to others."""
         files = owner_files(self.inbox)
+        if self.metadata:
+            meta = [f for f in files if f.endswith(".json")]
+            assert len(meta) == self.messages, meta
+            for name in meta:
+                with open(os.path.join(self.inbox, name)) as f:
+                    listed = [x["name"] for x in json.load(f)["files"]]
+                assert all(x in self.payloads for x in listed), listed
+            files = [f for f in files if not f.endswith(".json")]
         assert files == sorted(self.payloads), (
             "missing: %s; extra: %s" % (
                 sorted(set(self.payloads) - set(files)),
@@ -160,6 +172,30 @@ def test_kill_at_each_step_neither_loses_nor_duplicates(crashable, point,
     if point in FOUND_AFTER:
         # Found in place by the helper, in a directory the worker cannot
         # search, rather than deposited twice.
+        assert "was deposited before a restart" in c.srv.log_text()
+
+
+@needs_crashtest
+@pytest.mark.parametrize("point", ["intent-written", "renamed",
+                                   "dir-synced"])
+def test_kill_while_writing_metadata(make_proftpd, tokensvc, tokensvc_app,
+                                     pki, dovecot, point):
+    """The metadata file is made again after a crash, with another time of
+    taking: the one written before the crash is still found, not joined by
+    a second."""
+    c = Crashable(make_proftpd, tokensvc, tokensvc_app, pki, dovecot,
+                  settings="metadata=on")
+    c.deliver(2)
+    # Each message: two attachments, then its metadata (the 3rd deposit).
+    c.start(crashpoint=(point, 3))
+    wait_for(lambda: c.crashes() >= 1, timeout=30,
+             what="the worker killed at %s #3" % point)
+    wait_for(c.done, timeout=60, what="every file and flag after the crash")
+    c.srv.wait_log("worker started", count=2, timeout=10)
+    time.sleep(2.5)
+    c.check()
+    assert c.crashes() == 1, c.srv.log_text()
+    if point in FOUND_AFTER:
         assert "was deposited before a restart" in c.srv.log_text()
 
 

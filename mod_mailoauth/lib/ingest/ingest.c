@@ -721,12 +721,12 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
     return -1;
   }
 
+  /* Looked for as it was asked for then, whatever the part is now: a
+   * metadata file made again differs in its time of taking.
+   */
   intent = mailoauth_ingest_ledger_intent(t, m->uid, key);
   done = 0;
-  if (intent != NULL &&
-      intent->size == size &&
-      (!intent->has_sha256 ||
-       memcmp(intent->sha256, digest, sizeof(digest)) == 0)) {
+  if (intent != NULL) {
     done = mailoauth_ingest_already_deposited(m->ing, dest, intent, name,
       found, sizeof(found));
     if (done < 0) {
