@@ -239,7 +239,8 @@ int mailoauth_deposit_server_run(int sock,
 #define MAILOAUTH_DEPOSIT_OP_PROBE      3
 
 /* Sends one request (content_fd: the content for OP_FILE, -1 for
- * OP_CLEANUP; the caller keeps its descriptor).  *id identifies the reply.
+ * OP_CLEANUP; the caller keeps its descriptor; OP_PROBE goes through
+ * mailoauth_deposit_client_probe(), which carries the identity).  *id identifies the reply.
  * Returns 0 or -1 with errno.
  */
 int mailoauth_deposit_client_send(int sock, int op,
