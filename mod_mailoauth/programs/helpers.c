@@ -3,6 +3,7 @@
  */
 
 #include "mailoauthd.h"
+#include "mailoauth/crashpoint.h"
 #include "mailoauth/deposit.h"
 #include "mailoauth/tnef.h"
 #include "tnef/tnefint.h"
@@ -100,6 +101,10 @@ int mailoauthd_deposit_main(int argc, char **argv) {
     rules[i].gid = (gid_t) gid;
     helpers_owner_groups(&rules[i]);
   }
+
+#ifdef MAILOAUTH_CRASHPOINTS
+  mailoauth_crashpoint_set(getenv(MAILOAUTH_CRASHPOINT_ENV), 1);
+#endif
 
   /* A helper outliving its worker would be a root process serving no
    * one; EOF on the socket ends it too, this covers a stopped worker.

@@ -27,8 +27,14 @@
 #include <unistd.h>
 
 #define SUPERVISOR_STOP_TIMEOUT_MS      4000
-#define SUPERVISOR_BACKOFF_MAX_SECS     60
+#ifdef MAILOAUTH_CRASHPOINTS
+/* The crash tests kill the worker again and again (crashpoint.h). */
+# define SUPERVISOR_BACKOFF_MAX_SECS    1
+#else
+# define SUPERVISOR_BACKOFF_MAX_SECS    60
+#endif
 #define SUPERVISOR_HEALTHY_SECS         60
+#define SUPERVISOR_ORPHAN_WAIT_SECS     120
 
 extern char **environ;
 
@@ -42,6 +48,7 @@ struct supervisor {
   time_t started;
   time_t restart_at;            /* 0: not waiting to restart */
   unsigned int backoff;
+  time_t orphans_since;         /* 0: not waiting for a dead worker's helpers */
 };
 
 static void supervisor_sigterm(int signo, siginfo_t *info, void *ctx) {
@@ -206,6 +213,43 @@ static void supervisor_stop(struct supervisor *s) {
   supervisor_reap(s, &status);
 }
 
+/* Reaps what a dead worker left (its helpers come to us, the subreaper);
+ * whether some are still running.  Only while no worker runs: waitpid(-1)
+ * would take the worker's own status otherwise.
+ */
+static int supervisor_orphans_left(void) {
+  int status;
+  pid_t pid;
+
+  for (;;) {
+    pid = waitpid(-1, &status, WNOHANG);
+    if (pid > 0) {
+      continue;
+    }
+    if (pid < 0 && errno == EINTR) {
+      continue;
+    }
+    return pid == 0;
+  }
+}
+
+/* While a worker runs: reaps orphans that have ended (a helper's child
+ * whose helper died), never the worker, whose end supervisor_lost() reads.
+ */
+static void supervisor_reap_orphans(pid_t worker) {
+  siginfo_t info;
+
+  for (;;) {
+    memset(&info, 0, sizeof(info));
+    if (waitid(P_ALL, 0, &info, WEXITED|WNOHANG|WNOWAIT) < 0 ||
+        info.si_pid == 0 ||
+        info.si_pid == worker) {
+      return;
+    }
+    (void) waitpid(info.si_pid, NULL, WNOHANG);
+  }
+}
+
 int mailoauthd_supervisor_main(struct mailoauthd *d) {
   struct supervisor s;
   struct sigaction sa;
@@ -236,6 +280,7 @@ int mailoauthd_supervisor_main(struct mailoauthd *d) {
    * this covers a master that is stopped but not dead.
    */
   (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
+  (void) prctl(PR_SET_CHILD_SUBREAPER, 1);
   master = getppid();
   if (master == 1) {
     return 0;
@@ -256,6 +301,7 @@ int mailoauthd_supervisor_main(struct mailoauthd *d) {
     pfds[0].fd = MAILOAUTHD_CONTROL_FD;
     pfds[0].events = POLLIN;
     if (s.pid > 0) {
+      supervisor_reap_orphans(s.pid);
       pfds[1].fd = s.sock;
       pfds[1].events = POLLIN;
       nfds = 2;
@@ -296,7 +342,22 @@ int mailoauthd_supervisor_main(struct mailoauthd *d) {
     if (s.pid == 0 &&
         s.restart_at > 0 &&
         time(NULL) >= s.restart_at) {
-      supervisor_spawn(&s);
+      /* Not before the dead worker's helpers are gone: a deposit helper
+       * finishing a file it was asked for must not race the new worker's
+       * look for it.  Bounded: a helper stuck for good would otherwise
+       * stop ingestion and notifications alike (at worst a file then
+       * comes twice, never not at all).
+       */
+      if (s.orphans_since == 0) {
+        s.orphans_since = time(NULL);
+      }
+      if (supervisor_orphans_left() &&
+          time(NULL) - s.orphans_since < SUPERVISOR_ORPHAN_WAIT_SECS) {
+        s.restart_at = time(NULL) + 1;
+      } else {
+        s.orphans_since = 0;
+        supervisor_spawn(&s);
+      }
     }
   }
 

@@ -11,6 +11,7 @@
 
 #include "mailoauthd.h"
 #include "mailoauth/control.h"
+#include "mailoauth/crashpoint.h"
 #include "mailoauth/deposit.h"
 #include "mailoauth/ingest.h"
 #include "mailoauth/imsg.h"
@@ -148,7 +149,20 @@ static int worker_deposit_helper(const struct mailoauth_wconf *conf) {
     return -1;
   }
 
-  pid = mailoauth_spawn(conf->program, argv, NULL, &sv[1], 1);
+  {
+    char **envp = NULL;
+#ifdef MAILOAUTH_CRASHPOINTS
+    static char crash_env[128];
+    char *crash_envp[] = { crash_env, NULL };
+
+    if (mailoauth_crashpoint_spec() != NULL) {
+      snprintf(crash_env, sizeof(crash_env), "%s=%s",
+        MAILOAUTH_CRASHPOINT_ENV, mailoauth_crashpoint_spec());
+      envp = crash_envp;
+    }
+#endif
+    pid = mailoauth_spawn(conf->program, argv, envp, &sv[1], 1);
+  }
   (void) close(sv[1]);
   for (i = 2; i < argc; i += 3) {
     free(argv[i + 1]);
@@ -450,6 +464,10 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   state.parser.conf = conf;
   state.parser.sock = -1;
   state.reg = worker_registry(conf);
+
+#ifdef MAILOAUTH_CRASHPOINTS
+  mailoauth_crashpoint_load(conf->state_dir);
+#endif
 
   /* Helpers first: they must never see a secret, and the deposit helper
    * needs the root the worker is about to give up.

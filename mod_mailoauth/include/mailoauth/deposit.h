@@ -39,6 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 /* Longest relative name (template subdirectories included) in bytes. */
 #define MAILOAUTH_DEPOSIT_NAME_MAX      1023
@@ -109,6 +110,7 @@ struct mailoauth_deposit_request {
 #define MAILOAUTH_DEPOSIT_STAGE_DIRSYNC  11 /* flushing the directory */
 #define MAILOAUTH_DEPOSIT_STAGE_CLEANUP  12 /* scanning for stale temp files */
 #define MAILOAUTH_DEPOSIT_STAGE_HELPER   13 /* talking to the helper */
+#define MAILOAUTH_DEPOSIT_STAGE_PROBE    14 /* looking for an earlier deposit */
 
 struct mailoauth_deposit_result {
   int error;            /* 0, or the errno value of the failure */
@@ -137,6 +139,32 @@ struct mailoauth_deposit_result {
  */
 int mailoauth_deposit_file(const struct mailoauth_deposit_request *req,
   int content_fd, struct mailoauth_deposit_result *res);
+
+/* What a deposit asked for before a crash must be, to count as done. */
+#define MAILOAUTH_DEPOSIT_SHA256_LEN    32
+
+struct mailoauth_deposit_ident {
+  uint64_t size;
+  time_t not_before;            /* asked for at this time (ctime bound) */
+  int has_sha256;               /* 0: a ledger from before digests */
+  unsigned char sha256[MAILOAUTH_DEPOSIT_SHA256_LEN];
+};
+
+/* After a crash between asking for a deposit of req->name and learning
+ * the outcome: whether it happened.  Looks at the name's family ("x.pdf",
+ * "x (1).pdf", ... up to the first free name, in the template
+ * subdirectories, never creating any) through descriptors: the directory
+ * reached as for a deposit, each candidate opened with O_NOFOLLOW as the
+ * owner (so only what the owner could read is read), taken when it is a
+ * regular file of the owner with that size, changed no earlier than
+ * not_before (an older identical file is another message's), and, with
+ * has_sha256, that SHA-256.  Returns 0 with res->name, or -1 with errno:
+ * ENOENT when no file matches (deposit it), other errors as for a
+ * deposit (then do not deposit: it may be a duplicate).
+ */
+int mailoauth_deposit_probe(const struct mailoauth_deposit_request *req,
+  const struct mailoauth_deposit_ident *ident,
+  struct mailoauth_deposit_result *res);
 
 /* Removes our temporary files older than req->max_age seconds from req->dir
  * (and req->depth levels of subdirectories, symbolic links never
@@ -208,9 +236,11 @@ int mailoauth_deposit_server_run(int sock,
 /* Client side, in the worker.  Request kinds: */
 #define MAILOAUTH_DEPOSIT_OP_FILE       1
 #define MAILOAUTH_DEPOSIT_OP_CLEANUP    2
+#define MAILOAUTH_DEPOSIT_OP_PROBE      3
 
 /* Sends one request (content_fd: the content for OP_FILE, -1 for
- * OP_CLEANUP; the caller keeps its descriptor).  *id identifies the reply.
+ * OP_CLEANUP; the caller keeps its descriptor; OP_PROBE goes through
+ * mailoauth_deposit_client_probe(), which carries the identity).  *id identifies the reply.
  * Returns 0 or -1 with errno.
  */
 int mailoauth_deposit_client_send(int sock, int op,
@@ -233,6 +263,14 @@ int mailoauth_deposit_client_file(int sock,
 
 int mailoauth_deposit_client_cleanup(int sock,
   const struct mailoauth_deposit_request *req, int timeout_ms,
+  struct mailoauth_deposit_result *res);
+
+/* mailoauth_deposit_probe() in the helper: 0 found (res->name), -1 with
+ * errno (ENOENT: not there).
+ */
+int mailoauth_deposit_client_probe(int sock,
+  const struct mailoauth_deposit_request *req,
+  const struct mailoauth_deposit_ident *ident, int timeout_ms,
   struct mailoauth_deposit_result *res);
 
 /* Skips renameat2() and uses linkat() + unlinkat() (tests; file systems

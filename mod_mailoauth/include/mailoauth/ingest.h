@@ -16,10 +16,21 @@
  *   NAME.ledger  "V UID PART NAME" lines, fsync()ed after each deposit and
  *                before the after-action: a message taken up again after a
  *                crash skips the parts it lists.  Before each deposit a
- *                "? V UID PART TIME SIZE NAME" line records the request, so
- *                that a crash while the helper was writing can be told
- *                apart afterwards (a file of that name family, size and
- *                age is the one deposited) instead of depositing twice.
+ *                "? V UID PART TIME SIZE sha256=HEX NAME" line records the
+ *                request (lines without the digest, from older versions,
+ *                are still read), so that after a crash while the helper
+ *                was writing, the helper itself, as the owner and through
+ *                descriptors, looks for a file of that name family with
+ *                that size and SHA-256, changed since TIME: found, it is
+ *                recorded, not deposited again.  The worker could not look:
+ *                the owner's directory may be closed to it (mode 0700).
+ *                A probe that cannot answer keeps the message for a later
+ *                run rather than risk a second copy.
+ *
+ * The supervisor restarts a dead worker only once the worker's helpers are
+ * gone (it is their subreaper), so a helper finishing a file cannot race
+ * the new worker's probe for it.  Crash points (crashpoint.h) prove all
+ * this in a test build only.
  *
  * Messages are fetched into anonymous files in <statedir>/tmp and parsed
  * from there, by the parser process (mimeproc.h), which writes the parts

@@ -7,6 +7,7 @@
 #endif
 
 #include "mailoauth/io.h"
+#include "mailoauth/crashpoint.h"
 #include "mailoauth/deposit.h"
 #include "mailoauth/imsg.h"
 #include "mailoauth/names.h"
@@ -17,6 +18,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <openssl/evp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -762,6 +764,7 @@ static int deposit_as_owner(int *dirfd,
       fchmod(fd, req->mode) < 0) {
     goto fail;
   }
+  MAILOAUTH_CRASHPOINT("temp-written");
 
   /* close() too: NFS reports deferred write errors there. */
   stage = MAILOAUTH_DEPOSIT_STAGE_SYNC;
@@ -773,6 +776,7 @@ static int deposit_as_owner(int *dirfd,
   if (rc < 0) {
     goto fail;
   }
+  MAILOAUTH_CRASHPOINT("temp-synced");
 
   /* The numbered name must still fit in res->name with its directories. */
   finalsz = MAILOAUTH_DEPOSIT_NAME_MAX + 1 - dirlen;
@@ -803,6 +807,7 @@ static int deposit_as_owner(int *dirfd,
   memcpy(res->name, name, dirlen);
   memcpy(res->name + dirlen, final, strlen(final) + 1);
   res->size = size;
+  MAILOAUTH_CRASHPOINT("renamed");
 
   if (fsync(*dirfd) < 0) {
     /* The file is complete and visible, its name maybe not yet durable:
@@ -811,6 +816,7 @@ static int deposit_as_owner(int *dirfd,
      */
     return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_DIRSYNC, errno);
   }
+  MAILOAUTH_CRASHPOINT("dir-synced");
 
   return 0;
 
@@ -888,6 +894,221 @@ int mailoauth_deposit_file(const struct mailoauth_deposit_request *req,
   mailoauth_trace(trace_channel, 7, "deposited %llu bytes as '%s' in '%s' "
     "(uid %lu)", (unsigned long long) res->size, res->name, req->dir,
     (unsigned long) req->uid);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * After a crash: was it deposited?
+ */
+
+struct deposit_probe {
+  int dirfd;
+  uid_t uid;
+  const struct mailoauth_deposit_ident *ident;
+  int found;
+  int error;
+  char name[MAILOAUTH_NAMES_MAX + 1];
+};
+
+/* 1: fd holds exactly the SHA-256 wanted, 0: it does not, -1: I/O error. */
+static int deposit_same_digest(int fd, const unsigned char *want) {
+  unsigned char buf[DEPOSIT_COPY_CHUNK], digest[EVP_MAX_MD_SIZE];
+  unsigned int dlen = 0;
+  EVP_MD_CTX *ctx;
+  off_t off = 0;
+  int res = -1;
+
+  ctx = EVP_MD_CTX_new();
+  if (ctx == NULL ||
+      EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+    EVP_MD_CTX_free(ctx);
+    errno = ENOMEM;
+    return -1;
+  }
+
+  for (;;) {
+    ssize_t n = pread(fd, buf, sizeof(buf), off);
+
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      break;
+    }
+    if (n == 0) {
+      if (EVP_DigestFinal_ex(ctx, digest, &dlen) == 1) {
+        res = dlen == MAILOAUTH_DEPOSIT_SHA256_LEN &&
+          memcmp(digest, want, dlen) == 0;
+      }
+      break;
+    }
+    (void) EVP_DigestUpdate(ctx, buf, (size_t) n);
+    off += n;
+  }
+
+  EVP_MD_CTX_free(ctx);
+  return res;
+}
+
+/* names_unique() callback: 0 ends the search (the family stops at its
+ * first free name, or this is the file), 1 goes on to the next name.
+ */
+static int deposit_probe_one(const char *name, void *arg) {
+  struct deposit_probe *pr = arg;
+  struct stat st;
+  int fd, same;
+
+  /* O_NONBLOCK: a FIFO planted under the name must not hang the helper. */
+  fd = openat(pr->dirfd, name,
+    O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_NOCTTY|O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) {
+      return 0;
+    }
+    if (errno == ELOOP || errno == EACCES || errno == ENXIO ||
+        errno == EPERM || errno == EISDIR) {
+      /* Taken, by something we did not write. */
+      return 1;
+    }
+    pr->error = errno;
+    return -1;
+  }
+
+  if (fstat(fd, &st) < 0) {
+    pr->error = errno;
+    deposit_close(fd);
+    return -1;
+  }
+
+  /* ctime, not mtime: the owner can set mtime back, not ctime.  One second
+   * of slack for clocks of different grain; a clock stepped back gives a
+   * second copy, never a loss.
+   */
+  if (!S_ISREG(st.st_mode) ||
+      st.st_uid != pr->uid ||
+      (uint64_t) st.st_size != pr->ident->size ||
+      (long long) st.st_ctime < (long long) pr->ident->not_before - 1) {
+    deposit_close(fd);
+    return 1;
+  }
+
+  same = 1;
+  if (pr->ident->has_sha256) {
+    same = deposit_same_digest(fd, pr->ident->sha256);
+  }
+  deposit_close(fd);
+  if (same < 0) {
+    pr->error = errno;
+    return -1;
+  }
+  if (!same) {
+    return 1;
+  }
+
+  pr->found = 1;
+  snprintf(pr->name, sizeof(pr->name), "%s", name);
+  return 0;
+}
+
+static int deposit_probe_as_owner(int *dirfd,
+    const struct mailoauth_deposit_request *req,
+    const struct mailoauth_deposit_ident *ident,
+    struct mailoauth_deposit_result *res) {
+  char name[MAILOAUTH_DEPOSIT_NAME_MAX + 1], out[MAILOAUTH_NAMES_MAX + 1];
+  struct deposit_probe pr;
+  char *p = name, *slash;
+  size_t dirlen;
+
+  memcpy(name, req->name, strlen(req->name) + 1);
+
+  /* Template subdirectories are looked into, never made. */
+  while ((slash = strchr(p, '/')) != NULL) {
+    int fd;
+
+    *slash = '\0';
+    fd = deposit_open_dir(*dirfd, p, O_RDONLY);
+    *slash = '/';
+    if (fd < 0) {
+      return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_PROBE, errno);
+    }
+    (void) close(*dirfd);
+    *dirfd = fd;
+    p = slash + 1;
+  }
+  dirlen = (size_t) (p - name);
+
+  memset(&pr, 0, sizeof(pr));
+  pr.dirfd = *dirfd;
+  pr.uid = req->uid;
+  pr.ident = ident;
+  if (mailoauth_names_unique(p, deposit_probe_one, &pr, out,
+      sizeof(out)) < 0 &&
+      !pr.found) {
+    return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_PROBE,
+      pr.error ? pr.error : errno);
+  }
+  if (!pr.found) {
+    return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_PROBE, ENOENT);
+  }
+
+  if (dirlen + strlen(pr.name) > MAILOAUTH_DEPOSIT_NAME_MAX) {
+    return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_PROBE, ENAMETOOLONG);
+  }
+  memcpy(res->name, name, dirlen);
+  memcpy(res->name + dirlen, pr.name, strlen(pr.name) + 1);
+  res->size = ident->size;
+  return 0;
+}
+
+int mailoauth_deposit_probe(const struct mailoauth_deposit_request *req,
+    const struct mailoauth_deposit_ident *ident,
+    struct mailoauth_deposit_result *res) {
+  struct mailoauth_deposit_result local;
+  struct deposit_ident id;
+  int dirfd, rc;
+
+  if (res == NULL) {
+    res = &local;
+  }
+  memset(res, 0, sizeof(*res));
+
+  if (req == NULL || ident == NULL) {
+    return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_REQUEST, EINVAL);
+  }
+
+  if (deposit_check_dir(req->dir) < 0 ||
+      deposit_check_name(req->name) < 0 ||
+      deposit_check_owner(req) < 0) {
+    return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_REQUEST, errno);
+  }
+
+  dirfd = deposit_walk(req->dir);
+  if (dirfd < 0) {
+    return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_PATH, errno);
+  }
+
+  /* As the owner: the kernel then lets us read only what the owner may
+   * read, whatever a hard link in the owner's directory points to.
+   */
+  if (deposit_become(req, &id) < 0) {
+    rc = deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_OWNER, errno);
+    deposit_close(dirfd);
+    return rc;
+  }
+
+  rc = deposit_probe_as_owner(&dirfd, req, ident, res);
+  deposit_restore(&id);
+  deposit_close(dirfd);
+
+  if (rc < 0) {
+    mailoauth_trace(trace_channel, 7, "no earlier deposit of '%s' in '%s': "
+      "%s", req->name, req->dir, strerror(res->error));
+    errno = res->error;
+    return -1;
+  }
+
+  mailoauth_trace(trace_channel, 7, "'%s' in '%s' is the earlier deposit "
+    "of '%s'", res->name, req->dir, req->name);
   return 0;
 }
 
@@ -1051,6 +1272,7 @@ const char *mailoauth_deposit_stage_name(int stage) {
     case MAILOAUTH_DEPOSIT_STAGE_DIRSYNC: return "directory sync";
     case MAILOAUTH_DEPOSIT_STAGE_CLEANUP: return "cleanup";
     case MAILOAUTH_DEPOSIT_STAGE_HELPER:  return "helper";
+    case MAILOAUTH_DEPOSIT_STAGE_PROBE:   return "probe";
   }
 
   return "unknown";
@@ -1071,6 +1293,7 @@ static const char *deposit_stage_phrase(int stage) {
     case MAILOAUTH_DEPOSIT_STAGE_DIRSYNC: return "flushing the directory to disk";
     case MAILOAUTH_DEPOSIT_STAGE_CLEANUP: return "removing stale temporary files";
     case MAILOAUTH_DEPOSIT_STAGE_HELPER:  return "talking to the deposit helper";
+    case MAILOAUTH_DEPOSIT_STAGE_PROBE:   return "looking for an earlier deposit";
   }
 
   return "depositing";
@@ -1181,15 +1404,19 @@ const char *mailoauth_deposit_describe(const struct mailoauth_deposit_result *re
  *         30 u16 name length
  *         32 dir, then name (no NULs)
  *
+ * A probe request has, after the name, 8 u64 size, 8 i64 not_before, 4 u32
+ * has_sha256, 4 zero, 32 SHA-256 (DEPOSIT_PROBE_EXTRA bytes).
+ *
  * A file request carries exactly one descriptor (SCM_RIGHTS), the content;
- * a cleanup request none.  A record of any other shape gets an EBADMSG
+ * cleanup and probe requests none.  A record of any other shape gets an EBADMSG
  * reply (id 0 when it is too short to hold one).
  */
 
 #define DEPOSIT_REQ_HDR         32
 #define DEPOSIT_REP_HDR         22
+#define DEPOSIT_PROBE_EXTRA     (24 + MAILOAUTH_DEPOSIT_SHA256_LEN)
 #define DEPOSIT_REQ_MAX         (DEPOSIT_REQ_HDR + PATH_MAX + \
-  MAILOAUTH_DEPOSIT_NAME_MAX)
+  MAILOAUTH_DEPOSIT_NAME_MAX + DEPOSIT_PROBE_EXTRA)
 #define DEPOSIT_REP_MAX         (DEPOSIT_REP_HDR + MAILOAUTH_DEPOSIT_NAME_MAX)
 
 static void deposit_put16(unsigned char *p, uint16_t v) {
@@ -1275,7 +1502,8 @@ static void deposit_serve(const struct mailoauth_imsg *msg,
   const struct mailoauth_deposit_rule *rule;
   struct mailoauth_deposit_request req;
   const unsigned char *buf;
-  size_t dlen, nlen, len;
+  struct mailoauth_deposit_ident ident;
+  size_t dlen, nlen, len, extra;
   uint32_t op;
 
   memset(res, 0, sizeof(*res));
@@ -1294,8 +1522,9 @@ static void deposit_serve(const struct mailoauth_imsg *msg,
   op = msg->type;
   dlen = deposit_get16(buf + 28);
   nlen = deposit_get16(buf + 30);
+  extra = op == MAILOAUTH_DEPOSIT_OP_PROBE ? DEPOSIT_PROBE_EXTRA : 0;
 
-  if (DEPOSIT_REQ_HDR + dlen + nlen != len ||
+  if (DEPOSIT_REQ_HDR + dlen + nlen + extra != len ||
       dlen == 0 || dlen >= sizeof(dir) || nlen >= sizeof(name) ||
       memchr(buf + DEPOSIT_REQ_HDR, '\0', dlen + nlen) != NULL) {
     mailoauth_log("deposit helper: ignoring a malformed request of %lu bytes",
@@ -1306,7 +1535,9 @@ static void deposit_serve(const struct mailoauth_imsg *msg,
 
   if ((op == MAILOAUTH_DEPOSIT_OP_FILE && msg->nfds != 1) ||
       (op == MAILOAUTH_DEPOSIT_OP_CLEANUP && msg->nfds != 0) ||
-      (op != MAILOAUTH_DEPOSIT_OP_FILE && op != MAILOAUTH_DEPOSIT_OP_CLEANUP)) {
+      (op == MAILOAUTH_DEPOSIT_OP_PROBE && msg->nfds != 0) ||
+      (op != MAILOAUTH_DEPOSIT_OP_FILE && op != MAILOAUTH_DEPOSIT_OP_CLEANUP &&
+       op != MAILOAUTH_DEPOSIT_OP_PROBE)) {
     res->error = EINVAL;
     return;
   }
@@ -1347,6 +1578,16 @@ static void deposit_serve(const struct mailoauth_imsg *msg,
   if (op == MAILOAUTH_DEPOSIT_OP_FILE) {
     (void) mailoauth_deposit_file(&req, msg->fds[0], res);
 
+  } else if (op == MAILOAUTH_DEPOSIT_OP_PROBE) {
+    const unsigned char *x = buf + DEPOSIT_REQ_HDR + dlen + nlen;
+
+    memset(&ident, 0, sizeof(ident));
+    ident.size = deposit_get64(x);
+    ident.not_before = (time_t) (int64_t) deposit_get64(x + 8);
+    ident.has_sha256 = deposit_get32(x + 16) != 0;
+    memcpy(ident.sha256, x + 24, MAILOAUTH_DEPOSIT_SHA256_LEN);
+    (void) mailoauth_deposit_probe(&req, &ident, res);
+
   } else {
     (void) mailoauth_deposit_cleanup(&req, res);
   }
@@ -1357,6 +1598,10 @@ static int deposit_send_reply(int sock, uint32_t id, uint32_t op,
   unsigned char buf[DEPOSIT_REP_MAX];
   size_t nlen = res->error == 0 || res->stage == MAILOAUTH_DEPOSIT_STAGE_DIRSYNC ?
     strlen(res->name) : 0;
+
+  if (nlen > MAILOAUTH_DEPOSIT_NAME_MAX) {
+    nlen = 0;
+  }
 
   deposit_put32(buf, (uint32_t) res->error);
   deposit_put32(buf + 4, (uint32_t) res->stage);
@@ -1413,6 +1658,10 @@ static void deposit_server_setup(void) {
      */
     keep = (1U << CAP_SETUID) | (1U << CAP_SETGID) |
       (1U << CAP_DAC_READ_SEARCH);
+#ifdef MAILOAUTH_CRASHPOINTS
+    /* The crash tests' helper kills its worker (crashpoint.h). */
+    keep |= 1U << CAP_KILL;
+#endif
 
     memset(&hdr, 0, sizeof(hdr));
     memset(data, 0, sizeof(data));
@@ -1531,22 +1780,24 @@ int mailoauth_deposit_server_run(int sock,
   }
 }
 
-int mailoauth_deposit_client_send(int sock, int op,
+static int deposit_client_send(int sock, int op,
     const struct mailoauth_deposit_request *req, int content_fd,
-    uint32_t *id) {
+    const struct mailoauth_deposit_ident *ident, uint32_t *id) {
   static uint32_t next_id = 0;
   unsigned char buf[DEPOSIT_REQ_MAX];
-  size_t dlen, nlen;
+  size_t dlen, nlen, extra = 0;
   const char *name;
 
   if (req == NULL || req->dir == NULL || id == NULL ||
       (op == MAILOAUTH_DEPOSIT_OP_FILE && (req->name == NULL || content_fd < 0)) ||
-      (op != MAILOAUTH_DEPOSIT_OP_FILE && op != MAILOAUTH_DEPOSIT_OP_CLEANUP)) {
+      (op == MAILOAUTH_DEPOSIT_OP_PROBE && (req->name == NULL || ident == NULL)) ||
+      (op != MAILOAUTH_DEPOSIT_OP_FILE && op != MAILOAUTH_DEPOSIT_OP_CLEANUP &&
+       op != MAILOAUTH_DEPOSIT_OP_PROBE)) {
     errno = EINVAL;
     return -1;
   }
 
-  name = op == MAILOAUTH_DEPOSIT_OP_FILE ? req->name : "";
+  name = op != MAILOAUTH_DEPOSIT_OP_CLEANUP ? req->name : "";
   dlen = strlen(req->dir);
   nlen = strlen(name);
   if (dlen >= PATH_MAX || nlen > MAILOAUTH_DEPOSIT_NAME_MAX) {
@@ -1569,9 +1820,19 @@ int mailoauth_deposit_client_send(int sock, int op,
   deposit_put16(buf + 30, (uint16_t) nlen);
   memcpy(buf + DEPOSIT_REQ_HDR, req->dir, dlen);
   memcpy(buf + DEPOSIT_REQ_HDR + dlen, name, nlen);
+  if (op == MAILOAUTH_DEPOSIT_OP_PROBE) {
+    unsigned char *x = buf + DEPOSIT_REQ_HDR + dlen + nlen;
+
+    memset(x, 0, DEPOSIT_PROBE_EXTRA);
+    deposit_put64(x, ident->size);
+    deposit_put64(x + 8, (uint64_t) (int64_t) ident->not_before);
+    deposit_put32(x + 16, ident->has_sha256 ? 1 : 0);
+    memcpy(x + 24, ident->sha256, MAILOAUTH_DEPOSIT_SHA256_LEN);
+    extra = DEPOSIT_PROBE_EXTRA;
+  }
 
   if (mailoauth_imsg_send(sock, (uint32_t) op, *id, buf,
-      DEPOSIT_REQ_HDR + dlen + nlen, &content_fd,
+      DEPOSIT_REQ_HDR + dlen + nlen + extra, &content_fd,
       op == MAILOAUTH_DEPOSIT_OP_FILE ? 1 : 0) < 0) {
     return -1;
   }
@@ -1579,6 +1840,16 @@ int mailoauth_deposit_client_send(int sock, int op,
   mailoauth_trace(trace_channel, 17, "sent request %lu (op %d) for '%s'",
     (unsigned long) *id, op, req->dir);
   return 0;
+}
+
+int mailoauth_deposit_client_send(int sock, int op,
+    const struct mailoauth_deposit_request *req, int content_fd,
+    uint32_t *id) {
+  if (op == MAILOAUTH_DEPOSIT_OP_PROBE) {
+    errno = EINVAL;
+    return -1;
+  }
+  return deposit_client_send(sock, op, req, content_fd, NULL, id);
 }
 
 static int deposit_helper_fail(struct mailoauth_deposit_result *res,
@@ -1721,6 +1992,29 @@ int mailoauth_deposit_client_cleanup(int sock,
 
   if (mailoauth_deposit_client_send(sock, MAILOAUTH_DEPOSIT_OP_CLEANUP, req,
       -1, &id) < 0) {
+    if (errno == EINVAL || errno == ENAMETOOLONG) {
+      memset(res, 0, sizeof(*res));
+      return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_REQUEST, errno);
+    }
+    return deposit_helper_fail(res, errno);
+  }
+
+  return mailoauth_deposit_client_recv(sock, id, timeout_ms, res);
+}
+
+int mailoauth_deposit_client_probe(int sock,
+    const struct mailoauth_deposit_request *req,
+    const struct mailoauth_deposit_ident *ident, int timeout_ms,
+    struct mailoauth_deposit_result *res) {
+  struct mailoauth_deposit_result local;
+  uint32_t id;
+
+  if (res == NULL) {
+    res = &local;
+  }
+
+  if (deposit_client_send(sock, MAILOAUTH_DEPOSIT_OP_PROBE, req, -1, ident,
+      &id) < 0) {
     if (errno == EINVAL || errno == ENAMETOOLONG) {
       memset(res, 0, sizeof(*res));
       return deposit_fail(res, MAILOAUTH_DEPOSIT_STAGE_REQUEST, errno);

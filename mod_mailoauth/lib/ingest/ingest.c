@@ -15,6 +15,7 @@
  */
 
 #include "mailoauth/io.h"
+#include "mailoauth/crashpoint.h"
 #include "mailoauth/ingest.h"
 #include "mailoauth/deposit.h"
 #include "mailoauth/imap.h"
@@ -736,25 +737,46 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
   struct mailoauth_deposit_result res;
   char desc[512], found[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
   char shown[INGEST_SHOWN_MAX];
-  struct stat st;
+  unsigned char digest[MAILOAUTH_META_SHA256_LEN];
+  uint64_t size = 0;
+  int done;
 
-  if (fstat(fd, &st) < 0) {
-    ingest_error(t, "cannot stat a temporary file: %s", strerror(errno));
+  /* The digest names the part exactly in the request line, so that after
+   * a crash the file found is known to be this part and no other.
+   */
+  if (ingest_hash_fd(fd, digest, &size) < 0) {
+    ingest_error(t, "cannot read a temporary file: %s", strerror(errno));
     m->stop_run = 1;
     return -1;
   }
 
+  /* Looked for as it was asked for then, whatever the part is now: a
+   * metadata file made again differs in its time of taking.
+   */
   intent = mailoauth_ingest_ledger_intent(t, m->uid, key);
-  if (intent != NULL &&
-      intent->size == (uint64_t) st.st_size &&
-      mailoauth_ingest_already_deposited(dest, intent, name, found, sizeof(found))) {
+  done = 0;
+  if (intent != NULL) {
+    done = mailoauth_ingest_already_deposited(m->ing, dest, intent, name,
+      found, sizeof(found));
+    if (done < 0) {
+      /* Depositing now could make a second copy. */
+      ingest_error(t, "cannot tell whether '%s' (UID %" PRIu32 ") was "
+        "deposited into %s before a restart: %s; the message stays in %s "
+        "and is tried again next run", ingest_shown(name, shown,
+        sizeof(shown)), m->uid, dest->dir, strerror(errno), t->cfg.folder);
+      m->stop_run = 1;
+      return -1;
+    }
+  }
+  if (done) {
     /* The previous worker died after the file was in place but before it
      * could record it.
      */
     mailoauth_log("ingest %s: UID %" PRIu32 ": %s/%s was deposited before "
       "a restart; not deposited again", t->cfg.name, m->uid, dest->dir,
       ingest_shown(found, shown, sizeof(shown)));
-    if (mailoauth_ingest_ledger_append(m->ing, t, m->uid, key, found, 0, 0, 0) < 0) {
+    if (mailoauth_ingest_ledger_append(m->ing, t, m->uid, key, found, 0, 0, 0,
+        NULL) < 0) {
       ingest_error(t, "cannot record the deposit of '%s' in the ledger: "
         "%s", shown, strerror(errno));
       m->stop_run = 1;
@@ -769,7 +791,7 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
    * to find its file by.
    */
   if (mailoauth_ingest_ledger_append(m->ing, t, m->uid, key, name, 1, time(NULL),
-      (uint64_t) st.st_size) < 0) {
+      size, digest) < 0) {
     ingest_error(t, "cannot write the ledger: %s", strerror(errno));
     m->stop_run = 1;
     return -1;
@@ -798,7 +820,8 @@ static int ingest_deposit_fd(struct ingest_msg *m, unsigned int key, int fd,
     return -1;
   }
 
-  if (mailoauth_ingest_ledger_append(m->ing, t, m->uid, key, res.name, 0, 0, 0) < 0) {
+  if (mailoauth_ingest_ledger_append(m->ing, t, m->uid, key, res.name, 0, 0, 0,
+      NULL) < 0) {
     /* The file is there but not recorded: stop before the after-action,
      * so that at worst it is deposited once more, never lost.
      */
@@ -1429,6 +1452,19 @@ static mailoauth_imap_status_t ingest_action(struct ingest_task *t,
         mailoauth_imap_set_seen(t->imap, uid, 0);
   }
 }
+
+#ifdef MAILOAUTH_CRASHPOINTS
+/* The crash tests' point after the flag, move or delete (crashpoint.h). */
+static mailoauth_imap_status_t ingest_action_crashpoint(struct ingest_task *t,
+    uint32_t uid, int action, const char *folder, int was_seen) {
+  mailoauth_imap_status_t st = ingest_action(t, uid, action, folder,
+    was_seen);
+
+  MAILOAUTH_CRASHPOINT("after-action");
+  return st;
+}
+# define ingest_action ingest_action_crashpoint
+#endif
 
 static char *ingest_imap_url(const char *base, const char *folder) {
   char *esc, *url;

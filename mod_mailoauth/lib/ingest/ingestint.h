@@ -20,7 +20,10 @@ struct ingest_ledger_entry {
   int intent;                   /* "?" line: a deposit was asked for */
   time_t started;               /* intent: when */
   uint64_t size;                /* intent: the part's size */
-  char *name;                   /* done: the name it was deposited as */
+  int has_sha256;               /* intent: sha256 known (newer ledgers) */
+  unsigned char sha256[32];     /* intent: the part's SHA-256 */
+  char *name;                   /* done: the name it was deposited as;
+                                 * intent: the name asked for */
 };
 
 /* Where a task's files go: its own dir= and owner, or a route's. */
@@ -68,8 +71,8 @@ struct mailoauth_ingest {
   size_t ntasks;
 };
 
-int mailoauth_ingest_already_deposited(const struct ingest_dest *dest, const struct ingest_ledger_entry *intent, const char *name, char *found, size_t foundsz);
-int mailoauth_ingest_ledger_append(struct mailoauth_ingest *ing, struct ingest_task *t, uint32_t uid, unsigned int part, const char *final_name, int intent, time_t started, uint64_t size);
+int mailoauth_ingest_already_deposited(struct mailoauth_ingest *ing, const struct ingest_dest *dest, const struct ingest_ledger_entry *intent, const char *name, char *found, size_t foundsz);
+int mailoauth_ingest_ledger_append(struct mailoauth_ingest *ing, struct ingest_task *t, uint32_t uid, unsigned int part, const char *final_name, int intent, time_t started, uint64_t size, const unsigned char *sha256);
 void mailoauth_ingest_ledger_forget(struct ingest_task *t);
 const char * mailoauth_ingest_ledger_has(const struct ingest_task *t, uint32_t uv, uint32_t uid, unsigned int part);
 const struct ingest_ledger_entry * mailoauth_ingest_ledger_intent(const struct ingest_task *t, uint32_t uid, unsigned int part);

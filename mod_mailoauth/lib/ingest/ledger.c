@@ -5,6 +5,7 @@
  */
 
 #include "mailoauth/io.h"
+#include "mailoauth/crashpoint.h"
 #include "mailoauth/ingest.h"
 #include "mailoauth/deposit.h"
 #include "mailoauth/imap.h"
@@ -21,6 +22,7 @@
 #include "ingest/ingestint.h"
 
 #include <curl/curl.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
@@ -34,6 +36,9 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* Reading back a large part to compare digests takes a while. */
+#define INGEST_PROBE_TIMEOUT_MS         (10 * 60 * 1000)
 
 static const char *trace_channel = "mailoauth.ingest";
 
@@ -97,8 +102,12 @@ int mailoauth_ingest_state_save(struct mailoauth_ingest *ing,
   len = snprintf(buf, sizeof(buf), "{\"uidvalidity\": %" PRIu32
     ", \"next\": %" PRIu32 "}\n", t->uidvalidity, t->next_uid);
   snprintf(name, sizeof(name), "%s.json", t->cfg.name);
-  return mailoauth_spool_write_atomic(ing->tasks_dir, name, buf,
-    (size_t) len, 0600);
+  if (mailoauth_spool_write_atomic(ing->tasks_dir, name, buf,
+      (size_t) len, 0600) < 0) {
+    return -1;
+  }
+  MAILOAUTH_CRASHPOINT("state-written");
+  return 0;
 }
 
 void mailoauth_ingest_ledger_forget(struct ingest_task *t) {
@@ -112,10 +121,10 @@ void mailoauth_ingest_ledger_forget(struct ingest_task *t) {
 
 static int ingest_ledger_add_mem(struct ingest_task *t, uint32_t uv,
     uint32_t uid, unsigned int part, int intent, time_t started,
-    uint64_t size, const char *name) {
+    uint64_t size, const unsigned char *sha256, const char *name) {
   char *copy = NULL;
 
-  if (!intent && name != NULL) {
+  if (name != NULL) {
     copy = strdup(name);
     if (copy == NULL) {
       return -1;
@@ -140,6 +149,11 @@ static int ingest_ledger_add_mem(struct ingest_task *t, uint32_t uv,
   t->ledger[t->nledger].intent = intent;
   t->ledger[t->nledger].started = started;
   t->ledger[t->nledger].size = size;
+  t->ledger[t->nledger].has_sha256 = sha256 != NULL;
+  if (sha256 != NULL) {
+    memcpy(t->ledger[t->nledger].sha256, sha256,
+      sizeof(t->ledger[t->nledger].sha256));
+  }
   t->ledger[t->nledger].name = copy;
   t->nledger++;
   return 0;
@@ -159,6 +173,33 @@ const char *mailoauth_ingest_ledger_has(const struct ingest_task *t,
     }
   }
   return NULL;
+}
+
+/* "sha256=<64 hex> " at s: 0 with the digest, else -1. */
+static int ingest_ledger_parse_sha256(const char *s, unsigned char *digest) {
+  size_t i;
+
+  if (strncmp(s, "sha256=", 7) != 0) {
+    return -1;
+  }
+  s += 7;
+  for (i = 0; i < 64; i++) {
+    if (!isxdigit((unsigned char) s[i]) || isupper((unsigned char) s[i])) {
+      return -1;
+    }
+  }
+  if (s[64] != ' ') {
+    return -1;
+  }
+  for (i = 0; i < 32; i++) {
+    unsigned int v;
+
+    if (sscanf(s + 2 * i, "%2x", &v) != 1) {
+      return -1;
+    }
+    digest[i] = (unsigned char) v;
+  }
+  return 0;
 }
 
 int mailoauth_ingest_ledger_load(struct mailoauth_ingest *ing,
@@ -192,10 +233,24 @@ int mailoauth_ingest_ledger_load(struct mailoauth_ingest *ing,
       continue;
     }
     if (line[0] == '?') {
-      if (sscanf(line, "? %lu %lu %lu %lld %llu ", &uv, &uid, &part,
-            &started, &size) == 5 &&
-          ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
-            (unsigned int) part, 1, (time_t) started, size, NULL) < 0) {
+      unsigned char digest[32], *dp = NULL;
+      const char *rest;
+
+      if (sscanf(line, "? %lu %lu %lu %lld %llu %n", &uv, &uid, &part,
+            &started, &size, &name_at) != 5 || name_at == 0) {
+        continue;
+      }
+      *strchr(line, '\n') = '\0';
+      rest = line + name_at;
+
+      /* Lines written before digests have the name right after the size. */
+      if (ingest_ledger_parse_sha256(rest, digest) == 0) {
+        dp = digest;
+        rest += 7 + 64 + 1;
+      }
+      if (ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
+          (unsigned int) part, 1, (time_t) started, size, dp,
+          *rest ? rest : NULL) < 0) {
         fclose(fp);
         return -1;
       }
@@ -204,7 +259,7 @@ int mailoauth_ingest_ledger_load(struct mailoauth_ingest *ing,
           &name_at) == 3 && name_at > 0) {
       *strchr(line, '\n') = '\0';
       if (ingest_ledger_add_mem(t, (uint32_t) uv, (uint32_t) uid,
-          (unsigned int) part, 0, 0, 0, line + name_at) < 0) {
+          (unsigned int) part, 0, 0, 0, NULL, line + name_at) < 0) {
         fclose(fp);
         return -1;
       }
@@ -215,13 +270,15 @@ int mailoauth_ingest_ledger_load(struct mailoauth_ingest *ing,
   return 0;
 }
 
-/* intent: the "?" line written before asking for a deposit (with when
- * and the size), else the line saying it is done.
+/* intent: the "?" line written before asking for a deposit (with when,
+ * the size and the SHA-256), else the line saying it is done.
  */
 int mailoauth_ingest_ledger_append(struct mailoauth_ingest *ing,
     struct ingest_task *t, uint32_t uid, unsigned int part,
-    const char *final_name, int intent, time_t started, uint64_t size) {
-  char *path, line[MAILOAUTH_DEPOSIT_NAME_MAX + 64];
+    const char *final_name, int intent, time_t started, uint64_t size,
+    const unsigned char *sha256) {
+  char *path, line[MAILOAUTH_DEPOSIT_NAME_MAX + 160], hex[80];
+  size_t i;
   int fd, len, xerrno;
   ssize_t n;
 
@@ -239,17 +296,32 @@ int mailoauth_ingest_ledger_append(struct mailoauth_ingest *ing,
   /* The name is for a person reading the ledger; newlines cannot occur in
    * a deposited name (control characters are sanitized away).
    */
+  hex[0] = '\0';
+  if (intent && sha256 != NULL) {
+    memcpy(hex, "sha256=", 7);
+    for (i = 0; i < 32; i++) {
+      snprintf(hex + 7 + 2 * i, 3, "%02x", sha256[i]);
+    }
+    hex[7 + 64] = ' ';
+    hex[7 + 64 + 1] = '\0';
+  }
+
   if (intent) {
     len = snprintf(line, sizeof(line), "? %" PRIu32 " %" PRIu32 " %u %lld "
-      "%" PRIu64 " %s\n", t->uidvalidity, uid, part, (long long) started,
-      size, final_name);
+      "%" PRIu64 " %s%s\n", t->uidvalidity, uid, part, (long long) started,
+      size, hex, final_name);
   } else {
     len = snprintf(line, sizeof(line), "%" PRIu32 " %" PRIu32 " %u %s\n",
       t->uidvalidity, uid, part, final_name);
   }
   if (len < 0 || (size_t) len >= sizeof(line)) {
-    len = snprintf(line, sizeof(line), "%" PRIu32 " %" PRIu32 " %u -\n",
-      t->uidvalidity, uid, part);
+    /* Never turn a request into a "done" line. */
+    len = intent ?
+      snprintf(line, sizeof(line), "? %" PRIu32 " %" PRIu32 " %u %lld %"
+        PRIu64 " %s-\n", t->uidvalidity, uid, part, (long long) started,
+        size, hex) :
+      snprintf(line, sizeof(line), "%" PRIu32 " %" PRIu32 " %u -\n",
+        t->uidvalidity, uid, part);
   }
 
   n = write(fd, line, (size_t) len);
@@ -264,9 +336,10 @@ int mailoauth_ingest_ledger_append(struct mailoauth_ingest *ing,
   if (close(fd) < 0) {
     return -1;
   }
+  MAILOAUTH_CRASHPOINT(intent ? "intent-written" : "ledger-written");
 
   return ingest_ledger_add_mem(t, t->uidvalidity, uid, part, intent,
-    started, size, final_name);
+    started, size, intent ? sha256 : NULL, final_name);
 }
 
 const struct ingest_ledger_entry *mailoauth_ingest_ledger_intent(
@@ -287,62 +360,46 @@ const struct ingest_ledger_entry *mailoauth_ingest_ledger_intent(
 }
 
 /* After a crash between asking for a deposit and recording its success,
- * whether the deposit happened: a file of the name's family ("x.pdf",
- * "x (1).pdf", ...) owned by the owner, of the part's size, written since
- * the request.  Stat only needs search permission on the directory; when
- * even that is refused the answer is "no", and the part is deposited once
- * more rather than risk losing it.
+ * whether the deposit happened.  The worker cannot look: the owner's
+ * directory may be closed to it (0700), so the deposit helper looks, as
+ * the owner and through descriptors (mailoauth_deposit_probe()), for a
+ * file of the name's family with the part's size and SHA-256, changed
+ * since the request.  1: found (its name in found), 0: not there (deposit
+ * it), -1: cannot tell (errno; keep the mail for a later run rather than
+ * risk a second copy).
  */
-struct ingest_probe {
-  int dirfd;
-  const struct ingest_ledger_entry *intent;
-  uid_t uid;
-  int found;
-  char name[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
-};
+int mailoauth_ingest_already_deposited(struct mailoauth_ingest *ing,
+    const struct ingest_dest *dest, const struct ingest_ledger_entry *intent,
+    const char *name, char *found, size_t foundsz) {
+  struct mailoauth_deposit_request req;
+  struct mailoauth_deposit_result res;
+  struct mailoauth_deposit_ident ident;
 
-static int ingest_probe_exists(const char *name, void *arg) {
-  struct ingest_probe *pr = arg;
-  struct stat st;
+  memset(&req, 0, sizeof(req));
+  req.dir = dest->dir;
+  /* The name asked for then: a dated template may give another today. */
+  req.name = intent->name != NULL ? intent->name : name;
+  req.uid = dest->uid;
+  req.gid = dest->gid;
 
-  if (fstatat(pr->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-    return errno == ENOENT ? 0 : -1;
+  memset(&ident, 0, sizeof(ident));
+  ident.size = intent->size;
+  ident.not_before = intent->started;
+  ident.has_sha256 = intent->has_sha256;
+  memcpy(ident.sha256, intent->sha256, sizeof(ident.sha256));
+
+  memset(&res, 0, sizeof(res));
+  if (mailoauth_deposit_client_probe(ing->deposit_sock, &req, &ident,
+      INGEST_PROBE_TIMEOUT_MS, &res) == 0) {
+    snprintf(found, foundsz, "%s", res.name);
+    return 1;
   }
 
-  if (S_ISREG(st.st_mode) &&
-      st.st_uid == pr->uid &&
-      (uint64_t) st.st_size == pr->intent->size &&
-      st.st_mtime >= pr->intent->started) {
-    pr->found = 1;
-    snprintf(pr->name, sizeof(pr->name), "%s", name);
+  if (res.error == ENOENT || res.error == ENOTDIR) {
     return 0;
   }
-
-  return 1;
-}
-
-int mailoauth_ingest_already_deposited(const struct ingest_dest *dest,
-    const struct ingest_ledger_entry *intent, const char *name,
-    char *found, size_t foundsz) {
-  struct ingest_probe pr;
-  char out[MAILOAUTH_DEPOSIT_NAME_MAX + 1];
-
-  memset(&pr, 0, sizeof(pr));
-  pr.dirfd = open(dest->dir, O_RDONLY|O_DIRECTORY|O_CLOEXEC);
-  if (pr.dirfd < 0) {
-    return 0;
-  }
-  pr.intent = intent;
-  pr.uid = dest->uid;
-
-  (void) mailoauth_names_unique(name, ingest_probe_exists, &pr, out,
-    sizeof(out));
-  (void) close(pr.dirfd);
-
-  if (pr.found) {
-    snprintf(found, foundsz, "%s", pr.name);
-  }
-  return pr.found;
+  errno = res.error ? res.error : EIO;
+  return -1;
 }
 
 /* Once the state file says a message is done, its ledger lines are of no
