@@ -632,6 +632,18 @@ static void ftpmailoauth_check_scopes(const struct mailoauth_account *acct,
     return;
   }
 
+  if (acct->transport == MAILOAUTH_ACCOUNT_TRANSPORT_GRAPH) {
+    /* Graph's answer names its permissions bare ("Mail.Send"). */
+    if (!ftpmailoauth_has_scope(scope, "Mail.Send")) {
+      ftpmailoauth_warn("Mail.Send was not granted: notifications through "
+        "Microsoft Graph (transport=graph) cannot be sent. Add the "
+        "Microsoft Graph delegated permission Mail.Send under API "
+        "permissions of the app registration, grant consent, and sign in "
+        "again.");
+    }
+    return;
+  }
+
   if (!ftpmailoauth_has_scope(scope, "SMTP.Send")) {
     ftpmailoauth_warn("SMTP.Send was not granted: upload notifications "
       "cannot be sent. Add the delegated permission SMTP.Send under API "
@@ -1443,6 +1455,16 @@ static int ftpmailoauth_signin_app_only(const struct ftpmailoauth_env *env,
   if (ftpmailoauth_token_roles(resp.access_token, roles, sizeof(roles)) < 0) {
     printf("Application permissions: cannot tell (the token is not "
       "readable)\n");
+
+  } else if (acct->transport == MAILOAUTH_ACCOUNT_TRANSPORT_GRAPH) {
+    printf("Application permissions: %s\n", roles[0] ? roles : "(none)");
+    if (strstr(roles, "Mail.Send") == NULL) {
+      fflush(stdout);
+      ftpmailoauth_warn("the Graph token does not carry Mail.Send: add the "
+        "Microsoft Graph application permission Mail.Send and grant admin "
+        "consent (then limit it to the mailbox with RBAC for Applications "
+        "or an application access policy)");
+    }
 
   } else if (roles[0] == '\0') {
     fflush(stdout);

@@ -18,6 +18,8 @@ from signin import GRAPH_SCOPES, sign_in, write_token_file
 from test_accounts import ACCOUNT, ALICE, NOBODY, REDIRECT, AccountServer, \
     wait_for
 from test_foundation import curl_upload
+from test_signin import (  # noqa: F401  (fixtures)
+    TOOL, tool, env, web_app, start_signin)
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +300,6 @@ def test_tool_test_sends_a_graph_test_message(graph_notifier, graph,
     """ftpmailoauth test on a transport=graph account: a real message from
     the mailbox to itself through Graph (no other harmless call exists
     that Mail.Send alone may make); IMAP is said not to apply."""
-    from test_signin import TOOL
     a = graph_notifier("")
     a.srv._prepare()
     r = subprocess.run([TOOL, "-c", a.srv.conf, "test", "notify"],
@@ -321,3 +322,51 @@ def test_tool_test_sends_a_graph_test_message(graph_notifier, graph,
     assert r.returncode == 1, out
     assert "FAILED: HTTP 403 ErrorAccessDenied" in out
     assert "Hint: Microsoft Graph refused: the token lacks Mail.Send" in out
+
+
+# -- ftpmailoauth signin for transport=graph ----------------------------------
+
+def test_signin_for_graph_asks_graph_and_names_missing_permission(env):
+    """A transport=graph account signs in for Graph Mail.Send, and the tool
+    names a missing Graph permission rather than SMTP/IMAP ones."""
+    app, redirect = web_app(env.svc)
+    env.add_account("notify", app, redirect=redirect,
+                    extra=["transport=graph"])
+    proc, url = start_signin(env, "notify")
+    assert "graph.microsoft.com%2FMail.Send" in url
+    res = env.svc.sign_in(url, follow=True)
+    env.secrets.add(res.code)
+    rc, out = proc.finish()
+    assert rc == 0, out
+    assert "was not granted" not in out
+    assert "Mail.Send" in out       # the granted scopes line
+
+    # Scopes overridden without Mail.Send: the warning names it.
+    app, redirect = web_app(env.svc)
+    env.add_account("other", app, redirect=redirect, extra=[
+        "transport=graph",
+        '"scopes=https://graph.microsoft.com/User.Read offline_access '
+        'openid email"'])
+    proc, url = start_signin(env, "other")
+    res = env.svc.sign_in(url, follow=True)
+    env.secrets.add(res.code)
+    rc, out = proc.finish()
+    assert rc == 0, out
+    assert "WARNING: Mail.Send was not granted: notifications through " \
+        "Microsoft Graph" in out
+    assert "SMTP.Send was not granted" not in out
+
+
+def test_app_only_graph_signin_checks_mail_send_role(env):
+    app = env.svc.add_app(app_only=True, app_only_mailbox=ALICE)
+    env.add_account("scanner", app, grant="app-only",
+                    extra=["transport=graph"])
+    rc, out = env.run("signin", "scanner")
+    assert rc == 0, out
+    assert "Application permissions: (none)" in out
+    assert "WARNING: the Graph token does not carry Mail.Send" in out
+    env.svc.update_app(app["client_id"], graph_roles=["Mail.Send"])
+    rc, out = env.run("signin", "scanner")
+    assert rc == 0, out
+    assert "Application permissions: Mail.Send" in out
+    assert "WARNING" not in out
