@@ -122,6 +122,37 @@ def test_app_only_certificate_sends_a_notification(make_proftpd, tokensvc,
     no_secret_in_logs(srv, key)
 
 
+def test_worker_start_warns_of_an_expiring_certificate(make_proftpd,
+                                                      tokensvc, pki):
+    """Operators read MailOAuthLog, not only ftpmailoauth status: a
+    certificate (or declared secret) ending within 30 days is said there
+    at every worker start, with its thumbprint."""
+    srv = make_proftpd()
+    os.makedirs(srv.dir, exist_ok=True)
+    key, _, pem = make_cert(srv.dir, "notify", days=10)
+    app = tokensvc.add_app(secret=False, app_only=True,
+                           app_only_mailbox=ALICE, certificates=[pem])
+    srv.extra_conf = account_line(tokensvc, app, key, pki)
+    srv.start()
+    text = srv.wait_log("expires on", timeout=15)
+    thumb = app["certificates"][0]["thumbprint"]
+    assert re.search(r"account notify: its certificate \(thumbprint %s\) "
+                     r"expires on \d{4}-\d\d-\d\d, in (9|10) days" % thumb,
+                     text), text
+    srv.stop()
+
+    # A fresh certificate and no declared secret expiry: nothing said.
+    srv2 = make_proftpd()
+    os.makedirs(srv2.dir, exist_ok=True)
+    key2, _, pem2 = make_cert(srv2.dir, "fresh", days=365)
+    app2 = tokensvc.add_app(secret=False, app_only=True,
+                            app_only_mailbox=ALICE, certificates=[pem2])
+    srv2.extra_conf = account_line(tokensvc, app2, key2, pki)
+    srv2.start()
+    srv2.wait_log("token ready", timeout=15)
+    assert "expire" not in srv2.log_text()
+
+
 def test_unregistered_key_is_logged_plainly(make_proftpd, tokensvc, pki):
     srv = make_proftpd()
     os.makedirs(srv.dir, exist_ok=True)

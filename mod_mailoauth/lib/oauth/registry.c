@@ -3,6 +3,7 @@
  */
 
 #include "mailoauth/registry.h"
+#include "mailoauth/assertion.h"
 #include "mailoauth/jsonwrap.h"
 #include "mailoauth/trace.h"
 
@@ -169,6 +170,58 @@ static void mailoauth_registry_report(struct mailoauth_registry_entry *e,
   mailoauth_tokenstore_record_free(&rec);
 }
 
+/* A credential that expires within this many days is worth a log line at
+ * every worker start: by then someone must upload a new one.
+ */
+#define MAILOAUTH_REGISTRY_EXPIRY_WARN_DAYS   30
+
+static void mailoauth_registry_expiry(const struct mailoauth_registry_entry *e,
+    const char *what, const char *id, time_t expires, time_t now) {
+  char date[32];
+  struct tm tm;
+  long days;
+
+  if (expires == 0 ||
+      expires - now > MAILOAUTH_REGISTRY_EXPIRY_WARN_DAYS * 86400L) {
+    return;
+  }
+
+  gmtime_r(&expires, &tm);
+  strftime(date, sizeof(date), "%Y-%m-%d", &tm);
+  if (expires <= now) {
+    mailoauth_log("account %s: its %s%s expired on %s: the token service "
+      "refuses it; add a new one to the app registration (Certificates & "
+      "secrets) and to this server", e->acct.name, what, id, date);
+    return;
+  }
+
+  days = (long) ((expires - now + 86399) / 86400);
+  mailoauth_log("account %s: its %s%s expires on %s, in %ld day%s: add a "
+    "new one to the app registration (Certificates & secrets) and to this "
+    "server before then", e->acct.name, what, id, date, days,
+    days == 1 ? "" : "s");
+}
+
+/* The certificate's or declared secret's end, said at start-up. */
+static void mailoauth_registry_check_expiry(
+    const struct mailoauth_registry_entry *e, time_t now) {
+  const struct mailoauth_oauth_config *oc = &e->acct.oauth;
+
+  if (oc->client_cert_pem != NULL) {
+    struct mailoauth_cert_info info;
+    char err[256], id[80];
+
+    if (mailoauth_assertion_cert_info(oc->client_cert_pem,
+        strlen(oc->client_cert_pem), &info, err, sizeof(err)) == 0) {
+      snprintf(id, sizeof(id), " (thumbprint %s)", info.sha1);
+      mailoauth_registry_expiry(e, "certificate", id, info.not_after, now);
+    }
+  }
+
+  mailoauth_registry_expiry(e, "client secret", "", e->acct.secret_expires,
+    now);
+}
+
 int mailoauth_registry_load_secrets(struct mailoauth_registry *reg) {
   unsigned int i;
   int loaded = 0;
@@ -212,6 +265,7 @@ int mailoauth_registry_start(struct mailoauth_registry *reg, time_t now) {
     e->ready = 1;
     e->next_due = now;
     mailoauth_registry_report(e, now);
+    mailoauth_registry_check_expiry(e, now);
     ready++;
   }
 
