@@ -28,35 +28,10 @@
 # include <linux/seccomp.h>
 #endif
 
-#if defined(__linux__) && defined(SECCOMP_MODE_FILTER)
-# if defined(__x86_64__) && defined(AUDIT_ARCH_X86_64)
-#  define PARSER_AUDIT_ARCH     AUDIT_ARCH_X86_64
-# elif defined(__aarch64__) && defined(AUDIT_ARCH_AARCH64)
-#  define PARSER_AUDIT_ARCH     AUDIT_ARCH_AARCH64
-# endif
-#endif
+#include "mailoauth/seccomp.h"
 
-#ifdef PARSER_AUDIT_ARCH
-# define PARSER_ALLOW(nr) \
-  BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, (nr), 0, 1), \
-  BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ALLOW)
-
+#ifdef MAILOAUTH_SECCOMP_ARCH
 # define PARSER_DENY    (SECCOMP_RET_ERRNO|(EPERM & SECCOMP_RET_DATA))
-
-/* The low 32 bits of a system call argument. */
-# if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-#  define PARSER_ARG_LO(n)      (offsetof(struct seccomp_data, args[n]) + 4)
-# else
-#  define PARSER_ARG_LO(n)      offsetof(struct seccomp_data, args[n])
-# endif
-
-/* Mappings, but never executable ones: no new code. */
-# define PARSER_ALLOW_NOEXEC(nr) \
-  BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, (nr), 0, 4), \
-  BPF_STMT(BPF_LD|BPF_W|BPF_ABS, PARSER_ARG_LO(2)), \
-  BPF_JUMP(BPF_JMP|BPF_JSET|BPF_K, PROT_EXEC, 1, 0), \
-  BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ALLOW), \
-  BPF_STMT(BPF_RET|BPF_K, PARSER_DENY)
 
 /* What parsing needs: its socket and the descriptors it is handed, new
  * anonymous files (openat() with O_TMPFILE only: the parser runs as the
@@ -69,38 +44,31 @@
  */
 static int parser_seccomp(void) {
   struct sock_filter filter[] = {
-    BPF_STMT(BPF_LD|BPF_W|BPF_ABS, offsetof(struct seccomp_data, arch)),
-    BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, PARSER_AUDIT_ARCH, 1, 0),
-    BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_KILL),
-    BPF_STMT(BPF_LD|BPF_W|BPF_ABS, offsetof(struct seccomp_data, nr)),
-# if defined(__x86_64__) && defined(__X32_SYSCALL_BIT)
-    BPF_JUMP(BPF_JMP|BPF_JGE|BPF_K, __X32_SYSCALL_BIT, 0, 1),
-    BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_KILL),
-# endif
-    PARSER_ALLOW(__NR_read),
-    PARSER_ALLOW(__NR_write),
-    PARSER_ALLOW(__NR_pread64),
-    PARSER_ALLOW(__NR_lseek),
-    PARSER_ALLOW(__NR_recvmsg),
-    PARSER_ALLOW(__NR_sendmsg),
-    PARSER_ALLOW(__NR_close),
-    PARSER_ALLOW(__NR_fstat),
-    PARSER_ALLOW(__NR_newfstatat),
-    PARSER_ALLOW(__NR_fcntl),
-    PARSER_ALLOW(__NR_brk),
-    PARSER_ALLOW_NOEXEC(__NR_mmap),
-    PARSER_ALLOW_NOEXEC(__NR_mprotect),
-    PARSER_ALLOW(__NR_munmap),
-    PARSER_ALLOW(__NR_mremap),
-    PARSER_ALLOW(__NR_madvise),
-    PARSER_ALLOW(__NR_futex),
-    PARSER_ALLOW(__NR_clock_gettime),
-    PARSER_ALLOW(__NR_rt_sigreturn),
-    PARSER_ALLOW(__NR_exit),
-    PARSER_ALLOW(__NR_exit_group),
+    MAILOAUTH_SECCOMP_PROLOGUE,
+    MAILOAUTH_SECCOMP_ALLOW(__NR_read),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_write),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_pread64),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_lseek),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_recvmsg),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_sendmsg),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_close),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_fstat),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_newfstatat),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_fcntl),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_brk),
+    MAILOAUTH_SECCOMP_ALLOW_NOEXEC(__NR_mmap, PARSER_DENY),
+    MAILOAUTH_SECCOMP_ALLOW_NOEXEC(__NR_mprotect, PARSER_DENY),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_munmap),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_mremap),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_madvise),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_futex),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_clock_gettime),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_rt_sigreturn),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_exit),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_exit_group),
     /* Last: it overwrites the system call number. */
     BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, __NR_openat, 0, 3),
-    BPF_STMT(BPF_LD|BPF_W|BPF_ABS, PARSER_ARG_LO(2)),
+    BPF_STMT(BPF_LD|BPF_W|BPF_ABS, MAILOAUTH_SECCOMP_ARG_LO(2)),
     BPF_JUMP(BPF_JMP|BPF_JSET|BPF_K, O_TMPFILE & ~O_DIRECTORY, 0, 1),
     BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ALLOW),
     BPF_STMT(BPF_RET|BPF_K, PARSER_DENY)

@@ -67,6 +67,8 @@
 # include <linux/seccomp.h>
 #endif
 
+#include "mailoauth/seccomp.h"
+
 /* Descriptors in the child: its socket to the helper, where the input
  * comes once its filter was verified, and its pipe to the parent.
  */
@@ -258,50 +260,7 @@ static void tnef_child_limits(uint64_t in_size, unsigned int timeout_ms) {
 #endif
 }
 
-#if defined(__linux__) && defined(SECCOMP_MODE_FILTER) && \
-  defined(PR_SET_NO_NEW_PRIVS)
-# if defined(__x86_64__) && defined(AUDIT_ARCH_X86_64)
-#  define TNEF_AUDIT_ARCH       AUDIT_ARCH_X86_64
-# elif defined(__aarch64__) && defined(AUDIT_ARCH_AARCH64)
-#  define TNEF_AUDIT_ARCH       AUDIT_ARCH_AARCH64
-# elif defined(__i386__) && defined(AUDIT_ARCH_I386)
-#  define TNEF_AUDIT_ARCH       AUDIT_ARCH_I386
-# elif defined(__powerpc64__) && defined(AUDIT_ARCH_PPC64LE) && \
-    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#  define TNEF_AUDIT_ARCH       AUDIT_ARCH_PPC64LE
-# elif defined(__s390x__) && defined(AUDIT_ARCH_S390X)
-#  define TNEF_AUDIT_ARCH       AUDIT_ARCH_S390X
-# elif defined(__riscv) && __riscv_xlen == 64 && defined(AUDIT_ARCH_RISCV64)
-#  define TNEF_AUDIT_ARCH       AUDIT_ARCH_RISCV64
-# endif
-#endif
-
-#ifdef TNEF_AUDIT_ARCH
-
-# ifdef SECCOMP_RET_KILL_PROCESS
-#  define TNEF_RET_KILL         SECCOMP_RET_KILL_PROCESS
-# else
-#  define TNEF_RET_KILL         SECCOMP_RET_KILL
-# endif
-
-/* The low 32 bits of a system call argument. */
-# if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-#  define TNEF_ARG_LO(n)        (offsetof(struct seccomp_data, args[n]) + 4)
-# else
-#  define TNEF_ARG_LO(n)        offsetof(struct seccomp_data, args[n])
-# endif
-
-# define TNEF_ALLOW(nr) \
-  BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, (nr), 0, 1), \
-  BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ALLOW)
-
-/* Mappings, but never executable ones: no new code. */
-# define TNEF_ALLOW_NOEXEC(nr) \
-  BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, (nr), 0, 4), \
-  BPF_STMT(BPF_LD|BPF_W|BPF_ABS, TNEF_ARG_LO(2)), \
-  BPF_JUMP(BPF_JMP|BPF_JSET|BPF_K, PROT_EXEC, 1, 0), \
-  BPF_STMT(BPF_RET|BPF_K, SECCOMP_RET_ALLOW), \
-  BPF_STMT(BPF_RET|BPF_K, TNEF_RET_KILL)
+#ifdef MAILOAUTH_SECCOMP_ARCH
 
 /* The child is a copy of the helper, which never held the worker's
  * secrets, but it still reads hostile input: whatever libytnef's bugs
@@ -311,43 +270,36 @@ static void tnef_child_limits(uint64_t in_size, unsigned int timeout_ms) {
  */
 static int tnef_child_seccomp(void) {
   struct sock_filter filter[] = {
-    BPF_STMT(BPF_LD|BPF_W|BPF_ABS, offsetof(struct seccomp_data, arch)),
-    BPF_JUMP(BPF_JMP|BPF_JEQ|BPF_K, TNEF_AUDIT_ARCH, 1, 0),
-    BPF_STMT(BPF_RET|BPF_K, TNEF_RET_KILL),
-    BPF_STMT(BPF_LD|BPF_W|BPF_ABS, offsetof(struct seccomp_data, nr)),
-# if defined(__x86_64__) && defined(__X32_SYSCALL_BIT)
-    BPF_JUMP(BPF_JMP|BPF_JGE|BPF_K, __X32_SYSCALL_BIT, 0, 1),
-    BPF_STMT(BPF_RET|BPF_K, TNEF_RET_KILL),
-# endif
-    TNEF_ALLOW(__NR_read),
-    TNEF_ALLOW(__NR_write),
+    MAILOAUTH_SECCOMP_PROLOGUE,
+    MAILOAUTH_SECCOMP_ALLOW(__NR_read),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_write),
 # ifdef __NR_writev
-    TNEF_ALLOW(__NR_writev),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_writev),
 # endif
 # ifdef __NR_brk
-    TNEF_ALLOW(__NR_brk),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_brk),
 # endif
 # ifdef __NR_mmap
-    TNEF_ALLOW_NOEXEC(__NR_mmap),
+    MAILOAUTH_SECCOMP_ALLOW_NOEXEC(__NR_mmap, MAILOAUTH_SECCOMP_KILL),
 # endif
 # ifdef __NR_mmap2
-    TNEF_ALLOW_NOEXEC(__NR_mmap2),
+    MAILOAUTH_SECCOMP_ALLOW_NOEXEC(__NR_mmap2, MAILOAUTH_SECCOMP_KILL),
 # endif
-    TNEF_ALLOW_NOEXEC(__NR_mprotect),
-    TNEF_ALLOW(__NR_munmap),
-    TNEF_ALLOW(__NR_mremap),
-    TNEF_ALLOW(__NR_madvise),
-    TNEF_ALLOW(__NR_futex),
-    TNEF_ALLOW(__NR_close),
+    MAILOAUTH_SECCOMP_ALLOW_NOEXEC(__NR_mprotect, MAILOAUTH_SECCOMP_KILL),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_munmap),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_mremap),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_madvise),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_futex),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_close),
 # ifdef __NR_clock_gettime
-    TNEF_ALLOW(__NR_clock_gettime),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_clock_gettime),
 # endif
 # ifdef __NR_rt_sigreturn
-    TNEF_ALLOW(__NR_rt_sigreturn),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_rt_sigreturn),
 # endif
-    TNEF_ALLOW(__NR_exit),
-    TNEF_ALLOW(__NR_exit_group),
-    BPF_STMT(BPF_RET|BPF_K, TNEF_RET_KILL)
+    MAILOAUTH_SECCOMP_ALLOW(__NR_exit),
+    MAILOAUTH_SECCOMP_ALLOW(__NR_exit_group),
+    BPF_STMT(BPF_RET|BPF_K, MAILOAUTH_SECCOMP_KILL)
   };
   struct sock_fprog prog;
 
@@ -370,7 +322,7 @@ static int tnef_child_seccomp(void) {
   return -1;
 }
 
-#endif /* TNEF_AUDIT_ARCH */
+#endif /* MAILOAUTH_SECCOMP_ARCH */
 
 static int tnef_child_status(int xerrno) {
   switch (xerrno) {
