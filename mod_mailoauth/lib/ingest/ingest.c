@@ -1314,7 +1314,7 @@ static int ingest_parse(struct ingest_msg *m, int fd) {
  */
 
 static mailoauth_imap_status_t ingest_action(struct ingest_task *t,
-    uint32_t uid, int action, const char *folder, int was_seen) {
+    uint32_t uid, int action, const char *folder) {
   switch (action) {
     case MAILOAUTH_INGEST_AFTER_SEEN:
       return mailoauth_imap_set_seen(t->imap, uid, 1);
@@ -1327,9 +1327,8 @@ static mailoauth_imap_status_t ingest_action(struct ingest_task *t,
 
     case MAILOAUTH_INGEST_AFTER_LEAVE:
     default:
-      /* Fetching set \Seen: leave the message as it was found. */
-      return was_seen ? MAILOAUTH_IMAP_OK :
-        mailoauth_imap_set_seen(t->imap, uid, 0);
+      /* Fetched with BODY.PEEK[]: the message is as it was found. */
+      return MAILOAUTH_IMAP_OK;
   }
 }
 
@@ -1390,6 +1389,18 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
 
   memset(&fetched, 0, sizeof(fetched));
   st = mailoauth_imap_fetch_fd(t->imap, uid, t->cfg.max_size, fd, &fetched);
+  if (st == MAILOAUTH_IMAP_TEMPFAIL && mailoauth_imap_token_expired(t->imap) &&
+      ftruncate(fd, 0) == 0 && lseek(fd, 0, SEEK_SET) == 0) {
+    /* The session ended with its token mid-message: the bytes so far are
+     * thrown away and the message fetched whole once more, with a fresh
+     * token (the session asked for one).
+     */
+    mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 ": the "
+      "session ended with its token; fetching again", t->cfg.name, uid);
+    memset(&fetched, 0, sizeof(fetched));
+    st = mailoauth_imap_fetch_fd(t->imap, uid, t->cfg.max_size, fd,
+      &fetched);
+  }
   if (st == MAILOAUTH_IMAP_GONE) {
     /* Deleted or moved meanwhile (by us before a crash, or by someone). */
     (void) close(fd);
@@ -1402,7 +1413,7 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     (void) close(fd);
     mailoauth_log("ingest %s: UID %" PRIu32 " is larger than max-size "
       "(%" PRIu64 " bytes); not taken", t->cfg.name, uid, t->cfg.max_size);
-    st = ingest_action(t, uid, t->cfg.failed, t->cfg.failed_folder, 1);
+    st = ingest_action(t, uid, t->cfg.failed, t->cfg.failed_folder);
     return st == MAILOAUTH_IMAP_OK || st == MAILOAUTH_IMAP_GONE;
   }
 
@@ -1430,9 +1441,6 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     ingest_msg_clear(&m);
     mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " does not "
       "match from=/to=/subject=", t->cfg.name, uid);
-    if (!fetched.was_seen) {
-      (void) mailoauth_imap_set_seen(t->imap, uid, 0);
-    }
     return 1;
   }
 
@@ -1465,10 +1473,7 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
   ingest_msg_clear(&m);
 
   if (failed || (res < 0 && wanted > deposited)) {
-    /* Put it back as it was found, to be tried again. */
-    if (!fetched.was_seen) {
-      (void) mailoauth_imap_set_seen(t->imap, uid, 0);
-    }
+    /* Left as it was found (BODY.PEEK[]), to be tried again. */
     if (stop_run) {
       return 0;
     }
@@ -1487,7 +1492,7 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     folder = t->cfg.after_folder;
   }
 
-  st = ingest_action(t, uid, action, folder, fetched.was_seen);
+  st = ingest_action(t, uid, action, folder);
   if (st != MAILOAUTH_IMAP_OK && st != MAILOAUTH_IMAP_GONE) {
     /* The files are deposited and recorded: the next run skips them and
      * only repeats the action.
@@ -1528,7 +1533,29 @@ static int ingest_get_token(struct mailoauth_ingest *ing,
   if (mailoauth_imap_set_token(t->imap, token) < 0) {
     return -1;
   }
+
+  /* So that the session logs in again before Exchange ends it. */
+  {
+    struct mailoauth_tokens_info info;
+
+    mailoauth_tokens_info(tok, now, &info);
+    mailoauth_imap_set_token_expiry(t->imap, info.access_expires);
+  }
   return 0;
+}
+
+/* The IMAP session's token is about to expire, or the server said it has. */
+static int ingest_token_source(struct mailoauth_imap *s, int force,
+    void *arg) {
+  struct mailoauth_ingest *ing = arg;
+  size_t i;
+
+  for (i = 0; i < ing->ntasks; i++) {
+    if (ing->tasks[i].imap == s) {
+      return ingest_get_token(ing, &ing->tasks[i], time(NULL), force);
+    }
+  }
+  return -1;
 }
 
 static int ingest_open(struct mailoauth_ingest *ing, struct ingest_task *t) {
@@ -1553,6 +1580,8 @@ static int ingest_open(struct mailoauth_ingest *ing, struct ingest_task *t) {
   t->imap = mailoauth_imap_create(url, acct->mailbox, acct->oauth.ca_file);
   if (t->imap == NULL) {
     ingest_error(t, "cannot use IMAP URL '%s': %s", url, strerror(errno));
+  } else {
+    mailoauth_imap_set_token_source(t->imap, ingest_token_source, ing);
   }
   free(url);
   return t->imap ? 0 : -1;
