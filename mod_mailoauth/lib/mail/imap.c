@@ -1717,12 +1717,14 @@ mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
   s->sink_cap = max_bytes;
 
   for (attempt = 0; attempt < 2; attempt++) {
-    int reused = s->fcurl != NULL && s->fcurl_gen == s->token_gen;
+    int reused;
 
     s->token_expired = 0;
     s->sink_bytes = 0;
     s->sink_failed = 0;
     s->sink_toobig = 0;
+    imap_token_check(s);
+    reused = s->fcurl != NULL && s->fcurl_gen == s->token_gen;
 
     status = imap_f_fetch(s, uid, &got_body);
     if (status == MAILOAUTH_IMAP_OK) {
