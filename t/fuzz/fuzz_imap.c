@@ -62,6 +62,7 @@ static void fuzz_lines(uint8_t sel, const uint8_t *data, size_t size) {
        * and only an untagged FETCH line's literal is a body.
        */
       if (has < -1 || has > 1 || (has != 1 && (lit != 0 || is_body)) ||
+          is_body < 0 || is_body > MAILOAUTH_IMAP_LITERAL_HEADER ||
           (has == 1 && lit >= 1000000000000000000ULL) ||
           (is_body && (n < 2 || copy[0] != '*'))) {
         abort();

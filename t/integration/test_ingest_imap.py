@@ -3,6 +3,8 @@ what Exchange Online does and Dovecot cannot (t/lib/imapfront.py): end a
 session when its token expires, and hold a large fetch half-way so that
 the worker can be killed at that moment.
 
+  - a task with from=/to=/subject= decides from the header alone: mail it
+    does not take is never downloaded, and stays unread;
   - a message is read with BODY.PEEK[]: a worker killed mid-fetch leaves
     it exactly as it was (with BODY[] the server had marked it read);
   - short-lived tokens: sessions log in again before expiry, and a BYE
@@ -57,6 +59,34 @@ def via_front(make_proftpd, tokensvc, tokensvc_app, pki, dovecot, front):
         return a
 
     return factory
+
+
+def test_unwanted_mail_is_decided_from_its_header_alone(via_front, dovecot,
+                                                       front):
+    a = via_front('"subject=Scan *"')
+    big = os.urandom(2 * 1024 * 1024)
+    # Raw UTF-8 and an RFC 2047 subject: decoded as the full check does.
+    dovecot.deliver(ALICE, make_mail([("other.bin", big,
+                                       "application/octet-stream")],
+                                     subject="Invoice 7 \u00fcml"))
+    dovecot.deliver(ALICE, make_mail([("scan.txt", b"s", "text/plain")],
+                                     subject="Scan 42 \u00e4"))
+    other, scan = uids(dovecot)
+    a.go()
+    wait_files(a.inbox, 1)
+    wait_for(lambda: "\\Seen" in flags(dovecot, scan), timeout=20,
+             what="the scan taken")
+    # UIDs go in order: the other message was decided before the scan was
+    # taken, from its header.
+    assert [c for c in front.commands
+            if re.search(rb"UID FETCH %d BODY\.PEEK\[HEADER\]" % other, c,
+                         re.I)]
+    assert visible(a.inbox) == ["scan.txt"]
+    fetched = [c for c in front.body_fetches()]
+    assert [c for c in fetched
+            if re.search(rb"UID FETCH %d " % other, c)] == [], fetched
+    assert [c for c in fetched if re.search(rb"UID FETCH %d " % scan, c)]
+    assert "\\Seen" not in flags(dovecot, other)
 
 
 def test_worker_killed_mid_fetch_leaves_the_message_unseen(via_front,

@@ -240,6 +240,14 @@ mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
   uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink, void *arg,
   struct mailoauth_imap_fetched *out);
 
+/* The message's header only (BODY.PEEK[HEADER], up to and with the empty
+ * line that ends it; no size query first), for deciding whether the
+ * message is wanted before downloading it.  TOOBIG when the header is
+ * over max_bytes (nothing stored), GONE when the message is not there.
+ */
+mailoauth_imap_status_t mailoauth_imap_fetch_header(struct mailoauth_imap *s,
+  uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink, void *arg);
+
 /* The same into a file descriptor (written at its offset, EINTR-safe). */
 mailoauth_imap_status_t mailoauth_imap_fetch_fd(struct mailoauth_imap *s,
   uint32_t uid, uint64_t max_bytes, int fd,
@@ -365,8 +373,13 @@ int mailoauth_imap_parse_line(struct mailoauth_imap_resp *r,
 /* Whether a server line (CRLF or not) ends in a literal announcement
  * "{N}": 1 with *n = N, 0 when it does not, -1 for a number too large.
  * *is_body: the line is an untagged FETCH whose literal is the value of
- * BODY[] (the answer to BODY.PEEK[]).  Never reads past len.
+ * BODY[] (the answer to BODY.PEEK[]; MAILOAUTH_IMAP_LITERAL_BODY) or of
+ * BODY[HEADER] (MAILOAUTH_IMAP_LITERAL_HEADER), else 0.  Never reads past
+ * len.
  */
+#define MAILOAUTH_IMAP_LITERAL_BODY     1
+#define MAILOAUTH_IMAP_LITERAL_HEADER   2
+
 int mailoauth_imap_literal(const char *line, size_t len, uint64_t *n,
   int *is_body);
 

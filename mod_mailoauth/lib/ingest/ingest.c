@@ -1368,6 +1368,120 @@ static char *ingest_imap_url(const char *base, const char *folder) {
   return url;
 }
 
+static int ingest_probe_write(const char *data, size_t len, void *arg) {
+  const int *fd = arg;
+
+  return mailoauth_io_write_all(*fd, data, len);
+}
+
+/* The header alone decides: the top-level part's header goes through the
+ * same route check as a whole message, and the parse stops there.
+ */
+static int ingest_probe_begin(const struct mailoauth_mime_part *part,
+    void *arg) {
+  struct ingest_msg *m = arg;
+
+  if (part->index == 0) {
+    (void) ingest_route(m, part->message);
+  }
+  return -1;
+}
+
+static int ingest_probe_end(const struct mailoauth_mime_part *part,
+    unsigned int status, const struct mailoauth_mimeproc_body *body,
+    void *arg) {
+  (void) part;
+  (void) status;
+  (void) body;
+  (void) arg;
+  return 0;
+}
+
+static void ingest_probe_error(int code,
+    const struct mailoauth_mime_part *part, void *arg) {
+  (void) code;
+  (void) part;
+  (void) arg;
+}
+
+/* A header too large for this is downloaded whole and decided on then. */
+#define INGEST_PROBE_MAX        (256 * 1024)
+
+/* With from=/to=/subject=: whether the task may take message uid, from
+ * its header alone (BODY.PEEK[HEADER]), parsed in the parser process like
+ * any mail.  0 when it surely does not, 1 when it may (or the header could
+ * not be had: the whole message decides then), -1 when the message is
+ * gone.
+ */
+static int ingest_probe(struct mailoauth_ingest *ing, struct ingest_task *t,
+    uint32_t uid) {
+  struct mailoauth_mimeproc_callbacks cb;
+  struct ingest_msg m;
+  mailoauth_imap_status_t st;
+  int fd, ro = -1, dirfd = -1, sock, res, code = MAILOAUTH_MIME_OK;
+  int may = 1;
+
+  if (t->cfg.filter.from[0] == NULL && t->cfg.filter.to[0] == NULL &&
+      t->cfg.filter.subject == NULL && t->cfg.filter.auth == 0) {
+    return 1;
+  }
+
+  fd = ingest_tmpfile(ing);
+  if (fd < 0) {
+    return 1;
+  }
+  st = mailoauth_imap_fetch_header(t->imap, uid, INGEST_PROBE_MAX,
+    ingest_probe_write, &fd);
+  if (st == MAILOAUTH_IMAP_GONE) {
+    (void) close(fd);
+    return -1;
+  }
+  if (st != MAILOAUTH_IMAP_OK) {
+    mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 ": no header "
+      "alone (%s): the whole message decides", t->cfg.name, uid,
+      mailoauth_imap_reply(t->imap));
+    (void) close(fd);
+    return 1;
+  }
+
+  sock = ing->parser ? ing->parser(ing->parser_broken, ing->parser_arg) :
+    -1;
+  ing->parser_broken = 0;
+  dirfd = open(ing->tmp_dir, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
+  ro = ingest_reopen_rdonly(fd);
+  if (sock >= 0 && dirfd >= 0 && ro >= 0) {
+    memset(&m, 0, sizeof(m));
+    m.part_fd = -1;
+    m.ing = ing;
+    m.t = t;
+    m.uid = uid;
+    m.related_depth = -1;
+    m.dest = &t->dests[0];
+
+    memset(&cb, 0, sizeof(cb));
+    cb.part_begin = ingest_probe_begin;
+    cb.part_end = ingest_probe_end;
+    cb.error = ingest_probe_error;
+    cb.arg = &m;
+    res = mailoauth_mimeproc_parse(sock, ro, dirfd, &cb, &code);
+    if (res == MAILOAUTH_MIMEPROC_BROKEN) {
+      ing->parser_broken = 1;
+    } else if (m.filtered_out && !m.failed) {
+      may = 0;
+    }
+    ingest_msg_clear(&m);
+  }
+
+  if (ro >= 0) {
+    (void) close(ro);
+  }
+  if (dirfd >= 0) {
+    (void) close(dirfd);
+  }
+  (void) close(fd);
+  return may;
+}
+
 /* Returns 1 when the run should go on with the next message, 0 when it
  * must stop (the message stays for the next run).
  */
@@ -1379,6 +1493,15 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
   int fd, res, action, stop_run, failed;
   unsigned int wanted, deposited;
   const char *folder;
+
+  /* Mail the task will not take is neither downloaded nor touched. */
+  res = ingest_probe(ing, t, uid);
+  if (res <= 0) {
+    mailoauth_trace(trace_channel, res < 0 ? 5 : 8, "task %s: UID %" PRIu32
+      " %s", t->cfg.name, uid, res < 0 ? "is gone" :
+      "does not match from=/to=/subject= (header only)");
+    return 1;
+  }
 
   fd = ingest_tmpfile(ing);
   if (fd < 0) {

@@ -1518,8 +1518,8 @@ static mailoauth_imap_status_t imap_f_open(struct mailoauth_imap *s) {
 }
 
 /* One command on the fetch connection, read to its tagged answer.
- * Untagged lines go to s->resp; with body, the literal of BODY[] goes to
- * the sink (*got_body counts them).
+ * Untagged lines go to s->resp; with body (MAILOAUTH_IMAP_LITERAL_*), the
+ * literal of that section goes to the sink (*got_body counts them).
  */
 static mailoauth_imap_status_t imap_f_command(struct mailoauth_imap *s,
     const char *cmd, const char *what, int body, int *got_body) {
@@ -1566,7 +1566,7 @@ static mailoauth_imap_status_t imap_f_command(struct mailoauth_imap *s,
       return MAILOAUTH_IMAP_TEMPFAIL;
     }
     if (has > 0) {
-      if (body && is_body && *got_body == 0) {
+      if (body != 0 && is_body == body && *got_body == 0) {
         if (s->sink_cap > 0 && lit > s->sink_cap) {
           s->sink_toobig = 1;
           imap_reply(s, "%s: larger than %llu bytes", what,
@@ -1619,7 +1619,7 @@ static mailoauth_imap_status_t imap_f_command(struct mailoauth_imap *s,
  * connection, then UID FETCH n BODY.PEEK[].
  */
 static mailoauth_imap_status_t imap_f_fetch(struct mailoauth_imap *s,
-    uint32_t uid, int *got_body) {
+    uint32_t uid, int section, int *got_body) {
   mailoauth_imap_status_t status;
   char cmd[2 * MAILOAUTH_IMAP_NAME_MAX + 32];
   int tries;
@@ -1655,10 +1655,11 @@ static mailoauth_imap_status_t imap_f_fetch(struct mailoauth_imap *s,
       s->f_examined = 1;
     }
 
-    snprintf(cmd, sizeof(cmd), "UID FETCH %lu BODY.PEEK[]",
-      (unsigned long) uid);
+    snprintf(cmd, sizeof(cmd), "UID FETCH %lu BODY.PEEK[%s]",
+      (unsigned long) uid,
+      section == MAILOAUTH_IMAP_LITERAL_HEADER ? "HEADER" : "");
     mailoauth_imap_resp_init(&s->resp);
-    status = imap_f_command(s, cmd, cmd, 1, got_body);
+    status = imap_f_command(s, cmd, cmd, section, got_body);
     if (status != MAILOAUTH_IMAP_OK || *got_body > 0) {
       return status;
     }
@@ -1674,43 +1675,16 @@ static mailoauth_imap_status_t imap_f_fetch(struct mailoauth_imap *s,
   return MAILOAUTH_IMAP_GONE;
 }
 
-mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
-    uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink, void *arg,
-    struct mailoauth_imap_fetched *out) {
-  struct mailoauth_imap_msginfo info;
-  mailoauth_imap_status_t status;
-  size_t found = 0;
+/* The literal of one section (MAILOAUTH_IMAP_LITERAL_*) to the sink, on
+ * the fetch connection: repeated once on a new connection when a reused
+ * one is gone, or with a fresh token when the server ended the session for
+ * an expired one, as long as the sink has nothing yet.
+ */
+static mailoauth_imap_status_t imap_fetch_section(struct mailoauth_imap *s,
+    uint32_t uid, int section, uint64_t max_bytes,
+    mailoauth_imap_sink_fn sink, void *arg) {
+  mailoauth_imap_status_t status = MAILOAUTH_IMAP_TEMPFAIL;
   int attempt, got_body = 0;
-
-  if (out != NULL) {
-    memset(out, 0, sizeof(*out));
-  }
-  if (uid == 0 || sink == NULL) {
-    errno = EINVAL;
-    return MAILOAUTH_IMAP_PERM;
-  }
-
-  status = mailoauth_imap_info(s, &uid, 1, &info, &found);
-  if (status != MAILOAUTH_IMAP_OK) {
-    return status;
-  }
-  if (found == 0) {
-    imap_reply(s, "UID %lu: no such message in %s", (unsigned long) uid,
-      s->folder);
-    return MAILOAUTH_IMAP_GONE;
-  }
-
-  if (out != NULL) {
-    out->size = info.size;
-    out->was_seen = (info.flags & MAILOAUTH_IMAP_FLAG_SEEN) != 0;
-  }
-
-  if (max_bytes > 0 && info.size > max_bytes) {
-    imap_reply(s, "UID %lu is %llu bytes, over the limit of %llu",
-      (unsigned long) uid, (unsigned long long) info.size,
-      (unsigned long long) max_bytes);
-    return MAILOAUTH_IMAP_TOOBIG;
-  }
 
   s->sink = sink;
   s->sink_arg = arg;
@@ -1726,7 +1700,7 @@ mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
     imap_token_check(s);
     reused = s->fcurl != NULL && s->fcurl_gen == s->token_gen;
 
-    status = imap_f_fetch(s, uid, &got_body);
+    status = imap_f_fetch(s, uid, section, &got_body);
     if (status == MAILOAUTH_IMAP_OK) {
       break;
     }
@@ -1760,12 +1734,70 @@ mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
       s->base_url, s->reply);
   }
 
-  if (out != NULL) {
-    out->bytes = s->sink_bytes;
-  }
   s->sink = NULL;
   s->sink_arg = NULL;
   return status;
+}
+
+mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
+    uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink, void *arg,
+    struct mailoauth_imap_fetched *out) {
+  struct mailoauth_imap_msginfo info;
+  mailoauth_imap_status_t status;
+  size_t found = 0;
+
+  if (out != NULL) {
+    memset(out, 0, sizeof(*out));
+  }
+  if (uid == 0 || sink == NULL) {
+    errno = EINVAL;
+    return MAILOAUTH_IMAP_PERM;
+  }
+
+  status = mailoauth_imap_info(s, &uid, 1, &info, &found);
+  if (status != MAILOAUTH_IMAP_OK) {
+    return status;
+  }
+  if (found == 0) {
+    imap_reply(s, "UID %lu: no such message in %s", (unsigned long) uid,
+      s->folder);
+    return MAILOAUTH_IMAP_GONE;
+  }
+
+  if (out != NULL) {
+    out->size = info.size;
+    out->was_seen = (info.flags & MAILOAUTH_IMAP_FLAG_SEEN) != 0;
+  }
+
+  if (max_bytes > 0 && info.size > max_bytes) {
+    imap_reply(s, "UID %lu is %llu bytes, over the limit of %llu",
+      (unsigned long) uid, (unsigned long long) info.size,
+      (unsigned long long) max_bytes);
+    return MAILOAUTH_IMAP_TOOBIG;
+  }
+
+  status = imap_fetch_section(s, uid, MAILOAUTH_IMAP_LITERAL_BODY,
+    max_bytes, sink, arg);
+  if (out != NULL) {
+    out->bytes = s->sink_bytes;
+  }
+  return status;
+}
+
+mailoauth_imap_status_t mailoauth_imap_fetch_header(struct mailoauth_imap *s,
+    uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink,
+    void *arg) {
+  mailoauth_imap_status_t status;
+
+  if (uid == 0 || sink == NULL) {
+    errno = EINVAL;
+    return MAILOAUTH_IMAP_PERM;
+  }
+  if (imap_need_select(s, &status) < 0) {
+    return status;
+  }
+  return imap_fetch_section(s, uid, MAILOAUTH_IMAP_LITERAL_HEADER,
+    max_bytes, sink, arg);
 }
 
 mailoauth_imap_status_t mailoauth_imap_fetch_fd(struct mailoauth_imap *s,

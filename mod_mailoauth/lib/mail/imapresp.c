@@ -752,18 +752,27 @@ int mailoauth_imap_literal(const char *line, size_t len, uint64_t *n,
   *n = v;
 
   /* "* <n> FETCH (... BODY[] {N}": the value of BODY[] (which is what
-   * BODY.PEEK[] is answered as), not some other literal of the line.
+   * BODY.PEEK[] is answered as), or of BODY[HEADER]; not some other
+   * literal of the line.
    */
-  if ((size_t) (open - line) >= 7 && line[0] == '*' && line[1] == ' ' &&
-      strncasecmp(open - 7, "BODY[] ", 7) == 0) {
+  if (line[0] == '*' && line[1] == ' ') {
     const char *q = line + 2;
+    int which = 0;
+
+    if ((size_t) (open - line) >= 7 &&
+        strncasecmp(open - 7, "BODY[] ", 7) == 0) {
+      which = MAILOAUTH_IMAP_LITERAL_BODY;
+    } else if ((size_t) (open - line) >= 13 &&
+        strncasecmp(open - 13, "BODY[HEADER] ", 13) == 0) {
+      which = MAILOAUTH_IMAP_LITERAL_HEADER;
+    }
 
     while (q < open && *q >= '0' && *q <= '9') {
       q++;
     }
-    if (q > line + 2 && (size_t) (open - q) >= 8 &&
+    if (which != 0 && q > line + 2 && (size_t) (open - q) >= 8 &&
         strncasecmp(q, " FETCH (", 8) == 0) {
-      *is_body = 1;
+      *is_body = which;
     }
   }
   return 1;
