@@ -158,3 +158,36 @@ def test_short_lived_tokens_take_every_message_once(via_front, dovecot,
               if re.search(r"ingest t1: (cannot|UID \d+: after-action)|"
                            r"AccessTokenExpired|login refused", line)]
     assert errors == [], errors
+
+
+def test_session_ended_by_the_server_is_resumed_without_errors(
+        via_front, dovecot, front, tokensvc):
+    # The server ends sessions before the token's own expiry says so (1.2 s
+    # after each login, tokens live 30 s): every BYE AccessTokenExpired
+    # gets a fresh token and one more try, and no error line.
+    tokensvc.set_config(expires_in=30)
+    front.session_seconds = 1.2
+    front.latency = 0.4
+    a = via_front()
+    n = 6
+    payloads = {}
+    for i in range(n):
+        name = "b%02d.bin" % i
+        payloads[name] = os.urandom(30000 + i)
+        dovecot.deliver(ALICE, make_mail([(name, payloads[name],
+                                           "application/octet-stream")]))
+    a.go()
+    wait_files(a.inbox, n, timeout=120)
+    wait_for(lambda: all("\\Seen" in flags(dovecot, u) for u in uids(dovecot)),
+             timeout=30, what="every message \\Seen")
+    files = sorted(visible(a.inbox))
+    assert files == sorted(payloads), files
+    for name, data in payloads.items():
+        with open(os.path.join(a.inbox, name), "rb") as f:
+            assert sha(f.read()) == sha(data), name
+    assert front.byes > 0
+    log = a.srv.log_text()
+    errors = [line for line in log.splitlines()
+              if re.search(r"ingest t1: (cannot|UID \d+: after-action)|"
+                           r"AccessTokenExpired|login refused", line)]
+    assert errors == [], errors
