@@ -48,11 +48,24 @@ def via_front(make_proftpd, tokensvc, tokensvc_app, pki, dovecot, front):
         a.seed()
         a.inbox = inbox
 
+        a.dirs = [inbox]
+
+        def task(name, settings):
+            """Another task on the same folder, into its own directory."""
+            d = os.path.join(a.srv.home("alice"), name)
+            a.srv.extra_conf += (
+                "MailOAuthIngest %s account=notify every=%d dir=%s "
+                "owner=%d:%d %s\n" % (name, every, d, UID, UID, settings))
+            a.dirs.append(d)
+            return d
+        a.task = task
+
         def go():
             a.srv._prepare()
-            os.makedirs(inbox, exist_ok=True)
-            os.chown(inbox, UID, UID)
-            os.chmod(inbox, 0o755)
+            for d in a.dirs:
+                os.makedirs(d, exist_ok=True)
+                os.chown(d, UID, UID)
+                os.chmod(d, 0o755)
             a.srv.start()
             return a
         a.go = go
@@ -191,3 +204,22 @@ def test_session_ended_by_the_server_is_resumed_without_errors(
               if re.search(r"ingest t1: (cannot|UID \d+: after-action)|"
                            r"AccessTokenExpired|login refused", line)]
     assert errors == [], errors
+
+
+def test_tasks_on_one_folder_share_one_session(via_front, dovecot, front):
+    a = via_front('"subject=Scan *"')
+    invoices = a.task("t2", '"subject=Invoice *"')
+    orders = a.task("t3", '"subject=Order *"')
+    for subject, name in (("Scan 1", "scan.txt"), ("Invoice 2", "inv.txt"),
+                          ("Order 3", "order.txt")):
+        dovecot.deliver(ALICE, make_mail([(name, name.encode(),
+                                           "text/plain")], subject=subject))
+    a.go()
+    wait_files(a.inbox, 1)
+    wait_files(invoices, 1)
+    wait_files(orders, 1)
+    assert visible(a.inbox) == ["scan.txt"]
+    assert visible(invoices) == ["inv.txt"]
+    assert visible(orders) == ["order.txt"]
+    # Three tasks, one session: one login for commands, one for bodies.
+    assert front.logins == 2, front.commands

@@ -1684,9 +1684,25 @@ static int ingest_token_source(struct mailoauth_imap *s, int force,
 static int ingest_open(struct mailoauth_ingest *ing, struct ingest_task *t) {
   const struct mailoauth_account *acct;
   char *url;
+  size_t i;
 
   if (t->imap != NULL) {
     return 0;
+  }
+
+  /* Tasks on the same folder of one account share a session (one login,
+   * its connections): they run one after the other, each with its own
+   * place in the folder.
+   */
+  for (i = 0; i < ing->ntasks; i++) {
+    const struct ingest_task *u = &ing->tasks[i];
+
+    if (u != t && u->imap != NULL &&
+        strcmp(u->cfg.account, t->cfg.account) == 0 &&
+        strcmp(u->cfg.folder, t->cfg.folder) == 0) {
+      t->imap = u->imap;
+      return 0;
+    }
   }
 
   acct = mailoauth_registry_account(ing->reg, t->cfg.account);
@@ -2002,6 +2018,14 @@ void mailoauth_ingest_destroy(struct mailoauth_ingest *ing) {
   }
 
   for (i = 0; i < ing->ntasks; i++) {
+    size_t j;
+
+    /* A session shared by tasks (ingest_open) goes once. */
+    for (j = i + 1; j < ing->ntasks; j++) {
+      if (ing->tasks[j].imap == ing->tasks[i].imap) {
+        ing->tasks[j].imap = NULL;
+      }
+    }
     mailoauth_imap_destroy(ing->tasks[i].imap);
     mailoauth_ingest_ledger_forget(&ing->tasks[i]);
     free(ing->tasks[i].ledger);
