@@ -1515,8 +1515,8 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
   if (st == MAILOAUTH_IMAP_TEMPFAIL && mailoauth_imap_token_expired(t->imap) &&
       ftruncate(fd, 0) == 0 && lseek(fd, 0, SEEK_SET) == 0) {
     /* The session ended with its token mid-message: the bytes so far are
-     * thrown away and the message fetched whole once more, with a fresh
-     * token (the session asked for one).
+     * thrown away and the message fetched whole once more, with the fresh
+     * token the session took.
      */
     mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 ": the "
       "session ended with its token; fetching again", t->cfg.name, uid);

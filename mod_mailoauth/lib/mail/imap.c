@@ -1712,12 +1712,13 @@ static mailoauth_imap_status_t imap_fetch_section(struct mailoauth_imap *s,
     }
 
     if (s->token_fn != NULL && imap_expiry_failure(s, &s->resp)) {
-      if (s->sink_bytes > 0 || attempt > 0 ||
-          s->token_fn(s, 1, s->token_arg) < 0) {
+      int fresh = s->token_fn(s, 1, s->token_arg) == 0;
+
+      if (s->sink_bytes > 0 || attempt > 0 || !fresh) {
         /* Part of the body is with the caller: only the caller can start
-         * it over.
+         * it over, with the fresh token now in place.
          */
-        s->token_expired = 1;
+        s->token_expired = fresh;
         break;
       }
       mailoauth_trace(trace_channel, 5, "UID %lu: the session of %s ended "
