@@ -5,7 +5,8 @@
  *   even selector: server lines (split at LF) fed to one response, with
  *     search bounds and wanted UIDs taken from the selector; whatever
  *     comes, kept UIDs stay within the bounds and the arrays, and the
- *     texts stay terminated;
+ *     texts stay terminated; each line also goes to the literal
+ *     announcement parser (the fetch connection's framing);
  *   odd selector: a folder name; modified UTF-7 must round-trip, the wire
  *     name must quote, and decoding what was decoded must be stable.
  *
@@ -51,6 +52,22 @@ static void fuzz_lines(uint8_t sel, const uint8_t *data, size_t size) {
     /* An exact-size copy: ASan sees any read past the line. */
     memcpy(copy, p, n);
     (void) mailoauth_imap_parse_line(&r, (const char *) copy, n);
+    {
+      uint64_t lit = 0;
+      int is_body = 0;
+      int has = mailoauth_imap_literal((const char *) copy, n, &lit,
+        &is_body);
+
+      /* A literal is announced only at a line's end, below 10^18 bytes,
+       * and only an untagged FETCH line's literal is a body.
+       */
+      if (has < -1 || has > 1 || (has != 1 && (lit != 0 || is_body)) ||
+          is_body < 0 || is_body > MAILOAUTH_IMAP_LITERAL_HEADER ||
+          (has == 1 && lit >= 1000000000000000000ULL) ||
+          (is_body && (n < 2 || copy[0] != '*'))) {
+        abort();
+      }
+    }
     free(copy);
     p += n;
   }

@@ -273,7 +273,7 @@ def test_search_large_mailbox_in_ranges(dovecot, session, mail_workdir):
 
 # -- fetch ------------------------------------------------------------------
 
-def test_fetch_is_byte_identical_and_sets_seen(dovecot, folder, session,
+def test_fetch_is_byte_identical_and_leaves_flags(dovecot, folder, session,
                                                workdir):
     raw = message("bytes", body="line 1\r\n\tline 2 \xe4\r\n.\r\n..dots\r\n"
                   "no final line end")
@@ -292,13 +292,15 @@ def test_fetch_is_byte_identical_and_sets_seen(dovecot, folder, session,
     with open(out, "rb") as f:
         assert f.read() == raw
 
-    # libcurl's fetch is "UID FETCH n BODY[]": the server marks it seen,
-    # and the session can take that back.
+    # The fetch is "UID FETCH n BODY.PEEK[]": no flag changes; marking it
+    # seen is the caller's after-action.
+    assert "\\Seen" not in flags(dovecot, ALICE, folder, 1)
+    s.ok("seen", 1, 1)
     assert "\\Seen" in flags(dovecot, ALICE, folder, 1)
+    r = s.ok("fetch", 1, out)
+    assert r["was_seen"] is True
     s.ok("seen", 1, 0)
     assert "\\Seen" not in flags(dovecot, ALICE, folder, 1)
-    r = s.ok("fetch", 1, out)
-    assert r["was_seen"] is False
 
 
 def test_fetch_twenty_megabytes_streams(dovecot, folder, session, workdir):
@@ -364,15 +366,17 @@ def test_operations_share_one_login(dovecot, folder, session, workdir):
     for uid in s.ok("search", 1)["uids"]:
         s.ok("info", uid)
         s.ok("fetch", uid, os.path.join(workdir, "m%d" % uid))
-        s.ok("seen", uid, 0)
+        s.ok("seen", uid, 1)
     for _ in range(10):
         s.ok("select")
         s.ok("search", 4)
+    # One connection for commands, one for bodies (BODY.PEEK[], which
+    # libcurl's requests cannot carry).
     r = s.ok("stats")
-    assert r["connections"] == 1
-    assert wait_logins(dovecot, before + 1) == before + 1
+    assert r["connections"] == 2
+    assert wait_logins(dovecot, before + 2) == before + 2
     time.sleep(0.3)
-    assert logins(dovecot) == before + 1
+    assert logins(dovecot) == before + 2
 
 
 def test_dropped_connection_is_reopened_once(dovecot, folder, session):
@@ -608,10 +612,15 @@ class ScriptedIMAP:
                 conn, _ = self.sock.accept()
             except socket.timeout:
                 continue
-            try:
-                self.session(self.ctx.wrap_socket(conn, server_side=True))
-            except (OSError, ssl.SSLError):
-                pass
+            # A session has two connections at once (commands, bodies).
+            threading.Thread(target=self.one, args=(conn,),
+                             daemon=True).start()
+
+    def one(self, conn):
+        try:
+            self.session(self.ctx.wrap_socket(conn, server_side=True))
+        except (OSError, ssl.SSLError):
+            pass
 
     def session(self, c):
         f = c.makefile("rwb")
@@ -642,7 +651,8 @@ class ScriptedIMAP:
                     say("+ " + err.decode())
                     f.readline()
                     say(tag + " NO AUTHENTICATE failed.")
-            elif self.message is not None and cmd in ("SELECT", "UID"):
+            elif self.message is not None and cmd in ("SELECT", "EXAMINE",
+                                                      "UID"):
                 self.folder_command(tag, cmd, parts, say, f)
             elif cmd == "LOGOUT":
                 say("* BYE Microsoft Exchange Server IMAP4 server signing "
@@ -653,12 +663,13 @@ class ScriptedIMAP:
                 say(tag + " BAD User is authenticated but not connected.")
 
     def folder_command(self, tag, cmd, parts, say, f):
-        if cmd == "SELECT":
+        if cmd in ("SELECT", "EXAMINE"):
             say("* 1 EXISTS")
             say("* OK [UIDVALIDITY 14] UIDVALIDITY value")
             say("* OK [UIDNEXT 2] The next unique identifier value")
-            say(tag + " OK [READ-WRITE] SELECT completed.")
-        elif parts[-1] == "BODY[]":
+            say(tag + " OK [READ-%s] %s completed." % (
+                "WRITE" if cmd == "SELECT" else "ONLY", cmd))
+        elif parts[-1] in ("BODY[]", "BODY.PEEK[]"):
             f.write(b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % len(self.message))
             f.write(self.message + b")\r\n")
             say(tag + " OK FETCH completed.")
@@ -722,10 +733,11 @@ def test_fetch_cap_holds_when_the_size_was_wrong(imapctl, pki, workdir):
         r = s.op("fetch", 1, out, 4096)
         assert r["status"] == "message too large", r
         assert r["bytes"] == 0 and os.path.getsize(out) == 0
-        # The connection went with the aborted transfer; the next one works.
+        # The fetch connection went with the aborted transfer; the next
+        # one works (the session's command connection stays).
         r = s.ok("fetch", 1, out)
         assert r["bytes"] == len(big)
-        assert r["connections"] == 2 == srv.connections
+        assert r["connections"] == 3 == srv.connections
         with open(out, "rb") as f:
             assert f.read() == big
     finally:

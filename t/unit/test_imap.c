@@ -826,6 +826,63 @@ START_TEST(test_status_names) {
 }
 END_TEST
 
+/* The fetch connection frames bodies by the "{N}" announced at a line's
+ * end; only BODY[] of an untagged FETCH is a body.
+ */
+START_TEST(test_literal_announcements) {
+  static const struct {
+    const char *line;
+    int rc;
+    uint64_t n;
+    int body;
+  } cases[] = {
+    { "* 3 FETCH (UID 9 BODY[] {10}\r\n", 1, 10, 1 },
+    { "* 3 FETCH (UID 9 body[] {0}", 1, 0, 1 },
+    { "* 12 FETCH (BODY[] {123456789012})", 0, 0, 0 },
+    { "* 3 FETCH (UID 9 BODY[HEADER] {10}", 1, 10, 2 },
+    { "* 3 FETCH (UID 9 BODY[HEADER.FIELDS (FROM)] {10}", 1, 10, 0 },
+    { "* 3 FETCH (UID 9 BODY[TEXT] {10}", 1, 10, 0 },
+    { "* OK BODY[HEADER] {10}", 1, 10, 0 },
+    { "* 3 FETCH (UID 9 X-BODY[] {10}", 1, 10, 1 },
+    { "* 3 FETCH (UID 9 FLAGS (\\Seen) BODY[] {7}\r\n", 1, 7, 1 },
+    { "* OK [ALERT] BODY[] {5}", 1, 5, 0 },
+    { "M2 OK BODY[] {5}", 1, 5, 0 },
+    { "* 3 FETCH (UID 9 BODY[] {}", -1, 0, 0 },
+    { "* 3 FETCH (UID 9 BODY[] {1x}", 0, 0, 0 },
+    { "* 3 FETCH (UID 9 BODY[] 10}", 0, 0, 0 },
+    { "* 3 FETCH (UID 9 BODY[] {9999999999999999999}", -1, 0, 0 },
+    { "* 3 FETCH (UID 9 BODY[] {999999999999999999}", 1,
+      999999999999999999ULL, 1 },
+    { "{5}", 1, 5, 0 },
+    { "}", 0, 0, 0 },
+    { "", 0, 0, 0 },
+    { "* x FETCH (BODY[] {5}", 1, 5, 0 },
+    { "* 3 FETCHED (BODY[] {5}", 1, 5, 0 },
+  };
+  size_t i;
+
+  for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    uint64_t n = 77;
+    int body = 77;
+    size_t len = strlen(cases[i].line);
+    char *copy = malloc(len + 1);
+    int rc;
+
+    /* Exactly the line's bytes: nothing may be read past them. */
+    memcpy(copy, cases[i].line, len);
+    rc = mailoauth_imap_literal(copy, len, &n, &body);
+    ck_assert_msg(rc == cases[i].rc, "%s: %d", cases[i].line, rc);
+    if (rc == 1) {
+      ck_assert_msg(n == cases[i].n, "%s: %llu", cases[i].line,
+        (unsigned long long) n);
+    }
+    ck_assert_msg(body == cases[i].body, "%s: body %d", cases[i].line,
+      body);
+    free(copy);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("imap");
   TCase *tc;
@@ -846,6 +903,7 @@ int main(void) {
   tcase_add_loop_test(tc, test_fetch_lines, 0, N(fetch_cases));
   tcase_add_test(tc, test_expunge_copyuid_status_list);
   tcase_add_test(tc, test_hostile_lines);
+  tcase_add_test(tc, test_literal_announcements);
   tcase_add_test(tc, test_hostile_long_lines);
   tcase_set_timeout(tc, 60);
   suite_add_tcase(s, tc);
@@ -871,3 +929,4 @@ int main(void) {
   curl_global_cleanup();
   return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
+

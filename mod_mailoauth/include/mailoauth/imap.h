@@ -35,17 +35,25 @@
  *    bytes read after each untagged line once more for every such line:
  *    searches go in UID ranges and size queries in small batches, so that
  *    neither can happen.
- *  - Fetching a message body only works through the URL form
- *    (imaps://host/FOLDER;UID=n), which sends "UID FETCH n BODY[]" and
- *    streams exactly the literal's bytes to the write function.  That sets
- *    \Seen.  "BODY.PEEK[]" through CUSTOMREQUEST does not work: libcurl
- *    passes only the FETCH line to the write function and takes the
- *    literal's lines as response lines (clipped, counted against the
- *    300 KB, and a body line starting with the tag would end the command).
- *    So a fetch reports whether the message was unseen before, and
- *    mailoauth_imap_set_seen(..., 0) puts that back after a failure.
- *    An untagged FETCH without a literal arriving first (another client's
- *    flag change) fails the fetch; it is repeated on a new connection.
+ *  - libcurl's URL fetch (imaps://host/FOLDER;UID=n) sends
+ *    "UID FETCH n BODY[]", which sets \Seen before the task has decided
+ *    anything.  A custom "UID FETCH n BODY.PEEK[]" does not work either:
+ *    libcurl hands only the FETCH line to the write function, takes the
+ *    literal's lines as response lines (clipped past half its buffer,
+ *    counted against Debian's 300 KB cap on response lines since
+ *    CVE-2023-38039, and a body line starting with the tag ends the
+ *    command).  So message bodies come over a second connection of the
+ *    session, which libcurl opens and logs in (CURLOPT_CONNECT_ONLY) and
+ *    on which this file speaks IMAP itself: EXAMINE (read-only) and
+ *    "UID FETCH n BODY.PEEK[]", the literal streamed to the sink by its
+ *    announced byte count.  A fetch never changes a flag; the caller's
+ *    after-action does.
+ *  - Exchange ends a session when the token it logged in with expires
+ *    ("* BYE Session invalidated - AccessTokenExpired").  With a token
+ *    source (mailoauth_imap_set_token_source), every command first checks
+ *    the expiry of the session's token and, within min(5 min, 10% of its
+ *    lifetime) of it, takes a fresh token and logs in again; a BYE for an
+ *    expired token all the same gets a fresh token and one more try.
  *
  * Folder names are UTF-8 (as an operator writes them); on the wire they are
  * modified UTF-7 (RFC 3501 5.1.3), quoted.  A name in plain ASCII that
@@ -60,6 +68,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 typedef enum {
   MAILOAUTH_IMAP_OK = 0,
@@ -131,6 +140,31 @@ void mailoauth_imap_destroy(struct mailoauth_imap *s);
  */
 int mailoauth_imap_set_token(struct mailoauth_imap *s, const char *token);
 
+/* When the token last given expires (0: unknown, never checked).  Set it
+ * after mailoauth_imap_set_token().
+ */
+void mailoauth_imap_set_token_expiry(struct mailoauth_imap *s,
+  time_t expires);
+
+/* Called before a command when the session's token is about to expire, or
+ * after the server ended the session for an expired token: it should call
+ * mailoauth_imap_set_token() and mailoauth_imap_set_token_expiry() with a
+ * fresh one (force: the server said the old one is expired even if its
+ * expiry said otherwise).  Returns 0, or -1 when there is none (the old
+ * token is used; the command fails at the server).
+ */
+typedef int (*mailoauth_imap_token_fn)(struct mailoauth_imap *s, int force,
+  void *arg);
+void mailoauth_imap_set_token_source(struct mailoauth_imap *s,
+  mailoauth_imap_token_fn fn, void *arg);
+
+/* Whether the last failure came from an expired token (the server's BYE
+ * AccessTokenExpired, or a connection lost after the token's expiry): a
+ * fresh token (the source is asked with force) and one more try is the
+ * cure, not a failure to report.
+ */
+int mailoauth_imap_token_expired(const struct mailoauth_imap *s);
+
 /* 0 keeps a default: connect 10 s, each command 30 s, a fetch may take as
  * long as data keeps coming (aborted after 60 s below 1 byte/s), an idle
  * connection is reused for up to 118 s (longer risks middleboxes that drop
@@ -192,18 +226,27 @@ typedef int (*mailoauth_imap_sink_fn)(const char *data, size_t len,
 struct mailoauth_imap_fetched {
   uint64_t bytes;               /* given to the sink */
   uint64_t size;                /* RFC822.SIZE, asked for first */
-  int was_seen;                 /* \Seen before this fetch set it */
+  int was_seen;                 /* \Seen (the fetch does not change it) */
 };
 
 /* Streams message uid to the sink: first its size and flags (one request;
  * TOOBIG without fetching when it is over max_bytes, 0 for no cap), then
- * the body (one request, bytes exactly as stored), aborted past max_bytes.
- * The server marks the message \Seen; see mailoauth_imap_set_seen().
- * Unless OK, what the sink got is incomplete: throw it away.
+ * the body with BODY.PEEK[] on the session's fetch connection (bytes
+ * exactly as stored, as many as the literal announced), aborted past
+ * max_bytes.  No flag changes.  Unless OK, what the sink got is
+ * incomplete: throw it away.
  */
 mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
   uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink, void *arg,
   struct mailoauth_imap_fetched *out);
+
+/* The message's header only (BODY.PEEK[HEADER], up to and with the empty
+ * line that ends it; no size query first), for deciding whether the
+ * message is wanted before downloading it.  TOOBIG when the header is
+ * over max_bytes (nothing stored), GONE when the message is not there.
+ */
+mailoauth_imap_status_t mailoauth_imap_fetch_header(struct mailoauth_imap *s,
+  uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink, void *arg);
 
 /* The same into a file descriptor (written at its offset, EINTR-safe). */
 mailoauth_imap_status_t mailoauth_imap_fetch_fd(struct mailoauth_imap *s,
@@ -326,6 +369,19 @@ void mailoauth_imap_resp_init(struct mailoauth_imap_resp *r);
  */
 int mailoauth_imap_parse_line(struct mailoauth_imap_resp *r,
   const char *line, size_t len);
+
+/* Whether a server line (CRLF or not) ends in a literal announcement
+ * "{N}": 1 with *n = N, 0 when it does not, -1 for a number too large.
+ * *is_body: the line is an untagged FETCH whose literal is the value of
+ * BODY[] (the answer to BODY.PEEK[]; MAILOAUTH_IMAP_LITERAL_BODY) or of
+ * BODY[HEADER] (MAILOAUTH_IMAP_LITERAL_HEADER), else 0.  Never reads past
+ * len.
+ */
+#define MAILOAUTH_IMAP_LITERAL_BODY     1
+#define MAILOAUTH_IMAP_LITERAL_HEADER   2
+
+int mailoauth_imap_literal(const char *line, size_t len, uint64_t *n,
+  int *is_body);
 
 /* Modified UTF-7 (RFC 3501 5.1.3) from UTF-8.  -1 with errno EILSEQ for
  * invalid UTF-8 or control characters, ENAMETOOLONG when out is too small.

@@ -1434,7 +1434,7 @@ static int ingest_parse(struct ingest_msg *m, int fd) {
  */
 
 static mailoauth_imap_status_t ingest_action(struct ingest_task *t,
-    uint32_t uid, int action, const char *folder, int was_seen) {
+    uint32_t uid, int action, const char *folder) {
   switch (action) {
     case MAILOAUTH_INGEST_AFTER_SEEN:
       return mailoauth_imap_set_seen(t->imap, uid, 1);
@@ -1447,9 +1447,8 @@ static mailoauth_imap_status_t ingest_action(struct ingest_task *t,
 
     case MAILOAUTH_INGEST_AFTER_LEAVE:
     default:
-      /* Fetching set \Seen: leave the message as it was found. */
-      return was_seen ? MAILOAUTH_IMAP_OK :
-        mailoauth_imap_set_seen(t->imap, uid, 0);
+      /* Fetched with BODY.PEEK[]: the message is as it was found. */
+      return MAILOAUTH_IMAP_OK;
   }
 }
 
@@ -1502,6 +1501,120 @@ static char *ingest_imap_url(const char *base, const char *folder) {
   return url;
 }
 
+static int ingest_probe_write(const char *data, size_t len, void *arg) {
+  const int *fd = arg;
+
+  return mailoauth_io_write_all(*fd, data, len);
+}
+
+/* The header alone decides: the top-level part's header goes through the
+ * same route check as a whole message, and the parse stops there.
+ */
+static int ingest_probe_begin(const struct mailoauth_mime_part *part,
+    void *arg) {
+  struct ingest_msg *m = arg;
+
+  if (part->index == 0) {
+    (void) ingest_route(m, part->message);
+  }
+  return -1;
+}
+
+static int ingest_probe_end(const struct mailoauth_mime_part *part,
+    unsigned int status, const struct mailoauth_mimeproc_body *body,
+    void *arg) {
+  (void) part;
+  (void) status;
+  (void) body;
+  (void) arg;
+  return 0;
+}
+
+static void ingest_probe_error(int code,
+    const struct mailoauth_mime_part *part, void *arg) {
+  (void) code;
+  (void) part;
+  (void) arg;
+}
+
+/* A header too large for this is downloaded whole and decided on then. */
+#define INGEST_PROBE_MAX        (256 * 1024)
+
+/* With from=/to=/subject=: whether the task may take message uid, from
+ * its header alone (BODY.PEEK[HEADER]), parsed in the parser process like
+ * any mail.  0 when it surely does not, 1 when it may (or the header could
+ * not be had: the whole message decides then), -1 when the message is
+ * gone.
+ */
+static int ingest_probe(struct mailoauth_ingest *ing, struct ingest_task *t,
+    uint32_t uid) {
+  struct mailoauth_mimeproc_callbacks cb;
+  struct ingest_msg m;
+  mailoauth_imap_status_t st;
+  int fd, ro = -1, dirfd = -1, sock, res, code = MAILOAUTH_MIME_OK;
+  int may = 1;
+
+  if (t->cfg.filter.from[0] == NULL && t->cfg.filter.to[0] == NULL &&
+      t->cfg.filter.subject == NULL && t->cfg.filter.auth == 0) {
+    return 1;
+  }
+
+  fd = ingest_tmpfile(ing);
+  if (fd < 0) {
+    return 1;
+  }
+  st = mailoauth_imap_fetch_header(t->imap, uid, INGEST_PROBE_MAX,
+    ingest_probe_write, &fd);
+  if (st == MAILOAUTH_IMAP_GONE) {
+    (void) close(fd);
+    return -1;
+  }
+  if (st != MAILOAUTH_IMAP_OK) {
+    mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 ": no header "
+      "alone (%s): the whole message decides", t->cfg.name, uid,
+      mailoauth_imap_reply(t->imap));
+    (void) close(fd);
+    return 1;
+  }
+
+  sock = ing->parser ? ing->parser(ing->parser_broken, ing->parser_arg) :
+    -1;
+  ing->parser_broken = 0;
+  dirfd = open(ing->tmp_dir, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
+  ro = ingest_reopen_rdonly(fd);
+  if (sock >= 0 && dirfd >= 0 && ro >= 0) {
+    memset(&m, 0, sizeof(m));
+    m.part_fd = -1;
+    m.ing = ing;
+    m.t = t;
+    m.uid = uid;
+    m.related_depth = -1;
+    m.dest = &t->dests[0];
+
+    memset(&cb, 0, sizeof(cb));
+    cb.part_begin = ingest_probe_begin;
+    cb.part_end = ingest_probe_end;
+    cb.error = ingest_probe_error;
+    cb.arg = &m;
+    res = mailoauth_mimeproc_parse(sock, ro, dirfd, &cb, &code);
+    if (res == MAILOAUTH_MIMEPROC_BROKEN) {
+      ing->parser_broken = 1;
+    } else if (m.filtered_out && !m.failed) {
+      may = 0;
+    }
+    ingest_msg_clear(&m);
+  }
+
+  if (ro >= 0) {
+    (void) close(ro);
+  }
+  if (dirfd >= 0) {
+    (void) close(dirfd);
+  }
+  (void) close(fd);
+  return may;
+}
+
 /* Returns 1 when the run should go on with the next message, 0 when it
  * must stop (the message stays for the next run).
  */
@@ -1514,6 +1627,15 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
   unsigned int wanted, deposited;
   const char *folder;
 
+  /* Mail the task will not take is neither downloaded nor touched. */
+  res = ingest_probe(ing, t, uid);
+  if (res <= 0) {
+    mailoauth_trace(trace_channel, res < 0 ? 5 : 8, "task %s: UID %" PRIu32
+      " %s", t->cfg.name, uid, res < 0 ? "is gone" :
+      "does not match from=/to=/subject= (header only)");
+    return 1;
+  }
+
   fd = ingest_tmpfile(ing);
   if (fd < 0) {
     ingest_error(t, "cannot create a temporary file in %s: %s", ing->tmp_dir,
@@ -1523,6 +1645,18 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
 
   memset(&fetched, 0, sizeof(fetched));
   st = mailoauth_imap_fetch_fd(t->imap, uid, t->cfg.max_size, fd, &fetched);
+  if (st == MAILOAUTH_IMAP_TEMPFAIL && mailoauth_imap_token_expired(t->imap) &&
+      ftruncate(fd, 0) == 0 && lseek(fd, 0, SEEK_SET) == 0) {
+    /* The session ended with its token mid-message: the bytes so far are
+     * thrown away and the message fetched whole once more, with the fresh
+     * token the session took.
+     */
+    mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 ": the "
+      "session ended with its token; fetching again", t->cfg.name, uid);
+    memset(&fetched, 0, sizeof(fetched));
+    st = mailoauth_imap_fetch_fd(t->imap, uid, t->cfg.max_size, fd,
+      &fetched);
+  }
   if (st == MAILOAUTH_IMAP_GONE) {
     /* Deleted or moved meanwhile (by us before a crash, or by someone). */
     (void) close(fd);
@@ -1535,7 +1669,7 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     (void) close(fd);
     mailoauth_log("ingest %s: UID %" PRIu32 " is larger than max-size "
       "(%" PRIu64 " bytes); not taken", t->cfg.name, uid, t->cfg.max_size);
-    st = ingest_action(t, uid, t->cfg.failed, t->cfg.failed_folder, 1);
+    st = ingest_action(t, uid, t->cfg.failed, t->cfg.failed_folder);
     return st == MAILOAUTH_IMAP_OK || st == MAILOAUTH_IMAP_GONE;
   }
 
@@ -1563,9 +1697,6 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     ingest_msg_clear(&m);
     mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " does not "
       "match from=/to=/subject=", t->cfg.name, uid);
-    if (!fetched.was_seen) {
-      (void) mailoauth_imap_set_seen(t->imap, uid, 0);
-    }
     return 1;
   }
 
@@ -1598,10 +1729,7 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
   ingest_msg_clear(&m);
 
   if (failed || (res < 0 && wanted > deposited)) {
-    /* Put it back as it was found, to be tried again. */
-    if (!fetched.was_seen) {
-      (void) mailoauth_imap_set_seen(t->imap, uid, 0);
-    }
+    /* Left as it was found (BODY.PEEK[]), to be tried again. */
     if (stop_run) {
       return 0;
     }
@@ -1620,7 +1748,7 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     folder = t->cfg.after_folder;
   }
 
-  st = ingest_action(t, uid, action, folder, fetched.was_seen);
+  st = ingest_action(t, uid, action, folder);
   if (st != MAILOAUTH_IMAP_OK && st != MAILOAUTH_IMAP_GONE) {
     /* The files are deposited and recorded: the next run skips them and
      * only repeats the action.
@@ -1661,15 +1789,53 @@ static int ingest_get_token(struct mailoauth_ingest *ing,
   if (mailoauth_imap_set_token(t->imap, token) < 0) {
     return -1;
   }
+
+  /* So that the session logs in again before Exchange ends it. */
+  {
+    struct mailoauth_tokens_info info;
+
+    mailoauth_tokens_info(tok, now, &info);
+    mailoauth_imap_set_token_expiry(t->imap, info.access_expires);
+  }
   return 0;
+}
+
+/* The IMAP session's token is about to expire, or the server said it has. */
+static int ingest_token_source(struct mailoauth_imap *s, int force,
+    void *arg) {
+  struct mailoauth_ingest *ing = arg;
+  size_t i;
+
+  for (i = 0; i < ing->ntasks; i++) {
+    if (ing->tasks[i].imap == s) {
+      return ingest_get_token(ing, &ing->tasks[i], time(NULL), force);
+    }
+  }
+  return -1;
 }
 
 static int ingest_open(struct mailoauth_ingest *ing, struct ingest_task *t) {
   const struct mailoauth_account *acct;
   char *url;
+  size_t i;
 
   if (t->imap != NULL) {
     return 0;
+  }
+
+  /* Tasks on the same folder of one account share a session (one login,
+   * its connections): they run one after the other, each with its own
+   * place in the folder.
+   */
+  for (i = 0; i < ing->ntasks; i++) {
+    const struct ingest_task *u = &ing->tasks[i];
+
+    if (u != t && u->imap != NULL &&
+        strcmp(u->cfg.account, t->cfg.account) == 0 &&
+        strcmp(u->cfg.folder, t->cfg.folder) == 0) {
+      t->imap = u->imap;
+      return 0;
+    }
   }
 
   acct = mailoauth_registry_account(ing->reg, t->cfg.account);
@@ -1686,6 +1852,8 @@ static int ingest_open(struct mailoauth_ingest *ing, struct ingest_task *t) {
   t->imap = mailoauth_imap_create(url, acct->mailbox, acct->oauth.ca_file);
   if (t->imap == NULL) {
     ingest_error(t, "cannot use IMAP URL '%s': %s", url, strerror(errno));
+  } else {
+    mailoauth_imap_set_token_source(t->imap, ingest_token_source, ing);
   }
   free(url);
   return t->imap ? 0 : -1;
@@ -1983,6 +2151,14 @@ void mailoauth_ingest_destroy(struct mailoauth_ingest *ing) {
   }
 
   for (i = 0; i < ing->ntasks; i++) {
+    size_t j;
+
+    /* A session shared by tasks (ingest_open) goes once. */
+    for (j = i + 1; j < ing->ntasks; j++) {
+      if (ing->tasks[j].imap == ing->tasks[i].imap) {
+        ing->tasks[j].imap = NULL;
+      }
+    }
     mailoauth_imap_destroy(ing->tasks[i].imap);
     mailoauth_ingest_ledger_forget(&ing->tasks[i]);
     free(ing->tasks[i].ledger);

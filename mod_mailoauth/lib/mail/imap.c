@@ -12,8 +12,11 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -39,6 +42,18 @@ static const char *trace_channel = "mailoauth.imap";
 
 #define IMAP_LOW_SPEED_TIME     60L
 #define IMAP_MAX_IDLE_S         118L
+#define IMAP_TIMEOUT_MS         30000L
+
+/* Reading buffer of the fetch connection. */
+#define IMAP_FBUF_SIZE          (64 * 1024)
+
+/* A literal other than the body (none is asked for) is skipped up to
+ * this size; a larger one ends the connection.
+ */
+#define IMAP_OTHER_LITERAL_MAX  (1024 * 1024)
+
+/* Log in again this long before the token expires, at most. */
+#define IMAP_TOKEN_MARGIN_MAX   300
 
 struct mailoauth_imap {
   CURL *curl;
@@ -90,15 +105,33 @@ struct mailoauth_imap {
   int sink_toobig;
   int sink_errno;
 
+  /* The token's expiry, and where fresh ones come from. */
+  time_t token_expires;
+  time_t token_lifetime;
+  mailoauth_imap_token_fn token_fn;
+  void *token_arg;
+  unsigned token_gen;           /* bumped by every new token */
+  int token_expired;            /* the last failure: an expired token */
+
+  /* The fetch connection: logged in by libcurl, spoken to here. */
+  CURL *fcurl;
+  unsigned fcurl_gen;           /* token_gen it logged in with */
+  int f_examined;
+  unsigned f_tag;
+  time_t f_used;
+  char *fbuf;
+  size_t f_len, f_off;
+
   uint32_t search_buf[IMAP_SEARCH_SPAN];
 };
 
 /* What a request is, for classifying its failures. */
 enum imap_kind {
   IMAP_KIND_SELECT,             /* a NO here means the folder */
-  IMAP_KIND_COMMAND,            /* a NO here means this command */
-  IMAP_KIND_FETCH
+  IMAP_KIND_COMMAND             /* a NO here means this command */
 };
+
+static void imap_f_close(struct mailoauth_imap *s, int logout);
 
 const char *mailoauth_imap_status_name(mailoauth_imap_status_t status) {
   switch (status) {
@@ -306,9 +339,10 @@ struct mailoauth_imap *mailoauth_imap_create(const char *url,
   s->user = strdup(user);
   s->ca_file = imap_strdup(ca_file);
   s->line = malloc(IMAP_BUFFER_SIZE + 1);
+  s->fbuf = malloc(IMAP_FBUF_SIZE);
   if (s->curl == NULL || s->wire == NULL || s->quoted == NULL ||
       s->user == NULL || (ca_file != NULL && s->ca_file == NULL) ||
-      s->line == NULL) {
+      s->line == NULL || s->fbuf == NULL) {
     mailoauth_imap_destroy(s);
     errno = ENOMEM;
     return NULL;
@@ -336,6 +370,8 @@ void mailoauth_imap_destroy(struct mailoauth_imap *s) {
     return;
   }
 
+  imap_f_close(s, 1);
+
   /* Says LOGOUT on a connection still open. */
   if (s->curl != NULL) {
     curl_easy_cleanup(s->curl);
@@ -349,6 +385,7 @@ void mailoauth_imap_destroy(struct mailoauth_imap *s) {
   free(s->user);
   free(s->ca_file);
   free(s->line);
+  free(s->fbuf);
   free(s->target);
   free(s);
 }
@@ -361,6 +398,10 @@ int mailoauth_imap_set_token(struct mailoauth_imap *s, const char *token) {
     return -1;
   }
 
+  if (s->token != NULL && strcmp(s->token, token) == 0) {
+    return 0;
+  }
+
   copy = strdup(token);
   if (copy == NULL) {
     errno = ENOMEM;
@@ -368,7 +409,73 @@ int mailoauth_imap_set_token(struct mailoauth_imap *s, const char *token) {
   }
   imap_wipe_token(s);
   s->token = copy;
+  s->token_expires = 0;
+  s->token_lifetime = 0;
+
+  /* Connections logged in with the old token end with it. */
+  s->token_gen++;
+  s->fresh = 1;
   return 0;
+}
+
+void mailoauth_imap_set_token_expiry(struct mailoauth_imap *s,
+    time_t expires) {
+  time_t now = time(NULL);
+
+  s->token_expires = expires;
+  s->token_lifetime = expires > now ? expires - now : 0;
+}
+
+void mailoauth_imap_set_token_source(struct mailoauth_imap *s,
+    mailoauth_imap_token_fn fn, void *arg) {
+  s->token_fn = fn;
+  s->token_arg = arg;
+}
+
+int mailoauth_imap_token_expired(const struct mailoauth_imap *s) {
+  return s->token_expired;
+}
+
+/* min(5 minutes, 10% of the lifetime), at least a second. */
+static time_t imap_token_margin(const struct mailoauth_imap *s) {
+  time_t m = s->token_lifetime / 10;
+
+  if (m > IMAP_TOKEN_MARGIN_MAX) {
+    m = IMAP_TOKEN_MARGIN_MAX;
+  }
+  return m < 1 ? 1 : m;
+}
+
+/* Before a command: a session whose token is about to expire logs in
+ * again with a fresh one, rather than be cut off by the server mid-way.
+ */
+static void imap_token_check(struct mailoauth_imap *s) {
+  time_t now;
+
+  if (s->token_fn == NULL || s->token_expires == 0) {
+    return;
+  }
+  now = time(NULL);
+  if (now + imap_token_margin(s) < s->token_expires) {
+    return;
+  }
+
+  mailoauth_trace(trace_channel, 5, "the token of %s expires in %ld s: "
+    "logging in again with a fresh one", s->user,
+    (long) (s->token_expires - now));
+  (void) s->token_fn(s, 0, s->token_arg);
+}
+
+/* Whether a failure is the server ending the session for an expired
+ * token: its BYE says so, or the connection was lost once the token's
+ * time was up.
+ */
+static int imap_expiry_failure(const struct mailoauth_imap *s,
+    const struct mailoauth_imap_resp *r) {
+  if (r->bye && strstr(r->bye_text, "AccessTokenExpired") != NULL) {
+    return 1;
+  }
+  return s->token_expires != 0 && time(NULL) >= s->token_expires;
 }
 
 void mailoauth_imap_set_timeouts(struct mailoauth_imap *s,
@@ -380,6 +487,7 @@ void mailoauth_imap_set_timeouts(struct mailoauth_imap *s,
 
 void mailoauth_imap_reconnect(struct mailoauth_imap *s) {
   s->fresh = 1;
+  imap_f_close(s, 1);
 }
 
 const char *mailoauth_imap_folder(const struct mailoauth_imap *s) {
@@ -463,38 +571,6 @@ static size_t imap_discard_cb(char *data, size_t size, size_t nmemb,
   (void) data;
   (void) arg;
   return size * nmemb;
-}
-
-static size_t imap_body_cb(char *data, size_t size, size_t nmemb,
-    void *arg) {
-  struct mailoauth_imap *s = arg;
-  size_t total = size * nmemb;
-
-  if (s->sink_bytes == 0 && s->sink_cap > 0) {
-    curl_off_t announced = -1;
-
-    /* libcurl knows the literal's size before the first byte. */
-    if (curl_easy_getinfo(s->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T,
-        &announced) == CURLE_OK && announced > 0 &&
-        (uint64_t) announced > s->sink_cap) {
-      s->sink_toobig = 1;
-      return 0;
-    }
-  }
-
-  if (s->sink_cap > 0 && s->sink_bytes + total > s->sink_cap) {
-    s->sink_toobig = 1;
-    return 0;
-  }
-
-  if (s->sink(data, total, s->sink_arg) < 0) {
-    s->sink_failed = 1;
-    s->sink_errno = errno;
-    return 0;
-  }
-
-  s->sink_bytes += total;
-  return total;
 }
 
 /* libcurl URL-decodes a custom request: keep '%' literal. */
@@ -729,6 +805,8 @@ static mailoauth_imap_status_t imap_request(struct mailoauth_imap *s,
   int attempt;
 
   s->hint = NULL;
+  s->token_expired = 0;
+  imap_token_check(s);
   if (s->token == NULL) {
     imap_reply(s, "no access token for %s", s->user);
     return MAILOAUTH_IMAP_AUTHFAIL;
@@ -789,22 +867,14 @@ static mailoauth_imap_status_t imap_request(struct mailoauth_imap *s,
     curl_easy_setopt(s->curl, CURLOPT_CUSTOMREQUEST, custom);
     curl_easy_setopt(s->curl, CURLOPT_HEADERFUNCTION, imap_header_cb);
     curl_easy_setopt(s->curl, CURLOPT_HEADERDATA, s);
-    curl_easy_setopt(s->curl, CURLOPT_WRITEFUNCTION,
-      kind == IMAP_KIND_FETCH ? imap_body_cb : imap_discard_cb);
+    curl_easy_setopt(s->curl, CURLOPT_WRITEFUNCTION, imap_discard_cb);
     curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, curl_err);
     curl_easy_setopt(s->curl, CURLOPT_MAXAGE_CONN, s->max_idle_s);
     curl_easy_setopt(s->curl, CURLOPT_FRESH_CONNECT,
       (s->fresh || attempt > 0) ? 1L : 0L);
-    if (kind == IMAP_KIND_FETCH) {
-      /* A large message must not time out as a whole: watch for stalls. */
-      curl_easy_setopt(s->curl, CURLOPT_TIMEOUT_MS, 0L);
-      curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
-      curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_TIME, IMAP_LOW_SPEED_TIME);
-    } else {
-      curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_LIMIT, 0L);
-      curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_TIME, 0L);
-    }
+    curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_LIMIT, 0L);
+    curl_easy_setopt(s->curl, CURLOPT_LOW_SPEED_TIME, 0L);
     s->fresh = 0;
 
     mailoauth_trace(trace_channel, 9, "%s: %s%s%s", s->base_url,
@@ -833,6 +903,21 @@ static mailoauth_imap_status_t imap_request(struct mailoauth_imap *s,
     mailoauth_trace(trace_channel, rc == CURLE_OK ? 9 : 4,
       "%s: %s (curl %d, %ld new connections): %s", what,
       mailoauth_imap_status_name(status), (int) rc, connects, s->reply);
+
+    if (rc != CURLE_OK && s->token_fn != NULL &&
+        imap_expiry_failure(s, &s->resp)) {
+      /* Not a failure: the session's token ran out.  A fresh one, a new
+       * login and this command once more.
+       */
+      if (attempt == 0 && s->token_fn(s, 1, s->token_arg) == 0) {
+        mailoauth_trace(trace_channel, 5, "%s: the session of %s ended "
+          "with its token; once more with a fresh one", what, s->user);
+        s->fresh = 0;
+        mailoauth_mailauth_transcript_clear(&tr);
+        continue;
+      }
+      s->token_expired = 1;
+    }
 
     if (rc != CURLE_OK && attempt == 0 && connects == 0 &&
         s->sink_bytes == 0 && !s->sink_toobig && !s->sink_failed &&
@@ -1186,14 +1271,481 @@ static int imap_fd_write(const char *data, size_t len, void *arg) {
   return 0;
 }
 
+/* ------------------------------------------------------------------------
+ * The fetch connection: libcurl connects and logs in (CONNECT_ONLY), the
+ * commands and the literal are handled here, so that a body comes with
+ * BODY.PEEK[] and exactly as many bytes as announced.
+ */
+
+static void imap_f_close(struct mailoauth_imap *s, int logout) {
+  curl_socket_t fd = CURL_SOCKET_BAD;
+
+  if (s->fcurl == NULL) {
+    return;
+  }
+
+  if (logout) {
+    size_t n = 0;
+
+    /* Best effort, unanswered: the connection ends either way. */
+    (void) curl_easy_send(s->fcurl, "Z LOGOUT\r\n", 10, &n);
+  }
+
+  /* Whatever the server still sends (the rest of a body cut short) is not
+   * read: the connection ends here.
+   */
+  if (curl_easy_getinfo(s->fcurl, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK &&
+      fd != CURL_SOCKET_BAD) {
+    (void) shutdown(fd, SHUT_RDWR);
+  }
+  curl_easy_cleanup(s->fcurl);
+  s->fcurl = NULL;
+  s->f_examined = 0;
+  s->f_len = 0;
+  s->f_off = 0;
+}
+
+static int imap_f_wait(struct mailoauth_imap *s, int out, long ms) {
+  curl_socket_t fd = CURL_SOCKET_BAD;
+  struct pollfd p;
+
+  if (curl_easy_getinfo(s->fcurl, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
+      fd == CURL_SOCKET_BAD) {
+    return -1;
+  }
+
+  for (;;) {
+    int n;
+
+    p.fd = fd;
+    p.events = out ? POLLOUT : POLLIN;
+    p.revents = 0;
+    n = poll(&p, 1, (int) ms);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    return n > 0 ? 0 : -1;
+  }
+}
+
+static int imap_f_send(struct mailoauth_imap *s, const char *buf,
+    size_t len) {
+  while (len > 0) {
+    size_t n = 0;
+    CURLcode rc = curl_easy_send(s->fcurl, buf, len, &n);
+
+    if (rc == CURLE_AGAIN) {
+      if (imap_f_wait(s, 1, IMAP_TIMEOUT_MS) < 0) {
+        return -1;
+      }
+      continue;
+    }
+    if (rc != CURLE_OK) {
+      return -1;
+    }
+    buf += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* More bytes into the (consumed) buffer; -1 on a lost connection or
+ * nothing for ms.
+ */
+static int imap_f_fill(struct mailoauth_imap *s, long ms) {
+  s->f_len = 0;
+  s->f_off = 0;
+
+  for (;;) {
+    size_t n = 0;
+    CURLcode rc = curl_easy_recv(s->fcurl, s->fbuf, IMAP_FBUF_SIZE, &n);
+
+    if (rc == CURLE_AGAIN) {
+      if (imap_f_wait(s, 0, ms) < 0) {
+        return -1;
+      }
+      continue;
+    }
+    if (rc != CURLE_OK || n == 0) {
+      return -1;
+    }
+    s->f_len = n;
+    return 0;
+  }
+}
+
+/* The next line into s->line, CRLF stripped and NUL-terminated.  A line
+ * longer than s->line fails: no answer to what is asked here has one.
+ */
+static int imap_f_line(struct mailoauth_imap *s, long ms, size_t *len) {
+  size_t have = 0;
+  int clipped = 0;
+
+  for (;;) {
+    const char *start = s->fbuf + s->f_off;
+    size_t avail = s->f_len - s->f_off;
+    const char *nl = memchr(start, '\n', avail);
+    size_t take = nl != NULL ? (size_t) (nl - start) + 1 : avail;
+    size_t room = IMAP_BUFFER_SIZE - have;
+
+    if (take > room) {
+      clipped = 1;
+    }
+    memcpy(s->line + have, start, take < room ? take : room);
+    have += take < room ? take : room;
+    s->f_off += take;
+
+    if (nl != NULL) {
+      if (clipped) {
+        return -1;
+      }
+      while (have > 0 && (s->line[have - 1] == '\n' ||
+             s->line[have - 1] == '\r')) {
+        have--;
+      }
+      s->line[have] = '\0';
+      *len = have;
+      return 0;
+    }
+
+    if (imap_f_fill(s, ms) < 0) {
+      return -1;
+    }
+  }
+}
+
+/* n bytes of a literal: to the sink, or skipped. */
+static int imap_f_literal(struct mailoauth_imap *s, uint64_t n, int to_sink) {
+  while (n > 0) {
+    size_t avail, take;
+
+    if (s->f_off == s->f_len &&
+        imap_f_fill(s, IMAP_LOW_SPEED_TIME * 1000L) < 0) {
+      return -1;
+    }
+    avail = s->f_len - s->f_off;
+    take = (uint64_t) avail < n ? avail : (size_t) n;
+
+    if (to_sink) {
+      if (s->sink(s->fbuf + s->f_off, take, s->sink_arg) < 0) {
+        s->sink_failed = 1;
+        s->sink_errno = errno;
+        return -1;
+      }
+      s->sink_bytes += take;
+    }
+    s->f_off += take;
+    n -= take;
+  }
+  return 0;
+}
+
+/* Logs in on a new fetch connection (or keeps the one there is, when it
+ * logged in with this token and has not been idle too long).
+ */
+static mailoauth_imap_status_t imap_f_open(struct mailoauth_imap *s) {
+  struct mailoauth_mailauth_config cfg;
+  struct mailoauth_mailauth_transcript tr;
+  mailoauth_imap_status_t status;
+  char curl_err[CURL_ERROR_SIZE], setup_err[256];
+  long connects = 0;
+  CURLcode rc;
+
+  if (s->fcurl != NULL && (s->fcurl_gen != s->token_gen ||
+      time(NULL) - s->f_used > s->max_idle_s)) {
+    imap_f_close(s, 1);
+  }
+  if (s->fcurl != NULL) {
+    return MAILOAUTH_IMAP_OK;
+  }
+
+  s->fcurl = curl_easy_init();
+  if (s->fcurl == NULL) {
+    imap_reply(s, "out of memory");
+    return MAILOAUTH_IMAP_TEMPFAIL;
+  }
+
+  memset(&tr, 0, sizeof(tr));
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.url = s->base_url;
+  cfg.username = s->user;
+  cfg.bearer = s->token;
+  cfg.ca_file = s->ca_file;
+  cfg.connect_timeout_ms = s->connect_timeout_ms;
+  cfg.timeout_ms = s->timeout_ms;
+  if (mailoauth_mailauth_setup(s->fcurl, &cfg, &tr, setup_err,
+      sizeof(setup_err)) < 0) {
+    imap_reply(s, "%s", setup_err);
+    imap_f_close(s, 0);
+    return MAILOAUTH_IMAP_CONFIG;
+  }
+
+  mailoauth_imap_resp_init(&s->resp);
+  s->line_len = 0;
+  s->line_clipped = 0;
+  s->challenge[0] = '\0';
+  curl_err[0] = '\0';
+  curl_easy_setopt(s->fcurl, CURLOPT_CONNECT_ONLY, 1L);
+  curl_easy_setopt(s->fcurl, CURLOPT_MAXCONNECTS, 1L);
+  curl_easy_setopt(s->fcurl, CURLOPT_HEADERFUNCTION, imap_header_cb);
+  curl_easy_setopt(s->fcurl, CURLOPT_HEADERDATA, s);
+  curl_easy_setopt(s->fcurl, CURLOPT_ERRORBUFFER, curl_err);
+
+  rc = curl_easy_perform(s->fcurl);
+  s->requests++;
+  curl_easy_getinfo(s->fcurl, CURLINFO_NUM_CONNECTS, &connects);
+  s->connections += (unsigned long) connects;
+  curl_easy_setopt(s->fcurl, CURLOPT_ERRORBUFFER, NULL);
+  curl_easy_setopt(s->fcurl, CURLOPT_DEBUGFUNCTION, NULL);
+  curl_easy_setopt(s->fcurl, CURLOPT_DEBUGDATA, NULL);
+  curl_easy_setopt(s->fcurl, CURLOPT_VERBOSE, 0L);
+
+  status = imap_classify(s, IMAP_KIND_COMMAND, rc, connects, &tr, curl_err,
+    "login for fetching");
+  mailoauth_mailauth_transcript_clear(&tr);
+  if (status != MAILOAUTH_IMAP_OK) {
+    imap_f_close(s, 0);
+    return status;
+  }
+
+  s->fcurl_gen = s->token_gen;
+  s->f_examined = 0;
+  s->f_tag = 0;
+  s->f_len = 0;
+  s->f_off = 0;
+  s->f_used = time(NULL);
+  return MAILOAUTH_IMAP_OK;
+}
+
+/* One command on the fetch connection, read to its tagged answer.
+ * Untagged lines go to s->resp; with body (MAILOAUTH_IMAP_LITERAL_*), the
+ * literal of that section goes to the sink (*got_body counts them).
+ */
+static mailoauth_imap_status_t imap_f_command(struct mailoauth_imap *s,
+    const char *cmd, const char *what, int body, int *got_body) {
+  char tag[16], out[2 * MAILOAUTH_IMAP_NAME_MAX + 64];
+  size_t taglen;
+  int n;
+
+  n = snprintf(tag, sizeof(tag), "M%u", ++s->f_tag);
+  taglen = (size_t) n;
+  n = snprintf(out, sizeof(out), "%s %s\r\n", tag, cmd);
+  if (n < 0 || (size_t) n >= sizeof(out)) {
+    imap_reply(s, "%s: command too long", what);
+    return MAILOAUTH_IMAP_PERM;
+  }
+
+  mailoauth_trace(trace_channel, 9, "%s: %s (fetch connection)",
+    s->base_url, cmd);
+  if (imap_f_send(s, out, (size_t) n) < 0) {
+    imap_reply(s, "%s: the connection to %s was lost", what, s->base_url);
+    return MAILOAUTH_IMAP_TEMPFAIL;
+  }
+  s->f_used = time(NULL);
+
+  for (;;) {
+    uint64_t lit = 0;
+    size_t len = 0;
+    int is_body = 0, has;
+
+    if (imap_f_line(s, s->timeout_ms > 0 ? s->timeout_ms : IMAP_TIMEOUT_MS,
+        &len) < 0) {
+      if (s->resp.bye) {
+        imap_reply(s, "%s: the server closed the connection: BYE %s", what,
+          s->resp.bye_text);
+      } else {
+        imap_reply(s, "%s: the connection to %s was lost", what,
+          s->base_url);
+      }
+      return MAILOAUTH_IMAP_TEMPFAIL;
+    }
+
+    has = mailoauth_imap_literal(s->line, len, &lit, &is_body);
+    if (has < 0) {
+      imap_reply(s, "%s: an unusable literal", what);
+      return MAILOAUTH_IMAP_TEMPFAIL;
+    }
+    if (has > 0) {
+      if (body != 0 && is_body == body && *got_body == 0) {
+        if (s->sink_cap > 0 && lit > s->sink_cap) {
+          s->sink_toobig = 1;
+          imap_reply(s, "%s: larger than %llu bytes", what,
+            (unsigned long long) s->sink_cap);
+          return MAILOAUTH_IMAP_TOOBIG;
+        }
+        (*got_body)++;
+        if (imap_f_literal(s, lit, 1) < 0) {
+          if (s->sink_failed) {
+            imap_reply(s, "%s: storing the message failed: %s", what,
+              strerror(s->sink_errno));
+          } else {
+            imap_reply(s, "%s: the connection to %s was lost after %llu of "
+              "%llu bytes", what, s->base_url,
+              (unsigned long long) s->sink_bytes, (unsigned long long) lit);
+          }
+          return MAILOAUTH_IMAP_TEMPFAIL;
+        }
+
+      } else if (lit > IMAP_OTHER_LITERAL_MAX ||
+                 imap_f_literal(s, lit, 0) < 0) {
+        imap_reply(s, "%s: an unexpected literal of %llu bytes", what,
+          (unsigned long long) lit);
+        return MAILOAUTH_IMAP_TEMPFAIL;
+      }
+      continue;
+    }
+
+    (void) mailoauth_imap_parse_line(&s->resp, s->line, len);
+
+    if (len > taglen && memcmp(s->line, tag, taglen) == 0 &&
+        s->line[taglen] == ' ') {
+      break;
+    }
+  }
+
+  if (strcmp(s->resp.tagged_status, "OK") == 0) {
+    imap_reply(s, "%s: OK", what);
+    return MAILOAUTH_IMAP_OK;
+  }
+
+  imap_reply(s, "%s: %s%s%s%s%s", what, s->resp.tagged_status,
+    s->resp.tagged_code[0] ? " [" : "", s->resp.tagged_code,
+    s->resp.tagged_code[0] ? "] " : " ", s->resp.tagged_text);
+  s->hint = mailoauth_mailauth_hint(s->resp.tagged_text);
+  return imap_classify_tagged(&s->resp, MAILOAUTH_IMAP_PERM);
+}
+
+/* EXAMINE (read-only: nothing done here can change a flag) once per
+ * connection, then UID FETCH n BODY.PEEK[].
+ */
+static mailoauth_imap_status_t imap_f_fetch(struct mailoauth_imap *s,
+    uint32_t uid, int section, int *got_body) {
+  mailoauth_imap_status_t status;
+  char cmd[2 * MAILOAUTH_IMAP_NAME_MAX + 32];
+  int tries;
+
+  *got_body = 0;
+  status = imap_f_open(s);
+  if (status != MAILOAUTH_IMAP_OK) {
+    return status;
+  }
+
+  for (tries = 0; tries < 2; tries++) {
+    if (!s->f_examined) {
+      snprintf(cmd, sizeof(cmd), "EXAMINE %s", s->quoted);
+      mailoauth_imap_resp_init(&s->resp);
+      status = imap_f_command(s, cmd, cmd, 0, got_body);
+      if (status != MAILOAUTH_IMAP_OK) {
+        return status == MAILOAUTH_IMAP_PERM ? MAILOAUTH_IMAP_MAILBOX :
+          status;
+      }
+      if (!(s->resp.have & MAILOAUTH_IMAP_HAVE_UIDVALIDITY)) {
+        imap_reply(s, "%s: the server sent no UIDVALIDITY", cmd);
+        return MAILOAUTH_IMAP_TEMPFAIL;
+      }
+      if (s->resp.uidvalidity != s->uidvalidity) {
+        imap_reply(s, "the UIDVALIDITY of %s changed from %lu to %lu: the "
+          "folder's UIDs start over", s->folder,
+          (unsigned long) s->uidvalidity,
+          (unsigned long) s->resp.uidvalidity);
+        s->selected = 0;
+        s->changed = 1;
+        return MAILOAUTH_IMAP_GONE;
+      }
+      s->f_examined = 1;
+    }
+
+    snprintf(cmd, sizeof(cmd), "UID FETCH %lu BODY.PEEK[%s]",
+      (unsigned long) uid,
+      section == MAILOAUTH_IMAP_LITERAL_HEADER ? "HEADER" : "");
+    mailoauth_imap_resp_init(&s->resp);
+    status = imap_f_command(s, cmd, cmd, section, got_body);
+    if (status != MAILOAUTH_IMAP_OK || *got_body > 0) {
+      return status;
+    }
+
+    /* Mail that came after this connection's EXAMINE may be unknown to
+     * it: look again once.
+     */
+    s->f_examined = 0;
+  }
+
+  imap_reply(s, "UID %lu: no such message in %s", (unsigned long) uid,
+    s->folder);
+  return MAILOAUTH_IMAP_GONE;
+}
+
+/* The literal of one section (MAILOAUTH_IMAP_LITERAL_*) to the sink, on
+ * the fetch connection: repeated once on a new connection when a reused
+ * one is gone, or with a fresh token when the server ended the session for
+ * an expired one, as long as the sink has nothing yet.
+ */
+static mailoauth_imap_status_t imap_fetch_section(struct mailoauth_imap *s,
+    uint32_t uid, int section, uint64_t max_bytes,
+    mailoauth_imap_sink_fn sink, void *arg) {
+  mailoauth_imap_status_t status = MAILOAUTH_IMAP_TEMPFAIL;
+  int attempt, got_body = 0;
+
+  s->sink = sink;
+  s->sink_arg = arg;
+  s->sink_cap = max_bytes;
+
+  for (attempt = 0; attempt < 2; attempt++) {
+    int reused;
+
+    s->token_expired = 0;
+    s->sink_bytes = 0;
+    s->sink_failed = 0;
+    s->sink_toobig = 0;
+    imap_token_check(s);
+    reused = s->fcurl != NULL && s->fcurl_gen == s->token_gen;
+
+    status = imap_f_fetch(s, uid, section, &got_body);
+    if (status == MAILOAUTH_IMAP_OK) {
+      break;
+    }
+
+    /* The connection's state is not known after a failure. */
+    imap_f_close(s, 0);
+    if (status != MAILOAUTH_IMAP_TEMPFAIL || s->sink_failed) {
+      break;
+    }
+
+    if (s->token_fn != NULL && imap_expiry_failure(s, &s->resp)) {
+      int fresh = s->token_fn(s, 1, s->token_arg) == 0;
+
+      if (s->sink_bytes > 0 || attempt > 0 || !fresh) {
+        /* Part of the body is with the caller: only the caller can start
+         * it over, with the fresh token now in place.
+         */
+        s->token_expired = fresh;
+        break;
+      }
+      mailoauth_trace(trace_channel, 5, "UID %lu: the session of %s ended "
+        "with its token; once more with a fresh one", (unsigned long) uid,
+        s->user);
+      continue;
+    }
+
+    if (!reused || s->sink_bytes > 0) {
+      break;
+    }
+    mailoauth_trace(trace_channel, 5, "UID %lu: the reused fetch connection "
+      "to %s is gone (%s): once more on a new one", (unsigned long) uid,
+      s->base_url, s->reply);
+  }
+
+  s->sink = NULL;
+  s->sink_arg = NULL;
+  return status;
+}
+
 mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
     uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink, void *arg,
     struct mailoauth_imap_fetched *out) {
   struct mailoauth_imap_msginfo info;
   mailoauth_imap_status_t status;
-  char what[64];
   size_t found = 0;
-  char *url;
 
   if (out != NULL) {
     memset(out, 0, sizeof(*out));
@@ -1225,26 +1777,28 @@ mailoauth_imap_status_t mailoauth_imap_fetch(struct mailoauth_imap *s,
     return MAILOAUTH_IMAP_TOOBIG;
   }
 
-  url = imap_url(s, uid);
-  if (url == NULL) {
-    imap_reply(s, "out of memory");
-    return MAILOAUTH_IMAP_TEMPFAIL;
-  }
-
-  snprintf(what, sizeof(what), "UID FETCH %lu BODY[]", (unsigned long) uid);
-  imap_resp_clear_targets(s);
-  s->sink = sink;
-  s->sink_arg = arg;
-  s->sink_cap = max_bytes;
-  status = imap_request(s, IMAP_KIND_FETCH, url, NULL, what);
-  free(url);
-
+  status = imap_fetch_section(s, uid, MAILOAUTH_IMAP_LITERAL_BODY,
+    max_bytes, sink, arg);
   if (out != NULL) {
     out->bytes = s->sink_bytes;
   }
-  s->sink = NULL;
-  s->sink_arg = NULL;
   return status;
+}
+
+mailoauth_imap_status_t mailoauth_imap_fetch_header(struct mailoauth_imap *s,
+    uint32_t uid, uint64_t max_bytes, mailoauth_imap_sink_fn sink,
+    void *arg) {
+  mailoauth_imap_status_t status;
+
+  if (uid == 0 || sink == NULL) {
+    errno = EINVAL;
+    return MAILOAUTH_IMAP_PERM;
+  }
+  if (imap_need_select(s, &status) < 0) {
+    return status;
+  }
+  return imap_fetch_section(s, uid, MAILOAUTH_IMAP_LITERAL_HEADER,
+    max_bytes, sink, arg);
 }
 
 mailoauth_imap_status_t mailoauth_imap_fetch_fd(struct mailoauth_imap *s,

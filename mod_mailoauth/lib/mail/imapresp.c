@@ -719,3 +719,61 @@ int mailoauth_imap_parse_line(struct mailoauth_imap_resp *r,
   return 0;
 }
 
+
+int mailoauth_imap_literal(const char *line, size_t len, uint64_t *n,
+    int *is_body) {
+  const char *open, *p;
+  uint64_t v = 0;
+  size_t digits = 0;
+
+  *n = 0;
+  *is_body = 0;
+  while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
+    len--;
+  }
+  if (len < 3 || line[len - 1] != '}') {
+    return 0;
+  }
+
+  for (p = line + len - 1; p > line && p[-1] >= '0' && p[-1] <= '9'; p--) {
+    digits++;
+  }
+  if (p == line || p[-1] != '{') {
+    return 0;
+  }
+  open = p - 1;
+  if (digits == 0 || digits > 18) {
+    /* A literal past 10^18 bytes is no message anyone sends. */
+    return -1;
+  }
+  for (; *p != '}'; p++) {
+    v = v * 10 + (uint64_t) (*p - '0');
+  }
+  *n = v;
+
+  /* "* <n> FETCH (... BODY[] {N}": the value of BODY[] (which is what
+   * BODY.PEEK[] is answered as), or of BODY[HEADER]; not some other
+   * literal of the line.
+   */
+  if (line[0] == '*' && line[1] == ' ') {
+    const char *q = line + 2;
+    int which = 0;
+
+    if ((size_t) (open - line) >= 7 &&
+        strncasecmp(open - 7, "BODY[] ", 7) == 0) {
+      which = MAILOAUTH_IMAP_LITERAL_BODY;
+    } else if ((size_t) (open - line) >= 13 &&
+        strncasecmp(open - 13, "BODY[HEADER] ", 13) == 0) {
+      which = MAILOAUTH_IMAP_LITERAL_HEADER;
+    }
+
+    while (q < open && *q >= '0' && *q <= '9') {
+      q++;
+    }
+    if (which != 0 && q > line + 2 && (size_t) (open - q) >= 8 &&
+        strncasecmp(q, " FETCH (", 8) == 0) {
+      *is_body = which;
+    }
+  }
+  return 1;
+}
