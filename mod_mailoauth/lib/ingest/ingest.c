@@ -1455,9 +1455,8 @@ static mailoauth_imap_status_t ingest_action(struct ingest_task *t,
 #ifdef MAILOAUTH_CRASHPOINTS
 /* The crash tests' point after the flag, move or delete (crashpoint.h). */
 static mailoauth_imap_status_t ingest_action_crashpoint(struct ingest_task *t,
-    uint32_t uid, int action, const char *folder, int was_seen) {
-  mailoauth_imap_status_t st = ingest_action(t, uid, action, folder,
-    was_seen);
+    uint32_t uid, int action, const char *folder) {
+  mailoauth_imap_status_t st = ingest_action(t, uid, action, folder);
 
   MAILOAUTH_CRASHPOINT("after-action");
   return st;
