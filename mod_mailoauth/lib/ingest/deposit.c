@@ -12,6 +12,7 @@
 #include "mailoauth/imsg.h"
 #include "mailoauth/names.h"
 #include "mailoauth/trace.h"
+#include "mailoauth/yield.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -1892,13 +1893,16 @@ int mailoauth_deposit_client_recv(int sock, uint32_t id, int timeout_ms,
     struct pollfd pfd;
     struct mailoauth_imsg msg;
     size_t nlen;
-    int rc;
+    long left;
+    int rc, slice;
 
     pfd.fd = sock;
     pfd.events = POLLIN;
     pfd.revents = 0;
 
-    rc = poll(&pfd, 1, timeout_ms < 0 ? -1 : (int) deposit_ms_left(&deadline));
+    left = timeout_ms < 0 ? -1 : (long) deposit_ms_left(&deadline);
+    slice = timeout_ms == 0 ? 0 : mailoauth_yield_slice(left);
+    rc = poll(&pfd, 1, slice);
     if (rc < 0) {
       if (errno == EINTR) {
         continue;
@@ -1906,6 +1910,11 @@ int mailoauth_deposit_client_recv(int sock, uint32_t id, int timeout_ms,
       return deposit_helper_fail(res, errno);
     }
 
+    if (rc == 0 && timeout_ms != 0 && (left < 0 || left > slice)) {
+      /* Writing a large file takes a while: notifications need not wait. */
+      mailoauth_yield();
+      continue;
+    }
     if (rc == 0) {
       return deposit_helper_fail(res, timeout_ms == 0 ? EAGAIN : ETIMEDOUT);
     }

@@ -5,6 +5,7 @@
 #include "mailoauth/imap.h"
 #include "mailoauth/mailauth.h"
 #include "mailoauth/trace.h"
+#include "mailoauth/yield.h"
 
 #include <curl/curl.h>
 #include <ctype.h>
@@ -1315,13 +1316,19 @@ static int imap_f_wait(struct mailoauth_imap *s, int out, long ms) {
   }
 
   for (;;) {
-    int n;
+    int n, slice = mailoauth_yield_slice(ms);
 
     p.fd = fd;
     p.events = out ? POLLOUT : POLLIN;
     p.revents = 0;
-    n = poll(&p, 1, (int) ms);
+    n = poll(&p, 1, slice);
     if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n == 0 && ms > slice) {
+      /* A slow server must not hold notifications back. */
+      ms -= slice;
+      mailoauth_yield();
       continue;
     }
     return n > 0 ? 0 : -1;
@@ -1436,6 +1443,7 @@ static int imap_f_literal(struct mailoauth_imap *s, uint64_t n, int to_sink) {
     }
     s->f_off += take;
     n -= take;
+    mailoauth_yield();
   }
   return 0;
 }

@@ -11,6 +11,7 @@
 #include "mailoauth/mimeproc.h"
 #include "mailoauth/imsg.h"
 #include "mailoauth/spool.h"
+#include "mailoauth/yield.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -950,6 +951,7 @@ int mailoauth_mimeproc_parse(int sock, int msg_fd, int tmpdir_fd,
   struct mailoauth_mimeproc_client *c;
   unsigned char *buf;
   int fds[2], res, xerrno = 0;
+  long wait_left;
 
   if (mime_error != NULL) {
     *mime_error = MAILOAUTH_MIME_OK;
@@ -964,6 +966,7 @@ int mailoauth_mimeproc_parse(int sock, int msg_fd, int tmpdir_fd,
     return MAILOAUTH_MIMEPROC_STOPPED;
   }
 
+  wait_left = MIMEPROC_TIMEOUT_MS;
   fds[0] = msg_fd;
   fds[1] = tmpdir_fd;
   if (mailoauth_imsg_send(sock, MAILOAUTH_MIMEPROC_PARSE, 0, NULL, 0, fds,
@@ -974,12 +977,12 @@ int mailoauth_mimeproc_parse(int sock, int msg_fd, int tmpdir_fd,
   while (xerrno == 0) {
     struct mailoauth_imsg msg;
     struct pollfd pfd;
-    int n;
+    int n, slice = mailoauth_yield_slice(wait_left);
 
     pfd.fd = sock;
     pfd.events = POLLIN;
     pfd.revents = 0;
-    n = poll(&pfd, 1, MIMEPROC_TIMEOUT_MS);
+    n = poll(&pfd, 1, slice);
     if (n < 0) {
       if (errno == EINTR) {
         continue;
@@ -987,10 +990,17 @@ int mailoauth_mimeproc_parse(int sock, int msg_fd, int tmpdir_fd,
       xerrno = errno;
       break;
     }
+    if (n == 0 && wait_left > slice) {
+      /* A large part takes a while: notifications need not wait. */
+      wait_left -= slice;
+      mailoauth_yield();
+      continue;
+    }
     if (n == 0) {
       xerrno = ETIMEDOUT;
       break;
     }
+    wait_left = MIMEPROC_TIMEOUT_MS;
 
     n = mailoauth_imsg_recv(sock, &msg, buf,
       MAILOAUTH_IMSG_HDR + MAILOAUTH_IMSG_MAX, 0);

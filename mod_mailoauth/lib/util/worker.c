@@ -6,6 +6,7 @@
 #include "mailoauth/event.h"
 #include "mailoauth/imsg.h"
 #include "mailoauth/trace.h"
+#include "mailoauth/yield.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -131,7 +132,25 @@ static void mailoauth_worker_pass(const struct mailoauth_worker_config *cfg) {
   }
 }
 
+/* What may run inside a long step (yield.h): journals to the queue and
+ * the queue to the mail server; never a task.
+ */
+struct mailoauth_worker_yield {
+  const struct mailoauth_worker_config *cfg;
+  int watch_fd;
+};
+
+static void mailoauth_worker_yield_pass(void *arg) {
+  struct mailoauth_worker_yield *y = arg;
+
+  if (y->watch_fd >= 0) {
+    mailoauth_worker_discard(y->watch_fd);
+  }
+  mailoauth_worker_pass(y->cfg);
+}
+
 int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
+  struct mailoauth_worker_yield yield;
   struct sigaction sa;
   sigset_t block, wait_mask;
   int watch_fd, res = MAILOAUTH_WORKER_STOPPED, dirty = 1;
@@ -158,6 +177,10 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
       "no change notification for '%s' (%s); scanning every %u ms",
       cfg->spool_dir, strerror(errno), cfg->scan_interval_ms);
   }
+
+  yield.cfg = cfg;
+  yield.watch_fd = watch_fd;
+  mailoauth_yield_set(mailoauth_worker_yield_pass, &yield);
 
   /* Journals written while no worker ran are picked up right away. */
   mailoauth_worker_pass(cfg);
@@ -256,6 +279,7 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
     }
   }
 
+  mailoauth_yield_set(NULL, NULL);
   if (watch_fd >= 0) {
     (void) close(watch_fd);
   }
