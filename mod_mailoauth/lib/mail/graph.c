@@ -4,12 +4,12 @@
 
 #include "mailoauth/graph.h"
 #include "mailoauth/buf.h"
+#include "mailoauth/jsonwrap.h"
 #include "mailoauth/trace.h"
 #include "mailoauth/version.h"
 
 #include <curl/curl.h>
 #include <errno.h>
-#include <jansson.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
