@@ -134,6 +134,40 @@ def test_idle_is_renewed_and_still_wakes(task, dovecot):
     assert "IMAP IDLE is not available" not in a.srv.log_text()
 
 
+def test_dropped_watcher_reconnects_and_logs_once(task, dovecot):
+    a = task(dovecot)
+    first_run_done(a)
+    a.srv.wait_log(WATCHING, timeout=15)
+    # The server ends every session of the user, the watcher's too.
+    dovecot.doveadm("kick", ALICE)
+    a.srv.wait_log("IMAP IDLE is not available", timeout=15)
+    # Back after the first backoff step (5 s), and the task runs once.
+    a.srv.wait_log(WATCHING, count=2, timeout=20)
+    dovecot.deliver(ALICE, make_mail([("back.txt", b"b\n", "text/plain")]))
+    wait_files(a.inbox, 1, timeout=15)
+    log = a.srv.log_text()
+    assert log.count("IMAP IDLE is not available") == 1, log
+
+
+def test_watcher_logs_in_again_before_the_token_expires(task, dovecot,
+                                                        tokensvc):
+    # Exchange ends a session whose token expired: the watcher must not
+    # wait for that.  A 30 s token: a fresh login after about 15 s.
+    tokensvc.set_config(expires_in=30)
+    a = task(dovecot)
+    first_run_done(a)
+    a.srv.wait_log(WATCHING, timeout=15)
+    deadline = time.monotonic() + 30
+    while "before the token expires" not in a.srv.read(a.srv.tracelog):
+        assert time.monotonic() < deadline, a.srv.diagnostics()
+        time.sleep(0.2)
+    dovecot.deliver(ALICE, make_mail([("fresh.txt", b"f\n", "text/plain")]))
+    wait_files(a.inbox, 1, timeout=15)
+    log = a.srv.log_text()
+    assert log.count(WATCHING) == 1, log
+    assert "IMAP IDLE is not available" not in log
+
+
 def test_idle_off_waits_for_the_poll(task, dovecot):
     a = task(dovecot, settings="idle=off")
     first_run_done(a)

@@ -27,6 +27,9 @@
 /* RFC 2177: clients should re-issue IDLE at least every 29 minutes. */
 #define MAILOAUTH_IMAPIDLE_RENEW_S      (25 * 60)
 
+/* The whole login (connect, TLS, AUTHENTICATE) at most. */
+#define MAILOAUTH_IMAPIDLE_LOGIN_MS     10000
+
 /* A command not answered in this long: the connection is dead. */
 #define MAILOAUTH_IMAPIDLE_ANSWER_MS    30000
 

@@ -173,6 +173,13 @@ static unsigned int idle_every(const struct mailoauth_ingest_idle *idle,
   return every;
 }
 
+static void idle_backoff(struct ingest_watch *x, long long now_ms) {
+  x->backoff_s = x->backoff_s == 0 ? IDLE_BACKOFF_MIN_S :
+    (x->backoff_s * 2 > IDLE_BACKOFF_MAX_S ? IDLE_BACKOFF_MAX_S :
+     x->backoff_s * 2);
+  x->retry_ms = now_ms + (long long) x->backoff_s * 1000;
+}
+
 /* The watcher stopped or could not start: polling carries on, and the log
  * says so once (not once per retry).
  */
@@ -208,10 +215,7 @@ static void idle_failed(struct mailoauth_ingest_idle *idle,
     }
   }
 
-  x->backoff_s = x->backoff_s == 0 ? IDLE_BACKOFF_MIN_S :
-    (x->backoff_s * 2 > IDLE_BACKOFF_MAX_S ? IDLE_BACKOFF_MAX_S :
-     x->backoff_s * 2);
-  x->retry_ms = now_ms + (long long) x->backoff_s * 1000;
+  idle_backoff(x, now_ms);
 }
 
 static void idle_connect(struct mailoauth_ingest_idle *idle,
@@ -227,7 +231,7 @@ static void idle_connect(struct mailoauth_ingest_idle *idle,
   token = tok ? mailoauth_tokens_get(tok, now, &cls) : NULL;
   if (token == NULL) {
     /* The token code has logged why; the tasks say it too. */
-    x->retry_ms = now_ms + IDLE_BACKOFF_MIN_S * 1000;
+    idle_backoff(x, now_ms);
     return;
   }
 

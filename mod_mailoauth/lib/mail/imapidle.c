@@ -406,6 +406,11 @@ int mailoauth_imapidle_connect(struct mailoauth_imapidle *w,
   cfg.username = w->user;
   cfg.bearer = token;
   cfg.ca_file = w->ca_file;
+  /* The login blocks the worker's loop: a server that does not answer
+   * must not hold notifications back for long.
+   */
+  cfg.connect_timeout_ms = MAILOAUTH_IMAPIDLE_LOGIN_MS / 2;
+  cfg.timeout_ms = MAILOAUTH_IMAPIDLE_LOGIN_MS;
   if (mailoauth_mailauth_setup(w->curl, &cfg, NULL, err, sizeof(err)) < 0) {
     mailoauth_imapidle_close(w);
     return imapidle_fail(w, MAILOAUTH_IMAPIDLE_CONFIG, "%s", err);
