@@ -21,8 +21,12 @@
 
 static const char *trace_channel = "mailoauth.ingest";
 
-/* Mail arriving in a burst makes one run. */
+/* The first news of mail runs the tasks at once; news within this long of
+ * the last run asked for waits this long, so that a burst of mail makes
+ * one more run, not one per message.
+ */
 #define IDLE_DEBOUNCE_MS        200
+#define IDLE_QUIET_MS           1000
 
 /* Reconnecting after a failure: from this, doubling, up to the cap. */
 #define IDLE_BACKOFF_MIN_S      5
@@ -46,6 +50,7 @@ struct ingest_watch {
   long long retry_ms;           /* next connect attempt */
   long long renew_ms;           /* log in again with a fresh token then */
   long long due_ms;             /* run the tasks then (0: not asked) */
+  long long last_due_ms;        /* when they were last made due */
   int pfd;                      /* index in this round's pollfds, or -1 */
 };
 
@@ -354,12 +359,14 @@ int mailoauth_ingest_idle_ready(struct mailoauth_ingest_idle *idle,
         idle_first_task(idle, x), (events & MAILOAUTH_IMAPIDLE_EV_NEWMAIL) ?
         "new mail" : "idling");
       if (x->due_ms == 0) {
-        x->due_ms = now_ms + IDLE_DEBOUNCE_MS;
+        x->due_ms = now_ms - x->last_due_ms >= IDLE_QUIET_MS ? now_ms :
+          now_ms + IDLE_DEBOUNCE_MS;
       }
     }
 
     if (x->due_ms != 0 && now_ms >= x->due_ms) {
       x->due_ms = 0;
+      x->last_due_ms = now_ms;
       for (j = 0; j < x->ntasks; j++) {
         struct ingest_task *t = &idle->ing->tasks[x->tasks[j]];
 
