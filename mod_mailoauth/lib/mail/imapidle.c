@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 static const char *trace_channel = "mailoauth.imap";
 
@@ -296,6 +297,20 @@ void mailoauth_imapidle_set_renew(struct mailoauth_imapidle *w,
 
 void mailoauth_imapidle_close(struct mailoauth_imapidle *w) {
   if (w->curl != NULL) {
+    if (w->sock != CURL_SOCKET_BAD) {
+      char bye[48];
+      size_t n = 0;
+
+      /* Goodbye without waiting for the answer; then the socket is shut,
+       * because libcurl's cleanup would send a LOGOUT of its own in the
+       * middle of our conversation and wait for an answer that its tag
+       * never gets.
+       */
+      snprintf(bye, sizeof(bye), "%si%u LOGOUT\r\n",
+        w->state == IDLE_IDLING ? "DONE\r\n" : "", ++w->tagn);
+      (void) curl_easy_send(w->curl, bye, strlen(bye), &n);
+      (void) shutdown(w->sock, SHUT_RDWR);
+    }
     curl_easy_cleanup(w->curl);
     w->curl = NULL;
   }
