@@ -580,7 +580,8 @@ class Bench:
             "deposited_lines": log.count(": deposited "),
             "extra_files": extra, "tmp_leftovers": leftovers,
             "errors": [l for l in log.splitlines()
-                       if "ingest t1" in l and ": deposited " not in l],
+                       if "ingest t1" in l and ": deposited " not in l and
+                       "with IMAP IDLE" not in l],
         }
         shutil.rmtree(d, ignore_errors=True)
         return res
