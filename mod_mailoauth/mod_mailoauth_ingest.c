@@ -27,7 +27,7 @@ static const char *trace_channel = "mailoauth.ingest";
   "[files=glob,glob] [max-size=SIZE] " \
   "[after=seen|delete|move:Folder] [failed=leave|move:Folder] " \
   "[name=TEMPLATE] [inline=off|on] [eml=off|on] [metadata=off|on] " \
-  "[tnef=on|off]"
+  "[tnef=on|off] [idle=on|off]"
 
 #define MAILOAUTH_ROUTE_USAGE \
   "write MailOAuthIngestRoute TASK [from=PATTERN] [to=PATTERN] " \

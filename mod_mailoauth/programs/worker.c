@@ -59,6 +59,7 @@ struct worker_state {
   struct mailoauth_registry *reg;
   struct mailoauth_notify *notify;
   struct mailoauth_ingest *ingest;
+  struct mailoauth_ingest_idle *idle;   /* IMAP IDLE watchers */
 
   time_t started;
   char *last_status;            /* the last document written, sans time */
@@ -308,6 +309,20 @@ static time_t worker_tick(time_t now, void *arg) {
   return next;
 }
 
+static unsigned int worker_idle_fds(struct pollfd *pfds, unsigned int max,
+    long long *wait_ms, void *arg) {
+  struct worker_state *st = arg;
+
+  return mailoauth_ingest_idle_fds(st->idle, pfds, max, wait_ms);
+}
+
+static int worker_idle_ready(const struct pollfd *pfds, unsigned int n,
+    void *arg) {
+  struct worker_state *st = arg;
+
+  return mailoauth_ingest_idle_ready(st->idle, pfds, n);
+}
+
 static int worker_process(void *arg) {
   struct worker_state *st = arg;
 
@@ -551,6 +566,12 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
       }
     }
   }
+  state.idle = mailoauth_ingest_idle_create(state.ingest);
+  if (state.idle != NULL) {
+    cfg.fds = worker_idle_fds;
+    cfg.fds_ready = worker_idle_ready;
+    cfg.fds_arg = &state;
+  }
   cfg.tick = worker_tick;
   cfg.tick_arg = &state;
   cfg.request = worker_request;
@@ -561,6 +582,7 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   mailoauth_trace(trace_channel, 3, "worker running");
   res = mailoauth_worker_run(&cfg);
 
+  mailoauth_ingest_idle_destroy(state.idle);
   mailoauth_ingest_destroy(state.ingest);
   worker_parser_stop(&state.parser);
   (void) mailoauth_tnef_helper_stop();

@@ -23,9 +23,11 @@ contender; the clients run as nobody, like the module's worker:
      checked afterwards, outside the timing.
  (b) One message with a BIG MB attachment: peak memory (and time) of the
      module's worker and deposit helper against getmail6 and munpack.
- (c) Arrival-to-disk latency with every=1: messages saved one at a time
-     (doveadm save), each timed from the command's return to the file's
-     final name appearing (inotify).
+ (c) Arrival-to-disk latency: messages saved one at a time (doveadm
+     save), each timed from the command's return to the file's name
+     appearing (inotify), for the module polling (every=1, idle=off), the
+     module with IMAP IDLE (every=15m, so polling cannot explain it) and
+     getmail6 --idle delivering to munpack.
 
 Usage: bench_ingest.py [--n 200] [--mb 2] [--repeat 3] [--big-mb 1024]
                        [--big-repeat 1] [--latency-n 30]
@@ -488,7 +490,8 @@ class Bench:
         return extra
 
     # contenders -----------------------------------------------------------------
-    def run_module(self, folder, expected, timeout, wait_first_run=False):
+    def run_module(self, folder, expected, timeout, wait_first_run=False,
+                   every=1, settings=""):
         """A proftpd with one task on folder.  Returns a result dict (and
         with wait_first_run, the started server and its watch instead of
         waiting for files)."""
@@ -502,9 +505,10 @@ class Bench:
         srv = ProFTPD(d, self.module, proftpd=self.proftpd_bin, pki=self.pki,
                       trace_level=0)
         inbox = os.path.join(srv.home("alice"), "inbox")
-        srv.extra_conf = (account + "\nMailOAuthIngest t1 account=%s every=1 "
-                          "dir=%s owner=%d:%d folder=%s after=seen\n"
-                          % (ACCOUNT, inbox, OWNER, OWNER, folder))
+        srv.extra_conf = (account + "\nMailOAuthIngest t1 account=%s "
+                          "every=%d dir=%s owner=%d:%d folder=%s after=seen "
+                          "%s\n" % (ACCOUNT, every, inbox, OWNER, OWNER,
+                                    folder, settings))
         srv._prepare()
         os.makedirs(inbox, exist_ok=True)
         os.chown(inbox, OWNER, OWNER)
@@ -576,7 +580,8 @@ class Bench:
             "deposited_lines": log.count(": deposited "),
             "extra_files": extra, "tmp_leftovers": leftovers,
             "errors": [l for l in log.splitlines()
-                       if "ingest t1" in l and ": deposited " not in l],
+                       if "ingest t1" in l and ": deposited " not in l and
+                       "with IMAP IDLE" not in l],
         }
         shutil.rmtree(d, ignore_errors=True)
         return res
@@ -1069,58 +1074,186 @@ def bench_big(b):
     return lines
 
 
-def bench_latency(b):
+def latency_rounds(b, folder, watch, where, prefix, label):
+    """Saves --latency-n messages one at a time into folder; each is timed
+    from doveadm save's return to its file appearing in watch's directory.
+    Returns (latencies, save times), in ms."""
     a = b.args
-    folder = "Latency"
-    b.create_folder(folder)
-    b.fresh_token()
-    note("(c) %d deliveries one at a time (load %s)" % (a.latency_n,
-                                                        loadavg()))
-    srv, watch, inbox = b.run_module(folder, {}, 60, wait_first_run=True)
     rng = random.Random(a.seed)
     lat, save_ms = [], []
     tmp = os.path.join(b.base, "lat.eml")
     try:
         for i in range(a.latency_n):
-            name = "lat-%03d.bin" % (i + 1)
+            name = "%s-%03d.bin" % (prefix, i + 1)
             with open(tmp, "wb") as f:
                 sha = write_message(f, name, a.latency_kb * 1024,
-                                    "latency %d" % (i + 1))
-            # A random phase against the task's one-second cycle.
+                                    "latency %s %d" % (prefix, i + 1))
+            # A random phase against a polling task's one-second cycle.
             b.settle()
             time.sleep(rng.uniform(0, 1.0))
             t0 = time.monotonic()
             b.save(tmp, folder)
             t_ret = time.monotonic()
             if not watch.wait(lambda seen: name in seen, 30):
-                raise RuntimeError("(c) %s did not arrive in 30 s:\n%s"
-                                   % (name, srv.diagnostics()))
+                raise RuntimeError("(c) %s: %s did not arrive in 30 s:\n%s"
+                                   % (label, name, where()))
             lat.append((watch.seen[name][0] - t_ret) * 1000)
             save_ms.append((t_ret - t0) * 1000)
-            if sha_file(os.path.join(inbox, name)) != sha:
-                raise RuntimeError("(c) %s differs from what was sent" % name)
+            # munpack writes under the final name: wait for the whole file.
+            path = os.path.join(watch.path, name)
+            deadline = time.monotonic() + 30
+            while sha_file(path) != sha:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("(c) %s: %s differs from what was "
+                                       "sent" % (label, name))
+                time.sleep(0.01)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lat, save_ms
+
+
+def latency_module(b, folder, every, settings, label):
+    b.doveadm("expunge", "-u", ALICE, "mailbox", folder, "all", check=False)
+    srv, watch, inbox = b.run_module(folder, {}, 60, wait_first_run=True,
+                                     every=every, settings=settings)
+    try:
+        if "idle=off" not in settings:
+            deadline = time.monotonic() + 30
+            while "with IMAP IDLE" not in srv.log_text():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("(c) %s: the IDLE watcher did not "
+                                       "start:\n%s" % (label,
+                                                       srv.diagnostics()))
+                time.sleep(0.02)
+            time.sleep(0.5)          # the run that idling starts
+        return latency_rounds(b, folder, watch, srv.diagnostics,
+                              "lat-%d" % every, label)
     finally:
         watch.close()
         srv.stop()
         b.started.remove(srv)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    lines = ["(c) arrival to disk, task every=1: %d messages (%d KiB "
-             "attachment) saved one at a time, a random 0-1 s pause before "
-             "each" % (a.latency_n, a.latency_kb)]
-    lines.append("%-44s %8s %8s %8s %8s" % ("", "median", "p95", "max",
+
+
+def latency_getmail(b, folder):
+    """getmail6 --idle FOLDER, delivering each message to munpack
+    (MDA_external), which writes the attachment into a directory."""
+    b.doveadm("expunge", "-u", ALICE, "mailbox", folder, "all", check=False)
+    d = b.workdir("getmail6-idle")
+    gdir = os.path.join(d, "getmail")
+    out = os.path.join(d, "out")
+    for sub in (gdir, out):
+        os.makedirs(sub, exist_ok=True)
+    token = os.path.join(gdir, "token")
+    with open(token, "w") as f:
+        f.write(b.toks["access_token"])
+    os.chmod(token, 0o600)
+    rc = os.path.join(gdir, "getmailrc")
+    with open(rc, "w") as f:
+        f.write("""\
+[retriever]
+type = SimpleIMAPSSLRetriever
+server = {host}
+port = {port}
+username = {user}
+use_xoauth2 = True
+password_command = ("/bin/cat", "{token}")
+ca_certs = {ca}
+mailboxes = ("{folder}",)
+imap_search = UNSEEN
+imap_on_delete = (\\Seen)
+
+[destination]
+type = MDA_external
+path = {munpack}
+arguments = ("-q", "-C", "{out}")
+# munpack says "reading from standard input" on stderr.
+ignore_stderr = true
+
+[options]
+read_all = true
+delete = true
+verbose = 0
+""".format(host=b.dovecot.host, port=b.dovecot.imaps_port, user=ALICE,
+           token=token, ca=b.pki.ca_cert, folder=folder, munpack=TOOL["munpack"],
+           out=out))
+    chown_tree(d, NOBODY.pw_uid, NOBODY.pw_gid)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": gdir,
+           "LANG": "C.UTF-8"}
+    errf = tempfile.TemporaryFile()
+    p = subprocess.Popen([TOOL["getmail"], "--getmaildir", gdir, "--rcfile",
+                          rc, "--idle", folder], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=errf, env=env,
+                         user=NOBODY.pw_uid, group=NOBODY.pw_gid,
+                         extra_groups=[], start_new_session=True)
+    _children.add(p)
+    watch = DirWatch(out)
+
+    def where():
+        errf.seek(0)
+        return "getmail6 %s; stderr:\n%s" % (
+            "running" if p.poll() is None else "exited %s" % p.returncode,
+            errf.read().decode(errors="replace")[-3000:])
+    try:
+        # One message first: once it is out, getmail6 is idling.
+        prime = os.path.join(b.base, "prime.eml")
+        with open(prime, "wb") as f:
+            write_message(f, "prime.bin", 1024, "prime")
+        b.save(prime, folder)
+        os.unlink(prime)
+        if not watch.wait(lambda seen: "prime.bin" in seen, 60):
+            raise RuntimeError("(c) getmail6 --idle took nothing:\n"
+                               + where())
+        time.sleep(1.0)
+        return latency_rounds(b, folder, watch, where, "lat-getmail",
+                              "getmail6 --idle")
+    finally:
+        watch.close()
+        _killpg(p.pid)
+        p.wait()
+        _children.discard(p)
+        errf.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def bench_latency(b):
+    a = b.args
+    folder = "Latency"
+    b.create_folder(folder)
+    b.fresh_token()
+    note("(c) %d deliveries one at a time, per contender (load %s)"
+         % (a.latency_n, loadavg()))
+    rows = [
+        ("mod_mailoauth every=1, idle=off (polling)",
+         lambda: latency_module(b, folder, 1, "idle=off", "polling")),
+        ("mod_mailoauth every=15m, IMAP IDLE",
+         lambda: latency_module(b, folder, 900, "", "IDLE")),
+        ("getmail6 --idle %s + munpack (MDA_external)" % folder,
+         lambda: latency_getmail(b, folder)),
+    ]
+    results = []
+    for label, fn in rows:
+        results.append((label,) + fn())
+    lines = ["(c) arrival to disk: %d messages (%d KiB attachment) saved one "
+             "at a time per contender, a random 0-1 s pause before each; ms "
+             "from doveadm save's return to the file's name appearing"
+             % (a.latency_n, a.latency_kb)]
+    lines.append("%-50s %8s %8s %8s %8s" % ("", "median", "p95", "max",
                                             "min"))
-    lines.append("%-44s %8.0f %8.0f %8.0f %8.0f"
-                 % ("ms, doveadm save return -> final name",
-                    statistics.median(lat), pct(lat, 0.95), max(lat),
-                    min(lat)))
-    lines.append("%-44s %8.0f %8.0f %8.0f %8.0f"
-                 % ("ms, doveadm save itself (not counted)",
+    for label, lat, _ in results:
+        lines.append("%-50s %8.0f %8.0f %8.0f %8.0f"
+                     % (label, statistics.median(lat), pct(lat, 0.95),
+                        max(lat), min(lat)))
+    save_ms = [v for _, _, s in results for v in s]
+    lines.append("%-50s %8.0f %8.0f %8.0f %8.0f"
+                 % ("doveadm save itself (not counted)",
                     statistics.median(save_ms), pct(save_ms, 0.95),
                     max(save_ms), min(save_ms)))
-    lines.append("final names seen with %s; sha256 checked for each file; "
-                 "load average (1/5/15 min) after: %s." % (watch.how,
-                                                          loadavg()))
+    lines.append("mod_mailoauth's names are final (written, fsynced, then "
+                 "renamed); munpack creates its file under the final name "
+                 "and writes into it, so its row is counted at creation.  "
+                 "sha256 checked for each file; load average (1/5/15 min) "
+                 "after: %s." % loadavg())
     lines.append("")
     return lines
 

@@ -100,6 +100,8 @@ struct mailoauth_ingest_config {
   int save_message;             /* eml=on: the message itself as NAME.eml */
   int metadata;                 /* metadata=on: NAME.json beside the files */
   int tnef;                     /* tnef=on: winmail.dat unpacked */
+  int idle;                     /* idle=on: IMAP IDLE wakes the task */
+  unsigned int idle_renew;      /* idle-renew=SECS (tests): re-IDLE */
 };
 
 /* Parses one key=value setting into cfg (strings point into value, which
@@ -154,5 +156,31 @@ int mailoauth_ingest_run_now(struct mailoauth_ingest *ing, const char *name,
 struct json_t;
 struct json_t *mailoauth_ingest_status(const struct mailoauth_ingest *ing,
   time_t now);
+
+/* IMAP IDLE (idle=on, idle.c): one watcher connection per account
+ * and folder makes its tasks due the moment mail arrives; polling at
+ * every= stays as the fallback.
+ */
+struct pollfd;
+struct mailoauth_ingest_idle;
+
+/* NULL when no task wants IDLE (or out of memory). */
+struct mailoauth_ingest_idle *mailoauth_ingest_idle_create(
+  struct mailoauth_ingest *ing);
+void mailoauth_ingest_idle_destroy(struct mailoauth_ingest_idle *idle);
+
+/* Before poll(): (re)connects the watchers that are due to, puts their
+ * sockets into pfds (at most max) and shortens *wait_ms to their next
+ * timer.  Returns how many descriptors it added.
+ */
+unsigned int mailoauth_ingest_idle_fds(struct mailoauth_ingest_idle *idle,
+  struct pollfd *pfds, unsigned int max, long long *wait_ms);
+
+/* After poll(), with the same pfds: reads what the servers said and makes
+ * the tasks with new mail due (after a short debounce, so that a burst of
+ * mail is one run).  1 when a task was made due.
+ */
+int mailoauth_ingest_idle_ready(struct mailoauth_ingest_idle *idle,
+  const struct pollfd *pfds, unsigned int n);
 
 #endif /* MOD_MAILOAUTH_INGEST_H */

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <time.h>
 
+struct pollfd;
+
 struct mailoauth_worker_config {
   const char *spool_dir;
   const char *queue_dir;
@@ -49,6 +51,15 @@ struct mailoauth_worker_config {
   void (*request)(uint32_t type, const unsigned char *data, size_t len,
     void *arg);
   void *request_arg;
+
+  /* More descriptors to wait on (IMAP IDLE watchers): fds() puts up to
+   * max into pfds and may shorten *wait_ms; fds_ready() gets them back
+   * after every wait and returns 1 when it made scheduled work due.
+   */
+  unsigned int (*fds)(struct pollfd *pfds, unsigned int max,
+    long long *wait_ms, void *arg);
+  int (*fds_ready)(const struct pollfd *pfds, unsigned int n, void *arg);
+  void *fds_arg;
 
   /* Writes the status report: after anything happened, at most once a
    * second, and every 15 seconds regardless.

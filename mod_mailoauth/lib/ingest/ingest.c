@@ -81,6 +81,7 @@ void mailoauth_ingest_config_init(struct mailoauth_ingest_config *cfg) {
   cfg->after = MAILOAUTH_INGEST_AFTER_SEEN;
   cfg->failed = MAILOAUTH_INGEST_AFTER_LEAVE;
   cfg->tnef = 1;
+  cfg->idle = 1;
   cfg->min_free = MAILOAUTH_INGEST_DEFAULT_MIN_FREE;
 }
 
@@ -318,10 +319,25 @@ int mailoauth_ingest_parse_setting(struct mailoauth_ingest_config *cfg,
   } else if (strcasecmp(key, "tnef") == 0) {
     return ingest_parse_onoff(key, value, &cfg->tnef, errbuf, errlen);
 
+  } else if (strcasecmp(key, "idle") == 0) {
+    return ingest_parse_onoff(key, value, &cfg->idle, errbuf, errlen);
+
+  } else if (strcasecmp(key, "idle-renew") == 0) {
+    /* Not documented: lets a test see IDLE re-issued in seconds. */
+    char *end = NULL;
+    unsigned long secs = strtoul(value, &end, 10);
+
+    if (end == value || *end != '\0' || secs == 0 || secs > 3600) {
+      mailoauth_errf(errbuf, errlen, "write idle-renew=SECONDS (1-3600)");
+      return -1;
+    }
+    cfg->idle_renew = (unsigned int) secs;
+
   } else {
     mailoauth_errf(errbuf, errlen, "unknown setting '%s' (known: account, "
       "folder, every, dir, owner, from, to, subject, files, max-size, "
-      "min-free, after, failed, name, inline, eml, metadata, tnef)", key);
+      "min-free, after, failed, name, inline, eml, metadata, tnef, idle)",
+      key);
     return -1;
   }
 

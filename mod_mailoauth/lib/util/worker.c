@@ -23,6 +23,9 @@
 
 static const char *trace_channel = "mailoauth.worker";
 
+/* At most this many descriptors from cfg->fds (one per IDLE watcher). */
+#define MAILOAUTH_WORKER_MAX_FDS        64
+
 static volatile sig_atomic_t mailoauth_worker_stop = 0;
 static volatile sig_atomic_t mailoauth_worker_stop_why = 0;
 
@@ -188,10 +191,11 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
   next_tick = cfg->tick ? cfg->tick(time(NULL), cfg->tick_arg) : 0;
 
   while (!mailoauth_worker_stop) {
-    struct pollfd pfds[2];
+    struct pollfd pfds[2 + MAILOAUTH_WORKER_MAX_FDS];
     struct timespec timeout;
     long long wait_ms;
     nfds_t nfds = 1;
+    unsigned int nextra = 0;
     int n;
 
     pfds[0].fd = cfg->master_fd;
@@ -218,6 +222,18 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
 
       if (tick_ms < wait_ms) {
         wait_ms = tick_ms;
+      }
+    }
+    if (cfg->fds != NULL) {
+      nextra = cfg->fds(pfds + 2, MAILOAUTH_WORKER_MAX_FDS, &wait_ms,
+        cfg->fds_arg);
+      if (nfds == 1) {
+        /* pfds[1] unused: the extra ones follow pfds[0]. */
+        pfds[1].fd = -1;
+        pfds[1].events = 0;
+      }
+      if (nextra > 0) {
+        nfds = 2 + nextra;
       }
     }
     if (wait_ms < 0) {
@@ -248,10 +264,18 @@ int mailoauth_worker_run(const struct mailoauth_worker_config *cfg) {
       dirty = 1;
     }
 
-    if (nfds == 2 &&
+    if (nfds >= 2 &&
+        watch_fd >= 0 &&
         pfds[1].revents != 0) {
       mailoauth_worker_discard(watch_fd);
       mailoauth_worker_pass(cfg);
+      dirty = 1;
+    }
+
+    if (cfg->fds_ready != NULL &&
+        cfg->fds_ready(pfds + 2, nextra, cfg->fds_arg) &&
+        cfg->tick != NULL) {
+      next_tick = time(NULL);
       dirty = 1;
     }
 
