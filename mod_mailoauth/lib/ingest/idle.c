@@ -37,6 +37,11 @@ static const char *trace_channel = "mailoauth.ingest";
  */
 #define IDLE_TOKEN_MARGIN_S     120
 
+/* A session the server ends for token expiry sooner than this after its
+ * login is not given a quiet retry.
+ */
+#define IDLE_QUIET_MIN_MS       1000
+
 struct ingest_watch {
   struct mailoauth_imapidle *w;
   const char *account;
@@ -45,6 +50,8 @@ struct ingest_watch {
   size_t ntasks;
   int off;                      /* polling only, for good */
   int down_logged;              /* the outage was logged */
+  int quiet_retry;              /* a token-expiry BYE got its quiet retry */
+  long long login_ms;           /* when the watcher last logged in */
   int logged_up;                /* "watching" was logged once */
   unsigned int backoff_s;
   long long retry_ms;           /* next connect attempt */
@@ -201,6 +208,28 @@ static void idle_failed(struct mailoauth_ingest_idle *idle,
     return;
   }
 
+  /* Exchange ends a session when it deems the token expired (BYE
+   * AccessTokenExpired), which may come before our own clock says so:
+   * a fresh token and an immediate new login, not an outage.  Once per
+   * login, and only after a session that lasted: a server that ends every
+   * session at once is an outage, logged and retried with backoff.
+   */
+  if (!x->quiet_retry && why != NULL &&
+      strstr(why, "AccessTokenExpired") != NULL &&
+      now_ms - x->login_ms >= IDLE_QUIET_MIN_MS) {
+    struct mailoauth_tokens *tok = mailoauth_registry_tokens(idle->ing->reg,
+      x->account);
+
+    x->quiet_retry = 1;
+    if (tok != NULL) {
+      mailoauth_tokens_invalidate(tok);
+    }
+    mailoauth_trace(trace_channel, 5, "ingest %s: IDLE: %s; logging in "
+      "again with a fresh token", idle_first_task(idle, x), why);
+    x->retry_ms = now_ms;
+    return;
+  }
+
   if (!x->down_logged) {
     x->down_logged = 1;
     mailoauth_log("ingest %s: IMAP IDLE is not available (%s); polling "
@@ -247,6 +276,8 @@ static void idle_connect(struct mailoauth_ingest_idle *idle,
   }
 
   x->renew_ms = 0;
+  x->login_ms = now_ms;
+  x->quiet_retry = 0;
   mailoauth_tokens_info(tok, now, &info);
   if (info.access_expires > now) {
     long long life = (long long) (info.access_expires - now);
