@@ -9,6 +9,7 @@
 #include "mailoauth/redis.h"
 #include "mailoauth/tokens.h"
 #include "mailoauth/trace.h"
+#include "mailoauth/wconf.h"
 
 #include <check.h>
 #include <errno.h>
@@ -371,6 +372,47 @@ START_TEST(test_password_file) {
   stop_redis(pid);
   snprintf(line, sizeof(line), "rm -rf '%s'", dir);
   ck_assert_int_eq(system(line), 0);
+}
+END_TEST
+
+/* The master hands MailOAuthRedis's words to the worker in its JSON. */
+START_TEST(test_wconf_handoff) {
+  static const char with[] = "{\"version\": 1, \"state_dir\": \"/s\", "
+    "\"uid\": 1, \"gid\": 1, \"signin\": \"x %s\", \"program\": \"/p\", "
+    "\"accounts\": [], \"tasks\": [], \"trace\": {}, "
+    "\"redis\": [\"127.0.0.1:6380\", \"prefix=acme\"]}";
+  static const char bad[] = "{\"version\": 1, \"state_dir\": \"/s\", "
+    "\"uid\": 1, \"gid\": 1, \"signin\": \"x %s\", \"program\": \"/p\", "
+    "\"accounts\": [], \"tasks\": [], \"trace\": {}, \"redis\": [1]}";
+  struct mailoauth_wconf w;
+  struct mailoauth_redis *r;
+  char err[512];
+
+  ck_assert_msg(mailoauth_wconf_parse(&w, with, sizeof(with) - 1, err,
+    sizeof(err)) == 0, "%s", err);
+  ck_assert_int_eq(w.redis_argc, 2);
+  ck_assert_str_eq(w.redis_argv[1], "prefix=acme");
+  r = mailoauth_redis_open(w.redis_argc, w.redis_argv, "n", err,
+    sizeof(err));
+  ck_assert_msg(r != NULL, "%s", err);
+  ck_assert_str_eq(mailoauth_redis_where(r), "127.0.0.1:6380");
+  mailoauth_redis_destroy(r);
+  mailoauth_wconf_free(&w);
+
+  /* Without the key: no cluster. */
+  {
+    char without[sizeof(with)];
+    size_t n = (size_t) (strstr(with, ", \"redis\"") - with);
+
+    memcpy(without, with, n);
+    strcpy(without + n, "}");
+    ck_assert_msg(mailoauth_wconf_parse(&w, without, strlen(without), err,
+      sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(w.redis_argc, 0);
+    mailoauth_wconf_free(&w);
+  }
+  ck_assert_int_eq(mailoauth_wconf_parse(&w, bad, sizeof(bad) - 1, err,
+    sizeof(err)), -1);
 }
 END_TEST
 
@@ -780,6 +822,7 @@ static Suite *redis_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_conf_parse);
   tcase_add_test(tc, test_password_file);
+  tcase_add_test(tc, test_wconf_handoff);
   tcase_add_test(tc, test_lease_exclusive_and_fenced);
   tcase_add_test(tc, test_get_set_cas);
   tcase_add_test(tc, test_degraded_logged_once_each_way);

@@ -94,6 +94,10 @@ struct mailoauth_redis *mailoauth_redis_create(
   size_t errlen);
 void mailoauth_redis_destroy(struct mailoauth_redis *r);
 
+/* Parse, read the password, create: MailOAuthRedis's words to a handle. */
+struct mailoauth_redis *mailoauth_redis_open(int argc, char *const *argv,
+  const char *node, char *errbuf, size_t errlen);
+
 /* "<prefix>:<kind>:<name>" into buf; -1 (ENAMETOOLONG) when it does not
  * fit.
  */

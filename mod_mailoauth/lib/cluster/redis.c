@@ -543,6 +543,23 @@ struct mailoauth_redis *mailoauth_redis_create(
   return r;
 }
 
+struct mailoauth_redis *mailoauth_redis_open(int argc, char *const *argv,
+    const char *node, char *errbuf, size_t errlen) {
+  struct mailoauth_redis_conf conf;
+  struct mailoauth_redis *r;
+
+  if (mailoauth_redis_conf_parse(&conf, argc, argv, errbuf, errlen) < 0) {
+    return NULL;
+  }
+  if (mailoauth_redis_conf_load_password(&conf, errbuf, errlen) < 0) {
+    mailoauth_redis_conf_clear(&conf);
+    return NULL;
+  }
+  r = mailoauth_redis_create(&conf, node, errbuf, errlen);
+  mailoauth_redis_conf_clear(&conf);
+  return r;
+}
+
 static void redis_disconnect(struct mailoauth_redis *r) {
   if (r->ctx != NULL) {
     redisFree(r->ctx);
