@@ -17,6 +17,7 @@ import pytest
 from redissrv import RedisServer, available
 from test_accounts import ACCOUNT, AccountServer, wait_for
 from test_foundation import curl_upload
+from test_signin import TOOL, Running
 
 pytestmark = pytest.mark.skipif(not available(),
                                 reason="redis-server not installed")
@@ -61,7 +62,8 @@ class Cluster:
         return json.loads(text) if text else None
 
     def upload(self, node=None):
-        n = self.nodes[self.uploads % NODES if node is None else node]
+        n = self.nodes[self.uploads % len(self.nodes) if node is None
+                       else node]
         self.uploads += 1
         curl_upload(n.srv, "ftp", "file-%03d.txt" % self.uploads,
                     b"upload %d" % self.uploads)
@@ -70,15 +72,13 @@ class Cluster:
         return [n.srv.log_text() for n in self.nodes]
 
 
-@pytest.fixture
-def cluster(make_proftpd, tokensvc, tokensvc_app, pki, postfix, redis):
-    """Three nodes sharing redis; node 0 holds the sign-in at start."""
-    tokensvc.set_config(rotation="strict", expires_in=LIFETIME)
+def make_nodes(make_proftpd, tokensvc, tokensvc_app, pki, postfix, redis,
+               count=NODES):
     prefix = "c%s" % uuid.uuid4().hex[:8]
     to = rcpt("cluster")
     smtp = "smtp://127.0.0.1:%d" % postfix.smtp_port
     nodes = []
-    for i in range(NODES):
+    for i in range(count):
         a = AccountServer(make_proftpd, tokensvc, tokensvc_app, pki,
                           extra="smtp=" + smtp)
         a.srv.extra_conf += "\nMailOAuthRedis 127.0.0.1:%d prefix=%s\n" % (
@@ -86,10 +86,18 @@ def cluster(make_proftpd, tokensvc, tokensvc_app, pki, postfix, redis):
         a.srv.global_conf += ("\n<Global>\nMailOAuthNotify notify to=%s\n"
                               "</Global>\n" % to)
         nodes.append(a)
+    return Cluster(nodes, redis, prefix, to)
+
+
+@pytest.fixture
+def cluster(make_proftpd, tokensvc, tokensvc_app, pki, postfix, redis):
+    """Three nodes sharing redis; node 0 holds the sign-in at start."""
+    tokensvc.set_config(rotation="strict", expires_in=LIFETIME)
+    c = make_nodes(make_proftpd, tokensvc, tokensvc_app, pki, postfix, redis)
+    nodes = c.nodes
 
     # One sign-in, on node 0; it becomes the cluster's when node 0 starts.
     nodes[0].seed()
-    c = Cluster(nodes, redis, prefix, to)
     nodes[0].srv.start()
     wait_for(c.record, timeout=20, what="the token record in Redis")
     for a in nodes[1:]:
@@ -225,4 +233,40 @@ def test_redis_outage(cluster, tokensvc, dovecot, redis):
         assert "must sign in again" not in text
     time.sleep(2)
     assert len(dovecot.messages(c.to)) == c.uploads
+    assert_no_token_in_logs(c)
+
+
+def test_signin_on_one_node_reaches_all(make_proftpd, tokensvc, tokensvc_app,
+                                        pki, postfix, redis, dovecot):
+    """Nobody signed in: `ftpmailoauth signin` on node 1 (reading node 1's
+    proftpd.conf, MailOAuthRedis included) makes the account usable on
+    every node."""
+    tokensvc.set_config(device_interval=1)
+    c = make_nodes(make_proftpd, tokensvc, tokensvc_app, pki, postfix, redis,
+                   count=2)
+    for a in c.nodes:
+        a.srv.start()
+        a.srv.wait_log("nobody has signed in yet", timeout=20)
+
+    proc = Running([TOOL, "-c", c.nodes[1].srv.conf, "signin", "--device",
+                    ACCOUNT], dict(os.environ, no_proxy="*", NO_PROXY="*"))
+    try:
+        code = proc.wait_for(r"^User code: (\S+)$").group(1)
+        tokensvc.approve_device(code, "alice@contoso.test")
+        rc, out = proc.finish()
+    finally:
+        proc.kill()
+    assert rc == 0, out
+    rec = c.record()
+    assert rec and rec["identity"]["username"] == "alice@contoso.test"
+    assert rec["refresh_token"] not in out and rec["access_token"] not in out
+
+    c.nodes[0].srv.wait_log("found in Redis", timeout=30)
+    for a in c.nodes:
+        a.srv.wait_log("token ready", timeout=30)
+    c.upload(0)
+    c.upload(1)
+    dovecot.wait_for_messages(c.to, 2, timeout=60)
+    # Node 0 used the sign-in as it was: no refresh was needed.
+    assert not refreshes(tokensvc)
     assert_no_token_in_logs(c)
