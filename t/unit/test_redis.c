@@ -521,6 +521,83 @@ START_TEST(test_get_set_cas) {
 }
 END_TEST
 
+/* Through Redis Sentinel: the master's address comes from a Sentinel. */
+START_TEST(test_sentinel) {
+  char dir[PATH_MAX], conf[PATH_MAX + 32], text[512], line[256], err[512];
+  char *argv[3] = { line, "master=mymaster", "timeout=500" };
+  struct mailoauth_redis *r;
+  char *value = NULL;
+  int port = free_port(), i, fd, up = 0;
+  pid_t pid;
+
+  if (access("/usr/bin/redis-sentinel", X_OK) != 0) {
+    return;
+  }
+
+  strcpy(dir, "/tmp/mailoauth-sentinel-XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(conf, sizeof(conf), "%s/sentinel.conf", dir);
+  snprintf(text, sizeof(text), "port %d\nbind 127.0.0.1\ndir %s\n"
+    "sentinel monitor mymaster 127.0.0.1 %d 1\n", port, dir, srv_port);
+  fd = open(conf, O_WRONLY|O_CREAT|O_EXCL, 0600);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t) strlen(text));
+  close(fd);
+
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    int null = open("/dev/null", O_RDWR);
+
+    dup2(null, 1);
+    dup2(null, 2);
+    execl("/usr/bin/redis-sentinel", "redis-sentinel", conf, (char *) NULL);
+    _exit(127);
+  }
+
+  snprintf(line, sizeof(line), "sentinel=127.0.0.1:%d", port);
+  r = mailoauth_redis_open(3, argv, "node-s", err, sizeof(err));
+  ck_assert_msg(r != NULL, "%s", err);
+  ck_assert_ptr_nonnull(strstr(mailoauth_redis_where(r),
+    "Sentinel master mymaster"));
+
+  /* Polled until the Sentinel listens (the backoff caps at 5 s). */
+  for (i = 0; i < 300 && !up; i++) {
+    struct timespec ts = { 0, 50000000L };
+
+    up = mailoauth_redis_up(r);
+    if (!up) {
+      nanosleep(&ts, NULL);
+    }
+  }
+  ck_assert(up);
+  ck_assert_int_eq(mailoauth_redis_set(r, "via-sentinel", "yes", 3), 0);
+  mailoauth_redis_destroy(r);
+
+  /* The value is on the master itself. */
+  r = make_redis(srv_port, "node-a");
+  ck_assert_int_eq(mailoauth_redis_get(r, "via-sentinel", &value, NULL), 1);
+  ck_assert_str_eq(value, "yes");
+  free(value);
+  mailoauth_redis_destroy(r);
+
+  /* A master the Sentinels do not know: degraded, said once. */
+  argv[1] = "master=other";
+  memset(&logs, 0, sizeof(logs));
+  r = mailoauth_redis_open(3, argv, "node-s", err, sizeof(err));
+  ck_assert_ptr_nonnull(r);
+  ck_assert_int_eq(mailoauth_redis_up(r), 0);
+  ck_assert_int_eq(mailoauth_redis_up(r), 0);
+  ck_assert_uint_eq(count(logs.text, "cannot be reached"), 1);
+  ck_assert_ptr_nonnull(strstr(logs.text, "does not know master 'other'"));
+  mailoauth_redis_destroy(r);
+
+  stop_redis(pid);
+  snprintf(text, sizeof(text), "rm -rf '%s'", dir);
+  ck_assert_int_eq(system(text), 0);
+}
+END_TEST
+
 /* Redis away, then back: one line each way, however many calls between. */
 START_TEST(test_degraded_logged_once_each_way) {
   struct mailoauth_redis *r;
@@ -771,6 +848,50 @@ START_TEST(test_waits_for_other_nodes_refresh) {
 }
 END_TEST
 
+/* The lease holder is stuck (or died mid-request): the others do not
+ * refresh before its lease expires, and do not block their loop either.
+ */
+START_TEST(test_stuck_holder_not_overtaken) {
+  struct mailoauth_redis *ra, *rb;
+  struct mailoauth_redis_lease lease;
+  struct mailoauth_tokens *a, *b;
+  struct mailoauth_oauth_response resp;
+  mailoauth_oauth_class_t c = MAILOAUTH_OAUTH_OK;
+  char dira[PATH_MAX], dirb[PATH_MAX], key[256], err[512];
+  time_t now = time(NULL), due;
+
+  make_account();
+  ra = make_redis(srv_port, "node-a");
+  rb = make_redis(srv_port, "node-b");
+  a = node_tokens(ra, dira);
+  b = node_tokens(rb, dirb);
+
+  fill_signin(&resp, SECRET_ACCESS, SECRET_REFRESH, now - 10);
+  ck_assert_msg(mailoauth_tokens_store_signin(a, &resp, now - 3700, err,
+    sizeof(err)) == 0, "%s", err);
+  mailoauth_oauth_response_clear(&resp);
+  ck_assert_int_eq(mailoauth_redis_key(ra, key, sizeof(key), "refresh",
+    ACCOUNT), 0);
+  ck_assert_int_eq(mailoauth_redis_lease_acquire(ra, key, 60000, &lease), 1);
+
+  ck_assert_ptr_null(mailoauth_tokens_get(b, now, &c));
+  ck_assert_int_eq(c, MAILOAUTH_OAUTH_TRANSIENT);
+  due = mailoauth_tokens_next_due(b, now);
+  ck_assert(due > now && due <= now + 2);
+  ck_assert_uint_eq(token_requests(), 0);
+  ck_assert_uint_eq(logs.len, 0);
+
+  ck_assert_int_eq(mailoauth_redis_lease_release(ra, &lease), 1);
+  mailoauth_tokens_destroy(a);
+  mailoauth_tokens_destroy(b);
+  mailoauth_redis_destroy(ra);
+  mailoauth_redis_destroy(rb);
+  remove_dir(dira);
+  remove_dir(dirb);
+  mailoauth_account_clear(&account);
+}
+END_TEST
+
 /* Redis away: no refresh (the refresh token might be spent twice), the
  * valid access token still handed out, the expired one not.
  */
@@ -826,8 +947,10 @@ static Suite *redis_suite(void) {
   tcase_add_test(tc, test_lease_exclusive_and_fenced);
   tcase_add_test(tc, test_get_set_cas);
   tcase_add_test(tc, test_degraded_logged_once_each_way);
+  tcase_add_test(tc, test_sentinel);
   tcase_add_test(tc, test_signin_reaches_other_node);
   tcase_add_test(tc, test_waits_for_other_nodes_refresh);
+  tcase_add_test(tc, test_stuck_holder_not_overtaken);
   tcase_add_test(tc, test_no_refresh_while_degraded);
   suite_add_tcase(s, tc);
   return s;

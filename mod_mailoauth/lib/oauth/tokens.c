@@ -49,13 +49,16 @@ static const char *trace_channel = "mailoauth.tokens";
 
 #define TOKENS_DIGEST_LEN           32
 
-/* In a cluster, the refresh lease outlives one token request (30 s
- * timeout) a little; a node waiting for another's refresh looks at the
- * record this often, and gives up after the lease could have expired.
+/* In a cluster, the refresh lease outlives one token request (its whole
+ * timeout) by this much.  A node that finds it taken looks at the record
+ * this often, for a refresh's usual duration at most, then lets its loop
+ * run and looks again a second later (the holder may be stuck until its
+ * lease expires).
  */
-#define TOKENS_LEASE_MS             35000L
+#define TOKENS_LEASE_SLACK_MS       5000L
 #define TOKENS_LEASE_POLL_MS        100L
-#define TOKENS_LEASE_WAIT_MS        (TOKENS_LEASE_MS + 5000L)
+#define TOKENS_LEASE_WAIT_MS        3000L
+#define TOKENS_LEASE_RETRY          1
 
 /* Redis cannot be reached: look again this soon. */
 #define TOKENS_CLUSTER_RETRY        2
@@ -979,17 +982,25 @@ static long long tokens_now_ms(void) {
   return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Redis cannot be reached: no refresh (another node might make one with
- * the same refresh token), look again soon.  Redis's own degraded-mode
- * line says why; nothing is logged per account.
+/* Redis cannot be reached, or another node's refresh takes long: no
+ * refresh now (another node might make one with the same refresh token),
+ * look again soon.  Redis's own degraded-mode line says why; nothing is
+ * logged per account.
  */
 static mailoauth_oauth_class_t tokens_cluster_wait(struct mailoauth_tokens *t,
-    time_t now) {
+    time_t now, time_t delay, const char *why) {
   t->blocked = MAILOAUTH_OAUTH_TRANSIENT;
-  t->retry_at = now + TOKENS_CLUSTER_RETRY;
-  mailoauth_trace(trace_channel, 7, "account %s: no refresh while Redis "
-    "cannot be reached", tokens_name(t));
+  t->retry_at = now + delay;
+  mailoauth_trace(trace_channel, 7, "account %s: no refresh now: %s",
+    tokens_name(t), why);
   return MAILOAUTH_OAUTH_TRANSIENT;
+}
+
+static long tokens_lease_ms(const struct mailoauth_tokens *t) {
+  long request = t->acct->oauth.timeout_ms > 0 ? t->acct->oauth.timeout_ms :
+    MAILOAUTH_OAUTH_DEFAULT_TIMEOUT_MS;
+
+  return request + TOKENS_LEASE_SLACK_MS;
 }
 
 /* One refresh per account cluster-wide: under a lease in Redis, after
@@ -1005,9 +1016,10 @@ static mailoauth_oauth_class_t tokens_refresh_cluster(
 
   for (;;) {
     res = mailoauth_redis_lease_acquire(t->redis, t->lease_key,
-      TOKENS_LEASE_MS, &lease);
+      tokens_lease_ms(t), &lease);
     if (res < 0) {
-      return tokens_cluster_wait(t, now);
+      return tokens_cluster_wait(t, now, TOKENS_CLUSTER_RETRY,
+        "Redis cannot be reached");
     }
     if (res > 0) {
       break;
@@ -1026,7 +1038,8 @@ static mailoauth_oauth_class_t tokens_refresh_cluster(
     }
 
     if (tokens_cluster_fetch(t) < 0) {
-      return tokens_cluster_wait(t, now);
+      return tokens_cluster_wait(t, now, TOKENS_CLUSTER_RETRY,
+        "Redis cannot be reached");
     }
     if (tokens_fresh(t, time(NULL))) {
       tokens_log_recovery(t);
@@ -1034,24 +1047,16 @@ static mailoauth_oauth_class_t tokens_refresh_cluster(
     }
 
     if (tokens_now_ms() >= deadline) {
-      struct mailoauth_oauth_response resp;
-      char text[512];
-
-      memset(&resp, 0, sizeof(resp));
-      resp.oauth_class = MAILOAUTH_OAUTH_TRANSIENT;
-      resp.retry_after = -1;
-      snprintf(text, sizeof(text), "another node holds the refresh lease "
-        "%s too long", t->lease_key);
-      t->refresh_failures++;
-      tokens_failed(t, &resp, text, now);
-      return MAILOAUTH_OAUTH_TRANSIENT;
+      return tokens_cluster_wait(t, now, TOKENS_LEASE_RETRY,
+        "another node is still refreshing");
     }
   }
 
   /* The holder before us may have finished just now. */
   if (tokens_cluster_fetch(t) < 0) {
     (void) mailoauth_redis_lease_release(t->redis, &lease);
-    return tokens_cluster_wait(t, now);
+    return tokens_cluster_wait(t, now, TOKENS_CLUSTER_RETRY,
+      "Redis cannot be reached");
   }
 
   if (tokens_fresh(t, now)) {
