@@ -483,7 +483,8 @@ START_TEST(test_lease_exclusive_and_fenced) {
 
   mailoauth_redis_destroy(a);
   mailoauth_redis_destroy(b);
-  ck_assert_uint_eq(logs.len, 0);
+  ck_assert_uint_eq(count(logs.text, "\n"),
+    count(logs.text, "connected to Redis"));
 }
 END_TEST
 
@@ -879,7 +880,8 @@ START_TEST(test_stuck_holder_not_overtaken) {
   due = mailoauth_tokens_next_due(b, now);
   ck_assert(due > now && due <= now + 2);
   ck_assert_uint_eq(token_requests(), 0);
-  ck_assert_uint_eq(logs.len, 0);
+  ck_assert_uint_eq(count(logs.text, "\n"),
+    count(logs.text, "connected to Redis"));
 
   ck_assert_int_eq(mailoauth_redis_lease_release(ra, &lease), 1);
   mailoauth_tokens_destroy(a);

@@ -813,8 +813,8 @@ static int redis_connect(struct mailoauth_redis *r) {
     r->degraded_since = 0;
 
   } else if (!r->ever_up) {
-    mailoauth_trace(trace_channel, 5, "connected to Redis at %s as node %s",
-      r->where, r->node);
+    mailoauth_log("cluster: node %s connected to Redis at %s (key prefix "
+      "%s)", r->node, r->where, r->conf.prefix);
   }
   r->ever_up = 1;
   return 0;
