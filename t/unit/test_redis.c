@@ -936,6 +936,76 @@ START_TEST(test_no_refresh_while_degraded) {
 }
 END_TEST
 
+/* A record this node has and Redis has not (a token file found while
+ * Redis was away): pushed as soon as Redis is back, and asked for soon.
+ */
+START_TEST(test_pending_record_pushed_when_back) {
+  struct mailoauth_redis *r;
+  struct mailoauth_tokens *t, *w;
+  struct mailoauth_oauth_response resp;
+  mailoauth_oauth_class_t c = MAILOAUTH_OAUTH_OK;
+  char dir[PATH_MAX], key[256], err[512], *value = NULL;
+  const char *tok;
+  time_t now = time(NULL), due;
+  int port = free_port(), i, found = 0;
+  pid_t pid;
+
+  make_account();
+
+  /* The sign-in tool wrote the file (no cluster configured for it). */
+  strcpy(dir, "/tmp/mailoauth-node-XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  w = mailoauth_tokens_create(&account, dir, (uid_t) -1, NULL, err,
+    sizeof(err));
+  ck_assert_ptr_nonnull(w);
+  fill_signin(&resp, SECRET_ACCESS, SECRET_REFRESH, now + 3600);
+  ck_assert_msg(mailoauth_tokens_store_signin(w, &resp, now, err,
+    sizeof(err)) == 0, "%s", err);
+  mailoauth_oauth_response_clear(&resp);
+  mailoauth_tokens_destroy(w);
+
+  r = make_redis(port, "node-a");
+  mailoauth_tokens_use_cluster(r);
+  t = mailoauth_tokens_create(&account, dir, (uid_t) -1, NULL, err,
+    sizeof(err));
+  mailoauth_tokens_use_cluster(NULL);
+  ck_assert_ptr_nonnull(t);
+
+  tok = mailoauth_tokens_get(t, now, &c);
+  ck_assert_ptr_nonnull(tok);
+  ck_assert_str_eq(tok, SECRET_ACCESS);
+  due = mailoauth_tokens_next_due(t, now);
+  ck_assert(due > now && due <= now + 2);
+
+  pid = start_redis(port, srv_dir, NULL);
+  ck_assert_int_gt(pid, 0);
+  ck_assert_int_eq(mailoauth_redis_key(r, key, sizeof(key), "tokens",
+    ACCOUNT), 0);
+  for (i = 0; i < 300 && !found; i++) {
+    struct timespec ts = { 0, 50000000L };
+
+    (void) mailoauth_tokens_get(t, now, &c);
+    found = mailoauth_redis_get(r, key, &value, NULL) == 1;
+    if (!found) {
+      nanosleep(&ts, NULL);
+    }
+  }
+  ck_assert(found);
+  ck_assert_ptr_nonnull(strstr(value, SECRET_REFRESH));
+  free(value);
+
+  /* Nothing more to push: the usual schedule again. */
+  due = mailoauth_tokens_next_due(t, now);
+  ck_assert(due > now + 600);
+
+  stop_redis(pid);
+  mailoauth_tokens_destroy(t);
+  mailoauth_redis_destroy(r);
+  remove_dir(dir);
+  mailoauth_account_clear(&account);
+}
+END_TEST
+
 static Suite *redis_suite(void) {
   Suite *s = suite_create("redis");
   TCase *tc = tcase_create("redis");
@@ -954,6 +1024,7 @@ static Suite *redis_suite(void) {
   tcase_add_test(tc, test_waits_for_other_nodes_refresh);
   tcase_add_test(tc, test_stuck_holder_not_overtaken);
   tcase_add_test(tc, test_no_refresh_while_degraded);
+  tcase_add_test(tc, test_pending_record_pushed_when_back);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1240,6 +1240,14 @@ time_t mailoauth_tokens_next_due(const struct mailoauth_tokens *t,
     }
   }
 
+  /* Rotated tokens that Redis has not got yet: the other nodes hold the
+   * refresh token they replace, so push as soon as Redis is back.
+   */
+  if (t->pending_push &&
+      (due == 0 || due > now + TOKENS_CLUSTER_RETRY)) {
+    due = now + TOKENS_CLUSTER_RETRY;
+  }
+
   if (due != 0 && due < now) {
     due = now;
   }
