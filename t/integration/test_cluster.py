@@ -81,8 +81,9 @@ def make_nodes(make_proftpd, tokensvc, tokensvc_app, pki, postfix, redis,
     for i in range(count):
         a = AccountServer(make_proftpd, tokensvc, tokensvc_app, pki,
                           extra="smtp=" + smtp)
-        a.srv.extra_conf += "\nMailOAuthRedis 127.0.0.1:%d prefix=%s\n" % (
-            redis.port, prefix)
+        a.srv.extra_conf += ("\nMailOAuthRedis 127.0.0.1:%d prefix=%s\n"
+                             "Trace mailoauth.cluster:20\n"
+                             % (redis.port, prefix))
         a.srv.global_conf += ("\n<Global>\nMailOAuthNotify notify to=%s\n"
                               "</Global>\n" % to)
         nodes.append(a)
