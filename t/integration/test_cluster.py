@@ -196,6 +196,13 @@ def test_one_refresh_per_token_lifetime(cluster, tokensvc, dovecot):
         return info.get("revoked") is None
     wait_for(current, timeout=15, what="a valid refresh token in Redis")
     assert_no_token_in_logs(c)
+    # The refreshes were made under the lease (traced, with keys only).
+    traces = ""
+    for a in c.nodes:
+        with open(a.srv.tracelog) as f:
+            traces += f.read()
+    assert "<mailoauth.cluster:9>: lease %s:refresh:%s acquired" % (
+        c.prefix, ACCOUNT) in traces
     time.sleep(2)
     assert len(dovecot.messages(c.to)) == c.uploads
 
