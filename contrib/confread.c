@@ -495,6 +495,38 @@ static int conf_directive(struct conf_reader *r, char **words, int n,
     return conf_set(&r->conf->state_dir, words[1], where);
   }
 
+  /* The sign-in must reach every node of a cluster: the tool writes the
+   * tokens to the cluster's Redis too.
+   */
+  if (strcasecmp(d, "MailOAuthRedis") == 0) {
+    struct ftpmailoauth_conf_account *rd = &r->conf->redis;
+    int i;
+
+    if (rd->argv != NULL) {
+      conf_err(r, "%s: MailOAuthRedis is already set at %s", where,
+        rd->where);
+      errno = EEXIST;
+      return -1;
+    }
+    if (n == 2 && strcasecmp(words[1], "off") == 0) {
+      return 0;
+    }
+    rd->where = strdup(where);
+    rd->argv = calloc((size_t) n, sizeof(char *));
+    if (rd->where == NULL || rd->argv == NULL) {
+      errno = ENOMEM;
+      return -1;
+    }
+    for (i = 1; i < n; i++) {
+      if ((rd->argv[rd->argc] = strdup(words[i])) == NULL) {
+        errno = ENOMEM;
+        return -1;
+      }
+      rd->argc++;
+    }
+    return 0;
+  }
+
   if (conf_server_level(r)) {
     if (strcasecmp(d, "User") == 0) {
       return conf_set(&r->conf->user, words[1], where);
@@ -700,6 +732,11 @@ void ftpmailoauth_conf_free(struct ftpmailoauth_conf *conf) {
   }
 
   free(conf->accounts);
+  for (j = 0; j < conf->redis.argc; j++) {
+    free(conf->redis.argv[j]);
+  }
+  free(conf->redis.argv);
+  free(conf->redis.where);
   conf_value_free(&conf->state_dir);
   conf_value_free(&conf->user);
   conf_value_free(&conf->group);

@@ -3,7 +3,8 @@
  *
  * Only a few directives matter to the tool: MailOAuthAccount (every
  * account, parsed later by the module's own parser), MailOAuthStateDir
- * (where the token files live) and User/Group (who must own them, since the
+ * (where the token files live), MailOAuthRedis (the cluster's Redis, which
+ * gets the tokens too) and User/Group (who must own them, since the
  * module's worker runs as that user).  The rest of the file is read with
  * ProFTPD's lexical rules (comments, line continuation with a trailing
  * backslash, double-quoted words, %{env:NAME}) and Include (files, globs,
@@ -37,6 +38,9 @@ struct ftpmailoauth_conf {
 
   struct ftpmailoauth_conf_account *accounts;
   unsigned int naccounts;
+
+  /* MailOAuthRedis's words (name unused); argc 0: none. */
+  struct ftpmailoauth_conf_account redis;
 };
 
 /* Reads path (and everything it includes) into conf, which the caller

@@ -21,6 +21,7 @@
 #include "mailoauth/mailauth.h"
 #include "mailoauth/message.h"
 #include "mailoauth/oauth.h"
+#include "mailoauth/redis.h"
 #include "mailoauth/tokens.h"
 #include "mailoauth/tokenstore.h"
 #include "mailoauth/trace.h"
@@ -94,6 +95,7 @@ struct ftpmailoauth_env {
   uid_t uid;
   gid_t gid;
   char owner_name[64];
+  struct mailoauth_redis *cluster;    /* MailOAuthRedis; NULL: none */
 };
 
 static int ftpmailoauth_verbose = 0;
@@ -393,10 +395,24 @@ static int ftpmailoauth_env_init(struct ftpmailoauth_env *env,
     return -1;
   }
 
+  /* A cluster: what the tool stores, every node's worker uses. */
+  if (env->conf.redis.argc > 0) {
+    env->cluster = mailoauth_redis_open(env->conf.redis.argc,
+      env->conf.redis.argv, NULL, err, sizeof(err));
+    if (env->cluster == NULL) {
+      ftpmailoauth_err("%s: MailOAuthRedis: %s", env->conf.redis.where, err);
+      return -1;
+    }
+    mailoauth_tokens_use_cluster(env->cluster);
+  }
+
   return ftpmailoauth_resolve_owner(env);
 }
 
 static void ftpmailoauth_env_free(struct ftpmailoauth_env *env) {
+  mailoauth_tokens_use_cluster(NULL);
+  mailoauth_redis_destroy(env->cluster);
+  env->cluster = NULL;
   ftpmailoauth_conf_free(&env->conf);
   free(env->state_dir);
   free(env->token_dir);

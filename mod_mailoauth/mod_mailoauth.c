@@ -23,6 +23,7 @@
 #include "mailoauth/spool.h"
 #include "mailoauth/imsg.h"
 #include "mailoauth/jsonwrap.h"
+#include "mailoauth/redis.h"
 #include "mailoauth/spawn.h"
 #include "mailoauth/trace.h"
 #include "mailoauth/wconf.h"
@@ -381,6 +382,72 @@ MODRET set_mailoauthaccount(cmd_rec *cmd) {
   return PR_HANDLED(cmd);
 }
 
+/* usage: MailOAuthRedis host:port|/path/to/socket|sentinel=host:port,...
+ *          [master=NAME] [prefix=NAME] [db=N] [password=file:/path]
+ *          [timeout=MS] | off
+ *
+ * Not RedisServer: the worker that refreshes tokens is a program of its
+ * own (started by exec, no ProFTPD API in it) and talks to Redis through
+ * hiredis; the nodes naming the same Redis and prefix form one cluster.
+ */
+MODRET set_mailoauthredis(cmd_rec *cmd) {
+  struct mailoauth_redis_conf conf;
+  config_rec *c;
+  char err[512];
+  int i, res;
+
+  CHECK_CONF(cmd, CONF_ROOT);
+
+  if (cmd->argc < 2) {
+    CONF_ERROR(cmd, "write MailOAuthRedis host:port [prefix=NAME] or "
+      "MailOAuthRedis sentinel=host:port,... master=NAME [prefix=NAME] "
+      "(see doc/mod_mailoauth.html)");
+  }
+
+  if (find_config(cmd->server->conf, CONF_PARAM, cmd->argv[0], FALSE) !=
+      NULL) {
+    CONF_ERROR(cmd, "MailOAuthRedis is already set: one Redis per server");
+  }
+
+  if (cmd->argc == 2 &&
+      strcasecmp(cmd->argv[1], "off") == 0) {
+    (void) add_config_param(cmd->argv[0], 0);
+    return PR_HANDLED(cmd);
+  }
+
+  err[0] = '\0';
+  if (mailoauth_redis_conf_parse(&conf, cmd->argc - 1,
+        (char *const *) &cmd->argv[1], err, sizeof(err)) < 0) {
+    CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, err));
+  }
+
+  /* The password file must be readable now, as root, like a client
+   * secret; the worker reads it again for use and keeps it.
+   */
+  if (conf.password_file != NULL) {
+    pr_signals_block();
+    PRIVS_ROOT
+    res = mailoauth_redis_conf_load_password(&conf, err, sizeof(err));
+    PRIVS_RELINQUISH
+    pr_signals_unblock();
+
+    if (res < 0) {
+      mailoauth_redis_conf_clear(&conf);
+      CONF_ERROR(cmd, pstrdup(cmd->tmp_pool, err));
+    }
+  }
+  mailoauth_redis_conf_clear(&conf);
+
+  c = add_config_param(cmd->argv[0], 0);
+  c->argc = cmd->argc - 1;
+  c->argv = pcalloc(c->pool, (c->argc + 1) * sizeof(void *));
+  for (i = 1; i < (int) cmd->argc; i++) {
+    c->argv[i-1] = pstrdup(c->pool, cmd->argv[i]);
+  }
+
+  return PR_HANDLED(cmd);
+}
+
 /* State directory
  */
 
@@ -659,6 +726,18 @@ static char *mailoauth_worker_conf(pool *p) {
     (void) json_array_append_new(list, acct);
   }
   (void) json_object_set_new(root, "accounts", list);
+
+  c = find_config(main_server->conf, CONF_PARAM, "MailOAuthRedis", FALSE);
+  if (c != NULL &&
+      c->argc > 0) {
+    unsigned int i;
+
+    list = json_array();
+    for (i = 0; i < c->argc; i++) {
+      (void) json_array_append_new(list, json_string(c->argv[i]));
+    }
+    (void) json_object_set_new(root, "redis", list);
+  }
 
   list = json_array();
   for (c = find_config(main_server->conf, CONF_PARAM, "MailOAuthIngest",
@@ -1256,6 +1335,7 @@ static conftable mailoauth_conftab[] = {
   { "MailOAuthMetricsFile",     set_mailoauthmetricsfile, NULL },
   { "MailOAuthNotify",          set_mailoauthnotify,    NULL },
   { "MailOAuthProgram",         set_mailoauthprogram,   NULL },
+  { "MailOAuthRedis",           set_mailoauthredis,     NULL },
   { "MailOAuthStateDir",        set_mailoauthstatedir,  NULL },
   { NULL, NULL, NULL }
 };

@@ -15,7 +15,8 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES="
   gcc make pkg-config clang
   proftpd-dev proftpd-core proftpd-mod-crypto
-  libcurl4-openssl-dev libjansson-dev libssl-dev libytnef0-dev check
+  libcurl4-openssl-dev libjansson-dev libssl-dev libytnef0-dev libhiredis-dev check
+  redis-server redis-sentinel
   libgmime-3.0-dev
   curl openssl openssh-client python3 python3-pytest python3-prometheus-client
   python3-cryptography

@@ -18,6 +18,7 @@
 #include "mailoauth/jsonwrap.h"
 #include "mailoauth/metrics.h"
 #include "mailoauth/notify.h"
+#include "mailoauth/redis.h"
 #include "mailoauth/registry.h"
 #include "mailoauth/spawn.h"
 #include "mailoauth/spool.h"
@@ -463,6 +464,7 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   const struct mailoauth_wconf *conf = &d->conf;
   struct mailoauth_worker_config cfg;
   struct worker_state state;
+  struct mailoauth_redis *cluster = NULL;
   char *spool, *queue, *dead;
   int res, deposit_fd = -1;
   pid_t supervisor;
@@ -502,6 +504,19 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
 
   if (state.reg != NULL) {
     (void) mailoauth_registry_load_secrets(state.reg);
+  }
+
+  /* Several nodes, one Redis: read its password while root can. */
+  if (conf->redis_argc > 0) {
+    char err[512];
+
+    cluster = mailoauth_redis_open(conf->redis_argc, conf->redis_argv, NULL,
+      err, sizeof(err));
+    if (cluster == NULL) {
+      mailoauth_log("worker: MailOAuthRedis: %s; exiting", err);
+      return 1;
+    }
+    mailoauth_tokens_use_cluster(cluster);
   }
 
   if (mailoauthd_drop_privs(conf->uid, conf->gid) < 0) {
@@ -592,6 +607,8 @@ int mailoauthd_worker_main(struct mailoauthd *d) {
   mailoauth_notify_destroy(state.notify);
   mailoauth_registry_destroy(state.reg);
   free(state.last_status);
+  mailoauth_tokens_use_cluster(NULL);
+  mailoauth_redis_destroy(cluster);
 
   {
     const char *why = mailoauth_stop_reason(mailoauth_worker_stop_code());

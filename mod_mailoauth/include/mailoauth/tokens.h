@@ -36,6 +36,17 @@
 #define MAILOAUTH_TOKENS_KEEPALIVE        (7 * 24 * 3600)
 
 struct mailoauth_tokens;
+struct mailoauth_redis;
+
+/* Several nodes sharing one Redis (redis.h): handles created after this
+ * call keep the account's record in Redis as well as in the file, and
+ * refresh under a lease there, so that the cluster makes one refresh per
+ * token lifetime and every node uses its result.  While Redis cannot be
+ * reached, no refresh is made (a node holding a valid access token keeps
+ * using it).  The handle r must outlive the token handles; NULL: no
+ * cluster (the default).
+ */
+void mailoauth_tokens_use_cluster(struct mailoauth_redis *r);
 
 /* dir: the token directory; owner: uid the token files belong to ((uid_t)
  * -1: whoever we are); signin_cmd: the command a person runs to sign in

@@ -100,6 +100,17 @@ int mailoauth_tokenstore_cleanup(struct mailoauth_tokenstore *ts,
 int mailoauth_tokenstore_remove(struct mailoauth_tokenstore *ts, char *errbuf,
   size_t errlen);
 
+/* The record as the file holds it, as text (malloc'd, NUL-terminated;
+ * the caller wipes and frees it: it holds the tokens), and back (rec
+ * replaced only on success; messages name the file, never the text).  For
+ * the cluster's copy of the file in Redis.
+ */
+int mailoauth_tokenstore_encode(const struct mailoauth_tokenstore *ts,
+  const struct mailoauth_tokenstore_record *rec, char **text, size_t *len);
+int mailoauth_tokenstore_decode(struct mailoauth_tokenstore *ts,
+  const char *text, size_t len, struct mailoauth_tokenstore_record *rec,
+  char *errbuf, size_t errlen);
+
 /* Replace a record's string field with a copy of value (NULL clears it),
  * wiping the old value.
  */

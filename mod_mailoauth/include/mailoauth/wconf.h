@@ -11,6 +11,7 @@
  *    "metrics_file": "/path/mailoauth.prom" (optional),
  *    "trace": {"mailoauth.smtp": 10, ...},
  *    "accounts": [["NAME", "arg", ...], ...],
+ *    "redis": ["host:port", "prefix=NAME", ...] (optional: MailOAuthRedis),
  *    "tasks": [{"args": ["NAME", "key=value", ...],
  *               "routes": [["key=value", ...], ...]}, ...]}
  *
@@ -51,6 +52,10 @@ struct mailoauth_wconf {
 
   struct mailoauth_wconf_account *accounts;
   size_t naccounts;
+
+  /* MailOAuthRedis's words (redis.h); redis_argc 0: no cluster. */
+  int redis_argc;
+  char **redis_argv;
 
   struct mailoauth_ingest_config **tasks;
   size_t ntasks;

@@ -3,6 +3,7 @@
  */
 
 #include "mailoauth/tokens.h"
+#include "mailoauth/redis.h"
 #include "mailoauth/trace.h"
 
 #include <errno.h>
@@ -48,6 +49,23 @@ static const char *trace_channel = "mailoauth.tokens";
 
 #define TOKENS_DIGEST_LEN           32
 
+/* In a cluster, the refresh lease outlives one token request (its whole
+ * timeout) by this much.  A node that finds it taken looks at the record
+ * this often, for a refresh's usual duration at most, then lets its loop
+ * run and looks again a second later (the holder may be stuck until its
+ * lease expires).
+ */
+#define TOKENS_LEASE_SLACK_MS       5000L
+#define TOKENS_LEASE_POLL_MS        100L
+#define TOKENS_LEASE_WAIT_MS        3000L
+#define TOKENS_LEASE_RETRY          1
+
+/* Redis cannot be reached: look again this soon. */
+#define TOKENS_CLUSTER_RETRY        2
+
+/* The cluster handles created from now on use (NULL: none). */
+static struct mailoauth_redis *tokens_cluster = NULL;
+
 struct mailoauth_tokens {
   const struct mailoauth_account *acct;
   struct mailoauth_tokenstore *ts;
@@ -81,6 +99,19 @@ struct mailoauth_tokens {
 
   /* Since the worker started, for the metrics. */
   unsigned long refreshes, refresh_failures;
+
+  /* In a cluster: the record's key and the refresh lease's, the record's
+   * text as last read from or written to Redis (secret), and whether the
+   * record here is newer than Redis's (a refresh Redis could not take, or
+   * a token file found at start or rewritten by the sign-in tool).
+   */
+  struct mailoauth_redis *redis;
+  char redis_key[256];
+  char lease_key[256];
+  char *seen;
+  size_t seen_len;
+  int pending_push;
+  int push_failed_logged;
 };
 
 static const char *tokens_name(const struct mailoauth_tokens *t) {
@@ -242,7 +273,34 @@ struct mailoauth_tokens *mailoauth_tokens_create(
   }
 
   snprintf(t->lock_path, len, "%s/%s.lock", dir, acct->name);
+
+  if (tokens_cluster != NULL) {
+    if (mailoauth_redis_key(tokens_cluster, t->redis_key,
+          sizeof(t->redis_key), "tokens", acct->name) < 0 ||
+        mailoauth_redis_key(tokens_cluster, t->lease_key,
+          sizeof(t->lease_key), "refresh", acct->name) < 0) {
+      mailoauth_tokens_destroy(t);
+      mailoauth_errf(errbuf, errlen, "the Redis key prefix and account name "
+        "are too long together");
+      errno = ENAMETOOLONG;
+      return NULL;
+    }
+    t->redis = tokens_cluster;
+  }
   return t;
+}
+
+void mailoauth_tokens_use_cluster(struct mailoauth_redis *r) {
+  tokens_cluster = r;
+}
+
+static void tokens_seen_free(struct mailoauth_tokens *t) {
+  if (t->seen != NULL) {
+    OPENSSL_cleanse(t->seen, t->seen_len);
+    free(t->seen);
+    t->seen = NULL;
+  }
+  t->seen_len = 0;
 }
 
 void mailoauth_tokens_destroy(struct mailoauth_tokens *t) {
@@ -256,6 +314,7 @@ void mailoauth_tokens_destroy(struct mailoauth_tokens *t) {
   free(t->dir);
   free(t->lock_path);
   free(t->signin_cmd);
+  tokens_seen_free(t);
   OPENSSL_cleanse(t, sizeof(*t));
   free(t);
 }
@@ -389,6 +448,14 @@ static void tokens_reload(struct mailoauth_tokens *t) {
   mailoauth_trace(trace_channel, 9, "account %s: token file %s (re)read",
     tokens_name(t), mailoauth_tokenstore_path(t->ts));
 
+  /* Found at start, or written by the sign-in tool: the cluster gets it
+   * unless it knows a newer record (the push is a check-and-set).
+   */
+  if (t->redis != NULL &&
+      (t->rec.refresh_token != NULL || t->rec.access_token != NULL)) {
+    t->pending_push = 1;
+  }
+
   /* The "must sign in" line was logged once; its end is too, or the log
    * would leave the account broken.
    */
@@ -410,6 +477,160 @@ static void tokens_write(struct mailoauth_tokens *t) {
 
   if (mailoauth_tokenstore_write(t->ts, &t->rec, err, sizeof(err)) < 0) {
     mailoauth_log("account %s: %s", tokens_name(t), err);
+  }
+}
+
+/* ------------------------------------------------------------------------
+ * The cluster's copy of the record (Redis), when there is a cluster.
+ *
+ * Redis holds the record every node uses; the token file is this node's
+ * mirror of it (for `ftpmailoauth status`, and the record to push should
+ * Redis lose it).  A node reads Redis's record on every use, so a refresh
+ * or a sign-in made on another node is used at once.
+ */
+
+static void tokens_seen_set(struct mailoauth_tokens *t, char *text,
+    size_t len) {
+  tokens_seen_free(t);
+  t->seen = text;
+  t->seen_len = len;
+}
+
+/* Pushes the record here, newer than Redis's, unless Redis's changed since
+ * it was last seen.  1: pushed (or nothing to push); 0: Redis has another
+ * record (the caller adopts it); -1: Redis cannot be reached.
+ */
+static int tokens_cluster_push(struct mailoauth_tokens *t) {
+  char *text = NULL;
+  size_t len = 0;
+  int res;
+
+  if (!t->pending_push) {
+    return 1;
+  }
+
+  if (mailoauth_tokenstore_encode(t->ts, &t->rec, &text, &len) < 0) {
+    return -1;
+  }
+
+  res = mailoauth_redis_cas(t->redis, t->redis_key, t->seen, t->seen_len,
+    text, len);
+  if (res < 0) {
+    OPENSSL_cleanse(text, len);
+    free(text);
+    return -1;
+  }
+
+  t->pending_push = 0;
+  if (res == 0) {
+    OPENSSL_cleanse(text, len);
+    free(text);
+    mailoauth_trace(trace_channel, 5, "account %s: the cluster has a newer "
+      "token record than this node; using it", tokens_name(t));
+    return 0;
+  }
+
+  tokens_seen_set(t, text, len);
+  if (t->push_failed_logged) {
+    mailoauth_log("account %s: the rotated tokens are stored in Redis now",
+      tokens_name(t));
+    t->push_failed_logged = 0;
+  }
+  mailoauth_trace(trace_channel, 7, "account %s: token record stored in "
+    "Redis (%s)", tokens_name(t), t->redis_key);
+  return 1;
+}
+
+/* Takes Redis's record when it is not the one last seen.  1: taken; 0:
+ * nothing new; -1: Redis cannot be reached (or the record is unusable:
+ * logged).
+ */
+static int tokens_cluster_fetch(struct mailoauth_tokens *t) {
+  struct mailoauth_tokenstore_record fresh;
+  char *text = NULL, err[1024];
+  size_t len = 0;
+  mailoauth_oauth_class_t was;
+  int res, had_signin;
+
+  if (tokens_cluster_push(t) < 0) {
+    return -1;
+  }
+
+  res = mailoauth_redis_get(t->redis, t->redis_key, &text, &len);
+  if (res < 0) {
+    return -1;
+  }
+
+  if (res == 0) {
+    /* Nobody has stored a record yet (or Redis lost it): ours, if any,
+     * becomes the cluster's.
+     */
+    tokens_seen_free(t);
+    if (t->rec.refresh_token != NULL || t->rec.access_token != NULL) {
+      t->pending_push = 1;
+      (void) tokens_cluster_push(t);
+    }
+    return 0;
+  }
+
+  if (t->seen != NULL &&
+      len == t->seen_len &&
+      CRYPTO_memcmp(text, t->seen, len) == 0) {
+    OPENSSL_cleanse(text, len);
+    free(text);
+    return 0;
+  }
+
+  memset(&fresh, 0, sizeof(fresh));
+  if (mailoauth_tokenstore_decode(t->ts, text, len, &fresh, err,
+      sizeof(err)) < 0) {
+    mailoauth_tokenstore_record_free(&fresh);
+    OPENSSL_cleanse(text, len);
+    free(text);
+    mailoauth_log("account %s: the token record in Redis (%s) cannot be "
+      "used: %s", tokens_name(t), t->redis_key, err);
+    return -1;
+  }
+
+  was = t->blocked;
+  had_signin = t->rec.refresh_token != NULL;
+  mailoauth_tokenstore_record_free(&t->rec);
+  t->rec = fresh;
+  t->looked = 1;
+  tokens_seen_set(t, text, len);
+  mailoauth_trace(trace_channel, 8, "account %s: token record taken from "
+    "Redis (%s)", tokens_name(t), t->redis_key);
+
+  /* This node's mirror, for the status tool. */
+  tokens_write(t);
+
+  if (was != MAILOAUTH_OAUTH_TRANSIENT) {
+    tokens_unblock(t);
+  }
+  if (was == MAILOAUTH_OAUTH_REAUTH &&
+      t->rec.refresh_token != NULL &&
+      t->rec.error_class == NULL) {
+    mailoauth_log("account %s: new sign-in%s%s found in Redis; the account "
+      "is usable %s", tokens_name(t), t->rec.username ? " as " : "",
+      t->rec.username ? t->rec.username : "", had_signin ? "again" : "now");
+  }
+  return 1;
+}
+
+/* After a refresh, before the access token is used: the rotated refresh
+ * token goes to Redis first, so no node ever refreshes with the one it
+ * replaced.  Should Redis fail right now, the record stays here (and in the
+ * file) and is pushed as soon as Redis is back.
+ */
+static void tokens_cluster_store(struct mailoauth_tokens *t) {
+  t->pending_push = 1;
+  if (tokens_cluster_push(t) < 0 &&
+      !t->push_failed_logged) {
+    mailoauth_log("account %s: cannot store the rotated tokens in Redis at "
+      "%s; kept in %s and stored in Redis when it is back",
+      tokens_name(t), mailoauth_redis_where(t->redis),
+      mailoauth_tokenstore_path(t->ts));
+    t->push_failed_logged = 1;
   }
 }
 
@@ -694,7 +915,11 @@ static mailoauth_oauth_class_t tokens_refresh_locked(
   struct mailoauth_oauth_response resp;
   char text[1536];
 
-  if (tokens_reread_locked(t) < 0) {
+  /* In a cluster the caller has just read Redis's record, which is the
+   * current one: the file is only its mirror.
+   */
+  if (t->redis == NULL &&
+      tokens_reread_locked(t) < 0) {
     return MAILOAUTH_OAUTH_CONFIG;
   }
 
@@ -721,9 +946,13 @@ static mailoauth_oauth_class_t tokens_refresh_locked(
       return MAILOAUTH_OAUTH_TRANSIENT;
     }
 
-    /* The rotated refresh token is on disk before anyone uses the new
-     * access token: a crash now cannot lose the only valid one.
+    /* The rotated refresh token is on disk (and in the cluster's Redis)
+     * before anyone uses the new access token: a crash now cannot lose the
+     * only valid one.
      */
+    if (t->redis != NULL) {
+      tokens_cluster_store(t);
+    }
     tokens_write(t);
     mailoauth_oauth_response_clear(&resp);
     t->refreshes++;
@@ -744,6 +973,107 @@ static mailoauth_oauth_class_t tokens_refresh_locked(
   tokens_failed(t, &resp, text, now);
   mailoauth_oauth_response_clear(&resp);
   return t->blocked;
+}
+
+static long long tokens_now_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Redis cannot be reached, or another node's refresh takes long: no
+ * refresh now (another node might make one with the same refresh token),
+ * look again soon.  Redis's own degraded-mode line says why; nothing is
+ * logged per account.
+ */
+static mailoauth_oauth_class_t tokens_cluster_wait(struct mailoauth_tokens *t,
+    time_t now, time_t delay, const char *why) {
+  t->blocked = MAILOAUTH_OAUTH_TRANSIENT;
+  t->retry_at = now + delay;
+  mailoauth_trace(trace_channel, 7, "account %s: no refresh now: %s",
+    tokens_name(t), why);
+  return MAILOAUTH_OAUTH_TRANSIENT;
+}
+
+static long tokens_lease_ms(const struct mailoauth_tokens *t) {
+  long request = t->acct->oauth.timeout_ms > 0 ? t->acct->oauth.timeout_ms :
+    MAILOAUTH_OAUTH_DEFAULT_TIMEOUT_MS;
+
+  return request + TOKENS_LEASE_SLACK_MS;
+}
+
+/* One refresh per account cluster-wide: under a lease in Redis, after
+ * reading the record once more under it.  A node that finds the lease
+ * taken waits for the holder's record instead of refreshing.
+ */
+static mailoauth_oauth_class_t tokens_refresh_cluster(
+    struct mailoauth_tokens *t, time_t now) {
+  struct mailoauth_redis_lease lease;
+  mailoauth_oauth_class_t c;
+  long long deadline = tokens_now_ms() + TOKENS_LEASE_WAIT_MS;
+  int res, waited = 0;
+
+  for (;;) {
+    res = mailoauth_redis_lease_acquire(t->redis, t->lease_key,
+      tokens_lease_ms(t), &lease);
+    if (res < 0) {
+      return tokens_cluster_wait(t, now, TOKENS_CLUSTER_RETRY,
+        "Redis cannot be reached");
+    }
+    if (res > 0) {
+      break;
+    }
+
+    if (!waited) {
+      mailoauth_trace(trace_channel, 8, "account %s: another node is "
+        "refreshing the token; waiting for its record", tokens_name(t));
+      waited = 1;
+    }
+
+    {
+      struct timespec ts = { 0, TOKENS_LEASE_POLL_MS * 1000000L };
+
+      nanosleep(&ts, NULL);
+    }
+
+    if (tokens_cluster_fetch(t) < 0) {
+      return tokens_cluster_wait(t, now, TOKENS_CLUSTER_RETRY,
+        "Redis cannot be reached");
+    }
+    if (tokens_fresh(t, time(NULL))) {
+      tokens_log_recovery(t);
+      return MAILOAUTH_OAUTH_OK;
+    }
+
+    if (tokens_now_ms() >= deadline) {
+      return tokens_cluster_wait(t, now, TOKENS_LEASE_RETRY,
+        "another node is still refreshing");
+    }
+  }
+
+  /* The holder before us may have finished just now. */
+  if (tokens_cluster_fetch(t) < 0) {
+    (void) mailoauth_redis_lease_release(t->redis, &lease);
+    return tokens_cluster_wait(t, now, TOKENS_CLUSTER_RETRY,
+      "Redis cannot be reached");
+  }
+
+  if (tokens_fresh(t, now)) {
+    mailoauth_trace(trace_channel, 8, "account %s: another node has just "
+      "refreshed the token; using it", tokens_name(t));
+    tokens_log_recovery(t);
+    c = MAILOAUTH_OAUTH_OK;
+
+  } else {
+    c = tokens_refresh_locked(t, now);
+  }
+
+  if (mailoauth_redis_lease_release(t->redis, &lease) == 0) {
+    mailoauth_trace(trace_channel, 3, "account %s: the refresh lease had "
+      "expired before its release", tokens_name(t));
+  }
+  return c;
 }
 
 static mailoauth_oauth_class_t tokens_refresh(struct mailoauth_tokens *t,
@@ -769,7 +1099,8 @@ static mailoauth_oauth_class_t tokens_refresh(struct mailoauth_tokens *t,
     return MAILOAUTH_OAUTH_CONFIG;
   }
 
-  c = tokens_refresh_locked(t, now);
+  c = t->redis != NULL ? tokens_refresh_cluster(t, now) :
+    tokens_refresh_locked(t, now);
   tokens_unlock(fd);
   return c;
 }
@@ -807,10 +1138,16 @@ const char *mailoauth_tokens_get(struct mailoauth_tokens *t, time_t now,
   }
 
   tokens_reload(t);
+  if (t->redis != NULL) {
+    (void) tokens_cluster_fetch(t);
+  }
 
   if (tokens_fresh(t, now)) {
-    /* Another process got it while we were backing off. */
-    if (t->failures > 0) {
+    /* Another process (or node) got it while we were backing off or
+     * waiting for Redis.
+     */
+    if (t->failures > 0 ||
+        t->blocked == MAILOAUTH_OAUTH_TRANSIENT) {
       tokens_log_recovery(t);
     }
 
@@ -903,6 +1240,14 @@ time_t mailoauth_tokens_next_due(const struct mailoauth_tokens *t,
     }
   }
 
+  /* Rotated tokens that Redis has not got yet: the other nodes hold the
+   * refresh token they replace, so push as soon as Redis is back.
+   */
+  if (t->pending_push &&
+      (due == 0 || due > now + TOKENS_CLUSTER_RETRY)) {
+    due = now + TOKENS_CLUSTER_RETRY;
+  }
+
   if (due != 0 && due < now) {
     due = now;
   }
@@ -961,6 +1306,34 @@ int mailoauth_tokens_store_signin(struct mailoauth_tokens *t,
 
   res = mailoauth_tokenstore_write(t->ts, &t->rec, errbuf, errlen);
   xerrno = errno;
+
+  /* A sign-in starts a new history for the whole cluster: whatever Redis
+   * held is replaced.
+   */
+  if (res == 0 &&
+      t->redis != NULL) {
+    char *text = NULL;
+    size_t len = 0;
+
+    if (mailoauth_tokenstore_encode(t->ts, &t->rec, &text, &len) < 0 ||
+        mailoauth_redis_set(t->redis, t->redis_key, text, len) < 0) {
+      xerrno = errno;
+      mailoauth_errf(errbuf, errlen, "the sign-in is stored in %s, but not "
+        "in Redis at %s (%s): the other nodes do not see it; sign in "
+        "again when Redis can be reached", mailoauth_tokenstore_path(t->ts),
+        mailoauth_redis_where(t->redis), xerrno == EAGAIN ?
+        "cannot be reached" : strerror(xerrno));
+      if (text != NULL) {
+        OPENSSL_cleanse(text, len);
+        free(text);
+      }
+      res = -1;
+
+    } else {
+      tokens_seen_set(t, text, len);
+      t->pending_push = 0;
+    }
+  }
   tokens_unlock(fd);
 
   if (res < 0) {
@@ -993,6 +1366,22 @@ int mailoauth_tokens_status(struct mailoauth_tokens *t,
     errlen);
   if (ts == NULL) {
     return -1;
+  }
+
+  /* In a cluster, what every node uses; the file when Redis is away. */
+  if (t->redis != NULL) {
+    char *text = NULL;
+    size_t len = 0;
+
+    if (mailoauth_redis_get(t->redis, t->redis_key, &text, &len) > 0) {
+      res = mailoauth_tokenstore_decode(ts, text, len, rec, errbuf, errlen);
+      xerrno = errno;
+      OPENSSL_cleanse(text, len);
+      free(text);
+      mailoauth_tokenstore_destroy(ts);
+      errno = xerrno;
+      return res;
+    }
   }
 
   res = mailoauth_tokenstore_read(ts, rec, errbuf, errlen);

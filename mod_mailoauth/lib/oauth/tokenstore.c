@@ -1025,3 +1025,46 @@ int mailoauth_tokenstore_cleanup(struct mailoauth_tokenstore *ts,
   closedir(dirh);
   return removed;
 }
+
+/* ------------------------------------------------------------------------
+ * The record as text, for a store other than the file (the cluster's).
+ */
+
+int mailoauth_tokenstore_encode(const struct mailoauth_tokenstore *ts,
+    const struct mailoauth_tokenstore_record *rec, char **text, size_t *len) {
+  struct mailoauth_buf out;
+
+  mailoauth_buf_init(&out, 1);
+  if (serialize(ts, rec, &out) < 0) {
+    mailoauth_buf_free(&out);
+    errno = ENOMEM;
+    return -1;
+  }
+
+  *text = mailoauth_buf_take(&out, len);
+  mailoauth_buf_free(&out);
+  if (*text == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+  return 0;
+}
+
+int mailoauth_tokenstore_decode(struct mailoauth_tokenstore *ts,
+    const char *text, size_t len, struct mailoauth_tokenstore_record *rec,
+    char *errbuf, size_t errlen) {
+  struct mailoauth_tokenstore_record fresh;
+
+  memset(&fresh, 0, sizeof(fresh));
+  if (parse_record(ts, text, len, &fresh, errbuf, errlen) < 0) {
+    int xerrno = errno;
+
+    mailoauth_tokenstore_record_free(&fresh);
+    errno = xerrno;
+    return -1;
+  }
+
+  mailoauth_tokenstore_record_free(rec);
+  *rec = fresh;
+  return 0;
+}

@@ -293,6 +293,39 @@ static int wconf_accounts(struct mailoauth_wconf *w, json_t *list,
   return 0;
 }
 
+/* MailOAuthRedis's words, checked again by the worker's own parse. */
+static int wconf_redis(struct mailoauth_wconf *w, json_t *list,
+    char *errbuf, size_t errlen) {
+  json_t *s;
+  size_t i, n;
+
+  if (list == NULL) {
+    return 0;
+  }
+
+  n = json_array_size(list);
+  if (!json_is_array(list) || n < 1) {
+    mailoauth_errf(errbuf, errlen, "configuration: bad redis entry");
+    return -1;
+  }
+
+  w->redis_argv = wconf_calloc(w, n + 1, sizeof(char *));
+  if (w->redis_argv == NULL) {
+    mailoauth_errf(errbuf, errlen, "out of memory");
+    return -1;
+  }
+
+  json_array_foreach(list, i, s) {
+    if (!json_is_string(s) ||
+        (w->redis_argv[i] = wconf_strdup(w, json_string_value(s))) == NULL) {
+      mailoauth_errf(errbuf, errlen, "configuration: bad redis entry");
+      return -1;
+    }
+  }
+  w->redis_argc = (int) n;
+  return 0;
+}
+
 static int wconf_trace(struct mailoauth_wconf *w, json_t *obj) {
   const char *key;
   json_t *v;
@@ -374,7 +407,8 @@ int mailoauth_wconf_parse(struct mailoauth_wconf *w, const char *json,
 
   if (wconf_trace(w, json_object_get(root, "trace")) < 0 ||
       wconf_accounts(w, json_object_get(root, "accounts"), errbuf,
-        errlen) < 0) {
+        errlen) < 0 ||
+      wconf_redis(w, json_object_get(root, "redis"), errbuf, errlen) < 0) {
     goto out;
   }
 
