@@ -14,7 +14,8 @@ import uuid
 import pytest
 
 from graphsvc import GraphService
-from signin import GRAPH_SCOPES, sign_in, write_token_file
+from signin import (GRAPH_LARGE_SCOPES, GRAPH_SCOPES, sign_in,
+                    write_token_file)
 from test_accounts import ACCOUNT, ALICE, NOBODY, REDIRECT, AccountServer, \
     wait_for
 from test_foundation import curl_upload
@@ -41,21 +42,22 @@ def graph(graphsvc):
     return graphsvc
 
 
-def seed_graph(a, user=ALICE):
-    toks = sign_in(a.svc, a.app, user, REDIRECT, scopes=GRAPH_SCOPES)
+def seed_graph(a, user=ALICE, scopes=GRAPH_SCOPES):
+    toks = sign_in(a.svc, a.app, user, REDIRECT, scopes=scopes)
     write_token_file(a.token_file, ACCOUNT, user, toks, NOBODY)
     return toks
 
 
 @pytest.fixture
 def graph_notifier(make_proftpd, tokensvc, tokensvc_app, pki, graph):
-    def factory(rules, grant="delegated", seed=True, extra=""):
+    def factory(rules, grant="delegated", seed=True, extra="",
+                scopes=GRAPH_SCOPES):
         a = AccountServer(make_proftpd, tokensvc, tokensvc_app, pki,
                           grant=grant, extra="transport=graph graph=%s %s"
                           % (graph.url, extra))
         a.srv.global_conf += "\n<Global>\n" + rules + "\n</Global>\n"
         if seed and grant == "delegated":
-            seed_graph(a)
+            seed_graph(a, scopes=scopes)
         return a
     return factory
 
@@ -204,7 +206,8 @@ def test_large_attachment_goes_through_an_upload_session(graph_notifier,
     send; the recipient gets the exact bytes, Drafts keeps nothing."""
     tag = uuid.uuid4().hex[:8]
     a = graph_notifier('MailOAuthNotify notify to=ops@contoso.test '
-                       'attach=50M "subject=Big %s"' % tag)
+                       'attach=50M "subject=Big %s"' % tag,
+                       scopes=GRAPH_LARGE_SCOPES)
     a.srv.start()
     data = os.urandom(size)
     curl_upload(a.srv, "ftp", "big-%s.bin" % tag, data)
@@ -226,6 +229,22 @@ def test_large_attachment_goes_through_an_upload_session(graph_notifier,
     assert graph.drafts == {}
 
 
+def test_large_file_without_mail_readwrite_says_what_to_grant(
+        graph_notifier, graph, dovecot):
+    """Mail.Send alone cannot make a draft: the notification stays queued
+    (not a dead letter) and the log names Mail.ReadWrite."""
+    tag = uuid.uuid4().hex[:8]
+    a = graph_notifier('MailOAuthNotify notify to=ops@contoso.test '
+                       'attach=50M "subject=NoRW %s"' % tag)
+    a.srv.start()
+    curl_upload(a.srv, "ftp", "big.bin", os.urandom(3500 * 1024))
+    text = a.srv.wait_log("draft for a large file refused", timeout=30)
+    assert "HTTP 403 ErrorAccessDenied" in text
+    assert "Mail.ReadWrite" in text and "attach= at 3M" in text
+    assert os.listdir(os.path.join(a.srv.state_dir, "deadletter")) == []
+    assert not any(r[0] == "PUT" for r in graph.requests)
+
+
 def test_expired_upload_session_deletes_the_draft_and_retries(
         graph_notifier, graph, dovecot):
     """The session expires mid-upload (404): the draft is deleted, and the
@@ -243,7 +262,8 @@ def test_expired_upload_session_deletes_the_draft_and_retries(
     graph._upload = expiring
     try:
         a = graph_notifier('MailOAuthNotify notify to=ops@contoso.test '
-                           'attach=50M "subject=Expiry %s"' % tag)
+                           'attach=50M "subject=Expiry %s"' % tag,
+                           scopes=GRAPH_LARGE_SCOPES)
         a.srv.start()
         data = os.urandom(9 * 1024 * 1024)
         curl_upload(a.srv, "ftp", "exp.bin", data)

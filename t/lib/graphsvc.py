@@ -24,7 +24,8 @@ stand-in (looked up through its control API) for the Graph resource.  A
 token for another audience (Outlook/Exchange) gets 401
 InvalidAuthenticationToken; an expired one 401 too; an app-only token
 without the Mail.Send application role, or a delegated token without the
-Mail.Send scope, gets 403 ErrorAccessDenied; a delegated user sending as
+Mail.Send scope, gets 403 ErrorAccessDenied (drafts and upload sessions
+need Mail.ReadWrite instead, as Graph's permission tables say); a delegated user sending as
 another mailbox gets 403 ErrorSendAsDenied.  A mailbox the tenant does
 not have gets 404 ErrorInvalidUser.  A request over 4 MB gets 413
 ErrorRequestEntityTooLarge; a body that is not base64 MIME gets 400
@@ -277,15 +278,25 @@ class GraphService:
             return addr in users or addr in self.known_mailboxes
         return addr.endswith("@contoso.test")
 
-    def _check_permission(self, info, mailbox):
+    @staticmethod
+    def _needs(method, rest):
+        """The permission Graph asks for: sendMail and sending a draft
+        need Mail.Send; making, filling and deleting a draft (the way for
+        files over 3 MB) need Mail.ReadWrite."""
+        if rest == ["sendMail"] or (len(rest) == 3 and rest[0] == "messages"
+                                    and rest[2] == "send"):
+            return "Mail.Send"
+        return "Mail.ReadWrite"
+
+    def _check_permission(self, info, mailbox, need="Mail.Send"):
         if info.get("app_only"):
-            if "Mail.Send" not in (info.get("roles") or []):
+            if need not in (info.get("roles") or []):
                 raise GraphError(403, "ErrorAccessDenied",
                                  "Access is denied. Check credentials and "
                                  "try again.")
             return
         scope = (info.get("scope") or "").split()
-        if "Mail.Send" not in scope:
+        if need not in scope:
             raise GraphError(403, "ErrorAccessDenied",
                              "Access is denied. Check credentials and try "
                              "again.")
@@ -313,7 +324,7 @@ class GraphService:
         if not self._is_mailbox(mailbox):
             raise GraphError(404, "ErrorInvalidUser",
                              "The requested user '%s' is invalid." % mailbox)
-        self._check_permission(info, mailbox)
+        self._check_permission(info, mailbox, self._needs(method, rest))
         with self.lock:
             self.count += 1
             if self.throttle_every and self.count % self.throttle_every == 0:

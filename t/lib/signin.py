@@ -19,6 +19,10 @@ MAIL_SCOPES = ("https://outlook.office.com/SMTP.Send "
 
 GRAPH_SCOPES = ("https://graph.microsoft.com/Mail.Send offline_access "
                 "openid email")
+# Files over 3 MB go through a draft: Mail.ReadWrite as well.
+GRAPH_LARGE_SCOPES = ("https://graph.microsoft.com/Mail.Send "
+                      "https://graph.microsoft.com/Mail.ReadWrite "
+                      "offline_access openid email")
 
 
 def sign_in(svc, app, user, redirect, tenant="contoso.test",

@@ -54,6 +54,11 @@ START_TEST(test_hints) {
   h = mailoauth_mailauth_hint("HTTP 403 ErrorSendAsDenied: ...");
   ck_assert_ptr_nonnull(h);
   ck_assert_ptr_nonnull(strstr(h, "Send As"));
+  /* A draft refused: the large-file path needs Mail.ReadWrite. */
+  h = mailoauth_mailauth_hint("draft for a large file refused: HTTP 403 "
+    "ErrorAccessDenied: Access is denied.");
+  ck_assert_ptr_nonnull(h);
+  ck_assert_ptr_nonnull(strstr(h, "Mail.ReadWrite"));
   h = mailoauth_mailauth_hint("HTTP 400 MailboxNotEnabledForRESTAPI: x");
   ck_assert_ptr_nonnull(h);
   /* SMTP AUTH switched off: the way out is Graph. */

@@ -531,6 +531,21 @@ static mailoauth_smtp_status_t graph_upload(struct mailoauth_graph *g,
   return status;
 }
 
+/* Making and filling a draft needs Mail.ReadWrite, which a sender with
+ * Mail.Send alone lacks: the reply says which step was refused, and the
+ * hint (mailauth.c) what to grant.
+ */
+static void graph_large_refusal(const struct mailoauth_graph *g,
+    char *reply, size_t replylen) {
+  char was[512];
+
+  if (g->last_status != 403) {
+    return;
+  }
+  snprintf(was, sizeof(was), "%s", reply);
+  snprintf(reply, replylen, "draft for a large file refused: %s", was);
+}
+
 /* Over one request's size: a draft from the MIME without the file, the
  * file through an upload session, then send.  The draft is deleted when a
  * step fails, so that a retry does not leave copies in Drafts.
@@ -582,6 +597,7 @@ static mailoauth_smtp_status_t graph_send_large(struct mailoauth_graph *g,
     replylen, retry_after_s);
   (void) mailoauth_message_set_omit_attachment(msg, 0);
   if (status != MAILOAUTH_SMTP_SENT) {
+    graph_large_refusal(g, reply, replylen);
     goto done;
   }
   id = graph_answer_str(ans, "id");
@@ -610,6 +626,7 @@ static mailoauth_smtp_status_t graph_send_large(struct mailoauth_graph *g,
   status = graph_request(g, "POST", url.data, token, NULL, NULL, &empty,
     (curl_off_t) empty.len, ans, reply, replylen, retry_after_s);
   if (status != MAILOAUTH_SMTP_SENT) {
+    graph_large_refusal(g, reply, replylen);
     goto cancel;
   }
   upload_url = graph_answer_str(ans, "uploadUrl");

@@ -110,6 +110,14 @@ static const struct mailauth_hint mailauth_hints[] = {
     "-ObjectId <enterprise application object id>, then "
     "Add-MailboxPermission -Identity <mailbox> -User <service principal "
     "id> -AccessRights FullAccess)." },
+  { "draft for a large file refused",
+    "A file over 3 MB goes through a draft and an attachment upload "
+    "session, which Microsoft Graph allows only with Mail.ReadWrite as well "
+    "as Mail.Send. Delegated: add the Microsoft Graph delegated permission "
+    "Mail.ReadWrite, put it in scopes= (scopes=\"https://graph.microsoft.com/"
+    "Mail.Send https://graph.microsoft.com/Mail.ReadWrite offline_access\") "
+    "and sign in again; app-only: the Mail.ReadWrite application permission "
+    "with admin consent. Or keep attach= at 3M or less." },
   { "ErrorAccessDenied",
     "Microsoft Graph refused: the token lacks Mail.Send. Delegated: add the "
     "Microsoft Graph delegated permission Mail.Send to the app registration "
