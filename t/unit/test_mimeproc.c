@@ -235,6 +235,49 @@ START_TEST(test_round_trip) {
 END_TEST
 
 
+/* Fed through a pipe a few bytes at a time while the parser answers, as
+ * ingestion does while a message is fetched: the same result as from a
+ * file.
+ */
+START_TEST(test_fed_through_a_pipe) {
+  struct mailoauth_mimeproc_callbacks cb;
+  struct mailoauth_mimeproc_run *run;
+  struct rec r;
+  int sock, dfd, p[2], code = -1;
+  size_t off = 0;
+  pid_t pid = start_parser(&sock);
+
+  dfd = dir_fd();
+  ck_assert_int_eq(pipe(p), 0);
+  cb = rec_cb(&r);
+  run = mailoauth_mimeproc_begin(sock, p[0], dfd, &cb);
+  ck_assert_ptr_nonnull(run);
+  (void) close(p[0]);
+
+  while (off < sizeof(mail) - 1) {
+    size_t n = sizeof(mail) - 1 - off < 7 ? sizeof(mail) - 1 - off : 7;
+
+    ck_assert_int_eq(write(p[1], mail + off, n), (ssize_t) n);
+    off += n;
+    /* Whatever the parser has to say so far, without waiting. */
+    ck_assert_int_ge(mailoauth_mimeproc_pump(run, 0), 0);
+  }
+  (void) close(p[1]);
+  ck_assert_int_eq(mailoauth_mimeproc_finish(run, &code),
+    MAILOAUTH_MIMEPROC_OK);
+  ck_assert_int_eq(code, MAILOAUTH_MIME_OK);
+  ck_assert_str_eq(r.log, "B0:multipart/mixed:-;B1:text/plain:-;"
+    "B2:application/pdf:a.pdf;E2:0;B3:text/csv:b.csv;E3:0;");
+  ck_assert_int_eq(r.nbodies, 2);
+  ck_assert_str_eq(r.bodies[0], "PDF bytes");
+  ck_assert_str_eq(r.bodies[1], "x,y");
+
+  (void) close(dfd);
+  (void) close(sock);
+  ck_assert_int_eq(wait_exit(pid), 0);
+}
+END_TEST
+
 /* An attached message asked to be descended into: its parts follow,
  * numbered on, their bodies delivered like the message's own.
  */
@@ -741,6 +784,7 @@ int main(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_round_trip);
+  tcase_add_test(tc, test_fed_through_a_pipe);
   tcase_add_test(tc, test_descend_into_attached_message);
   tcase_add_test(tc, test_stops);
   tcase_add_test(tc, test_parser_limit_reported);

@@ -7,8 +7,9 @@
  * what the parser tells it, checking every field.  One SOCK_SEQPACKET
  * socket between them, imsg framing (imsg.h):
  *
- *   worker -> parser  PARSE       fds: the message (read-only), the
- *                                 directory for temporary files
+ *   worker -> parser  PARSE       fds: the message (read-only; a file,
+ *                                 or a pipe fed while it is fetched),
+ *                                 the directory for temporary files
  *   parser -> worker  FIELD       u32 field, str      (before part 0: the
  *                                 message's headers, one message each)
  *   parser -> worker  PART_BEGIN  the part (see mimeproc.c); waits for
@@ -102,6 +103,22 @@ struct mailoauth_mimeproc_callbacks {
  */
 int mailoauth_mimeproc_parse(int sock, int msg_fd, int tmpdir_fd,
   const struct mailoauth_mimeproc_callbacks *cb, int *mime_error);
+
+/* The same in steps, for a message fed to the parser while it is fetched
+ * (msg_fd the read end of a pipe): begin sends PARSE; pump handles what
+ * the parser sent, waiting at most timeout_ms for it (1: more to come,
+ * 0: the parser is done, -1: it broke, errno says why); finish waits for
+ * the end, returns what mailoauth_mimeproc_parse() returns and frees the
+ * run (NULL from begin, out of memory, gives STOPPED).
+ */
+struct mailoauth_mimeproc_run;
+
+struct mailoauth_mimeproc_run *mailoauth_mimeproc_begin(int sock,
+  int msg_fd, int tmpdir_fd, const struct mailoauth_mimeproc_callbacks *cb);
+int mailoauth_mimeproc_pump(struct mailoauth_mimeproc_run *r,
+  int timeout_ms);
+int mailoauth_mimeproc_finish(struct mailoauth_mimeproc_run *r,
+  int *mime_error);
 
 /* The parser's side: serves PARSE requests on sock until EOF (returns 0)
  * or a failure of the socket (-1).  limits may be NULL (defaults).

@@ -29,6 +29,7 @@
 #include "mailoauth/tnef.h"
 #include "mailoauth/trace.h"
 #include "mailoauth/worker.h"
+#include "mailoauth/yield.h"
 #include "ingest/ingestint.h"
 
 #include <curl/curl.h>
@@ -38,6 +39,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <openssl/evp.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -433,6 +435,11 @@ static void ingest_ok(struct ingest_task *t) {
 #define INGEST_KEY_TNEF(part, k) \
   (0x40000000U | ((unsigned int) (part) << 12) | ((unsigned int) (k) & 0xfffU))
 
+/* A parser fed while fetching that neither reads nor says anything for
+ * this long is taken for broken.
+ */
+#define INGEST_STREAM_QUIET_MS  (10L * 60L * 1000L)
+
 struct ingest_msg {
   struct mailoauth_ingest *ing;
   struct ingest_task *t;
@@ -475,6 +482,12 @@ struct ingest_msg {
   char part_name[MAILOAUTH_NAMES_MAX + 1];
   char *orig_name;
   char *done_name;              /* hash_only: the name it has */
+
+  /* Fed while fetched: the connection cut the message, so a part the
+   * parser ends unterminated is the transfer's fault, not the sender's.
+   */
+  int input_cut;
+  struct mailoauth_mimeproc_callbacks cb;
 };
 
 static int ingest_glob(const char *pattern, const char *s) {
@@ -1114,6 +1127,12 @@ static int ingest_part_end(const struct mailoauth_mime_part *part,
     return 0;
   }
 
+  if (m->input_cut && incomplete) {
+    /* The rest comes with the next fetch of the whole message. */
+    m->failed = 1;
+    return 0;
+  }
+
   if (body->error != 0) {
     /* A parser that broke is reported once, by ingest_parse(). */
     if (body->error != EPIPE && body->error != EPROTO &&
@@ -1362,11 +1381,18 @@ static int ingest_reopen_rdonly(int fd) {
 /* Has the parser process parse the fetched message in fd; deposits its
  * wanted parts.  0, or -1 (m says why).
  */
-static int ingest_parse(struct ingest_msg *m, int fd) {
+/* Hands the message on msg_fd (a file, or a pipe fed while fetching) to
+ * the parser process; NULL when there is none (the message stays).
+ */
+static struct mailoauth_mimeproc_run *ingest_parse_begin(struct ingest_msg *m,
+    int msg_fd, int *sock_out) {
+  static const struct mailoauth_mimeproc_callbacks cb = {
+    ingest_part_begin, ingest_part_end, ingest_mime_error, NULL
+  };
   struct mailoauth_ingest *ing = m->ing;
   struct ingest_task *t = m->t;
-  struct mailoauth_mimeproc_callbacks cb;
-  int sock, ro, dirfd, res, code = MAILOAUTH_MIME_OK;
+  struct mailoauth_mimeproc_run *run;
+  int sock, dirfd;
 
   sock = ing->parser ? ing->parser(ing->parser_broken, ing->parser_arg) :
     -1;
@@ -1375,32 +1401,39 @@ static int ingest_parse(struct ingest_msg *m, int fd) {
     ingest_error(t, "UID %" PRIu32 " not read: no parser process; it "
       "stays for the next run", m->uid);
     m->failed = m->stop_run = 1;
-    return -1;
+    return NULL;
   }
 
   dirfd = open(ing->tmp_dir, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC);
-  ro = ingest_reopen_rdonly(fd);
-  if (dirfd < 0 || ro < 0) {
+  if (dirfd < 0) {
     ingest_error(t, "cannot open %s: %s", ing->tmp_dir, strerror(errno));
-    if (dirfd >= 0) {
-      (void) close(dirfd);
-    }
-    if (ro >= 0) {
-      (void) close(ro);
-    }
     m->failed = m->stop_run = 1;
-    return -1;
+    return NULL;
   }
 
-  memset(&cb, 0, sizeof(cb));
-  cb.part_begin = ingest_part_begin;
-  cb.part_end = ingest_part_end;
-  cb.error = ingest_mime_error;
-  cb.arg = m;
-
-  res = mailoauth_mimeproc_parse(sock, ro, dirfd, &cb, &code);
-  (void) close(ro);
+  m->cb = cb;
+  m->cb.arg = m;
+  run = mailoauth_mimeproc_begin(sock, msg_fd, dirfd, &m->cb);
   (void) close(dirfd);
+  if (run == NULL) {
+    ingest_error(t, "UID %" PRIu32 " not read: %s; it stays for the next "
+      "run", m->uid, strerror(errno));
+    m->failed = m->stop_run = 1;
+    return NULL;
+  }
+  if (sock_out != NULL) {
+    *sock_out = sock;
+  }
+  return run;
+}
+
+static int ingest_parse_end(struct ingest_msg *m,
+    struct mailoauth_mimeproc_run *run) {
+  struct mailoauth_ingest *ing = m->ing;
+  struct ingest_task *t = m->t;
+  int res, code = MAILOAUTH_MIME_OK;
+
+  res = mailoauth_mimeproc_finish(run, &code);
   free(m->orig_name);
   m->orig_name = NULL;
   m->part_fd = -1;
@@ -1444,6 +1477,168 @@ static int ingest_parse(struct ingest_msg *m, int fd) {
     return -1;
   }
   return 0;
+}
+
+static int ingest_parse(struct ingest_msg *m, int fd) {
+  struct mailoauth_mimeproc_run *run;
+  int ro;
+
+  ro = ingest_reopen_rdonly(fd);
+  if (ro < 0) {
+    ingest_error(m->t, "cannot read a temporary file: %s", strerror(errno));
+    m->failed = m->stop_run = 1;
+    return -1;
+  }
+  run = ingest_parse_begin(m, ro, NULL);
+  (void) close(ro);
+  if (run == NULL) {
+    return -1;
+  }
+  return ingest_parse_end(m, run);
+}
+
+/* Parsing while fetching: with no copy of the raw message wanted (eml=off)
+ * the fetched bytes go through a pipe straight to the parser, which
+ * decodes them as they come, so the raw message is never written and
+ * decoding overlaps the transfer.  A full pipe means the parser waits for
+ * an answer or is busy: its messages are handled then.
+ */
+struct ingest_stream {
+  struct ingest_msg *m;
+  struct mailoauth_mimeproc_run *run;
+  int sock;                     /* the parser's, for poll() */
+  int pipe_w;                   /* -1 before the first bytes */
+  int done;                     /* the parser has finished: the rest of
+                                 * the message is read and dropped */
+  int failed;                   /* no parser, or it broke while fed */
+};
+
+static int ingest_stream_start(struct ingest_stream *st) {
+  int p[2];
+
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    ingest_error(st->m->t, "cannot make a pipe: %s", strerror(errno));
+    st->m->failed = st->m->stop_run = 1;
+    return -1;
+  }
+  (void) fcntl(p[1], F_SETFL, O_NONBLOCK);
+  st->run = ingest_parse_begin(st->m, p[0], &st->sock);
+  (void) close(p[0]);
+  if (st->run == NULL) {
+    (void) close(p[1]);
+    return -1;
+  }
+  st->pipe_w = p[1];
+  return 0;
+}
+
+static int ingest_stream_sink(const char *data, size_t len, void *arg) {
+  struct ingest_stream *st = arg;
+  long quiet_ms = 0;
+
+  if (st->failed) {
+    return -1;
+  }
+  if (st->pipe_w < 0 && st->run == NULL && ingest_stream_start(st) < 0) {
+    st->failed = 1;
+    return -1;
+  }
+
+  while (len > 0 && !st->done) {
+    struct pollfd p[2];
+    ssize_t n = write(st->pipe_w, data, len);
+    int k;
+
+    if (n > 0) {
+      data += n;
+      len -= (size_t) n;
+      quiet_ms = 0;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0 && errno == EPIPE) {
+      /* The parser stopped reading: its answer says why. */
+      st->done = 1;
+      break;
+    }
+    if (n < 0 && errno != EAGAIN) {
+      st->failed = 1;
+      return -1;
+    }
+
+    p[0].fd = st->pipe_w;
+    p[0].events = POLLOUT;
+    p[0].revents = 0;
+    p[1].fd = st->sock;
+    p[1].events = POLLIN;
+    p[1].revents = 0;
+    k = poll(p, 2, MAILOAUTH_YIELD_SLICE_MS);
+    if (k < 0 && errno != EINTR) {
+      st->failed = 1;
+      return -1;
+    }
+    if (k == 0) {
+      quiet_ms += MAILOAUTH_YIELD_SLICE_MS;
+      if (quiet_ms > INGEST_STREAM_QUIET_MS) {
+        /* Neither reading nor saying anything: it is broken. */
+        st->failed = 1;
+        return -1;
+      }
+      mailoauth_yield();
+      continue;
+    }
+    if (p[1].revents != 0) {
+      k = mailoauth_mimeproc_pump(st->run, 0);
+      if (k < 0) {
+        st->failed = 1;
+        return -1;
+      }
+      if (k == 0) {
+        st->done = 1;
+      }
+      quiet_ms = 0;
+    }
+  }
+  return 0;
+}
+
+/* Fetches and parses UID at once; the parse's result as ingest_parse()
+ * gives it, or -2 with *st the fetch's failure (nothing parsed).
+ */
+static int ingest_fetch_parse(struct ingest_msg *m,
+    struct mailoauth_imap_fetched *fetched, mailoauth_imap_status_t *st) {
+  struct ingest_task *t = m->t;
+  struct ingest_stream stream;
+
+  memset(&stream, 0, sizeof(stream));
+  stream.m = m;
+  stream.pipe_w = -1;
+  stream.sock = -1;
+
+  memset(fetched, 0, sizeof(*fetched));
+  *st = mailoauth_imap_fetch(t->imap, m->uid, t->cfg.max_size,
+    ingest_stream_sink, &stream, fetched);
+
+  if (stream.run == NULL) {
+    /* No byte reached the parser: gone, too big, or the fetch failed
+     * before the body.
+     */
+    if (*st == MAILOAUTH_IMAP_OK) {
+      *st = MAILOAUTH_IMAP_TEMPFAIL;
+    }
+    return -2;
+  }
+
+  if (*st != MAILOAUTH_IMAP_OK && !stream.done && !stream.failed) {
+    /* The message is cut short by the connection, not by its sender:
+     * what the parser makes of the end is not to be deposited.
+     */
+    m->input_cut = 1;
+  }
+  (void) close(stream.pipe_w);
+  return ingest_parse_end(m, stream.run);
 }
 
 /* IMAP
@@ -1651,6 +1846,52 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     return 1;
   }
 
+  memset(&m, 0, sizeof(m));
+  m.part_fd = -1;
+  m.ing = ing;
+  m.t = t;
+  m.uid = uid;
+  m.related_depth = -1;
+  m.dest = &t->dests[0];
+
+  if (!t->cfg.save_message) {
+    /* No raw copy wanted: parsed while it arrives. */
+    fd = -1;
+    res = ingest_fetch_parse(&m, &fetched, &st);
+    if (st == MAILOAUTH_IMAP_TEMPFAIL &&
+        mailoauth_imap_token_expired(t->imap)) {
+      /* The session ended with its token mid-message: the parts that
+       * came whole are in the ledger; the message is fetched whole once
+       * more with the fresh token the session took.
+       */
+      mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 ": the "
+        "session ended with its token; fetching again", t->cfg.name, uid);
+      ingest_msg_clear(&m);
+      memset(&m, 0, sizeof(m));
+      m.part_fd = -1;
+      m.ing = ing;
+      m.t = t;
+      m.uid = uid;
+      m.related_depth = -1;
+      m.dest = &t->dests[0];
+      res = ingest_fetch_parse(&m, &fetched, &st);
+    }
+    if (res != -2 && st != MAILOAUTH_IMAP_OK) {
+      /* Cut by the connection: nothing of it passes for done, and it
+       * stays where it is for the next run.
+       */
+      m.failed = m.stop_run = 1;
+      ingest_error(t, "cannot fetch UID %" PRIu32 " from %s: %s (%s)", uid,
+        t->cfg.folder, mailoauth_imap_status_name(st),
+        mailoauth_imap_reply(t->imap));
+    }
+    if (res == -2) {
+      ingest_msg_clear(&m);
+      goto fetch_failed;
+    }
+    goto parsed;
+  }
+
   fd = ingest_tmpfile(ing);
   if (fd < 0) {
     ingest_error(t, "cannot create a temporary file in %s: %s", ing->tmp_dir,
@@ -1672,16 +1913,21 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     st = mailoauth_imap_fetch_fd(t->imap, uid, t->cfg.max_size, fd,
       &fetched);
   }
+fetch_failed:
   if (st == MAILOAUTH_IMAP_GONE) {
     /* Deleted or moved meanwhile (by us before a crash, or by someone). */
-    (void) close(fd);
+    if (fd >= 0) {
+      (void) close(fd);
+    }
     mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 " is gone",
       t->cfg.name, uid);
     return 1;
   }
 
   if (st == MAILOAUTH_IMAP_TOOBIG) {
-    (void) close(fd);
+    if (fd >= 0) {
+      (void) close(fd);
+    }
     mailoauth_log("ingest %s: UID %" PRIu32 " is larger than max-size "
       "(%" PRIu64 " bytes); not taken", t->cfg.name, uid, t->cfg.max_size);
     st = ingest_action(t, uid, t->cfg.failed, t->cfg.failed_folder);
@@ -1689,26 +1935,23 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
   }
 
   if (st != MAILOAUTH_IMAP_OK) {
-    (void) close(fd);
+    if (fd >= 0) {
+      (void) close(fd);
+    }
     ingest_error(t, "cannot fetch UID %" PRIu32 " from %s: %s (%s)", uid,
       t->cfg.folder, mailoauth_imap_status_name(st),
       mailoauth_imap_reply(t->imap));
     return 0;
   }
 
-  memset(&m, 0, sizeof(m));
-  m.part_fd = -1;
-  m.ing = ing;
-  m.t = t;
-  m.uid = uid;
-  m.related_depth = -1;
-  m.dest = &t->dests[0];
-
   res = ingest_parse(&m, fd);
 
+parsed:
   if (m.filtered_out) {
     /* Not addressed to this task: leave it exactly as it was. */
-    (void) close(fd);
+    if (fd >= 0) {
+      (void) close(fd);
+    }
     ingest_msg_clear(&m);
     mailoauth_trace(trace_channel, 8, "task %s: UID %" PRIu32 " does not "
       "match from=/to=/subject=", t->cfg.name, uid);
@@ -1726,7 +1969,9 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
       ingest_save_metadata(&m) < 0) {
     m.failed = 1;
   }
-  (void) close(fd);
+  if (fd >= 0) {
+    (void) close(fd);
+  }
 
   if (!m.failed && res < 0 && m.mime_error != 0) {
     /* The rest of the message was not read: it must not pass for done. */

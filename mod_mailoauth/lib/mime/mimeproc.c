@@ -487,7 +487,7 @@ static void mimeproc_srv_parse(struct mimeproc_server *s, int fd,
   struct mailoauth_mime *p;
   unsigned char *buf;
   off_t off = 0;
-  int res = -1, code = MAILOAUTH_MIME_E_NOMEM;
+  int res = -1, code = MAILOAUTH_MIME_E_NOMEM, piped = 0;
 
   memset(&cb, 0, sizeof(cb));
   cb.part_begin = mimeproc_srv_begin;
@@ -500,8 +500,14 @@ static void mimeproc_srv_parse(struct mimeproc_server *s, int fd,
   p = buf ? mailoauth_mime_create(limits, &cb) : NULL;
   if (p != NULL) {
     for (;;) {
-      ssize_t n = pread(fd, buf, MIMEPROC_READ_CHUNK, off);
+      ssize_t n = piped ? read(fd, buf, MIMEPROC_READ_CHUNK) :
+        pread(fd, buf, MIMEPROC_READ_CHUNK, off);
 
+      if (n < 0 && errno == ESPIPE && !piped) {
+        /* A message fed as it is fetched comes through a pipe. */
+        piped = 1;
+        continue;
+      }
       if (n < 0) {
         if (errno == EINTR) {
           continue;
@@ -946,93 +952,146 @@ static void mimeproc_abandon(struct mailoauth_mimeproc_client *c, int err) {
   }
 }
 
-int mailoauth_mimeproc_parse(int sock, int msg_fd, int tmpdir_fd,
-    const struct mailoauth_mimeproc_callbacks *cb, int *mime_error) {
+struct mailoauth_mimeproc_run {
   struct mailoauth_mimeproc_client *c;
   unsigned char *buf;
-  int fds[2], res, xerrno = 0;
-  long wait_left;
+  int sock;
+  int xerrno;                   /* the parser broke: why */
+  long wait_left;               /* ms the parser may stay silent */
+};
 
-  if (mime_error != NULL) {
-    *mime_error = MAILOAUTH_MIME_OK;
-  }
+struct mailoauth_mimeproc_run *mailoauth_mimeproc_begin(int sock,
+    int msg_fd, int tmpdir_fd,
+    const struct mailoauth_mimeproc_callbacks *cb) {
+  struct mailoauth_mimeproc_run *r;
+  int fds[2];
 
-  c = mailoauth_mimeproc_client_create(sock, cb);
-  buf = malloc(MAILOAUTH_IMSG_HDR + MAILOAUTH_IMSG_MAX);
-  if (c == NULL || buf == NULL) {
-    mailoauth_mimeproc_client_destroy(c);
-    free(buf);
+  r = calloc(1, sizeof(*r));
+  if (r == NULL) {
     errno = ENOMEM;
-    return MAILOAUTH_MIMEPROC_STOPPED;
+    return NULL;
+  }
+  r->sock = sock;
+  r->wait_left = MIMEPROC_TIMEOUT_MS;
+  r->c = mailoauth_mimeproc_client_create(sock, cb);
+  r->buf = malloc(MAILOAUTH_IMSG_HDR + MAILOAUTH_IMSG_MAX);
+  if (r->c == NULL || r->buf == NULL) {
+    mailoauth_mimeproc_client_destroy(r->c);
+    free(r->buf);
+    free(r);
+    errno = ENOMEM;
+    return NULL;
   }
 
-  wait_left = MIMEPROC_TIMEOUT_MS;
   fds[0] = msg_fd;
   fds[1] = tmpdir_fd;
   if (mailoauth_imsg_send(sock, MAILOAUTH_MIMEPROC_PARSE, 0, NULL, 0, fds,
       2) < 0) {
-    xerrno = errno;
+    r->xerrno = errno;
+  }
+  return r;
+}
+
+int mailoauth_mimeproc_pump(struct mailoauth_mimeproc_run *r,
+    int timeout_ms) {
+  struct mailoauth_imsg msg;
+  struct pollfd pfd;
+  int n;
+
+  if (r->xerrno != 0) {
+    errno = r->xerrno;
+    return -1;
+  }
+  if (r->c->done) {
+    return 0;
   }
 
-  while (xerrno == 0) {
-    struct mailoauth_imsg msg;
-    struct pollfd pfd;
-    int n, slice = mailoauth_yield_slice(wait_left);
-
-    pfd.fd = sock;
+  for (;;) {
+    pfd.fd = r->sock;
     pfd.events = POLLIN;
     pfd.revents = 0;
-    n = poll(&pfd, 1, slice);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      xerrno = errno;
-      break;
-    }
-    if (n == 0 && wait_left > slice) {
-      /* A large part takes a while: notifications need not wait. */
-      wait_left -= slice;
-      mailoauth_yield();
+    n = poll(&pfd, 1, timeout_ms);
+    if (n < 0 && errno == EINTR) {
       continue;
     }
-    if (n == 0) {
-      xerrno = ETIMEDOUT;
-      break;
-    }
-    wait_left = MIMEPROC_TIMEOUT_MS;
-
-    n = mailoauth_imsg_recv(sock, &msg, buf,
-      MAILOAUTH_IMSG_HDR + MAILOAUTH_IMSG_MAX, 0);
-    if (n == 0) {
-      xerrno = EPIPE;
-      break;
-    }
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
+    break;
+  }
+  if (n < 0) {
+    r->xerrno = errno;
+    return -1;
+  }
+  if (n == 0) {
+    if (timeout_ms > 0) {
+      r->wait_left -= timeout_ms;
+      if (r->wait_left <= 0) {
+        r->xerrno = ETIMEDOUT;
+        return -1;
       }
-      xerrno = errno == EBADMSG ? EPROTO : errno;
-      break;
     }
+    return 1;
+  }
+  r->wait_left = MIMEPROC_TIMEOUT_MS;
 
-    n = mailoauth_mimeproc_client_msg(c, &msg);
-    if (n < 0) {
-      xerrno = errno ? errno : EPROTO;
-      break;
+  n = mailoauth_imsg_recv(r->sock, &msg, r->buf,
+    MAILOAUTH_IMSG_HDR + MAILOAUTH_IMSG_MAX, 0);
+  if (n == 0) {
+    r->xerrno = EPIPE;
+    return -1;
+  }
+  if (n < 0) {
+    if (errno == EINTR) {
+      return 1;
     }
-    if (n == 0) {
-      break;
-    }
+    r->xerrno = errno == EBADMSG ? EPROTO : errno;
+    return -1;
   }
 
+  n = mailoauth_mimeproc_client_msg(r->c, &msg);
+  if (n < 0) {
+    r->xerrno = errno ? errno : EPROTO;
+    return -1;
+  }
+  return n == 0 ? 0 : 1;
+}
+
+int mailoauth_mimeproc_finish(struct mailoauth_mimeproc_run *r,
+    int *mime_error) {
+  int res, xerrno;
+
+  if (mime_error != NULL) {
+    *mime_error = MAILOAUTH_MIME_OK;
+  }
+  if (r == NULL) {
+    errno = ENOMEM;
+    return MAILOAUTH_MIMEPROC_STOPPED;
+  }
+
+  for (;;) {
+    int slice = mailoauth_yield_slice(r->wait_left);
+    int n = mailoauth_mimeproc_pump(r, slice);
+
+    if (n <= 0) {
+      break;
+    }
+    /* A large part takes a while: notifications need not wait. */
+    mailoauth_yield();
+  }
+
+  xerrno = r->xerrno;
   if (xerrno != 0) {
-    mimeproc_abandon(c, xerrno);
+    mimeproc_abandon(r->c, xerrno);
   }
   res = xerrno != 0 ? MAILOAUTH_MIMEPROC_BROKEN :
-    mailoauth_mimeproc_client_result(c, mime_error);
-  mailoauth_mimeproc_client_destroy(c);
-  free(buf);
+    mailoauth_mimeproc_client_result(r->c, mime_error);
+  mailoauth_mimeproc_client_destroy(r->c);
+  free(r->buf);
+  free(r);
   errno = xerrno;
   return res;
+}
+
+int mailoauth_mimeproc_parse(int sock, int msg_fd, int tmpdir_fd,
+    const struct mailoauth_mimeproc_callbacks *cb, int *mime_error) {
+  return mailoauth_mimeproc_finish(mailoauth_mimeproc_begin(sock, msg_fd,
+    tmpdir_fd, cb), mime_error);
 }
