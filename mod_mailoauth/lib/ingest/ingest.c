@@ -1828,6 +1828,17 @@ static int ingest_probe(struct mailoauth_ingest *ing, struct ingest_task *t,
 /* Returns 1 when the run should go on with the next message, 0 when it
  * must stop (the message stays for the next run).
  */
+static void ingest_msg_init(struct ingest_msg *m,
+    struct mailoauth_ingest *ing, struct ingest_task *t, uint32_t uid) {
+  memset(m, 0, sizeof(*m));
+  m->part_fd = -1;
+  m->ing = ing;
+  m->t = t;
+  m->uid = uid;
+  m->related_depth = -1;
+  m->dest = &t->dests[0];
+}
+
 static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     uint32_t uid) {
   struct mailoauth_imap_fetched fetched;
@@ -1846,13 +1857,7 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
     return 1;
   }
 
-  memset(&m, 0, sizeof(m));
-  m.part_fd = -1;
-  m.ing = ing;
-  m.t = t;
-  m.uid = uid;
-  m.related_depth = -1;
-  m.dest = &t->dests[0];
+  ingest_msg_init(&m, ing, t, uid);
 
   if (!t->cfg.save_message) {
     /* No raw copy wanted: parsed while it arrives. */
@@ -1867,13 +1872,7 @@ static int ingest_message(struct mailoauth_ingest *ing, struct ingest_task *t,
       mailoauth_trace(trace_channel, 5, "task %s: UID %" PRIu32 ": the "
         "session ended with its token; fetching again", t->cfg.name, uid);
       ingest_msg_clear(&m);
-      memset(&m, 0, sizeof(m));
-      m.part_fd = -1;
-      m.ing = ing;
-      m.t = t;
-      m.uid = uid;
-      m.related_depth = -1;
-      m.dest = &t->dests[0];
+      ingest_msg_init(&m, ing, t, uid);
       res = ingest_fetch_parse(&m, &fetched, &st);
     }
     if (res != -2 && st != MAILOAUTH_IMAP_OK) {
