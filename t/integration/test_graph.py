@@ -245,6 +245,32 @@ def test_large_file_without_mail_readwrite_says_what_to_grant(
     assert not any(r[0] == "PUT" for r in graph.requests)
 
 
+def test_throttled_upload_piece_waits_retry_after(graph_notifier, graph,
+                                                  dovecot):
+    """A piece answered 503 Retry-After 3 ends the upload (the draft is
+    deleted) and nothing more is asked of Graph for at least those 3
+    seconds; then the message goes, once."""
+    tag = uuid.uuid4().hex[:8]
+    graph.upload_faults.append([503, 3, "ServiceUnavailable"])
+    a = graph_notifier('MailOAuthNotify notify to=ops@contoso.test '
+                       'attach=50M "subject=Wait %s"' % tag,
+                       scopes=GRAPH_LARGE_SCOPES)
+    a.srv.start()
+    data = os.urandom(5 * 1024 * 1024)
+    curl_upload(a.srv, "ftp", "wait.bin", data)
+    raw = dovecot.wait_for_message("ops@contoso.test", "Wait " + tag,
+                                   timeout=60)
+    assert list(parse(raw).iter_attachments())[0].get_content() == data
+    reqs = graph.requests
+    i = [k for k, r in enumerate(reqs) if r[2] == 503][0]
+    # The refused piece, then the draft deleted, then nothing until the
+    # retry's new draft.
+    assert reqs[i + 1][0] == "DELETE"
+    assert reqs[i + 2][0] == "POST" and reqs[i + 2][1].endswith("/messages")
+    assert graph.times[i + 2] - graph.times[i] >= 3.0
+    assert len(graph.deleted) == 1 and graph.drafts == {}
+
+
 def test_expired_upload_session_deletes_the_draft_and_retries(
         graph_notifier, graph, dovecot):
     """The session expires mid-upload (404): the draft is deleted, and the

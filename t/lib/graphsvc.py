@@ -157,8 +157,10 @@ class GraphService:
         self.host = host
         self.lock = threading.Lock()
         self.requests = []          # (method, path, status, code, size)
+        self.times = []             # when each was answered (monotonic)
         self.sent = []              # Message-IDs accepted, in order
         self.faults = []            # [status, retry_after, code]
+        self.upload_faults = []     # the same, for upload-session PUTs
         self.throttle_every = 0     # every Nth request: 429, Retry-After 1
         self.sent_items = True      # keep a copy in the sender's Sent Items
         self.count = 0
@@ -200,6 +202,7 @@ class GraphService:
     def reset(self):
         with self.lock:
             self.requests = []
+            self.times = []
             self.sent = []
             self.faults = []
             self.active = {}
@@ -207,6 +210,7 @@ class GraphService:
             self.drafts = {}
             self.sessions = {}
             self.deleted = []
+            self.upload_faults = []
             self.throttle_every = 0
             self.count = 0
             self.sent_items = True
@@ -237,6 +241,7 @@ class GraphService:
     def _record(self, method, path, status, code, size):
         with self.lock:
             self.requests.append((method, path, status, code, size))
+            self.times.append(time.monotonic())
 
     def _authenticate(self, headers):
         auth = headers.get("Authorization", "")
@@ -456,6 +461,12 @@ class GraphService:
         if sess is None or sess["expires"] < time.time():
             raise GraphError(404, "ItemNotFound", "The upload session was "
                              "not found or has expired.")
+        with self.lock:
+            fault = self.upload_faults.pop(0) if self.upload_faults else None
+        if fault is not None:
+            status, retry_after, code = fault
+            raise GraphError(status, code or "ServiceUnavailable",
+                             "Injected fault.", retry_after)
         if headers.get("Authorization"):
             # The upload URL carries its own authorization.
             raise GraphError(401, "InvalidAuthenticationToken", "An "

@@ -491,8 +491,10 @@ static mailoauth_smtp_status_t graph_post_mime(struct mailoauth_graph *g,
 }
 
 /* The file in PUTs of at most 4 MB to the upload session, each a
- * multiple of 320 KiB as Graph asks; a failed piece is tried again from
- * where the session says it stands.
+ * multiple of 320 KiB as Graph asks.  A piece whose connection broke
+ * without an answer is sent again at once (a few times); an answer that
+ * refuses it, throttling included, ends the upload: the caller deletes the
+ * draft and the queue waits, at least as long as Retry-After says.
  */
 static mailoauth_smtp_status_t graph_upload(struct mailoauth_graph *g,
     const char *upload_url, int fd, off_t size, struct graph_answer *ans,
@@ -524,7 +526,8 @@ static mailoauth_smtp_status_t graph_upload(struct mailoauth_graph *g,
       tries = 0;
       continue;
     }
-    if (status != MAILOAUTH_SMTP_TEMPFAIL || ++tries > 3) {
+    if (status != MAILOAUTH_SMTP_TEMPFAIL || g->last_status != 0 ||
+        ++tries > 3) {
       return status;
     }
   }
